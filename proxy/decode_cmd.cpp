@@ -1,0 +1,391 @@
+#include "decode_cmd.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <istream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <sstream>
+
+#include "codec/text.h"
+#include "codec/tpkt.h"
+#include "codec/x224.h"
+#include "frame_render.h"
+#include "pcap_reader.h"
+
+namespace isoproxy {
+
+using codec::Bytes;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kPrefix = "isoproxy: decode: ";
+
+std::string hex2(std::uint8_t v) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "0x%02X", v);
+  return buf;
+}
+
+std::string framer_error_text(codec::FramerError e, Bytes header, std::size_t max_length) {
+  switch (e) {
+    case codec::FramerError::kBadVersion:
+      return "not a TPKT: version " + hex2(header[0]) + " (RFC 1006 §6: always 3)";
+    case codec::FramerError::kLengthTooShort:
+      return "TPKT length " + std::to_string((header[2] << 8) | header[3]) + " is below the minimum of 7";
+    case codec::FramerError::kLengthTooLong:
+      return "TPKT length " + std::to_string((header[2] << 8) | header[3]) + " is above the maximum of " +
+             std::to_string(max_length);
+    case codec::FramerError::kNone:
+      break;
+  }
+  return "framing error";
+}
+
+// Runs one direction of a stream through the framer and decoder and reports
+// every frame (text or JSON) and every error. Shared by hex input and pcap.
+class StreamDecoder {
+ public:
+  StreamDecoder(const DecodeCmdOptions& o, std::ostream& out) : o_(o), out_(out), framer_(o.max_length) {}
+
+  // `label` prefixes each frame's heading in text; `extra` is merged into its JSON.
+  void feed(Bytes in, const std::string& label, const json& extra) {
+    if (framer_.failed() || stopped_) return;  // after a framing error the rest is not RFC 1006
+    for (;;) {
+      Bytes before = in;
+      auto r = framer_.next(in);
+      if (r.status == codec::TpktFramer::kNeedMore) return;
+      if (r.status == codec::TpktFramer::kError) {
+        // The offending header is where the framer stopped: either in the
+        // caller's bytes or in what it had held back.
+        Bytes header = framer_.held() >= codec::kTpktHeaderSize ? framer_.held_bytes() : before;
+        std::string msg = header.size() >= codec::kTpktHeaderSize
+                              ? framer_error_text(r.error, header, o_.max_length)
+                              : std::string(codec::framer_error_name(r.error));
+        const std::size_t rest = in.size() + framer_.held();
+        error(label, std::string(codec::framer_error_name(r.error)), msg + "; " + std::to_string(rest) +
+                                                                      " octets not decoded",
+              extra);
+        return;
+      }
+      emit_frame(r.frame, label, extra);
+    }
+  }
+
+  void emit_frame(Bytes raw, const std::string& label, const json& extra) {
+    ++frames_;
+    codec::DecodeOptions dopt;
+    dopt.strict = o_.strict;
+    auto f = codec::decode_frame(raw, dopt, o_.max_length);
+    if (!f) {
+      report_reject(raw, f.error(), label, extra);
+      return;
+    }
+    anomalies_ += f->anomalies.size();
+    if (o_.json) {
+      json j = extra;
+      j["index"] = frames_;
+      j.update(frame_json(*f));
+      json_frames_.push_back(std::move(j));
+    } else {
+      out_ << label << "frame " << frames_ << ": " << codec::tpdu_type_name(f->tpdu.type) << " "
+           << codec::tpdu_type_long_name(f->tpdu.type) << ", " << raw.size() << " octets\n"
+           << frame_text(*f, 2);
+    }
+  }
+
+  void emit_tpdu(Bytes raw, const std::string& label) {
+    ++frames_;
+    codec::DecodeOptions dopt;
+    dopt.strict = o_.strict;
+    std::vector<codec::Anomaly> anomalies;
+    auto t = codec::decode_tpdu(raw, dopt, &anomalies);
+    if (!t) {
+      report_reject(raw, t.error(), label, json::object());
+      return;
+    }
+    anomalies_ += anomalies.size();
+    if (o_.json) {
+      json_frames_.push_back({{"index", frames_},
+                              {"length", raw.size()},
+                              {"tpdu", tpdu_json(*t)},
+                              {"anomalies", anomalies_json(anomalies)},
+                              {"hex", codec::to_hex(raw)}});
+    } else {
+      out_ << label << "TPDU " << frames_ << ": " << codec::tpdu_type_name(t->type) << " "
+           << codec::tpdu_type_long_name(t->type) << ", " << raw.size() << " octets\n"
+           << tpdu_text(*t, 2) << anomalies_text(anomalies, 2);
+    }
+  }
+
+  // Bytes were skipped (a gap in a capture): nothing after can be framed
+  // reliably, so this direction is reported and no longer decoded.
+  void lose_sync(const std::string& label, const std::string& why, const json& extra) {
+    if (stopped_) return;
+    stopped_ = true;
+    error(label, "gap", why + "; the rest of this direction is not decoded", extra);
+  }
+
+  // At end of input: a frame cut short is an error (the peer closed mid-frame).
+  void finish(const std::string& label, const json& extra) {
+    if (framer_.failed() || stopped_ || framer_.held() == 0) return;
+    const std::string what =
+        framer_.expected() ? "declared " + std::to_string(framer_.expected()) + " octets, " +
+                                 std::to_string(framer_.held()) + " present"
+                           : "TPKT header incomplete: " + std::to_string(framer_.held()) + " of 4 octets";
+    error(label, "truncated", "input ends inside a frame: " + what, extra);
+  }
+
+  void error(const std::string& label, const std::string& kind, const std::string& msg, const json& extra) {
+    ++errors_;
+    if (first_error_.empty()) first_error_ = label + msg;
+    if (o_.json) {
+      json j = extra;
+      j["kind"] = kind;
+      j["detail"] = msg;
+      json_errors_.push_back(std::move(j));
+    } else {
+      out_ << label << "error: " << kind << ": " << msg << "\n";
+    }
+  }
+
+  std::size_t frames() const { return frames_; }
+  std::size_t errors() const { return errors_; }
+  std::size_t anomalies() const { return anomalies_; }
+  const std::string& first_error() const { return first_error_; }
+  json& json_frames() { return json_frames_; }
+  json& json_errors() { return json_errors_; }
+
+ private:
+  void report_reject(Bytes raw, const codec::DecodeError& e, const std::string& label, const json& extra) {
+    ++errors_;
+    const std::string what = (o_.cotp ? "TPDU " : "frame ") + std::to_string(frames_);
+    const std::string msg = what + " rejected: " + std::string(codec::decode_error_name(e.kind)) + ": " + e.detail;
+    if (first_error_.empty()) first_error_ = label + msg;
+    if (o_.json) {
+      json j = extra;
+      j["index"] = frames_;
+      j["length"] = raw.size();
+      j["error"] = decode_error_json(e);
+      j["hex"] = codec::to_hex(raw);
+      json_frames_.push_back(j);
+      json_errors_.push_back({{"index", frames_}, {"kind", codec::decode_error_name(e.kind)}, {"detail", e.detail}});
+    } else {
+      out_ << label << what << ": REJECTED " << codec::decode_error_name(e.kind) << ": " << e.detail << "\n"
+           << "  hex             " << codec::to_hex(raw) << "\n";
+    }
+  }
+
+  const DecodeCmdOptions& o_;
+  std::ostream& out_;
+  codec::TpktFramer framer_;
+  bool stopped_ = false;
+  std::size_t frames_ = 0;
+  std::size_t errors_ = 0;
+  std::size_t anomalies_ = 0;
+  std::string first_error_;
+  json json_frames_ = json::array();
+  json json_errors_ = json::array();
+};
+
+int finish_status(std::size_t errors, std::size_t frames, const std::string& first, std::ostream& err) {
+  if (errors == 0) return 0;
+  err << kPrefix << first;
+  if (errors > 1) err << " (" << errors << " errors in all)";
+  else if (frames > 1) err << " (" << frames << " frames read)";
+  err << "\n";
+  return 1;
+}
+
+int decode_addresses(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err) {
+  json arr = json::array();
+  for (const std::string& a : o.addresses) {
+    auto bytes = codec::parse_hex(a);
+    if (!bytes) {
+      err << kPrefix << "--address " << a << ": " << bytes.error().message << "\n";
+      return 2;
+    }
+    if (bytes->empty()) {
+      err << kPrefix << "--address: empty address\n";
+      return 2;
+    }
+    const codec::AddressText t = codec::address_text(*bytes);
+    if (o.json) {
+      arr.push_back({{"hex", codec::to_hex(*bytes)}, {"address", t.primary}, {"alternatives", t.alternatives}});
+    } else {
+      out << t.primary;
+      for (const auto& alt : t.alternatives) out << "  (also " << alt << ")";
+      out << "\n";
+    }
+  }
+  if (o.json) out << json{{"addresses", arr}}.dump(2) << "\n";
+  return 0;
+}
+
+int decode_hex(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, std::ostream& err) {
+  std::vector<std::string> inputs;  // with --cotp: one TPDU each; else joined into one stream
+  if (o.from_stdin) {
+    if (o.cotp) {
+      for (std::string l; std::getline(in, l);) {
+        if (l.find_first_not_of(" \t\r") != std::string::npos) inputs.push_back(l);
+      }
+    } else {
+      inputs.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    if (in.bad()) {
+      err << kPrefix << "cannot read standard input\n";
+      return 2;
+    }
+  } else if (o.cotp) {
+    inputs = o.hex;
+  } else {
+    std::string joined;
+    for (const auto& h : o.hex) joined += h + " ";
+    inputs.push_back(joined);
+  }
+
+  std::vector<std::vector<std::uint8_t>> parsed;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    auto b = codec::parse_hex(inputs[i]);
+    if (!b) {
+      err << kPrefix << (o.from_stdin ? "standard input" : "argument") << ": " << b.error().message << "\n";
+      return 2;
+    }
+    parsed.push_back(std::move(*b));
+  }
+  std::size_t total = 0;
+  for (const auto& p : parsed) total += p.size();
+  if (total == 0) {
+    err << kPrefix << "no hex to decode (give frames as arguments, or '-' to read standard input)\n";
+    return 2;
+  }
+
+  StreamDecoder d(o, out);
+  if (o.cotp) {
+    for (const auto& p : parsed) {
+      if (!p.empty()) d.emit_tpdu(p, "");
+    }
+  } else {
+    d.feed(parsed.front(), "", json::object());
+    d.finish("", json::object());
+  }
+  if (o.json) {
+    out << json{{"frames", d.json_frames()}, {"errors", d.json_errors()}}.dump(2) << "\n";
+  } else if (d.frames() > 0 || d.errors() > 0) {
+    out << d.frames() << (o.cotp ? " TPDU" : " frame") << (d.frames() == 1 ? "" : "s") << ", " << d.anomalies()
+        << " anomal" << (d.anomalies() == 1 ? "y" : "ies") << ", " << d.errors() << " error"
+        << (d.errors() == 1 ? "" : "s") << "\n";
+  }
+  return finish_status(d.errors(), d.frames(), d.first_error(), err);
+}
+
+int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err) {
+  // One decoder per stream direction.
+  std::map<std::pair<int, int>, std::unique_ptr<StreamDecoder>> decoders;
+  std::map<int, std::size_t> frame_counts;
+  json notices = json::array();
+  double t0 = -1;
+  auto dir_name = [](PcapDirection d) { return d == PcapDirection::kClientToServer ? "client->server" : "server->client"; };
+  auto label_of = [&](const PcapStreamInfo& s, PcapDirection d, std::uint64_t packet, double time) {
+    char ts[32];
+    std::snprintf(ts, sizeof ts, "%.6f", t0 < 0 ? 0.0 : time - t0);
+    const bool c2s = d == PcapDirection::kClientToServer;
+    return "#" + std::to_string(packet) + " " + ts + " stream " + std::to_string(s.id) + " " +
+           (c2s ? s.client : s.server) + " -> " + (c2s ? s.server : s.client) + " ";
+  };
+  auto decoder_for = [&](int stream, PcapDirection d) -> StreamDecoder& {
+    auto& p = decoders[{stream, static_cast<int>(d)}];
+    if (!p) p = std::make_unique<StreamDecoder>(o, out);
+    return *p;
+  };
+
+  std::map<std::pair<int, int>, std::pair<const PcapStreamInfo*, json>> last_extra;
+  auto res = read_pcap_streams(
+      o.pcap, o.port,
+      [&](const PcapChunk& c) {
+        if (t0 < 0) t0 = c.time;
+        json extra = {{"stream", c.stream->id}, {"direction", dir_name(c.direction)}, {"packet", c.packet},
+                      {"time", c.time}};
+        decoder_for(c.stream->id, c.direction).feed(c.bytes, label_of(*c.stream, c.direction, c.packet, c.time), extra);
+        last_extra[{c.stream->id, static_cast<int>(c.direction)}] = {c.stream, extra};
+      },
+      [&](const PcapNotice& n) {
+        if (n.bytes_skipped) {
+          decoder_for(n.stream->id, n.direction)
+              .lose_sync("stream " + std::to_string(n.stream->id) + " " + dir_name(n.direction) + ": ", n.message,
+                         {{"stream", n.stream->id}, {"direction", dir_name(n.direction)}});
+          return;
+        }
+        if (o.json) {
+          notices.push_back({{"stream", n.stream->id}, {"direction", dir_name(n.direction)}, {"message", n.message}});
+        } else {
+          out << "stream " << n.stream->id << " " << dir_name(n.direction) << ": notice: " << n.message << "\n";
+        }
+      });
+  if (!res) {
+    err << kPrefix << res.error().message << "\n";
+    return 2;
+  }
+  std::size_t frames = 0, errors = 0, anomalies = 0;
+  std::string first_error;
+  json all_frames = json::array(), all_errors = json::array();
+  for (auto& [key, dec] : decoders) {
+    auto it = last_extra.find(key);
+    if (it != last_extra.end()) {
+      const auto* s = it->second.first;
+      dec->finish("stream " + std::to_string(s->id) + " " + dir_name(static_cast<PcapDirection>(key.second)) + ": ",
+                  it->second.second);
+    }
+    frames += dec->frames();
+    errors += dec->errors();
+    anomalies += dec->anomalies();
+    if (first_error.empty()) first_error = dec->first_error();
+    for (auto& f : dec->json_frames()) all_frames.push_back(std::move(f));
+    for (auto& e : dec->json_errors()) all_errors.push_back(std::move(e));
+  }
+  if (o.json) {
+    // Capture order, as tshark lists them.
+    std::stable_sort(all_frames.begin(), all_frames.end(),
+                     [](const json& a, const json& b) { return a.value("packet", 0) < b.value("packet", 0); });
+    json streams = json::array();
+    for (const auto& s : res->streams) {
+      streams.push_back({{"id", s.id}, {"client", s.client}, {"server", s.server}, {"saw_syn", s.saw_syn}});
+    }
+    out << json{{"file", o.pcap},        {"port", o.port},     {"packets", res->packets}, {"streams", streams},
+                {"frames", all_frames},  {"errors", all_errors}, {"notices", notices}}
+               .dump(2)
+        << "\n";
+  } else {
+    out << res->packets << " packets, " << res->streams.size() << " stream" << (res->streams.size() == 1 ? "" : "s")
+        << " on port " << o.port << ", " << frames << " frames, " << anomalies << " anomal"
+        << (anomalies == 1 ? "y" : "ies") << ", " << errors << " error" << (errors == 1 ? "" : "s") << "\n";
+  }
+  return finish_status(errors, frames, first_error, err);
+}
+
+}  // namespace
+
+int run_decode(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, std::ostream& err) {
+  const int modes = (!o.addresses.empty() ? 1 : 0) + (!o.pcap.empty() ? 1 : 0) + ((o.from_stdin || !o.hex.empty()) ? 1 : 0);
+  if (modes == 0) {
+    err << kPrefix << "nothing to decode: give hex frames, '-' for standard input, --address HEX or --pcap FILE\n";
+    return 2;
+  }
+  if (modes > 1) {
+    err << kPrefix << "give one of: hex frames, '-', --address, --pcap\n";
+    return 2;
+  }
+  if (o.max_length < codec::kTpktMinLength || o.max_length > codec::kTpktMaxLength) {
+    err << kPrefix << "--max-length " << o.max_length << " is outside 7..65535\n";
+    return 2;
+  }
+  if (!o.addresses.empty()) return decode_addresses(o, out, err);
+  if (!o.pcap.empty()) return decode_pcap(o, out, err);
+  return decode_hex(o, in, out, err);
+}
+
+}  // namespace isoproxy

@@ -1,0 +1,77 @@
+// Reads a capture (pcap or pcapng, through libpcap) and reassembles both
+// directions of every TCP stream on a port into ordered byte runs, so that the
+// TPKT framer can be run over them as if they had been read from a socket.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "codec/tpkt.h"
+#include "result.h"
+
+namespace isoproxy {
+
+struct PcapStreamInfo {
+  int id = 0;                 // 1, 2, ... in order of first appearance
+  std::string client;         // "10.0.0.1:49152" or "[fe80::1]:49152"
+  std::string server;         // the side whose port is the one asked for
+  bool saw_syn = false;       // false: the capture joined the stream midway
+};
+
+enum class PcapDirection : std::uint8_t { kClientToServer, kServerToClient };
+
+struct PcapChunk {
+  const PcapStreamInfo* stream;
+  PcapDirection direction;
+  std::uint64_t packet;       // 1-based packet number in the file
+  double time;                // seconds since the epoch
+  codec::Bytes bytes;         // in-order payload, retransmitted overlap removed
+};
+
+// Something wrong with one stream that the caller should report (a gap of
+// missing segments, payload left out of order at the end of the file).
+struct PcapNotice {
+  const PcapStreamInfo* stream;
+  PcapDirection direction;
+  std::string message;
+  // Bytes of this direction were skipped: what follows does not continue
+  // what came before, so a framer over it has lost its place.
+  bool bytes_skipped = false;
+};
+
+struct PcapSummary {
+  std::uint64_t packets = 0;       // packets in the file
+  std::uint64_t tcp_packets = 0;   // TCP packets on the port
+  std::vector<PcapStreamInfo> streams;
+};
+
+// Calls on_chunk for every in-order run of payload and on_notice for every
+// problem, in capture order. Fails (with the file name in the message) if the
+// file cannot be opened or its link type is not supported.
+//
+// Details callers rely on:
+// - `stream` pointers in chunks and notices stay valid (and keep their
+//   address) until read_pcap_streams returns, not after; the summary holds
+//   copies.
+// - One chunk per captured segment. A segment held out of order is delivered
+//   once the hole before it fills, with its own packet number and time, so
+//   packet numbers within a direction need not increase.
+// - Holes: a direction holds at most 16 MiB out of order; beyond that the
+//   hole is presumed never captured, a "gap: ..." notice is given and delivery
+//   resumes after it (a framer fed these chunks should be reset). At end of
+//   file a direction still waiting on a hole gets an "end of capture: N bytes
+//   missing ..." notice; what it held is not delivered.
+// - Packets cut short by the capture's snap length, and IP fragments, are
+//   skipped with a notice when they can be tied to a stream; other malformed
+//   packets are skipped silently. Checksums are not verified (offloading
+//   makes them wrong in captures taken on the sender).
+// - Error kinds: "pcap-open", "pcap-linktype", and "pcap-read" for a file
+//   damaged or cut off partway (chunks and notices up to there have been
+//   given). As with libpcap, the path "-" reads standard input.
+Result<PcapSummary> read_pcap_streams(const std::string& path, std::uint16_t port,
+                                      const std::function<void(const PcapChunk&)>& on_chunk,
+                                      const std::function<void(const PcapNotice&)>& on_notice);
+
+}  // namespace isoproxy

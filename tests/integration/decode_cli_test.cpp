@@ -1,0 +1,309 @@
+// `isoproxy decode` through the real binary: what an operator types.
+#include <catch2/catch.hpp>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "codec/text.h"
+#include "pcap_writer.h"
+#include "support/process.h"
+#include "support/vectors.h"
+
+using isoproxy::test::run_process;
+using nlohmann::json;
+
+namespace {
+
+const std::string kBin = ISOPROXY_BINARY;
+const std::string kVendorCc =
+    "03 11 00 2C 27 D0 01 CA 00 29 00 C1 0D 53 57 49 53 53 4C 49 46 45 54 53 41 50 C2 0D 45 58 43 48 41 4E 47 45 54 "
+    "53 41 50 31 C0 01 0B";
+
+isoproxy::test::ProcessResult decode(std::vector<std::string> args, const std::string& input = {}) {
+  args.insert(args.begin(), {kBin, "decode"});
+  return run_process(args, input);
+}
+
+std::size_t count_lines(const std::string& s) {
+  std::size_t n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+std::filesystem::path temp_file(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("isoproxy-test-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  return dir / name;
+}
+
+}  // namespace
+
+TEST_CASE("decode names the vendor CC's fields and its reserved byte", "[decode][cli]") {
+  auto r = decode({kVendorCc});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.err.empty());
+  CHECK(r.out.find("frame 1: CC Connection Confirm, 44 octets") != std::string::npos);
+  CHECK(r.out.find("reserved 0x11") != std::string::npos);
+  CHECK(r.out.find("calling TSAP    SWISSLIFETSAP") != std::string::npos);
+  CHECK(r.out.find("called TSAP     EXCHANGETSAP1") != std::string::npos);
+  CHECK(r.out.find("TPDU size       2048") != std::string::npos);
+  CHECK(r.out.find("anomaly: reserved-nonzero: TPKT reserved byte 0x11") != std::string::npos);
+}
+
+TEST_CASE("decode --json gives the same fields to machines", "[decode][cli]") {
+  auto r = decode({"--json", kVendorCc});
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.out);
+  REQUIRE(j["frames"].size() == 1);
+  const json& f = j["frames"][0];
+  CHECK(f["tpkt"]["reserved"] == 0x11);
+  CHECK(f["tpdu"]["type"] == "CC");
+  CHECK(f["tpdu"]["calling_tsap"]["ascii"] == "SWISSLIFETSAP");
+  CHECK(f["tpdu"]["called_tsap"]["ascii"] == "EXCHANGETSAP1");
+  CHECK(f["tpdu"]["called_tsap"]["hex"] == "45584348414E47455453415031");
+  CHECK(f["tpdu"]["tpdu_size"] == 2048);
+  CHECK(f["tpdu"]["dst_ref"] == 0x01CA);
+  CHECK(f["tpdu"]["src_ref"] == 0x0029);
+  REQUIRE(f["anomalies"].size() == 1);
+  CHECK(f["anomalies"][0]["kind"] == "reserved-nonzero");
+  CHECK(j["errors"].empty());
+}
+
+TEST_CASE("decode - reads a stream of every accepted vector from standard input", "[decode][cli][vectors]") {
+  // All TPKT rows that a decoder accepts, as one stream: frames come out in order with the kinds of their rows.
+  std::string stream;
+  std::vector<std::string> kinds;
+  for (const auto& v : isoproxy::test::load_vectors()) {
+    if (v.cotp_only() || v.expectation.rfind("accept", 0) != 0) continue;
+    for (const auto& s : v.segments) stream += isoproxy::codec::to_hex(s) + "\n";
+    for (const auto& k : v.kinds()) kinds.push_back(k);
+  }
+  REQUIRE(kinds.size() >= 15);  // the file holds 20 such frames today
+  auto r = decode({"--json", "-"}, stream);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.out);
+  REQUIRE(j["frames"].size() == kinds.size());
+  for (std::size_t i = 0; i < kinds.size(); ++i) {
+    INFO("frame " << i + 1);
+    CHECK(j["frames"][i]["tpdu"]["type"] == kinds[i]);
+  }
+}
+
+TEST_CASE("decode --cotp decodes bare TPDUs, one per argument", "[decode][cli]") {
+  auto r = decode({"--json", "--cotp", "15E00000000000C00108C703001030AB0548656C6C6F010203", "0470000001"});
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.out);
+  REQUIRE(j["frames"].size() == 2);
+  CHECK(j["frames"][0]["tpdu"]["type"] == "CR");
+  CHECK(j["frames"][0]["tpdu"]["tpdu_size"] == 256);
+  CHECK(j["frames"][0]["tpdu"]["user_data"] == "010203");
+  CHECK(j["frames"][1]["tpdu"]["type"] == "ER");
+  CHECK(j["frames"][1]["tpdu"]["cause"] == 1);
+}
+
+TEST_CASE("decode --strict rejects a class 0 DT with TPDU-NR 1", "[decode][cli]") {
+  CHECK(decode({"--cotp", "02f08132"}).exit_code == 0);
+  auto r = decode({"--strict", "--cotp", "02f08132"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("tpdu-nr-nonzero") != std::string::npos);
+}
+
+TEST_CASE("decode --address reads the addresses MTA event logs print in hex", "[decode][cli]") {
+  auto r = decode({"--address", "91F5C11B"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == "145.245.193.27\n");
+  r = decode({"--address", "52656d6f74654d5441"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == "\"RemoteMTA\"\n");
+  r = decode({"--json", "--address", "20010db8000000000000000000000001"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(json::parse(r.out)["addresses"][0]["address"] == "2001:db8::1");
+}
+
+TEST_CASE("decode gives bad input a one-line error and a non-zero exit", "[decode][cli][errors]") {
+  struct Case {
+    std::vector<std::string> args;
+    std::string input;
+    int exit_code;
+    std::string says;
+  };
+  const std::string missing = temp_file("does-not-exist.pcap").string();
+  const auto garbage = temp_file("garbage.pcap");
+  { std::ofstream(garbage) << "this is not a capture file at all"; }
+  const std::vector<Case> cases = {
+      {{"03zz"}, "", 2, "not a hex digit: 'z' at position 3"},
+      {{"030"}, "", 2, "odd number of hex digits"},
+      {{}, "", 2, "nothing to decode"},
+      {{"-"}, "", 2, "no hex to decode"},
+      {{"-"}, "03 00 00 07 02 F0 8G", 2, "not a hex digit: 'G'"},
+      {{"--bogus"}, "", 2, "--bogus"},
+      {{"--max-length", "3", "0300000702f080"}, "", 2, "--max-length 3 is outside 7..65535"},
+      {{"--max-length", "seven", "0300000702f080"}, "", 2, "max-length"},
+      {{"--address", "zz"}, "", 2, "--address zz"},
+      {{"--pcap", missing}, "", 2, "cannot open"},
+      {{"--pcap", garbage.string()}, "", 2, "cannot open"},
+      {{"--pcap", garbage.string(), "--port", "70000"}, "", 2, "port"},
+      {{"0300000700f080"}, "", 1, "frame 1 rejected: li-zero"},
+      {{"0400000702f080"}, "", 1, "version 0x04"},
+      {{"0300000602f0"}, "", 1, "below the minimum of 7"},
+      {{"0300000802f080"}, "", 1, "declared 8 octets, 7 present"},
+      {{"030000"}, "", 1, "TPKT header incomplete"},
+      {{"0300001611e00000000100c0010ac1090100c2020102"}, "", 1, "param-overrun"},
+      {{"--max-length", "100", "0300FFFF02f080"}, "", 1, "above the maximum of 100"},
+      {{"--pcap", missing, "00"}, "", 2, "give one of"},
+  };
+  for (const auto& c : cases) {
+    std::string shown;
+    for (const auto& a : c.args) shown += a + " ";
+    INFO("isoproxy decode " << shown);
+    auto r = decode(c.args, c.input);
+    INFO("stderr: " << r.err);
+    CHECK(r.exit_code == c.exit_code);
+    CHECK(count_lines(r.err) == 1);
+    CHECK(r.err.rfind("isoproxy: ", 0) == 0);
+    CHECK(r.err.find(c.says) != std::string::npos);
+  }
+  std::filesystem::remove_all(garbage.parent_path());
+}
+
+TEST_CASE("decode --pcap reassembles both directions of every stream", "[decode][cli][pcap]") {
+  const auto path = temp_file("two-streams.pcap");
+  {
+    auto w = isoproxy::PcapWriter::open(path.string());
+    REQUIRE(w.ok());
+    auto a = (*w)->add_flow({"10.0.0.1", 49152, "10.0.0.2", 102}, 1.0);
+    auto b = (*w)->add_flow({"fd00::1", 40000, "fd00::2", 102}, 1.1);
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    auto hex = [](std::string_view h) { return isoproxy::codec::parse_hex(h).value(); };
+    const auto cr = hex("0300001611e00000000100c0010ac2020001c1020001");
+    const auto cc = hex(kVendorCc);
+    const auto dt = hex("0300001902f08032010000020000080000f0000001000101e0");
+    // Stream A: CR split across three segments; CC and DT coalesced into one.
+    const std::span<const std::uint8_t> crs(cr);
+    REQUIRE((*w)->write(*a, true, crs.first(3), 1.2).ok());
+    REQUIRE((*w)->write(*a, true, crs.subspan(3, 10), 1.3).ok());
+    REQUIRE((*w)->write(*b, true, crs, 1.35).ok());
+    REQUIRE((*w)->write(*a, true, crs.subspan(13), 1.4).ok());
+    std::vector<std::uint8_t> both = cc;
+    both.insert(both.end(), dt.begin(), dt.end());
+    REQUIRE((*w)->write(*a, false, both, 1.5).ok());
+    REQUIRE((*w)->write(*b, false, cc, 1.6).ok());
+    REQUIRE((*w)->close_flow(*a, 2.0).ok());
+    REQUIRE((*w)->close_flow(*b, 2.0).ok());
+    REQUIRE((*w)->flush().ok());
+  }
+  auto r = decode({"--json", "--pcap", path.string()});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.out);
+  REQUIRE(j["streams"].size() == 2);
+  CHECK(j["streams"][0]["client"] == "10.0.0.1:49152");
+  CHECK(j["streams"][0]["server"] == "10.0.0.2:102");
+  CHECK(j["streams"][1]["client"] == "[fd00::1]:40000");
+  const json& fr = j["frames"];
+  REQUIRE(fr.size() == 5);
+  // Capture order: B's CR completes before A's.
+  CHECK(fr[0]["stream"] == 2);
+  CHECK(fr[0]["tpdu"]["type"] == "CR");
+  CHECK(fr[1]["stream"] == 1);
+  CHECK(fr[1]["tpdu"]["type"] == "CR");
+  CHECK(fr[1]["direction"] == "client->server");
+  CHECK(fr[2]["tpdu"]["type"] == "CC");
+  CHECK(fr[2]["direction"] == "server->client");
+  CHECK(fr[2]["tpkt"]["reserved"] == 0x11);
+  CHECK(fr[3]["tpdu"]["type"] == "DT");
+  CHECK(fr[3]["packet"] == fr[2]["packet"]);  // coalesced in one segment
+  CHECK(fr[4]["stream"] == 2);
+  CHECK(fr[4]["tpdu"]["calling_tsap"]["ascii"] == "SWISSLIFETSAP");
+
+  // Text form: one heading per frame naming the stream and direction.
+  auto t = decode({"--pcap", path.string()});
+  REQUIRE(t.exit_code == 0);
+  CHECK(t.out.find("10.0.0.1:49152 -> 10.0.0.2:102 frame 1: CR") != std::string::npos);
+  CHECK(t.out.find("10.0.0.2:102 -> 10.0.0.1:49152 frame 1: CC") != std::string::npos);
+  CHECK(t.out.find("2 streams on port 102, 5 frames, ") != std::string::npos);
+
+  // --port selects other streams: none here.
+  auto none = decode({"--json", "--pcap", path.string(), "--port", "103"});
+  REQUIRE(none.exit_code == 0);
+  CHECK(json::parse(none.out)["frames"].empty());
+  std::filesystem::remove_all(path.parent_path());
+}
+
+TEST_CASE("decode --pcap agrees with tshark on every field both report", "[decode][cli][pcap][tshark]") {
+  if (!isoproxy::test::on_path("tshark")) {
+    WARN("tshark is not installed: the comparison with Wireshark's dissector is skipped");
+    return;
+  }
+  // Frames tshark dissects as COTP (it refuses some, e.g. the LI 9 ER and DR 0x86: protocol.md §6.1).
+  const std::vector<std::string> ids = {"V1", "V3", "V4", "V5", "V6", "V7", "V8", "V9a", "V9b", "V10", "V10r", "V14", "V15"};
+  const auto rows = isoproxy::test::load_vectors();
+  const auto path = temp_file("compare.pcap");
+  {
+    auto w = isoproxy::PcapWriter::open(path.string());
+    REQUIRE(w.ok());
+    double t = 1.0;
+    int port = 50000;
+    for (const auto& id : ids) {
+      // One flow per frame, so tshark's per-conversation state never mixes frames.
+      const auto& v = isoproxy::test::find_vector(rows, id);
+      auto flow = (*w)->add_flow({"192.0.2.1", static_cast<std::uint16_t>(port++), "192.0.2.2", 102}, t);
+      REQUIRE(flow.ok());
+      const bool from_client = v.direction != "resp->init";
+      REQUIRE((*w)->write(*flow, from_client, v.bytes(), t += 0.01).ok());
+      REQUIRE((*w)->close_flow(*flow, t += 0.01).ok());
+    }
+    REQUIRE((*w)->flush().ok());
+  }
+  auto ours = decode({"--json", "--pcap", path.string()});
+  REQUIRE(ours.exit_code == 0);
+  const json j = json::parse(ours.out);
+  REQUIRE(j["frames"].size() == ids.size());
+
+  auto ts = run_process({"/usr/bin/env", "tshark", "-n", "-r", path.string(), "-Y", "cotp", "-T", "fields",
+                         "-E", "separator=|", "-e", "tcp.srcport", "-e", "cotp.type", "-e", "cotp.destref", "-e",
+                         "cotp.srcref", "-e", "cotp.src-tsap-bytes", "-e", "cotp.dst-tsap-bytes", "-e", "cotp.tpdu_size",
+                         "-e", "tpkt.reserved"});
+  INFO(ts.err);
+  REQUIRE(ts.exit_code == 0);
+  std::istringstream lines(ts.out);
+  std::vector<std::vector<std::string>> rowsout;
+  for (std::string l; std::getline(lines, l);) {
+    std::vector<std::string> f;
+    std::size_t start = 0;
+    for (;;) {
+      auto bar = l.find('|', start);
+      f.push_back(l.substr(start, bar == std::string::npos ? std::string::npos : bar - start));
+      if (bar == std::string::npos) break;
+      start = bar + 1;
+    }
+    rowsout.push_back(f);
+  }
+  REQUIRE(rowsout.size() == ids.size());
+  auto num = [](const std::string& s) { return s.empty() ? -1L : std::stol(s, nullptr, 0); };
+  auto upper = [](std::string s) {
+    for (auto& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return s;
+  };
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    INFO(ids[i] << ": tshark says " << ts.out);
+    const json& t = j["frames"][i]["tpdu"];
+    const auto& f = rowsout[i];
+    REQUIRE(f.size() == 8);
+    const std::map<std::string, long> type_codes = {{"CR", 0x0e}, {"CC", 0x0d}, {"DR", 0x08}, {"DT", 0x0f}, {"ER", 0x07}};
+    CHECK(num(f[1]) == type_codes.at(t["type"].get<std::string>()));
+    if (t.contains("dst_ref")) CHECK(num(f[2]) == t["dst_ref"].get<long>());
+    if (t.contains("src_ref")) CHECK(num(f[3]) == t["src_ref"].get<long>());
+    if (t.contains("calling_tsap")) CHECK(upper(f[4]) == t["calling_tsap"]["hex"].get<std::string>());
+    if (t.contains("called_tsap")) CHECK(upper(f[5]) == t["called_tsap"]["hex"].get<std::string>());
+    if (t.contains("tpdu_size")) CHECK(num(f[6]) == t["tpdu_size"].get<long>());  // tshark shows octets
+    CHECK(num(f[7]) == j["frames"][i]["tpkt"]["reserved"].get<long>());
+  }
+  std::filesystem::remove_all(path.parent_path());
+}
