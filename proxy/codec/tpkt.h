@@ -75,8 +75,16 @@ class TpktFramer {
   FramerError error() const { return error_; }
   std::size_t max_length() const { return max_length_; }
   // Frees the assembly buffer's memory (an idle session holds none).
+  // Frees the assembly buffer's memory when no partial frame is held (an idle
+  // session holds none). Invalidates a frame returned from the buffer, so
+  // call it only once that frame has been used.
   void shrink() {
-    if (held_.empty()) held_.shrink_to_fit();
+    if (returned_held_) {
+      held_.clear();
+      expected_ = 0;
+      returned_held_ = false;
+    }
+    if (held_.empty()) std::vector<std::uint8_t>().swap(held_);
   }
 
  private:

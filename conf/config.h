@@ -1,0 +1,120 @@
+// The validated configuration: plain structs, filled with defaults, that the
+// loader (conf/loader.cpp) produces from one TOML file and everything else
+// reads. Every key is documented in conf/schema.md.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "result.h"
+
+namespace isoproxy::filters {
+class FilterFactory;
+}
+
+namespace isoproxy::conf {
+
+using Duration = std::chrono::milliseconds;
+
+// An IPv4 or IPv6 address with a port, ready for bind/connect.
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  std::string text;  // as written: "127.0.0.1:102", "[::1]:102"
+
+  int family() const { return storage.ss_family; }
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
+  std::uint16_t port() const;
+};
+
+// An address without a port (a fixed source IP).
+struct IpAddress {
+  sockaddr_storage storage{};  // port 0
+  socklen_t length = 0;
+  std::string text;
+  int family() const { return storage.ss_family; }
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
+};
+
+struct Cidr {
+  int family = AF_INET;
+  std::uint8_t bytes[16] = {};
+  int prefix = 0;
+  std::string text;
+  bool contains(const sockaddr* addr) const;
+};
+
+// Parsers shared by the loader and the CLI; errors are sentences for humans.
+Result<Duration> parse_duration(std::string_view s);      // "250ms", "5s", "2m", "1h", "0"
+Result<std::uint64_t> parse_size(std::string_view s);     // "65535", "256KiB", "4MiB", "1GiB"
+// Port 0 is refused unless `allow_port_zero` (listen addresses: the kernel
+// picks a free port, which the "listening on" log line names).
+Result<SocketAddress> parse_socket_address(std::string_view s, std::uint16_t default_port = 102,
+                                           bool allow_port_zero = false);
+Result<IpAddress> parse_ip(std::string_view s);
+Result<Cidr> parse_cidr(std::string_view s);
+std::string format_duration(Duration d);
+std::string format_size(std::uint64_t bytes);
+
+enum class SourceMode { kAuto, kFixed, kClient };
+enum class NonRfc1006Policy { kPass, kClose };
+enum class MalformedPolicy { kPass, kClose };
+
+struct SourceConfig {
+  SourceMode mode = SourceMode::kAuto;
+  std::optional<IpAddress> address;  // kFixed: the local IP to bind
+};
+
+// One instance of a filter kind, by name. The kind's own settings are parsed
+// and validated by that kind's parser (filters/registry.h) into the factory.
+struct FilterConfig {
+  std::string name;
+  std::string kind;
+  std::shared_ptr<const filters::FilterFactory> factory;
+  int line = 0;  // of the [filter.NAME] table, for messages
+  int column = 0;
+};
+
+struct ListenerConfig {
+  std::string name;
+  std::vector<SocketAddress> listen;      // one or more addresses
+  std::optional<SocketAddress> upstream;  // required unless transparent (or routed by a filter)
+  bool transparent = false;               // accept TPROXY-diverted connections
+  SourceConfig source;
+  std::vector<std::string> filters;       // names of [filter.*] instances, in order
+  std::uint32_t max_sessions = 0;         // 0 = only the global limit
+  NonRfc1006Policy non_rfc1006 = NonRfc1006Policy::kPass;
+  MalformedPolicy malformed = MalformedPolicy::kPass;
+  bool malformed_send_er = false;         // with malformed = "close": an ER toward the sender first
+  std::uint32_t max_frame = 65535;        // largest TPKT accepted
+  Duration connect_timeout{5000};
+  Duration handshake_timeout{30000};      // CR until CC or DR; 0 = off
+  Duration idle_timeout{0};               // no byte either way; 0 = off
+  std::uint64_t high_water = 256 * 1024;  // per direction: stop reading the other leg above this
+  std::uint64_t low_water = 64 * 1024;    // resume below this
+  bool keepalive = true;
+  Duration keepalive_interval{60000};
+};
+
+struct GlobalConfig {
+  std::uint32_t max_sessions = 10000;
+  Duration drain_timeout{10000};  // SIGTERM: how long sessions may finish their frames
+  std::string log_level = "info";  // trace, debug, info, warn, error
+};
+
+struct Config {
+  std::string path;  // the file it came from
+  GlobalConfig global;
+  std::vector<ListenerConfig> listeners;
+  std::map<std::string, FilterConfig> filters;
+};
+
+}  // namespace isoproxy::conf

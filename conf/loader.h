@@ -1,0 +1,22 @@
+// Loads and validates the TOML configuration (schema: conf/schema.md).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conf/config.h"
+#include "conf/toml_reader.h"
+
+namespace isoproxy::conf {
+
+using LoadResult = Result<Config, std::vector<ConfigError>>;
+
+// Every error at once, each with file:line:col, the key, and what was expected.
+LoadResult load_config_file(const std::string& path);
+LoadResult load_config_string(std::string_view toml_text, const std::string& file_name);
+
+// The effective configuration as TOML, every default filled in (check --verbose).
+std::string effective_config_toml(const Config& c);
+
+}  // namespace isoproxy::conf

@@ -1,0 +1,38 @@
+#include "filters/chain.h"
+
+namespace isoproxy::filters {
+
+Status<> ChainFrame::replace(std::vector<std::uint8_t> bytes) {
+  auto decoded = std::make_unique<codec::Frame>();
+  std::vector<std::uint8_t> owned = std::move(bytes);
+  auto f = codec::decode_frame(owned);
+  if (!f) return unexpected(Error{"replace-invalid", "replacement frame does not decode: " + f.error().detail});
+  *decoded = std::move(*f);  // its spans point into `owned`, whose buffer moves with it below
+  owned_ = std::move(owned);
+  owned_decoded_ = std::move(decoded);
+  bytes_ = codec::MutableBytes(owned_);
+  decoded_ = owned_decoded_.get();
+  return Ok{};
+}
+
+FilterChain::FilterChain(const FactoryList& factories) {
+  filters_.reserve(factories.size());
+  for (const auto& f : factories) {
+    filters_.push_back(f->create());
+    needs_data_phase_ = needs_data_phase_ || f->needs_data_phase();
+    routes_ = routes_ || f->routes();
+  }
+}
+
+Verdict FilterChain::run(FilterContext& ctx, ChainFrame& frame) {
+  const bool forward = frame.direction() == Direction::kToUpstream;
+  const std::size_t n = filters_.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    Filter& f = *filters_[forward ? i : n - 1 - i];
+    const Verdict v = f.on_frame(ctx, frame);
+    if (v != Verdict::kContinue) return v;
+  }
+  return Verdict::kContinue;
+}
+
+}  // namespace isoproxy::filters

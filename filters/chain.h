@@ -1,0 +1,31 @@
+// Per-session filter instances, run in order toward the upstream and in
+// reverse toward the client (Envoy's read/write filter order).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "filters/filter.h"
+
+namespace isoproxy::filters {
+
+using FactoryList = std::vector<std::shared_ptr<const FilterFactory>>;
+
+class FilterChain {
+ public:
+  explicit FilterChain(const FactoryList& factories);
+
+  Verdict run(FilterContext& ctx, ChainFrame& frame);
+  bool empty() const { return filters_.empty(); }
+  // True if any filter must see frames after the connection phase.
+  bool needs_data_phase() const { return needs_data_phase_; }
+  // True if a filter chooses the upstream from the CR.
+  bool routes() const { return routes_; }
+
+ private:
+  std::vector<std::unique_ptr<Filter>> filters_;
+  bool needs_data_phase_ = false;
+  bool routes_ = false;
+};
+
+}  // namespace isoproxy::filters

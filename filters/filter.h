@@ -1,0 +1,143 @@
+// The filter chain's extension point (DESIGN.md §4). A FilterFactory is built
+// once from configuration, immutable and shared; each session gets its own
+// Filter instances from it. Frames from the client run the chain in order,
+// frames from the upstream in reverse. A filter sees each decoded frame and
+// may pass it, change it in place or with a new length, drop it, inject a
+// frame, or end the session with a reason. Every action is counted as
+// `<filter>.<action>` per session and globally.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "codec/encode.h"
+#include "codec/x224.h"
+#include "conf/config.h"
+#include "result.h"
+
+namespace isoproxy::conf {
+class TableReader;
+}
+
+namespace isoproxy::filters {
+
+enum class Direction : std::uint8_t { kToUpstream, kToClient };
+inline std::string_view direction_name(Direction d) {
+  return d == Direction::kToUpstream ? "client-to-upstream" : "upstream-to-client";
+}
+
+// What the session knows of itself, annotated as frames pass (tsap-annotate
+// fills the connection fields; stats and the close line read them).
+struct SessionAnnotations {
+  std::optional<std::vector<std::uint8_t>> calling_tsap, called_tsap;
+  std::optional<std::uint8_t> tpdu_size_code_cr, tpdu_size_code_cc;  // proposed, confirmed
+  std::optional<std::uint8_t> class_cr, class_cc;
+  std::optional<std::uint16_t> initiator_ref, responder_ref;
+  std::optional<std::uint8_t> dr_reason;  // last DR seen
+  std::optional<std::uint8_t> er_cause;   // last ER seen
+  Direction dr_from = Direction::kToClient;
+  Direction er_from = Direction::kToClient;
+};
+
+// A frame in the chain. Starts as a view of the bytes read (writable: edits
+// in place cost nothing); replace() gives it new bytes of any length, after
+// which `decoded` describes the new bytes.
+class ChainFrame {
+ public:
+  ChainFrame(codec::MutableBytes bytes, const codec::Frame* decoded, Direction dir)
+      : bytes_(bytes), decoded_(decoded), dir_(dir) {}
+
+  Direction direction() const { return dir_; }
+  codec::MutableBytes bytes() { return bytes_; }
+  codec::Bytes bytes() const { return bytes_; }
+  const codec::Frame& decoded() const { return *decoded_; }
+  codec::TpduType type() const { return decoded_->tpdu.type; }
+
+  // New bytes for the frame (a whole TPKT; must decode). Fails, leaving the
+  // frame as it was, if they do not.
+  Status<> replace(std::vector<std::uint8_t> bytes);
+  bool replaced() const { return !owned_.empty(); }
+
+ private:
+  codec::MutableBytes bytes_;
+  const codec::Frame* decoded_;
+  Direction dir_;
+  std::vector<std::uint8_t> owned_;
+  std::unique_ptr<codec::Frame> owned_decoded_;
+};
+
+// Where a session's upstream connection goes, as a routing filter decides it.
+struct Route {
+  std::string name;                // for logs: "<filter>/<route>"
+  conf::SocketAddress upstream;
+  std::optional<conf::SourceConfig> source;  // the listener's own when the route sets none
+};
+
+enum class Verdict : std::uint8_t {
+  kContinue,    // pass the frame (possibly changed) to the next filter
+  kDrop,        // the frame goes no further
+  kEndSession,  // the frame goes no further; frames injected are written, then
+                // the session closes with the reason given to end_session()
+};
+
+// What a filter can see of and do to its session, besides the frame.
+class FilterContext {
+ public:
+  virtual ~FilterContext() = default;
+  virtual std::uint64_t session_id() const = 0;
+  virtual std::string_view listener() const = 0;
+  virtual const std::string& client_address() const = 0;  // "ip:port"
+  virtual const sockaddr_storage& client_sockaddr() const = 0;
+  // The upstream's "ip:port" once chosen (configured, original destination, or
+  // routed); empty while a routing filter has not chosen yet.
+  virtual const std::string& upstream_address() const = 0;
+  // A routing filter's choice, made on the CR before it is forwarded: the
+  // session connects there and the CR (and everything after) goes there.
+  // Only the first call counts.
+  virtual void set_route(Route route) = 0;
+  virtual SessionAnnotations& annotations() = 0;
+  // Counts `<filter>.<action>` for this session and globally; `filter` is the
+  // instance name the filter was created with.
+  virtual void count(std::string_view filter, std::string_view action, std::uint64_t n = 1) = 0;
+  // Queues a frame toward the client or the upstream, after the frame in hand.
+  virtual void inject(Direction toward, std::vector<std::uint8_t> frame) = 0;
+  // Ends the session once the frames already queued are written.
+  virtual void end_session(std::string reason) = 0;
+  // A session log line at info level, prefixed with [S<id>].
+  virtual void log(std::string_view message) = 0;
+};
+
+class Filter {
+ public:
+  virtual ~Filter() = default;
+  virtual Verdict on_frame(FilterContext& ctx, ChainFrame& frame) = 0;
+};
+
+class FilterFactory {
+ public:
+  virtual ~FilterFactory() = default;
+  virtual std::string_view kind() const = 0;
+  const std::string& name() const { return name_; }
+  virtual std::unique_ptr<Filter> create() const = 0;
+  // False when the filter has nothing to do once the connection is
+  // established (CR/CC/DR/ER only): the relay may then skip framing DT data.
+  virtual bool needs_data_phase() const { return true; }
+  // True for a filter that chooses the upstream (set_route): the session then
+  // connects only once the CR has been read.
+  virtual bool routes() const { return false; }
+  // The effective settings as TOML lines ("key = value\n"), defaults
+  // included, for `isoproxy check --verbose`.
+  virtual std::string settings_toml() const = 0;
+
+ protected:
+  explicit FilterFactory(std::string name) : name_(std::move(name)) {}
+
+ private:
+  std::string name_;
+};
+
+}  // namespace isoproxy::filters

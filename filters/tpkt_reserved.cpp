@@ -1,0 +1,131 @@
+// tpkt-reserved: sets the TPKT reserved byte to 0, in place, on the TPDU types
+// and directions configured. Exchange 4.0's MTA writes 0x11 in its CC (KB
+// Q151626) and CR (KB Q157015); RFC 2126 §4.3 says 0 and strict stacks
+// (libiec61850, signature engines matching "03 00") refuse anything else.
+// Nothing else in the frame changes, so no length is touched.
+#include <array>
+#include <cstdio>
+
+#include "conf/toml_reader.h"
+#include "filters/registry.h"
+
+namespace isoproxy::filters {
+
+namespace {
+
+constexpr std::array<std::string_view, 10> kTypeNames = {"CR", "CC", "DR", "DC", "DT", "ED", "AK", "EA", "RJ", "ER"};
+
+struct ReservedSettings {
+  std::array<bool, 16> types{};  // by TPDU type nibble
+  bool to_client = true;
+  bool to_upstream = true;
+  std::vector<std::string> type_names;  // as configured, for settings_toml
+};
+
+class TpktReserved final : public Filter {
+ public:
+  TpktReserved(const std::string& name, const ReservedSettings& s) : name_(name), s_(s) {}
+
+  Verdict on_frame(FilterContext& ctx, ChainFrame& frame) override {
+    auto bytes = frame.bytes();
+    const std::uint8_t old = bytes[1];
+    if (old == 0) return Verdict::kContinue;
+    const bool dir_ok = frame.direction() == Direction::kToClient ? s_.to_client : s_.to_upstream;
+    if (!dir_ok || !s_.types[static_cast<std::size_t>(frame.type())]) return Verdict::kContinue;
+    codec::set_reserved(bytes, 0);
+    ctx.count(name_, "repaired");
+    // Connection-phase TPDUs are logged each time; data TPDUs once per value
+    // per session (a peer that stamps every DT would flood the log), the rest
+    // are in the counter and the close line.
+    const bool data = frame.type() == codec::TpduType::kDT || frame.type() == codec::TpduType::kED;
+    if (!data || !logged_values_[old]) {
+      logged_values_[old] = true;
+      char msg[160];
+      std::snprintf(msg, sizeof msg, "%s: %s %s: TPKT reserved byte 0x%02X -> 0x00%s", name_.c_str(),
+                    std::string(codec::tpdu_type_name(frame.type())).c_str(),
+                    std::string(direction_name(frame.direction())).c_str(), old,
+                    data ? " (further data repairs counted, not logged)" : "");
+      ctx.log(msg);
+    }
+    return Verdict::kContinue;
+  }
+
+ private:
+  const std::string& name_;
+  const ReservedSettings& s_;
+  std::array<bool, 256> logged_values_{};
+};
+
+class TpktReservedFactory final : public FilterFactory {
+ public:
+  TpktReservedFactory(std::string name, ReservedSettings s) : FilterFactory(std::move(name)), s_(std::move(s)) {}
+  std::string_view kind() const override { return "tpkt-reserved"; }
+  std::unique_ptr<Filter> create() const override { return std::make_unique<TpktReserved>(name(), s_); }
+  // A vendor that stamps the byte on DTs too needs "any", which needs the data phase.
+  bool needs_data_phase() const override {
+    return s_.types[static_cast<std::size_t>(codec::TpduType::kDT)] || s_.types[static_cast<std::size_t>(codec::TpduType::kED)];
+  }
+  std::string settings_toml() const override {
+    std::string out = "tpdu = [";
+    for (std::size_t i = 0; i < s_.type_names.size(); ++i) out += (i ? ", \"" : "\"") + s_.type_names[i] + "\"";
+    out += "]\ndirections = [";
+    bool first = true;
+    if (s_.to_client) { out += "\"to-client\""; first = false; }
+    if (s_.to_upstream) out += std::string(first ? "" : ", ") + "\"to-upstream\"";
+    return out + "]\n";
+  }
+
+ private:
+  ReservedSettings s_;
+};
+
+}  // namespace
+
+std::shared_ptr<const FilterFactory> parse_tpkt_reserved(const std::string& name, conf::TableReader& t) {
+  ReservedSettings s;
+  bool ok = true;
+  s.type_names = t.string_list("tpdu", {"CC"});
+  if (s.type_names.empty()) {
+    t.error("tpdu", "expected at least one TPDU type (CR, CC, DR, DC, DT, ED, AK, EA, RJ, ER) or \"any\"");
+    ok = false;
+  }
+  for (const auto& n : s.type_names) {
+    if (n == "any") {
+      s.types.fill(true);
+      continue;
+    }
+    bool found = false;
+    for (std::string_view k : kTypeNames) {
+      if (n == k) {
+        found = true;
+        for (int nib = 0; nib < 16; ++nib) {
+          // Map the name to its type nibble through the codec's own names.
+          if (codec::tpdu_type_name(static_cast<codec::TpduType>(nib)) == k) s.types[static_cast<std::size_t>(nib)] = true;
+        }
+      }
+    }
+    if (!found) {
+      t.error("tpdu", "unknown TPDU type \"" + n + "\": expected CR, CC, DR, DC, DT, ED, AK, EA, RJ, ER or \"any\"");
+      ok = false;
+    }
+  }
+  const auto dirs = t.string_list("directions", {"to-client", "to-upstream"});
+  s.to_client = s.to_upstream = false;
+  for (const auto& d : dirs) {
+    if (d == "to-client") s.to_client = true;
+    else if (d == "to-upstream") s.to_upstream = true;
+    else {
+      t.error("directions", "unknown direction \"" + d + "\": expected \"to-client\" or \"to-upstream\"");
+      ok = false;
+    }
+  }
+  if (dirs.empty()) {
+    t.error("directions", "expected at least one of \"to-client\", \"to-upstream\"");
+    ok = false;
+  }
+  t.finish();
+  if (!ok) return nullptr;
+  return std::make_shared<TpktReservedFactory>(name, std::move(s));
+}
+
+}  // namespace isoproxy::filters

@@ -1,0 +1,260 @@
+// tsap-acl: allows or refuses a connection on its CR, by calling and called
+// TSAP and by the client's address. A refused CR is not forwarded: the client
+// gets a DR (X.224 13.5: DST-REF = the CR's SRC-REF) with the configured
+// reason, and the session ends. Rules are tried in order, the first whose
+// every condition matches decides; none matching, `default` decides.
+//
+// Only CRs from the client are judged, each one (class 0 has a single CR, but
+// a client that sends a DT first and a CR later must not get around the
+// rules). Every other frame passes, so a stream that never sends a CR is not
+// judged at all: refuse those with the listener's non_rfc1006 policy.
+#include <toml++/toml.h>
+
+
+#include "codec/text.h"
+#include "conf/toml_reader.h"
+#include "filters/registry.h"
+#include "filters/tsap_match.h"
+
+namespace isoproxy::filters {
+
+namespace {
+
+struct AclRule {
+  bool allow = false;
+  std::vector<TsapPattern> calling, called;  // empty: no condition
+  std::vector<conf::Cidr> clients;           // empty: no condition
+};
+
+struct AclSettings {
+  bool default_allow = false;
+  std::uint8_t reason = 3;  // protocol.md §4: address unknown
+  std::vector<AclRule> rules;
+};
+
+// A TSAP condition against every copy of the parameter in the CR. A CR with
+// the same TSAP parameter twice is ambiguous (peers differ on which copy they
+// read), so it is judged by the stricter reading: an allow rule needs every
+// copy to match, a deny rule any one. With no copy, nothing matches.
+bool tsap_condition(const std::vector<TsapPattern>& patterns, const codec::Tpdu& t, std::uint8_t code, bool allow) {
+  bool any = false;
+  bool all = true;
+  for (const codec::Param& p : t.params) {
+    if (p.code != code) continue;
+    bool m = false;
+    for (const TsapPattern& pat : patterns) m = m || pat.matches(p.value);
+    any = any || m;
+    all = all && m;
+  }
+  return allow ? any && all : any;
+}
+
+bool rule_matches(const AclRule& r, const codec::Tpdu& t, const sockaddr* client) {
+  if (!r.calling.empty() && !tsap_condition(r.calling, t, codec::param::kCallingTsap, r.allow)) return false;
+  if (!r.called.empty() && !tsap_condition(r.called, t, codec::param::kCalledTsap, r.allow)) return false;
+  if (!r.clients.empty()) {
+    bool in = false;
+    for (const conf::Cidr& c : r.clients) in = in || c.contains(client);
+    if (!in) return false;
+  }
+  return true;
+}
+
+std::string tsap_display(std::optional<codec::Bytes> b) {
+  return b ? "\"" + codec::tsap_text(*b).display() + "\"" : std::string("-");
+}
+
+class TsapAcl final : public Filter {
+ public:
+  TsapAcl(const std::string& name, const AclSettings& s) : name_(name), s_(s) {}
+
+  Verdict on_frame(FilterContext& ctx, ChainFrame& frame) override {
+    if (frame.type() != codec::TpduType::kCR || frame.direction() != Direction::kToUpstream) return Verdict::kContinue;
+    const codec::Tpdu& t = frame.decoded().tpdu;
+    const auto* client = reinterpret_cast<const sockaddr*>(&ctx.client_sockaddr());
+    std::optional<std::size_t> hit;
+    for (std::size_t i = 0; i < s_.rules.size() && !hit; ++i) {
+      if (rule_matches(s_.rules[i], t, client)) hit = i;
+    }
+    const bool allow = hit ? s_.rules[*hit].allow : s_.default_allow;
+    if (allow) {
+      ctx.count(name_, "allowed");
+      return Verdict::kContinue;
+    }
+    ctx.count(name_, "denied");
+    // The index is the one config errors use (rule[0] is the first).
+    const std::string why = hit ? "rule " + std::to_string(*hit) : std::string("default");
+    ctx.log(name_ + ": refused CR from " + ctx.client_address() + " calling=" + tsap_display(t.calling_tsap()) +
+            " called=" + tsap_display(t.called_tsap()) + ": " + why + "; DR reason " + std::to_string(s_.reason) +
+            " to the client");
+    ctx.inject(Direction::kToClient, make_refusal_dr(t.src_ref.value_or(0), s_.reason));
+    ctx.end_session("acl-denied: " + why);
+    return Verdict::kEndSession;  // the CR itself goes no further
+  }
+
+ private:
+  const std::string& name_;
+  const AclSettings& s_;
+};
+
+// A TSAP pattern as a TOML string that reads back to the same pattern: as
+// written when that is plain printable ASCII, else in its hex form.
+std::string toml_pattern(const TsapPattern& p) {
+  bool plain = true;
+  for (const char c : p.text()) plain = plain && c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
+  if (plain) return "\"" + p.text() + "\"";
+  return "\"hex:" + codec::to_hex(p.bytes()) + (p.prefix() ? "*\"" : "\"");
+}
+
+class TsapAclFactory final : public FilterFactory {
+ public:
+  TsapAclFactory(std::string name, AclSettings s) : FilterFactory(std::move(name)), s_(std::move(s)) {}
+  std::string_view kind() const override { return "tsap-acl"; }
+  std::unique_ptr<Filter> create() const override { return std::make_unique<TsapAcl>(name(), s_); }
+  bool needs_data_phase() const override { return false; }  // judges the CR only
+  // Rules as an inline array: it stays inside this filter's table wherever
+  // the caller puts the lines.
+  std::string settings_toml() const override {
+    std::string out = std::string("default = \"") + (s_.default_allow ? "allow" : "deny") + "\"\n";
+    out += "reason = " + std::to_string(s_.reason) + "\n";
+    if (s_.rules.empty()) return out + "rule = []\n";
+    out += "rule = [\n";
+    for (const AclRule& r : s_.rules) {
+      out += std::string("  { action = \"") + (r.allow ? "allow" : "deny") + "\"";
+      auto list = [&out](const char* key, const auto& items, auto text) {
+        if (items.empty()) return;
+        out += std::string(", ") + key + " = [";
+        for (std::size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + text(items[i]);
+        out += "]";
+      };
+      list("calling", r.calling, toml_pattern);
+      list("called", r.called, toml_pattern);
+      list("client", r.clients, [](const conf::Cidr& c) { return "\"" + c.text + "\""; });
+      out += " },\n";
+    }
+    return out + "]\n";
+  }
+
+ private:
+  AclSettings s_;
+};
+
+const char* node_type(const toml::node& n) {
+  if (n.is_table()) return "a table";
+  if (n.is_array()) return "an array";
+  if (n.is_string()) return "a string";
+  if (n.is_integer()) return "an integer";
+  if (n.is_floating_point()) return "a floating-point number";
+  if (n.is_boolean()) return "a boolean";
+  return "a date or time";
+}
+
+// `key` as one TSAP pattern or a list of them; an empty result with `ok`
+// still true means the key is absent.
+std::vector<TsapPattern> read_patterns(conf::TableReader& r, std::string_view key, bool& ok) {
+  const toml::node* n = r.node(key);
+  if (n == nullptr) return {};
+  constexpr const char* kExpected = "expected a TSAP such as \"EXCHANGETSAP1\", \"hex:0102\" or \"SIMATIC-*\", or a list of them";
+  std::vector<TsapPattern> out;
+  if (const auto* s = n->as_string()) {
+    auto p = TsapPattern::parse(s->get());
+    if (!p) {
+      r.error(key, p.error().message);
+      ok = false;
+      return {};
+    }
+    out.push_back(std::move(*p));
+    return out;
+  }
+  const auto* a = n->as_array();
+  if (a == nullptr) {
+    r.error(key, std::string(kExpected) + ", found " + node_type(*n));
+    ok = false;
+    return {};
+  }
+  if (a->empty()) {
+    r.error(key, "an empty list matches nothing: list at least one TSAP, or leave the key out to match any");
+    ok = false;
+    return {};
+  }
+  for (std::size_t i = 0; i < a->size(); ++i) {
+    const toml::node& e = *a->get(i);
+    const std::string at = r.path() + "." + std::string(key) + "[" + std::to_string(i) + "]";
+    const auto* s = e.as_string();
+    if (s == nullptr) {
+      r.sink().add(&e, at, std::string("expected a TSAP string, found ") + node_type(e));
+      ok = false;
+      continue;
+    }
+    auto p = TsapPattern::parse(s->get());
+    if (!p) {
+      r.sink().add(&e, at, p.error().message);
+      ok = false;
+      continue;
+    }
+    out.push_back(std::move(*p));
+  }
+  return ok ? out : std::vector<TsapPattern>{};
+}
+
+bool parse_rule(conf::TableReader& r, AclRule& rule) {
+  bool ok = true;
+  if (r.node("action") == nullptr) {
+    r.error("action", "required: \"allow\" or \"deny\"");
+    ok = false;
+  } else {
+    const std::string a = r.choice("action", "", {"allow", "deny"});
+    if (a.empty()) ok = false;
+    rule.allow = a == "allow";
+  }
+  rule.calling = read_patterns(r, "calling", ok);
+  rule.called = read_patterns(r, "called", ok);
+  if (r.node("client") != nullptr) {
+    const toml::node* n = r.node("client");
+    rule.clients = r.cidrs("client");
+    if (rule.clients.empty()) {
+      // cidrs() has reported a bad entry; an empty list is reported here.
+      if (const auto* arr = n->as_array(); arr != nullptr && arr->empty()) {
+        r.error("client", "an empty list matches nothing: list at least one address range, or leave the key out to match any");
+      }
+      ok = false;
+    }
+  }
+  r.finish();
+  return ok;
+}
+
+}  // namespace
+
+std::shared_ptr<const FilterFactory> parse_tsap_acl(const std::string& name, conf::TableReader& t) {
+  AclSettings s;
+  const std::size_t errors_before = t.sink().errors().size();
+  // Fail closed: an ACL whose author forgot the default refuses what no rule allows.
+  s.default_allow = t.choice("default", "deny", {"allow", "deny"}) == "allow";
+  s.reason = static_cast<std::uint8_t>(t.integer("reason", 3, 0, 255));
+  if (const toml::node* n = t.node("rule")) {
+    const auto* arr = n->as_array();
+    if (arr == nullptr) {
+      t.error("rule", "expected [[" + t.path() + ".rule]] tables (an array of tables, double brackets), found " +
+                          node_type(*n));
+    } else {
+      for (std::size_t i = 0; i < arr->size(); ++i) {
+        const toml::node& e = *arr->get(i);
+        const std::string at = t.path() + ".rule[" + std::to_string(i) + "]";
+        const auto* rt = e.as_table();
+        if (rt == nullptr) {
+          t.sink().add(&e, at, std::string("expected a table with an action, found ") + node_type(e));
+          continue;
+        }
+        conf::TableReader r(*rt, at, t.sink());
+        AclRule rule;
+        if (parse_rule(r, rule)) s.rules.push_back(std::move(rule));
+      }
+    }
+  }
+  t.finish();
+  if (t.sink().errors().size() != errors_before) return nullptr;
+  return std::make_shared<TsapAclFactory>(name, std::move(s));
+}
+
+}  // namespace isoproxy::filters

@@ -1,0 +1,38 @@
+// TSAP selectors as the configuration writes them, shared by the filters that
+// choose by TSAP (tsap-route, tsap-acl, tsap-rewrite, trace): "EXCHANGETSAP1"
+// is ASCII, "hex:0102" is hex, and a trailing "*" makes it a prefix
+// ("SIMATIC-*", "hex:01*").
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "codec/tpkt.h"
+#include "result.h"
+
+namespace isoproxy::filters {
+
+// "EXCHANGETSAP1" -> bytes; "hex:0102" -> {0x01, 0x02}. Errors name what is wrong.
+Result<std::vector<std::uint8_t>> parse_tsap(std::string_view text);
+
+class TsapPattern {
+ public:
+  static Result<TsapPattern> parse(std::string_view text);
+  bool matches(codec::Bytes tsap) const;
+  bool prefix() const { return prefix_; }
+  const std::vector<std::uint8_t>& bytes() const { return bytes_; }
+  const std::string& text() const { return text_; }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+  bool prefix_ = false;
+  std::string text_;
+};
+
+// A DR refusing a CR (X.224 13.5): DST-REF = the CR's SRC-REF, SRC-REF 0.
+std::vector<std::uint8_t> make_refusal_dr(std::uint16_t cr_src_ref, std::uint8_t reason);
+
+}  // namespace isoproxy::filters

@@ -1,0 +1,210 @@
+// tsap-route: chooses the upstream (address and source mode) by the called
+// and/or calling TSAP of the CR, with an optional default route. The session
+// connects only once the CR has been read (it holds the client's bytes until
+// then). A CR no route takes, with no default, is refused with a DR and the
+// session ends.
+#include <cstdio>
+
+#include "codec/text.h"
+#include "conf/toml_reader.h"
+#include "filters/registry.h"
+#include "filters/tsap_match.h"
+
+#include <toml++/toml.h>
+
+namespace isoproxy::filters {
+
+namespace {
+
+struct RouteRule {
+  std::string name;
+  std::vector<TsapPattern> called, calling;  // empty: any
+  conf::SocketAddress upstream;
+  std::optional<conf::SourceConfig> source;
+};
+
+struct RouteSettings {
+  std::vector<RouteRule> routes;
+  std::optional<conf::SocketAddress> fallback;  // `default`
+  std::uint8_t reason = 3;                      // DR reason: address unknown
+};
+
+bool any_match(const std::vector<TsapPattern>& pats, const std::optional<codec::Bytes>& tsap) {
+  if (pats.empty()) return true;
+  if (!tsap) return false;
+  for (const auto& p : pats) {
+    if (p.matches(*tsap)) return true;
+  }
+  return false;
+}
+
+std::string tsap_or_none(const std::optional<codec::Bytes>& t) {
+  return t ? codec::tsap_text(*t).display() : std::string("(none)");
+}
+
+class TsapRoute final : public Filter {
+ public:
+  TsapRoute(const std::string& name, const RouteSettings& s) : name_(name), s_(s) {}
+
+  Verdict on_frame(FilterContext& ctx, ChainFrame& frame) override {
+    if (decided_ || frame.direction() != Direction::kToUpstream) return Verdict::kContinue;
+    decided_ = true;
+    const codec::Tpdu& t = frame.decoded().tpdu;
+    if (t.type != codec::TpduType::kCR) {
+      // Nothing to route by: the default takes it, or the session ends.
+      if (s_.fallback) {
+        ctx.set_route({name_ + "/default", *s_.fallback, std::nullopt});
+        ctx.count(name_, "default");
+        return Verdict::kContinue;
+      }
+      ctx.count(name_, "no-route");
+      ctx.end_session(std::string("no-route: first frame is a ") + std::string(codec::tpdu_type_name(t.type)) +
+                      ", not a CR");
+      return Verdict::kEndSession;
+    }
+    const auto called = t.called_tsap();
+    const auto calling = t.calling_tsap();
+    for (const RouteRule& r : s_.routes) {
+      if (any_match(r.called, called) && any_match(r.calling, calling)) {
+        ctx.set_route({name_ + "/" + r.name, r.upstream, r.source});
+        ctx.count(name_, "routed");
+        return Verdict::kContinue;
+      }
+    }
+    if (s_.fallback) {
+      ctx.set_route({name_ + "/default", *s_.fallback, std::nullopt});
+      ctx.count(name_, "default");
+      return Verdict::kContinue;
+    }
+    // X.224 13.5: refuse the CR with a DR; the session ends once it is written.
+    ctx.inject(Direction::kToClient, make_refusal_dr(t.src_ref.value_or(0), s_.reason));
+    ctx.count(name_, "no-route");
+    ctx.end_session("no-route: called=" + tsap_or_none(called) + " calling=" + tsap_or_none(calling));
+    return Verdict::kEndSession;
+  }
+
+ private:
+  const std::string& name_;
+  const RouteSettings& s_;
+  bool decided_ = false;
+};
+
+class TsapRouteFactory final : public FilterFactory {
+ public:
+  TsapRouteFactory(std::string name, RouteSettings s) : FilterFactory(std::move(name)), s_(std::move(s)) {}
+  std::string_view kind() const override { return "tsap-route"; }
+  std::unique_ptr<Filter> create() const override { return std::make_unique<TsapRoute>(name(), s_); }
+  bool needs_data_phase() const override { return false; }
+  bool routes() const override { return true; }
+  std::string settings_toml() const override {
+    std::string out;
+    if (s_.fallback) out += "default = \"" + s_.fallback->text + "\"\n";
+    out += "reason = " + std::to_string(s_.reason) + "\n";
+    auto list = [](const std::vector<TsapPattern>& v) {
+      std::string l = "[";
+      for (std::size_t i = 0; i < v.size(); ++i) l += (i ? ", \"" : "\"") + v[i].text() + "\"";
+      return l + "]";
+    };
+    for (const auto& r : s_.routes) {
+      out += "\n[[filter." + name() + ".route]]\nname = \"" + r.name + "\"\nupstream = \"" + r.upstream.text + "\"\n";
+      if (!r.called.empty()) out += "called = " + list(r.called) + "\n";
+      if (!r.calling.empty()) out += "calling = " + list(r.calling) + "\n";
+      if (r.source) {
+        out += std::string("source = \"") +
+               (r.source->mode == conf::SourceMode::kFixed ? "fixed" : r.source->mode == conf::SourceMode::kClient ? "client" : "auto") +
+               "\"\n";
+        if (r.source->address) out += "source_address = \"" + r.source->address->text + "\"\n";
+      }
+    }
+    return out;
+  }
+
+ private:
+  RouteSettings s_;
+};
+
+// A TSAP pattern or a list of them.
+std::vector<TsapPattern> patterns(conf::TableReader& t, std::string_view key, bool& ok) {
+  std::vector<TsapPattern> out;
+  std::vector<std::string> texts;
+  const toml::node* n = t.node(key);
+  if (n != nullptr && n->is_string()) {
+    texts.push_back(n->as_string()->get());
+  } else {
+    const std::size_t before = t.sink().errors().size();
+    texts = t.string_list(key, {});
+    if (t.sink().errors().size() != before) ok = false;
+  }
+  for (const auto& text : texts) {
+    auto p = TsapPattern::parse(text);
+    if (!p) {
+      t.error(key, p.error().message);
+      ok = false;
+      continue;
+    }
+    out.push_back(std::move(*p));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, conf::TableReader& t) {
+  RouteSettings s;
+  bool ok = true;
+  s.fallback = t.socket_address("default");
+  s.reason = static_cast<std::uint8_t>(t.integer("reason", 3, 0, 255));
+  const toml::node* routes = t.node("route");
+  if (routes != nullptr) {
+    const toml::array* arr = routes->as_array();
+    if (arr == nullptr || !arr->is_array_of_tables()) {
+      t.error("route", "expected [[filter." + name + ".route]] tables");
+      ok = false;
+    } else {
+      for (std::size_t i = 0; i < arr->size(); ++i) {
+        const toml::table& rt = *arr->get(i)->as_table();
+        conf::TableReader r(rt, t.path() + ".route[" + std::to_string(i) + "]", t.sink());
+        RouteRule rule;
+        rule.name = r.string("name", "route-" + std::to_string(i));
+        rule.called = patterns(r, "called", ok);
+        rule.calling = patterns(r, "calling", ok);
+        auto up = r.socket_address("upstream");
+        if (!up) {
+          if (r.node("upstream") == nullptr) r.error("upstream", "required: where CRs matching this route are relayed");
+          ok = false;
+        } else {
+          rule.upstream = *up;
+        }
+        if (r.node("source") != nullptr) {
+          const std::string mode = r.choice("source", "auto", {"auto", "fixed", "client"});
+          conf::SourceConfig sc;
+          sc.mode = mode == "fixed" ? conf::SourceMode::kFixed : mode == "client" ? conf::SourceMode::kClient : conf::SourceMode::kAuto;
+          sc.address = r.ip("source_address");
+          if (sc.mode == conf::SourceMode::kFixed && !sc.address) {
+            r.error("source", "source = \"fixed\" needs source_address");
+            ok = false;
+          }
+          rule.source = sc;
+        } else if (r.node("source_address") != nullptr) {
+          r.error("source_address", "only used with source = \"fixed\"");
+          ok = false;
+        }
+        if (rule.called.empty() && rule.calling.empty() && r.node("called") == nullptr && r.node("calling") == nullptr) {
+          r.error("called", "a route needs called and/or calling TSAPs to match (use `default` for everything else)");
+          ok = false;
+        }
+        r.finish();
+        s.routes.push_back(std::move(rule));
+      }
+    }
+  }
+  if (s.routes.empty() && !s.fallback && ok) {
+    t.error("route", "expected at least one [[filter." + name + ".route]] or a default");
+    ok = false;
+  }
+  t.finish();
+  if (!ok) return nullptr;
+  return std::make_shared<TsapRouteFactory>(name, std::move(s));
+}
+
+}  // namespace isoproxy::filters

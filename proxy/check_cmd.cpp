@@ -1,0 +1,20 @@
+#include "check_cmd.h"
+
+#include <ostream>
+
+#include "conf/loader.h"
+
+namespace isoproxy {
+
+int run_check(const std::string& path, bool verbose, std::ostream& out, std::ostream& err) {
+  auto config = conf::load_config_file(path);
+  if (!config) {
+    for (const auto& e : config.error()) err << e.to_string() << '\n';
+    return 1;
+  }
+  out << path << ": ok\n";
+  if (verbose) out << conf::effective_config_toml(*config);
+  return 0;
+}
+
+}  // namespace isoproxy

@@ -1,0 +1,66 @@
+// A Listener accepts on the addresses of one [[listener]] (plain, or
+// IP_TRANSPARENT for TPROXY-diverted connections) and owns its Sessions'
+// count against the listener's limit.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "result.h"
+#include "session.h"
+
+namespace isoproxy {
+
+class Server;
+
+class Listener {
+ public:
+  Listener(Server& server, std::shared_ptr<const ListenerRuntime> rt);
+  ~Listener();
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  // Binds and listens on every address; a clear error naming the address on failure.
+  Status<> start();
+  // Stops accepting (closes the sockets). Sessions go on.
+  void stop();
+  // True once every socket's close callback ran.
+  bool stopped() const { return open_sockets_ == 0; }
+
+  const std::string& name() const { return rt_->cfg.name; }
+  const std::shared_ptr<const ListenerRuntime>& runtime() const { return rt_; }
+  // New sessions use `rt` from now on (reload); the sockets stay.
+  void set_runtime(std::shared_ptr<const ListenerRuntime> rt) { rt_ = std::move(rt); }
+  std::uint32_t active() const { return active_; }
+  void session_started() { ++active_; }
+  void session_ended() { --active_; }
+  std::uint64_t refused() const { return refused_; }
+  // The addresses actually bound (port 0 resolved).
+  const std::vector<std::string>& bound() const { return bound_; }
+
+ private:
+  struct Socket {
+    uv_tcp_t tcp{};
+    Listener* owner = nullptr;
+    conf::SocketAddress addr;
+    bool initialised = false;
+  };
+  void on_connection(Socket& s, int status);
+  void refuse(uv_stream_t* server_stream, const std::string& why);
+
+  Server& server_;
+  std::shared_ptr<const ListenerRuntime> rt_;
+  std::vector<std::unique_ptr<Socket>> sockets_;
+  std::vector<std::string> bound_;
+  int open_sockets_ = 0;
+  std::uint32_t active_ = 0;
+  std::uint64_t refused_ = 0;
+  std::uint64_t last_refusal_log_ms_ = 0;
+  std::uint64_t refusals_not_logged_ = 0;
+};
+
+}  // namespace isoproxy

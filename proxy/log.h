@@ -1,0 +1,20 @@
+// Logging: spdlog to standard error (journald collects it under systemd).
+// Levels are checked before formatting (spdlog does this for its macros and
+// functions); session lines are prefixed with [S<id>].
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <string>
+#include <string_view>
+
+namespace isoproxy::log {
+
+// "trace", "debug", "info", "warn", "error"; false for anything else.
+bool init(std::string_view level);
+bool set_level(std::string_view level);
+
+// Quotes a value for key=value log fields when it has spaces, quotes or is empty.
+std::string quote(std::string_view v);
+
+}  // namespace isoproxy::log

@@ -1,0 +1,229 @@
+#include "server.h"
+
+#include <csignal>
+
+#include "conf/loader.h"
+#include "log.h"
+#include "upstream.h"
+
+namespace isoproxy {
+
+namespace {
+
+std::shared_ptr<const ListenerRuntime> make_runtime(const conf::Config& c, const conf::ListenerConfig& l) {
+  auto rt = std::make_shared<ListenerRuntime>();
+  rt->cfg = l;
+  for (const auto& name : l.filters) rt->factories.push_back(c.filters.at(name).factory);
+  return rt;
+}
+
+bool same_sockets(const conf::ListenerConfig& a, const conf::ListenerConfig& b) {
+  if (a.transparent != b.transparent || a.listen.size() != b.listen.size()) return false;
+  for (std::size_t i = 0; i < a.listen.size(); ++i) {
+    if (a.listen[i].text != b.listen[i].text) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Server::Server(std::shared_ptr<const conf::Config> config) : config_(std::move(config)) { uv_loop_init(&loop_); }
+
+Server::~Server() {
+  // run() closed every handle; a Server that never ran closes its loop here.
+  if (!handles_closed_) {
+    uv_walk(&loop_, [](uv_handle_t* h, void*) noexcept {
+      if (!uv_is_closing(h)) uv_close(h, nullptr);
+    }, nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+  }
+}
+
+Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial) {
+  // Host checks first, so that a config this host cannot serve changes nothing.
+  for (const auto& l : config->listeners) {
+    if (l.source.mode == conf::SourceMode::kFixed && l.source.address) {
+      if (auto ok = check_source_is_local(*l.source.address); !ok) {
+        return unexpected(Error{ok.error().kind, "listener " + l.name + ": source_address " + ok.error().message +
+                                                     " (outbound connections could not be bound to it)"});
+      }
+    }
+  }
+  // Listeners whose sockets are unchanged keep them and take the new settings;
+  // the others are stopped and new ones started.
+  std::vector<std::unique_ptr<Listener>> keep, fresh;
+  std::vector<std::unique_ptr<Listener>> old = std::move(listeners_);
+  listeners_.clear();
+  for (const auto& lc : config->listeners) {
+    auto rt = make_runtime(*config, lc);
+    auto it = std::find_if(old.begin(), old.end(), [&](const auto& l) { return l && l->name() == lc.name && same_sockets(l->runtime()->cfg, lc); });
+    if (it != old.end()) {
+      (*it)->set_runtime(rt);
+      listeners_.push_back(std::move(*it));
+      continue;
+    }
+    fresh.push_back(std::make_unique<Listener>(*this, rt));
+  }
+  for (auto& l : old) {
+    if (!l) continue;
+    spdlog::info("listener {} removed or changed: no longer accepting on {}", l->name(), fmt::join(l->bound(), ", "));
+    l->stop();
+    stopping_listeners_.push_back(std::move(l));
+  }
+  for (auto& l : fresh) {
+    auto ok = l->start();
+    if (!ok) {
+      l->stop();
+      stopping_listeners_.push_back(std::move(l));
+      if (initial) return unexpected(ok.error());
+      spdlog::error("reload: {}", ok.error().message);
+      continue;
+    }
+    listeners_.push_back(std::move(l));
+  }
+  config_ = std::move(config);
+  log::set_level(config_->global.log_level);
+  return Ok{};
+}
+
+Status<> Server::start() {
+  uv_idle_init(&loop_, &reaper_);
+  reaper_.data = this;
+  uv_timer_init(&loop_, &drain_timer_);
+  drain_timer_.data = this;
+  for (auto [sig, h] : {std::pair{SIGTERM, &sigterm_}, std::pair{SIGINT, &sigint_}, std::pair{SIGHUP, &sighup_}}) {
+    uv_signal_init(&loop_, h);
+    h->data = this;
+    uv_signal_start(h, [](uv_signal_t* s, int signum) noexcept { static_cast<Server*>(s->data)->on_signal(signum); }, sig);
+  }
+  // A peer that resets while we write must not kill the process.
+  std::signal(SIGPIPE, SIG_IGN);
+  auto ok = apply(config_, true);
+  if (!ok) {
+    begin_drain();  // closes what was opened, so that run() can end cleanly
+    return ok;
+  }
+  spdlog::info("isoproxy ready: {} listener{}, config {}", listeners_.size(), listeners_.size() == 1 ? "" : "s", config_->path);
+  return Ok{};
+}
+
+int Server::run() {
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  handles_closed_ = true;
+  const int r = uv_loop_close(&loop_);
+  if (r != 0) {
+    spdlog::error("event loop closed with handles still open: {}", uv_strerror(r));
+    return 1;
+  }
+  spdlog::info("stopped: {} sessions served, {} refused", stats_.closed, stats_.refused);
+  return 0;
+}
+
+Session* Server::new_session(Listener& l, const std::shared_ptr<const ListenerRuntime>& rt) {
+  const std::uint64_t id = next_session_id_++;
+  auto s = std::make_unique<Session>(*this, l, id, rt);
+  Session* raw = s.get();
+  sessions_.emplace(id, std::move(s));
+  l.session_started();
+  stats_.accepted++;
+  return raw;
+}
+
+void Server::session_closed(std::uint64_t id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  it->second->owner().session_ended();
+  // Destroyed from the reaper, never inside the session's own callback.
+  finished_.push_back(std::move(it->second));
+  sessions_.erase(it);
+  schedule_reap();
+}
+
+void Server::listener_closed() { schedule_reap(); }
+
+void Server::schedule_reap() {
+  if (!reaper_active_ && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&reaper_))) {
+    reaper_active_ = true;
+    uv_idle_start(&reaper_, [](uv_idle_t* h) noexcept {
+      auto* self = static_cast<Server*>(h->data);
+      self->finished_.clear();
+      self->reaper_active_ = false;
+      uv_idle_stop(h);
+      std::erase_if(self->stopping_listeners_, [](const auto& l) { return l->stopped() && l->active() == 0; });
+      self->maybe_stop();
+    });
+  }
+}
+
+void Server::on_signal(int signum) {
+  if (signum == SIGHUP) {
+    reload();
+    return;
+  }
+  if (draining_) {
+    spdlog::warn("{} again: closing {} sessions now", signum == SIGINT ? "SIGINT" : "SIGTERM", sessions_.size());
+    std::vector<Session*> all;
+    for (auto& [id, s] : sessions_) all.push_back(s.get());
+    for (Session* s : all) s->close("shutdown");
+    return;
+  }
+  spdlog::info("{}: draining {} session{} (deadline {})", signum == SIGINT ? "SIGINT" : "SIGTERM", sessions_.size(),
+               sessions_.size() == 1 ? "" : "s", conf::format_duration(config_->global.drain_timeout));
+  begin_drain();
+}
+
+void Server::begin_drain() {
+  if (draining_) return;
+  draining_ = true;
+  for (auto& l : listeners_) {
+    l->stop();
+    stopping_listeners_.push_back(std::move(l));
+  }
+  listeners_.clear();
+  std::vector<Session*> all;
+  for (auto& [id, s] : sessions_) all.push_back(s.get());
+  for (Session* s : all) s->drain();
+  uv_timer_start(&drain_timer_, [](uv_timer_t* t) noexcept {
+    auto* self = static_cast<Server*>(t->data);
+    std::vector<Session*> left;
+    for (auto& [id, s] : self->sessions_) left.push_back(s.get());
+    if (!left.empty()) spdlog::warn("drain deadline passed: closing {} sessions", left.size());
+    for (Session* s : left) s->close("drain-timeout");
+  }, static_cast<std::uint64_t>(config_->global.drain_timeout.count()), 0);
+  maybe_stop();
+}
+
+void Server::maybe_stop() {
+  if (!draining_ || !sessions_.empty() || !finished_.empty()) return;
+  for (auto& l : stopping_listeners_) {
+    if (!l->stopped()) return;
+  }
+  // Nothing is left to serve: close our own handles and let the loop end.
+  for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
+                         reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&drain_timer_),
+                         reinterpret_cast<uv_handle_t*>(&reaper_)}) {
+    if (!uv_is_closing(h)) uv_close(h, nullptr);
+  }
+}
+
+void Server::reload() {
+  spdlog::info("SIGHUP: reloading {}", config_->path);
+  auto loaded = conf::load_config_file(config_->path);
+  if (!loaded) {
+    for (const auto& e : loaded.error()) spdlog::error("reload: {}", e.to_string());
+    spdlog::error("reload failed: {} error{}; the running configuration stays in force", loaded.error().size(),
+                  loaded.error().size() == 1 ? "" : "s");
+    return;
+  }
+  auto cfg = std::make_shared<const conf::Config>(std::move(*loaded));
+  auto ok = apply(cfg, false);
+  if (!ok) {
+    spdlog::error("reload failed: {}; the running configuration stays in force", ok.error().message);
+    return;
+  }
+  spdlog::info("reloaded {}: {} listener{}; established sessions keep their configuration", config_->path,
+               listeners_.size(), listeners_.size() == 1 ? "" : "s");
+}
+
+}  // namespace isoproxy

@@ -1,0 +1,738 @@
+#include "session.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "codec/encode.h"
+#include "codec/text.h"
+#include "codec/x224.h"
+#include "listener.h"
+#include "log.h"
+#include "server.h"
+#include "upstream.h"
+
+namespace isoproxy {
+
+namespace {
+
+// A write that owns its bytes (DESIGN.md §5): one allocation holds the
+// request and the data. On UV_ECANCELED the callback only frees it.
+struct WriteReq {
+  uv_write_t req;
+  std::size_t len;
+  uv_buf_t buf;
+  char data[1];  // len bytes follow
+
+  static WriteReq* make(std::size_t len) {
+    void* mem = std::malloc(offsetof(WriteReq, data) + len);
+    if (!mem) std::abort();  // out of memory: nothing sensible to do
+    auto* w = static_cast<WriteReq*>(mem);
+    w->len = len;
+    w->buf = uv_buf_init(w->data, static_cast<unsigned>(len));
+    return w;
+  }
+};
+
+std::string uv_error_text(int err) { return std::string(uv_err_name(err)) + " (" + uv_strerror(err) + ")"; }
+
+constexpr filters::Direction dir_from(Session::Side from) {
+  return from == Session::Side::kClient ? filters::Direction::kToUpstream : filters::Direction::kToClient;
+}
+
+}  // namespace
+
+std::string_view session_state_name(SessionState s) {
+  switch (s) {
+    case SessionState::kConnecting: return "connecting";
+    case SessionState::kAwaitingCc: return "awaiting-cc";
+    case SessionState::kEstablished: return "established";
+    case SessionState::kDraining: return "draining";
+    case SessionState::kClosed: return "closed";
+  }
+  return "?";
+}
+
+Session::Session(Server& server, Listener& listener, std::uint64_t id, std::shared_ptr<const ListenerRuntime> rt)
+    : server_(server),
+      listener_(listener),
+      id_(id),
+      rt_(std::move(rt)),
+      chain_(rt_->factories),
+      to_upstream_(rt_->cfg.max_frame),
+      to_client_(rt_->cfg.max_frame) {
+  client_.session = this;
+  client_.side = Side::kClient;
+  upstream_.session = this;
+  upstream_.side = Side::kUpstream;
+  start_ms_ = last_activity_ms_ = server_.now_ms();
+  start_ns_ = uv_hrtime();
+}
+
+Session::~Session() = default;
+
+void Session::start(uv_stream_t* server_stream) {
+  uv_loop_t* loop = server_.loop();
+  uv_tcp_init(loop, &client_.tcp);
+  client_.tcp.data = &client_;
+  client_.initialised = true;
+  ++open_handles_;
+  uv_timer_init(loop, &timer_);
+  timer_.data = this;
+  timer_initialised_ = true;
+  ++open_handles_;
+
+  if (int r = uv_accept(server_stream, reinterpret_cast<uv_stream_t*>(&client_.tcp)); r < 0) {
+    close("accept-failed: " + uv_error_text(r));
+    return;
+  }
+  client_.connected = true;
+  client_addr_ = peer_name(client_.tcp);
+  int len = sizeof client_ss_;
+  uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&client_ss_), &len);
+  const auto& c = rt_->cfg;
+  uv_tcp_nodelay(&client_.tcp, 1);  // RFC 2126 §6.2; each frame goes out as soon as it is complete
+  if (c.keepalive) uv_tcp_keepalive(&client_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
+  spdlog::debug("[S{}] accepted client={} listener={}", id_, client_addr_, c.name);
+  update_reading(client_);
+  if (chain_.routes()) {
+    // A routing filter picks the upstream from the CR: connect once it has.
+    awaiting_route_ = true;
+  } else {
+    auto target = upstream_target(rt_->cfg, client_.tcp);
+    if (!target) {
+      close(target.error().kind + ": " + target.error().message);
+      return;
+    }
+    connect_upstream(*target, rt_->cfg.source);
+  }
+  arm_timer();
+}
+
+void Session::set_route(filters::Route route) {
+  if (!awaiting_route_ || closing_) return;
+  awaiting_route_ = false;
+  route_name_ = route.name;
+  spdlog::debug("[S{}] route {} -> {}", id_, route.name, route.upstream.text);
+  connect_upstream(route.upstream, route.source ? *route.source : rt_->cfg.source);
+}
+
+void Session::connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source) {
+  upstream_addr_ = target.text;
+  connect_start_ms_ = server_.now_ms();
+  uv_tcp_t* h = &upstream_.tcp;
+  if (int r = uv_tcp_init_ex(server_.loop(), h, static_cast<unsigned>(target.family())); r < 0) {
+    close("upstream-socket: " + uv_error_text(r));
+    return;
+  }
+  h->data = &upstream_;
+  upstream_.initialised = true;
+  ++open_handles_;
+  auto bound = bind_source(source, h, client_.tcp, target.family());
+  if (!bound) {
+    server_.stats().connect_failures[bound.error().kind]++;
+    close(bound.error().kind + ": " + bound.error().message);
+    return;
+  }
+  connect_req_.data = this;
+  const int r = uv_tcp_connect(&connect_req_, h, target.sa(), [](uv_connect_t* req, int status) noexcept {
+    if (status == UV_ECANCELED) return;  // the session is closing; it owns nothing in flight here
+    static_cast<Session*>(req->data)->on_connect(status);
+  });
+  if (r < 0) {
+    server_.stats().connect_failures[uv_err_name(r)]++;
+    close("connect-failed: " + uv_error_text(r));
+    return;
+  }
+  if (!pending_up_.empty()) {
+    // What arrived before the route was chosen goes first (libuv queues it
+    // until the connection is up).
+    auto held = std::move(pending_up_);
+    pending_up_.clear();
+    send_owned(upstream_, std::move(held));
+    update_reading(client_);
+  }
+}
+
+void Session::on_connect(int status) {
+  if (closing_) return;
+  if (status < 0) {
+    const std::string cause = status == UV_ECONNREFUSED ? "connect-refused"
+                              : status == UV_ETIMEDOUT  ? "connect-timeout"
+                                                        : "connect-failed";
+    server_.stats().connect_failures[cause]++;
+    close(cause + ": " + upstream_addr_ + ": " + uv_error_text(status));
+    return;
+  }
+  upstream_.connected = true;
+  source_addr_ = sock_name(upstream_.tcp);
+  const auto& c = rt_->cfg;
+  uv_tcp_nodelay(&upstream_.tcp, 1);
+  if (c.keepalive) uv_tcp_keepalive(&upstream_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
+  if (state_ == SessionState::kConnecting) state_ = SessionState::kAwaitingCc;
+  spdlog::debug("[S{}] connected upstream={} source={}", id_, upstream_addr_, source_addr_);
+  update_reading(upstream_);
+  maybe_shutdown(upstream_);  // the client may have sent FIN while we were connecting
+  arm_timer();
+  if (state_ == SessionState::kDraining) drain();
+}
+
+void Session::update_reading(Leg& l) {
+  if (!l.initialised || !l.connected) return;
+  const Leg& o = other(l);
+  const bool held_back = l.side == Side::kClient && pending_up_.size() > rt_->cfg.high_water;
+  const bool want = !closing_ && !close_after_flush_ && !l.eof && !l.drain_stopped && !o.over_high_water && !held_back;
+  if (want == l.reading) return;
+  auto* s = reinterpret_cast<uv_stream_t*>(&l.tcp);
+  if (want) {
+    const int r = uv_read_start(
+        s, [](uv_handle_t* h, std::size_t, uv_buf_t* buf) noexcept {
+          static_cast<Leg*>(h->data)->session->server_.alloc_read_buffer(buf);
+        },
+        [](uv_stream_t* st, ssize_t nread, const uv_buf_t* buf) noexcept {
+          auto* leg = static_cast<Leg*>(st->data);
+          leg->session->on_read(*leg, nread, buf);
+        });
+    if (r < 0) {
+      close(std::string(side_name(l.side)) + "-read-error: " + uv_error_text(r));
+      return;
+    }
+  } else {
+    uv_read_stop(s);
+  }
+  l.reading = want;
+}
+
+void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
+  if (nread == 0 || closing_) return;
+  if (nread == UV_EOF) {
+    on_eof(from);
+    return;
+  }
+  if (nread < 0) {
+    on_read_error(from, static_cast<int>(nread));
+    return;
+  }
+  last_activity_ms_ = server_.now_ms();
+  process(from, codec::MutableBytes(reinterpret_cast<std::uint8_t*>(buf->base), static_cast<std::size_t>(nread)));
+  if (state_ == SessionState::kDraining && !closing_) {
+    Flow& f = flow_from(from.side);
+    // Stop at a frame boundary: once nothing of a frame is held back.
+    if (f.raw || f.framer.held() == 0) {
+      from.drain_stopped = true;
+      update_reading(from);
+      maybe_finish();
+    }
+  }
+}
+
+void Session::process(Leg& from, codec::MutableBytes data) {
+  Flow& f = flow_from(from.side);
+  Leg& to = other(from);
+  if (f.raw) {
+    f.stats.bytes += data.size();
+    f.stats.raw_bytes += data.size();
+    uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
+    send(to, &b, 1);
+    return;
+  }
+  // Whole frames in the read buffer are gathered and written together; a
+  // frame the framer assembled from earlier reads lives in its own buffer
+  // until the next call, so it is sent at once.
+  std::vector<uv_buf_t> out;
+  codec::Bytes in = data;
+  const std::uint8_t* begin = data.data();
+  const std::uint8_t* end = data.data() + data.size();
+  while (!closing_ && !f.raw) {
+    auto r = f.framer.next(in);
+    if (r.status == codec::TpktFramer::kNeedMore) break;
+    if (r.status == codec::TpktFramer::kError) {
+      // Not RFC 1006 from the start, or a broken stream mid-session.
+      if (!out.empty()) send(to, out.data(), static_cast<unsigned>(out.size()));
+      out.clear();
+      const std::string what(codec::framer_error_name(r.error));
+      f.stats.decode_errors++;
+      server_.stats().decode_errors[what]++;
+      const bool first = !f.seen_frame;
+      const auto policy_pass = first ? rt_->cfg.non_rfc1006 == conf::NonRfc1006Policy::kPass
+                                     : rt_->cfg.malformed == conf::MalformedPolicy::kPass;
+      if (!policy_pass) {
+        if (first) {
+          close("not-rfc1006: " + what);
+        } else {
+          // Mid-session: what was relayed before stays relayed; an ER toward
+          // the sender if configured (X.224 13.12), then the close.
+          if (rt_->cfg.malformed_send_er) {
+            codec::Bytes bad = f.framer.held() > 0 ? f.framer.held_bytes() : in;
+            send_er(from, codec::DecodeError{codec::DecodeErrorKind::kFramer, 0, what}, bad);
+          }
+          close_after_flush("malformed-frame: " + what);
+        }
+        return;
+      }
+      if (awaiting_route_) {
+        close("not-rfc1006: " + what + " (no CR to choose a route by)");
+        return;
+      }
+      // Pass through raw: what the framer held back, then the rest.
+      codec::Bytes held = f.framer.held_bytes();
+      if (!held.empty()) {
+        send_owned(to, std::vector<std::uint8_t>(held.begin(), held.end()));
+        f.stats.bytes += held.size();
+        f.stats.raw_bytes += held.size();
+      }
+      to_raw(from, f, first ? "not RFC 1006 (" + what + ")" : "framing lost (" + what + ")");
+      if (first) {
+        non_rfc1006_ = true;
+        to_raw(other(from), flow_from(other(from).side), "the other direction is not RFC 1006");
+      }
+      break;  // the rest of `in` goes out raw below
+    }
+    f.seen_frame = true;
+    const bool in_buffer = r.frame.data() >= begin && r.frame.data() < end;
+    handle_frame(from, f, codec::MutableBytes(const_cast<std::uint8_t*>(r.frame.data()), r.frame.size()), out);
+    if (!in_buffer && !out.empty()) {
+      send(to, out.data(), static_cast<unsigned>(out.size()));
+      out.clear();
+    }
+  }
+  if (!out.empty() && !closing_) send(to, out.data(), static_cast<unsigned>(out.size()));
+  if (f.raw && !in.empty() && !closing_) {
+    // This direction stopped framing inside this read: the rest passes as it is.
+    f.stats.bytes += in.size();
+    f.stats.raw_bytes += in.size();
+    uv_buf_t b = uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(in.data())), static_cast<unsigned>(in.size()));
+    send(to, &b, 1);
+  }
+  if (f.framer.held() == 0) f.framer.shrink();
+}
+
+void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::vector<uv_buf_t>& out) {
+  f.stats.bytes += frame.size();
+  f.stats.frames++;
+  auto decoded = codec::decode_frame(frame, {}, rt_->cfg.max_frame);
+  if (!decoded) {
+    const auto& e = decoded.error();
+    const std::string kind(codec::decode_error_name(e.kind));
+    f.stats.decode_errors++;
+    server_.stats().decode_errors[kind]++;
+    if (rt_->cfg.malformed == conf::MalformedPolicy::kClose) {
+      // The good frames before it still go out; then the ER, then the close.
+      if (!out.empty()) send(other(from), out.data(), static_cast<unsigned>(out.size()));
+      out.clear();
+      if (rt_->cfg.malformed_send_er) send_er(from, e, frame);
+      close_after_flush("malformed-frame: " + kind);
+      return;
+    }
+    // Pass it on untouched and stop framing this direction: do no harm.
+    spdlog::warn("[S{}] malformed frame from {}: {}: {}; relaying the rest of this direction raw", id_,
+                 side_name(from.side), kind, e.detail);
+    out.push_back(uv_buf_init(reinterpret_cast<char*>(frame.data()), static_cast<unsigned>(frame.size())));
+    f.raw = true;
+    return;
+  }
+  const codec::Frame& fr = *decoded;
+  const codec::TpduType type = fr.tpdu.type;
+  f.stats.tpdus[static_cast<std::size_t>(type)]++;
+  if (type == codec::TpduType::kDT && fr.tpdu.eot.value_or(false)) f.stats.tsdus++;
+  f.stats.anomalies += fr.anomalies.size();
+  if (!fr.anomalies.empty() && spdlog::should_log(spdlog::level::debug)) {
+    for (const auto& a : fr.anomalies) {
+      spdlog::debug("[S{}] anomaly from {}: {}: {}", id_, side_name(from.side), codec::anomaly_name(a.kind), a.detail);
+    }
+  }
+  // Connection phase (protocol.md §5).
+  if (type == codec::TpduType::kCR && from.side == Side::kClient && cr_ms_ == 0) cr_ms_ = server_.now_ms();
+  if (type == codec::TpduType::kCC && from.side == Side::kUpstream && state_ == SessionState::kAwaitingCc) {
+    state_ = SessionState::kEstablished;
+    cc_ms_ = server_.now_ms();
+    arm_timer();
+  }
+
+  filters::ChainFrame cf(frame, &fr, dir_from(from.side));
+  const filters::Verdict v = chain_.run(*this, cf);
+  Leg& to = other(from);
+  // kContinue forwards the frame (as changed); kDrop and kEndSession do not.
+  if (v == filters::Verdict::kContinue) {
+    if (cf.replaced()) {
+      // The new bytes live in the ChainFrame: send what came before, then them.
+      if (!out.empty()) send(to, out.data(), static_cast<unsigned>(out.size()));
+      out.clear();
+      codec::Bytes b = std::as_const(cf).bytes();
+      send_owned(to, std::vector<std::uint8_t>(b.begin(), b.end()));
+    } else {
+      out.push_back(uv_buf_init(reinterpret_cast<char*>(frame.data()), static_cast<unsigned>(frame.size())));
+    }
+  }
+  if (!injected_.empty()) {
+    // Injected frames follow the frame in hand, each toward its own peer.
+    if (!out.empty()) send(to, out.data(), static_cast<unsigned>(out.size()));
+    out.clear();
+    auto inj = std::move(injected_);
+    injected_.clear();
+    for (auto& [toward, bytes] : inj) {
+      send_owned(toward == filters::Direction::kToUpstream ? upstream_ : client_, std::move(bytes));
+    }
+  }
+  if (v == filters::Verdict::kEndSession) {
+    if (!out.empty()) send(to, out.data(), static_cast<unsigned>(out.size()));
+    out.clear();
+    close_after_flush(pending_close_reason_.empty() ? "filter" : pending_close_reason_);
+  }
+}
+
+void Session::to_raw(Leg& from, Flow& f, std::string_view why) {
+  if (f.raw) return;
+  f.raw = true;
+  spdlog::info("[S{}] {} -> {}: {}; passing bytes through unchanged", id_, side_name(from.side),
+               side_name(other(from).side), why);
+}
+
+void Session::send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame) {
+  // X.224 13.12: ER with the reject cause and the rejected header's bits up to the octet at fault.
+  const std::uint8_t cause = e.kind == codec::DecodeErrorKind::kUnknownType      ? 2
+                             : e.kind == codec::DecodeErrorKind::kParamOverrun ? 3
+                                                                                : 0;
+  codec::OwnedTpdu er;
+  er.code = 0x70;
+  er.fixed = {0x00, 0x00, cause};
+  // A TPKT-level fault: the bits at fault are the TPKT header itself.
+  const codec::Bytes tpdu = e.kind == codec::DecodeErrorKind::kFramer
+                                ? frame.first(std::min(frame.size(), codec::kTpktHeaderSize))
+                                : frame.subspan(std::min(frame.size(), codec::kTpktHeaderSize));
+  const std::size_t n = e.kind == codec::DecodeErrorKind::kFramer ? tpdu.size()
+                                                                   : std::min<std::size_t>({tpdu.size(), e.offset + 1, 64});
+  er.params.push_back({codec::param::kInvalidTpdu, std::vector<std::uint8_t>(tpdu.begin(), tpdu.begin() + static_cast<std::ptrdiff_t>(n))});
+  auto bytes = codec::encode_frame(0, er);
+  if (bytes) send_owned(toward, std::move(*bytes));
+}
+
+void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
+  if (closing_ || to.shutdown_sent) return;
+  std::size_t total = 0;
+  for (unsigned i = 0; i < n; ++i) total += bufs[i].len;
+  if (total == 0) return;
+  if (!to.initialised) {
+    // The upstream is not chosen yet (routing by TSAP): hold the bytes, and
+    // stop reading the client beyond the high water mark.
+    if (to.side != Side::kUpstream || !awaiting_route_) return;
+    for (unsigned i = 0; i < n; ++i) pending_up_.insert(pending_up_.end(), bufs[i].base, bufs[i].base + bufs[i].len);
+    if (pending_up_.size() > rt_->cfg.high_water) update_reading(client_);
+    return;
+  }
+  (to.side == Side::kUpstream ? server_.stats().bytes_to_upstream : server_.stats().bytes_to_client) += total;
+  std::size_t done = 0;
+  auto* stream = reinterpret_cast<uv_stream_t*>(&to.tcp);
+  if (to.connected && to.queued == 0) {
+    const int r = uv_try_write(stream, bufs, n);
+    if (r > 0) {
+      done = static_cast<std::size_t>(r);
+    } else if (r < 0 && r != UV_EAGAIN) {
+      close(std::string(side_name(to.side)) + (r == UV_EPIPE || r == UV_ECONNRESET ? "-reset" : "-write-error") +
+                ": " + uv_error_text(r),
+            true);
+      return;
+    }
+  }
+  if (done == total) return;
+  // The rest is copied into a request that owns it.
+  WriteReq* w = WriteReq::make(total - done);
+  std::size_t at = 0, skip = done;
+  for (unsigned i = 0; i < n; ++i) {
+    std::size_t len = bufs[i].len, off = 0;
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    off = skip;
+    skip = 0;
+    std::memcpy(w->data + at, bufs[i].base + off, len - off);
+    at += len - off;
+  }
+  w->req.data = &to;
+  const int r = uv_write(&w->req, stream, &w->buf, 1, [](uv_write_t* req, int status) noexcept {
+    auto* wr = reinterpret_cast<WriteReq*>(req);
+    const std::size_t len = wr->len;
+    auto* leg = static_cast<Leg*>(req->data);
+    std::free(wr);
+    if (status == UV_ECANCELED) return;  // the handle is closing: touch nothing else
+    leg->session->on_write_done(*leg, len, status);
+  });
+  if (r < 0) {
+    std::free(w);
+    close(std::string(side_name(to.side)) + "-write-error: " + uv_error_text(r), true);
+    return;
+  }
+  to.queued += w->len;
+  if (!to.over_high_water && to.queued > rt_->cfg.high_water) {
+    // A slow reader pauses the fast writer (DESIGN.md §2.3).
+    to.over_high_water = true;
+    update_reading(other(to));
+  }
+}
+
+void Session::send_owned(Leg& to, std::vector<std::uint8_t> bytes) {
+  uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
+  send(to, &b, 1);  // copies what it cannot write at once
+}
+
+void Session::on_write_done(Leg& to, std::size_t len, int status) {
+  to.queued -= len;
+  if (closing_) return;
+  if (status < 0) {
+    close(std::string(side_name(to.side)) +
+              (status == UV_EPIPE || status == UV_ECONNRESET ? "-reset" : "-write-error") + ": " + uv_error_text(status),
+          true);
+    return;
+  }
+  if (to.over_high_water && to.queued <= rt_->cfg.low_water) {
+    to.over_high_water = false;
+    update_reading(other(to));
+  }
+  maybe_finish();
+}
+
+void Session::on_eof(Leg& from) {
+  from.eof = true;
+  update_reading(from);
+  if (first_fin_.empty()) first_fin_ = side_name(from.side);
+  Flow& f = flow_from(from.side);
+  if (!f.raw && f.framer.held() > 0) {
+    // The peer closed mid-frame: relay what it sent (do no harm) and count it.
+    codec::Bytes held = f.framer.held_bytes();
+    spdlog::info("[S{}] {} closed inside a frame ({} octets of {} declared); relayed as they are", id_,
+                 side_name(from.side), held.size(), f.framer.expected());
+    f.stats.decode_errors++;
+    f.stats.bytes += held.size();
+    f.stats.raw_bytes += held.size();
+    server_.stats().decode_errors["truncated"]++;
+    send_owned(other(from), std::vector<std::uint8_t>(held.begin(), held.end()));
+  }
+  Leg& to = other(from);
+  to.shutdown_wanted = true;
+  maybe_shutdown(to);
+  maybe_finish();
+}
+
+void Session::maybe_shutdown(Leg& l) {
+  if (!l.shutdown_wanted || l.shutdown_sent || !l.connected || closing_) return;
+  l.shutdown_sent = true;
+  l.shutdown_req.data = &l;
+  // uv_shutdown waits for the queued writes: FIN goes after the last byte.
+  const int r = uv_shutdown(&l.shutdown_req, reinterpret_cast<uv_stream_t*>(&l.tcp), [](uv_shutdown_t* req, int status) noexcept {
+    if (status == UV_ECANCELED) return;
+    auto* leg = static_cast<Leg*>(req->data);
+    leg->session->on_shutdown_done(*leg, status);
+  });
+  if (r < 0) l.shutdown_done = true;
+}
+
+void Session::on_shutdown_done(Leg& l, int status) {
+  l.shutdown_done = true;
+  if (status < 0 && !closing_) {
+    spdlog::debug("[S{}] shutdown toward {}: {}", id_, side_name(l.side), uv_error_text(status));
+  }
+  maybe_finish();
+}
+
+void Session::maybe_finish() {
+  if (closing_) return;
+  // Both directions ended with FIN and both FINs delivered: a clean close.
+  const bool fin_done = client_.eof && upstream_.eof && client_.shutdown_done && upstream_.shutdown_done;
+  if (fin_done) {
+    close(first_fin_ + "-closed");
+    return;
+  }
+  const bool flushed = client_.queued == 0 && upstream_.queued == 0;
+  if (close_after_flush_ && flushed) {
+    close(pending_close_reason_);
+    return;
+  }
+  if (state_ == SessionState::kDraining && flushed) {
+    const bool client_done = client_.drain_stopped || client_.eof;
+    const bool upstream_done = !upstream_.connected || upstream_.drain_stopped || upstream_.eof;
+    if (client_done && upstream_done) close("drain");
+  }
+}
+
+void Session::close_after_flush(std::string reason) {
+  if (closing_ || close_after_flush_) return;
+  close_after_flush_ = true;
+  pending_close_reason_ = std::move(reason);
+  update_reading(client_);
+  update_reading(upstream_);
+  maybe_finish();
+}
+
+void Session::drain() {
+  if (closing_) return;
+  state_ = SessionState::kDraining;
+  if (!upstream_.connected) {
+    close("drain");
+    return;
+  }
+  for (Leg* l : {&client_, &upstream_}) {
+    Flow& f = flow_from(l->side);
+    if (f.raw || f.framer.held() == 0) {
+      l->drain_stopped = true;
+      update_reading(*l);
+    }
+  }
+  maybe_finish();
+}
+
+void Session::arm_timer() {
+  if (!timer_initialised_ || closing_) return;
+  const auto& c = rt_->cfg;
+  std::uint64_t deadline = UINT64_MAX;
+  if (upstream_.initialised && !upstream_.connected) {
+    deadline = std::min<std::uint64_t>(deadline, connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count()));
+  }
+  if (state_ != SessionState::kEstablished && !non_rfc1006_ && c.handshake_timeout.count() > 0) {
+    deadline = std::min<std::uint64_t>(deadline, start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count()));
+  }
+  if (c.idle_timeout.count() > 0) {
+    deadline = std::min<std::uint64_t>(deadline, last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count()));
+  }
+  if (deadline == UINT64_MAX) {
+    uv_timer_stop(&timer_);
+    return;
+  }
+  const std::uint64_t now = server_.now_ms();
+  uv_timer_start(&timer_, [](uv_timer_t* t) noexcept { static_cast<Session*>(t->data)->on_timer(); },
+                 deadline > now ? deadline - now : 0, 0);
+}
+
+void Session::on_timer() {
+  if (closing_) return;
+  const auto& c = rt_->cfg;
+  const std::uint64_t now = server_.now_ms();
+  if (upstream_.initialised && !upstream_.connected &&
+      now >= connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count())) {
+    server_.stats().connect_failures["connect-timeout"]++;
+    close("connect-timeout: " + upstream_addr_ + " did not answer within " + conf::format_duration(c.connect_timeout));
+    return;
+  }
+  if (state_ != SessionState::kEstablished && !non_rfc1006_ && c.handshake_timeout.count() > 0 &&
+      now >= start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count())) {
+    close(std::string("handshake-timeout: ") + (cr_ms_ ? "no CC or DR" : "no CR") + " within " +
+          conf::format_duration(c.handshake_timeout));
+    return;
+  }
+  if (c.idle_timeout.count() > 0 && now >= last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count())) {
+    close("idle-timeout: no byte either way for " + conf::format_duration(c.idle_timeout));
+    return;
+  }
+  arm_timer();
+}
+
+void Session::on_read_error(Leg& from, int err) {
+  const bool reset = err == UV_ECONNRESET || err == UV_EPIPE;
+  close(std::string(side_name(from.side)) + (reset ? "-reset" : "-read-error: " + uv_error_text(err)), true);
+}
+
+void Session::close(std::string reason, bool reset_peers) {
+  if (closing_) return;
+  closing_ = true;
+  close_reason_ = std::move(reason);
+  const SessionState was = state_;
+  state_ = SessionState::kClosed;
+  server_.stats().closed++;
+  const auto colon = close_reason_.find(':');
+  server_.stats().close_reasons[close_reason_.substr(0, colon)]++;
+  for (const auto& [name, n] : counters_) server_.stats().filter_actions[name] += n;
+  // Exactly one summary line per session (DESIGN.md §6).
+  spdlog::info("[S{}] close {}", id_, close_line());
+  (void)was;
+
+  auto on_closed = [](uv_handle_t* h) noexcept {
+    // Legs and the timer all lead back to their session.
+    Session* s = h->type == UV_TIMER ? static_cast<Session*>(h->data) : static_cast<Leg*>(h->data)->session;
+    s->on_handle_closed();
+  };
+  for (Leg* l : {&client_, &upstream_}) {
+    if (!l->initialised) continue;
+    auto* h = reinterpret_cast<uv_handle_t*>(&l->tcp);
+    if (uv_is_closing(h)) continue;
+    // A reset on one leg is passed on as a reset: the other peer learns the
+    // connection failed rather than ended.
+    if (reset_peers && l->connected && !l->eof && uv_tcp_close_reset(&l->tcp, on_closed) == 0) continue;
+    uv_close(h, on_closed);
+  }
+  if (timer_initialised_) uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_closed);
+}
+
+void Session::on_handle_closed() {
+  if (--open_handles_ == 0) server_.session_closed(id_);
+}
+
+void Session::count(std::string_view filter, std::string_view action, std::uint64_t n) {
+  std::string key;
+  key.reserve(filter.size() + 1 + action.size());
+  key.append(filter).append(".").append(action);
+  for (auto& [k, v] : counters_) {
+    if (k == key) {
+      v += n;
+      return;
+    }
+  }
+  counters_.emplace_back(std::move(key), n);
+}
+
+void Session::inject(filters::Direction toward, std::vector<std::uint8_t> frame) {
+  injected_.emplace_back(toward, std::move(frame));
+}
+
+void Session::end_session(std::string reason) { pending_close_reason_ = std::move(reason); }
+
+void Session::log(std::string_view message) { spdlog::info("[S{}] {}", id_, message); }
+
+std::string Session::close_line() const {
+  std::string s = "reason=" + log::quote(close_reason_);
+  s += " listener=" + log::quote(rt_->cfg.name);
+  s += " client=" + log::quote(client_addr_);
+  s += " upstream=" + log::quote(upstream_addr_.empty() ? "-" : upstream_addr_);
+  if (!route_name_.empty()) s += " route=" + log::quote(route_name_);
+  s += " source=" + log::quote(source_addr_.empty() ? "-" : source_addr_);
+  auto tsap = [](const std::optional<std::vector<std::uint8_t>>& t) {
+    if (!t) return std::string("-");
+    return log::quote(codec::tsap_text(*t).display());
+  };
+  s += " calling=" + tsap(ann_.calling_tsap) + " called=" + tsap(ann_.called_tsap);
+  if (auto c = ann_.tpdu_size_code_cc ? ann_.tpdu_size_code_cc : ann_.tpdu_size_code_cr) {
+    if (auto o = codec::tpdu_size_octets(*c)) s += " tpdu_size=" + std::to_string(*o);
+  }
+  if (ann_.class_cc || ann_.class_cr) s += " class=" + std::to_string(ann_.class_cc ? *ann_.class_cc : *ann_.class_cr);
+  if (cc_ms_ && cr_ms_) s += " cr_to_cc_ms=" + std::to_string(cc_ms_ - cr_ms_);
+  s += " c2u_bytes=" + std::to_string(to_upstream_.stats.bytes) + " c2u_frames=" + std::to_string(to_upstream_.stats.frames);
+  s += " u2c_bytes=" + std::to_string(to_client_.stats.bytes) + " u2c_frames=" + std::to_string(to_client_.stats.frames);
+  const auto anomalies = to_upstream_.stats.anomalies + to_client_.stats.anomalies;
+  if (anomalies) s += " anomalies=" + std::to_string(anomalies);
+  const auto errors = to_upstream_.stats.decode_errors + to_client_.stats.decode_errors;
+  if (errors) s += " decode_errors=" + std::to_string(errors);
+  if (non_rfc1006_) s += " non_rfc1006=1";
+  else if (to_upstream_.raw || to_client_.raw) s += " raw=1";
+  std::string repairs;
+  for (const auto& [k, v] : counters_) repairs += (repairs.empty() ? "" : ",") + k + "=" + std::to_string(v);
+  s += " filters=" + (repairs.empty() ? std::string("-") : repairs);
+  if (ann_.dr_reason) {
+    const auto n = codec::dr_reason_name(*ann_.dr_reason);
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02X", *ann_.dr_reason);
+    s += std::string(" dr=") + hex + " dr_from=" + (ann_.dr_from == filters::Direction::kToClient ? "upstream" : "client") +
+         " dr_reason=" + log::quote(n ? *n : "unknown");
+  }
+  if (ann_.er_cause) {
+    const auto n = codec::er_cause_name(*ann_.er_cause);
+    s += " er_cause=" + std::to_string(*ann_.er_cause) + " er_reason=" + log::quote(n ? *n : "unknown");
+  }
+  char dur[32];
+  std::snprintf(dur, sizeof dur, "%.3fs", static_cast<double>(uv_hrtime() - start_ns_) / 1e9);
+  s += std::string(" duration=") + dur;
+  return s;
+}
+
+}  // namespace isoproxy

@@ -1,0 +1,173 @@
+// A Session pairs the client's connection with its upstream connection, runs
+// one TPKT framer per direction and the filter chain between them, keeps its
+// stats, and decides when to close (DESIGN.md §4).
+//
+// Ownership (DESIGN.md §5): every uv handle lives by value in the Session,
+// which never moves; handle.data = the Leg or the Session. close() closes every
+// initialised handle; the Server destroys the Session only after all their
+// close callbacks ran. Writes own their bytes.
+#pragma once
+
+#include <uv.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "codec/tpkt.h"
+#include "conf/config.h"
+#include "filters/chain.h"
+
+namespace isoproxy {
+
+class Server;
+class Listener;
+
+// The immutable per-listener configuration a session runs with. Reloads make
+// new ones; sessions keep the one they started with.
+struct ListenerRuntime {
+  conf::ListenerConfig cfg;
+  filters::FactoryList factories;
+};
+
+enum class SessionState : std::uint8_t { kConnecting, kAwaitingCc, kEstablished, kDraining, kClosed };
+std::string_view session_state_name(SessionState s);
+
+// Per direction, named by where the bytes go.
+struct DirectionStats {
+  std::uint64_t bytes = 0;
+  std::uint64_t frames = 0;
+  std::array<std::uint64_t, 16> tpdus{};  // by TPDU type nibble
+  std::uint64_t tsdus = 0;                // DT with EOT
+  std::uint64_t anomalies = 0;
+  std::uint64_t decode_errors = 0;
+  std::uint64_t raw_bytes = 0;            // passed through unframed
+};
+
+class Session final : public filters::FilterContext {
+ public:
+  enum class Side : std::uint8_t { kClient, kUpstream };
+
+  Session(Server& server, Listener& listener, std::uint64_t id, std::shared_ptr<const ListenerRuntime> rt);
+  ~Session() override;
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Accepts the pending connection of `server_stream`; on failure the session
+  // is closed (and reported) by the call.
+  void start(uv_stream_t* server_stream);
+  // SIGTERM: stop at the next frame boundary, flush, close.
+  void drain();
+  // Closes now, exactly once; `reason` is the named close reason.
+  void close(std::string reason, bool reset_peers = false);
+
+  std::uint64_t id() const { return id_; }
+  bool closed() const { return state_ == SessionState::kClosed; }
+  SessionState state() const { return state_; }
+  Listener& owner() { return listener_; }
+
+  // FilterContext
+  std::uint64_t session_id() const override { return id_; }
+  std::string_view listener() const override { return rt_->cfg.name; }
+  const std::string& client_address() const override { return client_addr_; }
+  const sockaddr_storage& client_sockaddr() const override { return client_ss_; }
+  const std::string& upstream_address() const override { return upstream_addr_; }
+  void set_route(filters::Route route) override;
+  filters::SessionAnnotations& annotations() override { return ann_; }
+  void count(std::string_view filter, std::string_view action, std::uint64_t n) override;
+  void inject(filters::Direction toward, std::vector<std::uint8_t> frame) override;
+  void end_session(std::string reason) override;
+  void log(std::string_view message) override;
+
+ private:
+  struct Leg {
+    uv_tcp_t tcp{};
+    Session* session = nullptr;
+    Side side = Side::kClient;
+    bool initialised = false;
+    bool connected = false;
+    bool reading = false;
+    bool eof = false;            // the peer sent FIN
+    bool shutdown_sent = false;  // we sent FIN toward this peer
+    bool shutdown_done = false;
+    bool shutdown_wanted = false;  // FIN toward this peer once it is connected
+    bool drain_stopped = false;
+    std::uint64_t queued = 0;      // bytes in uv_write requests not yet completed
+    bool over_high_water = false;  // this leg's queue pauses the other leg's reading
+    uv_shutdown_t shutdown_req{};
+  };
+  // One direction of bytes: read from `from`, written to the other leg.
+  struct Flow {
+    codec::TpktFramer framer;
+    bool raw = false;         // passing bytes through unframed
+    bool seen_frame = false;  // at least one whole TPKT
+    DirectionStats stats;
+    explicit Flow(std::size_t max) : framer(max) {}
+  };
+
+  Leg& leg(Side s) { return s == Side::kClient ? client_ : upstream_; }
+  Leg& other(Leg& l) { return l.side == Side::kClient ? upstream_ : client_; }
+  Flow& flow_from(Side s) { return s == Side::kClient ? to_upstream_ : to_client_; }
+  static std::string_view side_name(Side s) { return s == Side::kClient ? "client" : "upstream"; }
+
+  void connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source);
+  void on_connect(int status);
+  void on_read(Leg& from, ssize_t nread, const uv_buf_t* buf);
+  void on_eof(Leg& from);
+  void on_read_error(Leg& from, int err);
+  void process(Leg& from, codec::MutableBytes data);
+  void handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::vector<uv_buf_t>& out);
+  void to_raw(Leg& from, Flow& f, std::string_view why);
+  void send(Leg& to, const uv_buf_t* bufs, unsigned n);
+  void send_owned(Leg& to, std::vector<std::uint8_t> bytes);
+  void on_write_done(Leg& to, std::size_t len, int status);
+  void on_shutdown_done(Leg& l, int status);
+  void maybe_shutdown(Leg& l);
+  void update_reading(Leg& l);
+  void maybe_finish();
+  void close_after_flush(std::string reason);
+  void arm_timer();
+  void on_timer();
+  void on_handle_closed();
+  void send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame);
+  std::string close_line() const;
+
+  Server& server_;
+  Listener& listener_;
+  const std::uint64_t id_;
+  std::shared_ptr<const ListenerRuntime> rt_;
+  filters::FilterChain chain_;
+  SessionState state_ = SessionState::kConnecting;
+  Leg client_;
+  Leg upstream_;
+  Flow to_upstream_;
+  Flow to_client_;
+  uv_connect_t connect_req_{};
+  uv_timer_t timer_{};
+  bool timer_initialised_ = false;
+  int open_handles_ = 0;
+  bool closing_ = false;
+  bool close_after_flush_ = false;
+  bool non_rfc1006_ = false;
+  std::string pending_close_reason_;
+  std::string close_reason_;
+  std::string first_fin_;  // "client" or "upstream": who closed first
+  std::string client_addr_, upstream_addr_, source_addr_, route_name_;
+  sockaddr_storage client_ss_{};
+  bool awaiting_route_ = false;              // a routing filter chooses the upstream from the CR
+  std::vector<std::uint8_t> pending_up_;     // bytes for the upstream before its socket exists
+  std::uint64_t connect_start_ms_ = 0;
+  std::uint64_t start_ms_ = 0, last_activity_ms_ = 0, cc_ms_ = 0, cr_ms_ = 0;  // loop time, for timers
+  std::uint64_t start_ns_ = 0;  // uv_hrtime, for the duration in the close line
+  filters::SessionAnnotations ann_;
+  std::vector<std::pair<std::string, std::uint64_t>> counters_;  // "<filter>.<action>"
+  std::vector<std::pair<filters::Direction, std::vector<std::uint8_t>>> injected_;
+
+  friend class Server;
+  friend class Listener;
+};
+
+}  // namespace isoproxy

@@ -1,0 +1,195 @@
+// TSAP routing and configuration reload through the real binary.
+#include <signal.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <regex>
+#include <thread>
+
+#include "codec/x224.h"
+#include "support/peers.h"
+#include "support/proxy_process.h"
+
+using namespace isoproxy::test;
+namespace codec = isoproxy::codec;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string routed_config(std::uint16_t exchange_port, std::uint16_t s7_port) {
+  return "[[listener]]\nname = \"routed\"\nlisten = \"127.0.0.1:0\"\nfilters = [\"annotate\", \"route\"]\n\n"
+         "[filter.annotate]\nkind = \"tsap-annotate\"\n\n"
+         "[filter.route]\nkind = \"tsap-route\"\n"
+         "[[filter.route.route]]\nname = \"exchange\"\ncalled = \"EXCHANGETSAP1\"\nupstream = \"127.0.0.1:" +
+         std::to_string(exchange_port) +
+         "\"\n"
+         "[[filter.route.route]]\nname = \"s7\"\ncalled = [\"hex:0102\", \"PLC*\"]\nupstream = \"127.0.0.1:" +
+         std::to_string(s7_port) + "\"\n";
+}
+
+// CR, then the CC back; returns the CC's bytes (empty on failure).
+ByteVec handshake(Conn& c, const ByteVec& cr) {
+  if (!c.send_all(cr)) return {};
+  auto cc = c.recv_frame(5s);
+  return cc ? *cc : ByteVec{};
+}
+
+}  // namespace
+
+TEST_CASE("tsap-route sends each CR to the upstream its called TSAP names", "[route][integration]") {
+  FrameLog log_a, log_b;
+  TestServer exchange(responder_handler({.reserved = 0x00, .log = &log_a}));
+  TestServer s7(responder_handler({.reserved = 0x00, .log = &log_b}));
+  REQUIRE(exchange.ok());
+  REQUIRE(s7.ok());
+  ProxyProcess proxy(routed_config(exchange.port(), s7.port()));
+  REQUIRE(proxy.started());
+  auto port = proxy.listen_port("routed", 10s);
+  REQUIRE(port);
+
+  const std::vector<std::pair<ByteVec, int>> cases = {
+      {make_cr("SWISSLIFETSAP", "EXCHANGETSAP1"), 0},
+      {make_cr(codec::Bytes(ascii("x")), codec::Bytes(std::vector<std::uint8_t>{0x01, 0x02})), 1},
+      {make_cr("OP", "PLC-7"), 1},
+      {make_cr("SWISSLIFETSAP", "EXCHANGETSAP1"), 0},
+  };
+  std::size_t want_a = 0, want_b = 0;
+  for (const auto& [cr, which] : cases) {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.valid());
+    const ByteVec cc = handshake(c, cr);
+    REQUIRE_FALSE(cc.empty());
+    auto decoded = codec::decode_frame(cc);
+    REQUIRE(decoded.ok());
+    CHECK(decoded->tpdu.type == codec::TpduType::kCC);
+    (which == 0 ? want_a : want_b)++;
+    CHECK(exchange.accepted_count() == want_a);
+    CHECK(s7.accepted_count() == want_b);
+    // The CR arrived at the chosen upstream byte-exact.
+    const ByteVec dt = make_dt("routed data");
+    REQUIRE(c.send_all(dt));
+    auto echo = c.recv_frame(5s);
+    REQUIRE(echo);
+    CHECK(*echo == dt);
+  }
+  REQUIRE(proxy.signal(SIGTERM));
+  REQUIRE(proxy.wait_exit(10s) == 0);
+  CHECK(proxy.count_lines(std::regex(R"(route=route/exchange .*called=EXCHANGETSAP1 )")) == 2);
+  CHECK(proxy.count_lines(std::regex(R"(route=route/s7 )")) == 2);
+}
+
+TEST_CASE("tsap-route refuses a CR no route takes with a DR", "[route][integration]") {
+  TestServer exchange(responder_handler({}));
+  TestServer s7(responder_handler({}));
+  ProxyProcess proxy(routed_config(exchange.port(), s7.port()));
+  auto port = proxy.listen_port("routed", 10s);
+  REQUIRE(port);
+  Conn c = connect_to("127.0.0.1", *port);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "UNKNOWN-MTA");
+  REQUIRE(c.send_all(cr));
+  auto dr = c.recv_frame(5s);
+  REQUIRE(dr);
+  auto decoded = codec::decode_frame(*dr);
+  REQUIRE(decoded.ok());
+  CHECK(decoded->tpdu.type == codec::TpduType::kDR);
+  CHECK(decoded->tpdu.reason == 3);  // address unknown
+  CHECK(decoded->tpdu.dst_ref == codec::decode_frame(cr)->tpdu.src_ref);
+  CHECK(c.wait_eof(5s));
+  auto line = proxy.wait_for_line(std::regex(R"(close reason="no-route: called=UNKNOWN-MTA)"), 5s);
+  CHECK(line);
+  CHECK(exchange.accepted_count() == 0);
+  CHECK(s7.accepted_count() == 0);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("SIGHUP reloads under load: no session drops, new sessions follow the newest valid config",
+          "[reload][integration]") {
+  TestServer a(echo_handler());
+  TestServer b(echo_handler());
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  auto config_for = [&](std::uint16_t up) {
+    return "[global]\ndrain_timeout = \"5s\"\n\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+           std::to_string(up) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n";
+  };
+  ProxyProcess proxy(config_for(a.port()));
+  auto port = proxy.listen_port("main", 10s);
+  REQUIRE(port);
+
+  // Streaming sessions: each sends DT frames and checks every echo, until told to stop.
+  constexpr int kStreams = 4;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(kStreams);
+  std::vector<std::uint64_t> echoed(kStreams, 0);
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      Conn c = connect_to("127.0.0.1", *port);
+      if (!c.valid()) {
+        errors[i] = "connect: " + c.error();
+        return;
+      }
+      const auto deadline = std::chrono::steady_clock::now() + 60s;  // bounded whatever happens
+      for (std::uint32_t n = 0; !stop && std::chrono::steady_clock::now() < deadline; ++n) {
+        std::string payload = "stream " + std::to_string(i) + " frame " + std::to_string(n) + " ";
+        payload.resize(200 + (n % 300), static_cast<char>('a' + n % 26));
+        const ByteVec dt = make_dt(payload);
+        if (!c.send_all(dt)) {
+          errors[i] = "send: " + c.error();
+          return;
+        }
+        auto back = c.recv_exact(dt.size(), 5s);
+        if (!back || *back != dt) {
+          errors[i] = "echo differs or missing at frame " + std::to_string(n) + ": " + c.error();
+          return;
+        }
+        echoed[i] += dt.size();
+      }
+    });
+  }
+  REQUIRE(a.wait_accepted(kStreams, 10s));
+
+  std::size_t valid_reloads = 0, failed_reloads = 0;
+  std::uint16_t current = a.port();
+  for (int r = 0; r < 10; ++r) {
+    const bool valid = r % 2 == 0;
+    if (valid) {
+      current = current == a.port() ? b.port() : a.port();
+      REQUIRE(proxy.write_config(config_for(current)));
+    } else {
+      REQUIRE(proxy.write_config(config_for(current) + "conect_timeout = \"5s\"\n[listener.bogus\n"));
+    }
+    REQUIRE(proxy.signal(SIGHUP));
+    if (valid) {
+      ++valid_reloads;
+      REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), valid_reloads, 10s));
+      // A new session goes to the newest upstream.
+      TestServer& expect = current == a.port() ? a : b;
+      const std::size_t before = expect.accepted_count();
+      Conn probe = connect_to("127.0.0.1", *port);
+      REQUIRE(probe.valid());
+      const ByteVec dt = make_dt("probe");
+      REQUIRE(probe.send_all(dt));
+      auto back = probe.recv_exact(dt.size(), 5s);
+      REQUIRE(back);
+      CHECK(*back == dt);
+      CHECK(expect.accepted_count() == before + 1);
+    } else {
+      ++failed_reloads;
+      REQUIRE(proxy.wait_for_lines(std::regex("reload failed"), failed_reloads, 10s));
+    }
+  }
+  stop = true;
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    INFO("stream " << i);
+    CHECK(errors[i].empty());
+    CHECK(echoed[i] > 0);
+  }
+  // The streaming sessions stayed on the upstream they started with.
+  CHECK(a.accepted_count() >= kStreams);
+  CHECK(proxy.count_lines(std::regex(R"(close reason=(client|upstream)-(reset|read-error))")) == 0);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(15s) == 0);
+}

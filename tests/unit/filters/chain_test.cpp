@@ -1,0 +1,178 @@
+// The filter chain as the session drives it: a stream split at random by the
+// framer, each frame decoded and run through the chain, the output gathered.
+#include <catch2/catch.hpp>
+#include <random>
+
+#include "codec/tpkt.h"
+#include "filters/chain.h"
+#include "support/vectors.h"
+#include "unit/filters/fake_context.h"
+
+using namespace isoproxy;
+using namespace isoproxy::test;
+using filters::Direction;
+using filters::Verdict;
+
+namespace {
+
+// A test filter that records the order it ran in and can drop, replace or end.
+class Probe final : public filters::Filter {
+ public:
+  Probe(std::string name, std::vector<std::string>& order, std::string action)
+      : name_(std::move(name)), order_(order), action_(std::move(action)) {}
+  Verdict on_frame(filters::FilterContext& ctx, filters::ChainFrame& f) override {
+    order_.push_back(name_);
+    ctx.count(name_, "seen");
+    if (action_ == "drop-dt" && f.type() == codec::TpduType::kDT) return Verdict::kDrop;
+    if (action_ == "grow-cr" && f.type() == codec::TpduType::kCR) {
+      auto owned = codec::OwnedTpdu::from(f.decoded().tpdu);
+      const std::vector<std::uint8_t> tsap = {'L', 'O', 'N', 'G', 'E', 'R', '-', 'T', 'S', 'A', 'P'};
+      owned.set_param(codec::param::kCalledTsap, tsap);
+      auto bytes = codec::encode_frame(f.decoded().header.reserved, owned);
+      if (!bytes || !f.replace(std::move(*bytes))) return Verdict::kEndSession;
+    }
+    if (action_ == "end-on-dr" && f.type() == codec::TpduType::kDR) {
+      ctx.end_session("probe saw a DR");
+      return Verdict::kEndSession;
+    }
+    return Verdict::kContinue;
+  }
+
+ private:
+  std::string name_;
+  std::vector<std::string>& order_;
+  std::string action_;
+};
+
+class ProbeFactory final : public filters::FilterFactory {
+ public:
+  ProbeFactory(std::string name, std::vector<std::string>& order, std::string action)
+      : FilterFactory(std::move(name)), order_(order), action_(std::move(action)) {}
+  std::string_view kind() const override { return "probe"; }
+  std::unique_ptr<filters::Filter> create() const override { return std::make_unique<Probe>(name(), order_, action_); }
+  std::string settings_toml() const override { return {}; }
+
+ private:
+  std::vector<std::string>& order_;
+  std::string action_;
+};
+
+// Feeds `stream` to the framer in random pieces (seeded), runs every frame
+// through `chain`, and returns the bytes the chain lets through.
+std::vector<std::uint8_t> feed(filters::FilterChain& chain, FakeContext& ctx, const std::vector<std::uint8_t>& stream,
+                               Direction dir, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  codec::TpktFramer framer;
+  std::vector<std::uint8_t> out;
+  std::size_t at = 0;
+  while (at < stream.size()) {
+    const std::size_t n = std::min<std::size_t>(stream.size() - at, 1 + rng() % 40);
+    std::vector<std::uint8_t> piece(stream.begin() + static_cast<std::ptrdiff_t>(at),
+                                    stream.begin() + static_cast<std::ptrdiff_t>(at + n));
+    at += n;
+    codec::Bytes in(piece);
+    for (;;) {
+      auto r = framer.next(in);
+      if (r.status != codec::TpktFramer::kFrame) {
+        REQUIRE(r.status == codec::TpktFramer::kNeedMore);
+        break;
+      }
+      std::vector<std::uint8_t> frame(r.frame.begin(), r.frame.end());
+      auto decoded = codec::decode_frame(frame);
+      REQUIRE(decoded.ok());
+      filters::ChainFrame cf(codec::MutableBytes(frame), &*decoded, dir);
+      const Verdict v = chain.run(ctx, cf);
+      if (v == Verdict::kContinue) {
+        codec::Bytes b = std::as_const(cf).bytes();
+        out.insert(out.end(), b.begin(), b.end());
+      }
+    }
+  }
+  REQUIRE(framer.held() == 0);
+  return out;
+}
+
+std::vector<std::uint8_t> concat(std::initializer_list<std::vector<std::uint8_t>> parts) {
+  std::vector<std::uint8_t> all;
+  for (const auto& p : parts) all.insert(all.end(), p.begin(), p.end());
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("chain: client-to-upstream runs in order, upstream-to-client in reverse", "[filters][chain]") {
+  std::vector<std::string> order;
+  filters::FactoryList list = {std::make_shared<ProbeFactory>("a", order, ""), std::make_shared<ProbeFactory>("b", order, ""),
+                               std::make_shared<ProbeFactory>("c", order, "")};
+  filters::FilterChain chain(list);
+  FakeContext ctx;
+  const auto rows = load_vectors();
+  const auto dt = find_vector(rows, "V10").bytes();
+  feed(chain, ctx, dt, Direction::kToUpstream, 1);
+  CHECK(order == std::vector<std::string>{"a", "b", "c"});
+  order.clear();
+  feed(chain, ctx, dt, Direction::kToClient, 2);
+  CHECK(order == std::vector<std::string>{"c", "b", "a"});
+  CHECK(ctx.count_of("a.seen") == 2);
+  CHECK(ctx.count_of("c.seen") == 2);
+}
+
+TEST_CASE("chain: the reserved repair at random splits changes only byte 1 of the CC", "[filters][chain]") {
+  const auto rows = load_vectors();
+  const auto v1 = find_vector(rows, "V1").bytes();
+  const auto v2 = find_vector(rows, "V2").bytes();
+  const auto dt = find_vector(rows, "V10r").bytes();
+  const auto empty_dt = find_vector(rows, "V11").bytes();
+  auto reserved = factory_from_toml("tpkt-reserved", "tpdu = [\"CC\"]\n", nullptr, "reserved");
+  auto annotate = factory_from_toml("tsap-annotate", "", nullptr, "annotate");
+  REQUIRE(reserved);
+  REQUIRE(annotate);
+  // The vendor CC, then data: the CC repaired, every other byte as it was.
+  const auto stream = concat({v1, dt, empty_dt, dt});
+  const auto expect = concat({v2, dt, empty_dt, dt});
+  for (std::uint32_t seed = 1; seed <= 50; ++seed) {
+    INFO("seed " << seed);
+    filters::FilterChain chain({annotate, reserved});
+    FakeContext ctx;
+    CHECK(feed(chain, ctx, stream, Direction::kToClient, seed) == expect);
+    CHECK(ctx.count_of("reserved.repaired") == 1);
+    CHECK(ctx.count_of("annotate.cc") == 1);
+    REQUIRE(ctx.ann.called_tsap);
+    CHECK(std::string(ctx.ann.called_tsap->begin(), ctx.ann.called_tsap->end()) == "EXCHANGETSAP1");
+  }
+}
+
+TEST_CASE("chain: drop, length-changing replace and end-session", "[filters][chain]") {
+  const auto rows = load_vectors();
+  const auto cr = find_vector(rows, "V5").bytes();
+  const auto dt = find_vector(rows, "V10").bytes();
+  const auto dr = find_vector(rows, "V14").bytes();
+  std::vector<std::string> order;
+
+  SECTION("a dropped frame goes no further and later filters do not see it") {
+    filters::FilterChain chain({std::make_shared<ProbeFactory>("drop", order, "drop-dt"),
+                                std::make_shared<ProbeFactory>("after", order, "")});
+    FakeContext ctx;
+    CHECK(feed(chain, ctx, concat({cr, dt, dt}), Direction::kToUpstream, 7) == cr);
+    CHECK(ctx.count_of("after.seen") == 1);  // only the CR reached it
+  }
+  SECTION("a replaced CR is re-encoded with LI and TPKT length recomputed, and later filters see the new one") {
+    filters::FilterChain chain({std::make_shared<ProbeFactory>("grow", order, "grow-cr")});
+    FakeContext ctx;
+    const auto out = feed(chain, ctx, concat({cr, dt}), Direction::kToUpstream, 9);
+    REQUIRE(out.size() == cr.size() + (11 - 2) + dt.size());
+    auto f = codec::decode_frame(codec::Bytes(out).first(cr.size() + 9));
+    REQUIRE(f.ok());
+    CHECK(f->header.length == cr.size() + 9);
+    CHECK(f->tpdu.li == codec::decode_frame(cr)->tpdu.li + 9);
+    REQUIRE(f->tpdu.called_tsap());
+    CHECK(std::string(f->tpdu.called_tsap()->begin(), f->tpdu.called_tsap()->end()) == "LONGER-TSAP");
+    CHECK(std::vector<std::uint8_t>(out.end() - static_cast<std::ptrdiff_t>(dt.size()), out.end()) == dt);
+  }
+  SECTION("end-session stops the frame in hand and records the reason") {
+    filters::FilterChain chain({std::make_shared<ProbeFactory>("end", order, "end-on-dr")});
+    FakeContext ctx;
+    CHECK(feed(chain, ctx, concat({dt, dr}), Direction::kToClient, 3) == dt);
+    CHECK(ctx.ended == "probe saw a DR");
+  }
+}
