@@ -4,6 +4,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -184,7 +185,9 @@ void Session::update_reading(Leg& l) {
   if (!l.initialised || !l.connected) return;
   const Leg& o = other(l);
   const bool held_back = l.side == Side::kClient && pending_up_.size() > rt_->cfg.high_water;
-  const bool want = !closing_ && !close_after_flush_ && !l.eof && !l.drain_stopped && !o.over_high_water && !held_back;
+  const bool want = lingering_ ? !closing_ && !l.eof
+                               : !closing_ && !close_after_flush_ && !l.eof && !l.drain_stopped && !o.over_high_water &&
+                                     !held_back;
   if (want == l.reading) return;
   auto* s = reinterpret_cast<uv_stream_t*>(&l.tcp);
   if (want) {
@@ -208,7 +211,24 @@ void Session::update_reading(Leg& l) {
 
 void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
   if (nread == 0 || closing_) return;
+  if (lingering_) {
+    // Closing cleanly: what peers still send is read and dropped.
+    if (nread == UV_EOF) {
+      from.eof = true;
+      update_reading(from);
+      check_linger_done();
+    } else if (nread < 0) {
+      close(pending_close_reason_);
+    }
+    return;
+  }
   if (nread == UV_EOF) {
+    // libuv reports EOF when a short read and POLLHUP come together, which is
+    // also how a reset right after the last data looks: ask the socket.
+    if (peer_reset(from)) {
+      on_read_error(from, UV_ECONNRESET);
+      return;
+    }
     on_eof(from);
     return;
   }
@@ -246,7 +266,8 @@ void Session::process(Leg& from, codec::MutableBytes data) {
   codec::Bytes in = data;
   const std::uint8_t* begin = data.data();
   const std::uint8_t* end = data.data() + data.size();
-  while (!closing_ && !f.raw) {
+  // After a filter or the malformed policy ends the session, nothing more is relayed.
+  while (!closing_ && !f.raw && !close_after_flush_) {
     auto r = f.framer.next(in);
     if (r.status == codec::TpktFramer::kNeedMore) break;
     if (r.status == codec::TpktFramer::kError) {
@@ -298,9 +319,14 @@ void Session::process(Leg& from, codec::MutableBytes data) {
       send(to, out.data(), static_cast<unsigned>(out.size()));
       out.clear();
     }
+    if (state_ == SessionState::kDraining) {
+      // Draining: the frame in flight is complete; what follows it is not relayed.
+      in = {};
+      break;
+    }
   }
   if (!out.empty() && !closing_) send(to, out.data(), static_cast<unsigned>(out.size()));
-  if (f.raw && !in.empty() && !closing_) {
+  if (f.raw && !in.empty() && !closing_ && !close_after_flush_) {
     // This direction stopped framing inside this read: the rest passes as it is.
     f.stats.bytes += in.size();
     f.stats.raw_bytes += in.size();
@@ -546,16 +572,47 @@ void Session::maybe_finish() {
     close(first_fin_ + "-closed");
     return;
   }
+  if (lingering_) return;
   const bool flushed = client_.queued == 0 && upstream_.queued == 0;
   if (close_after_flush_ && flushed) {
-    close(pending_close_reason_);
+    linger(pending_close_reason_);
     return;
   }
   if (state_ == SessionState::kDraining && flushed) {
     const bool client_done = client_.drain_stopped || client_.eof;
     const bool upstream_done = !upstream_.connected || upstream_.drain_stopped || upstream_.eof;
-    if (client_done && upstream_done) close("drain");
+    if (client_done && upstream_done) linger("drain");
   }
+}
+
+void Session::linger(std::string reason) {
+  if (closing_ || lingering_) return;
+  lingering_ = true;
+  pending_close_reason_ = std::move(reason);
+  linger_start_ms_ = server_.now_ms();
+  for (Leg* l : {&client_, &upstream_}) {
+    if (!l->connected) continue;
+    l->shutdown_wanted = true;
+    maybe_shutdown(*l);
+    update_reading(*l);
+  }
+  arm_timer();
+  check_linger_done();
+}
+
+void Session::check_linger_done() {
+  if (!lingering_ || closing_) return;
+  const bool client_done = !client_.connected || client_.eof;
+  const bool upstream_done = !upstream_.connected || upstream_.eof;
+  if (client_done && upstream_done) close(pending_close_reason_);
+}
+
+bool Session::peer_reset(Leg& l) {
+  uv_os_fd_t fd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&l.tcp), &fd) != 0) return false;
+  char byte;
+  const ssize_t r = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return r < 0 && errno == ECONNRESET;
 }
 
 void Session::close_after_flush(std::string reason) {
@@ -588,6 +645,13 @@ void Session::arm_timer() {
   if (!timer_initialised_ || closing_) return;
   const auto& c = rt_->cfg;
   std::uint64_t deadline = UINT64_MAX;
+  if (lingering_) {
+    const std::uint64_t now = server_.now_ms();
+    const std::uint64_t at = linger_start_ms_ + kLingerMs;
+    uv_timer_start(&timer_, [](uv_timer_t* t) noexcept { static_cast<Session*>(t->data)->on_timer(); },
+                   at > now ? at - now : 0, 0);
+    return;
+  }
   if (upstream_.initialised && !upstream_.connected) {
     deadline = std::min<std::uint64_t>(deadline, connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count()));
   }
@@ -610,6 +674,12 @@ void Session::on_timer() {
   if (closing_) return;
   const auto& c = rt_->cfg;
   const std::uint64_t now = server_.now_ms();
+  if (lingering_) {
+    // The peers did not close within kLingerMs of our FIN: close anyway.
+    if (now >= linger_start_ms_ + kLingerMs) close(pending_close_reason_);
+    else arm_timer();
+    return;
+  }
   if (upstream_.initialised && !upstream_.connected &&
       now >= connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count())) {
     server_.stats().connect_failures["connect-timeout"]++;

@@ -129,6 +129,12 @@ class Session final : public filters::FilterContext {
   void update_reading(Leg& l);
   void maybe_finish();
   void close_after_flush(std::string reason);
+  // A clean close: FIN toward both peers, read and discard until both have
+  // closed (or kLingerMs), then close. Closing a socket with unread input
+  // makes Linux send RST and drop what the peer has not received yet.
+  void linger(std::string reason);
+  void check_linger_done();
+  bool peer_reset(Leg& l);
   void arm_timer();
   void on_timer();
   void on_handle_closed();
@@ -151,6 +157,9 @@ class Session final : public filters::FilterContext {
   int open_handles_ = 0;
   bool closing_ = false;
   bool close_after_flush_ = false;
+  bool lingering_ = false;
+  std::uint64_t linger_start_ms_ = 0;
+  static constexpr std::uint64_t kLingerMs = 2000;
   bool non_rfc1006_ = false;
   std::string pending_close_reason_;
   std::string close_reason_;
