@@ -434,8 +434,8 @@ class Trace final : public Filter {
       return;
     }
     // Decided on the CR as this filter sees it (after any rewrite earlier in
-    // the chain); what comes before a CR is not traced.
-    if (frame.type() != codec::TpduType::kCR) return;
+    // the chain); what comes before the client's CR is not traced.
+    if (frame.type() != codec::TpduType::kCR || frame.direction() != Direction::kToUpstream) return;
     const codec::Tpdu& t = frame.decoded().tpdu;
     const auto matches = [](const std::vector<TsapPattern>& patterns, std::optional<codec::Bytes> tsap) {
       if (patterns.empty()) return true;
@@ -527,7 +527,10 @@ class TraceFactory final : public FilterFactory {
     std::string out = "directory = " + toml_string(s.directory) + "\n";
     out += "max_file_size = \"" + conf::format_size(s.max_file_size) + "\"\n";
     out += "max_files = " + std::to_string(s.max_files) + "\n";
+    // An unset selector means "any" and is left out: an empty list is an
+    // error when read back.
     const auto list = [&](const char* key, const auto& items, const auto& text) {
+      if (items.empty()) return;
       out += std::string(key) + " = [";
       for (std::size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + toml_string(text(items[i]));
       out += "]\n";

@@ -69,6 +69,9 @@ class TsapAcl final : public Filter {
   TsapAcl(const std::string& name, const AclSettings& s) : name_(name), s_(s) {}
 
   Verdict on_frame(FilterContext& ctx, ChainFrame& frame) override {
+    // The session closes once the DR is written; until then, frames that
+    // followed the refused CR in the same read must not reach the upstream.
+    if (denied_) return frame.direction() == Direction::kToUpstream ? Verdict::kDrop : Verdict::kContinue;
     if (frame.type() != codec::TpduType::kCR || frame.direction() != Direction::kToUpstream) return Verdict::kContinue;
     const codec::Tpdu& t = frame.decoded().tpdu;
     const auto* client = reinterpret_cast<const sockaddr*>(&ctx.client_sockaddr());
@@ -89,12 +92,14 @@ class TsapAcl final : public Filter {
             " to the client");
     ctx.inject(Direction::kToClient, make_refusal_dr(t.src_ref.value_or(0), s_.reason));
     ctx.end_session("acl-denied: " + why);
+    denied_ = true;
     return Verdict::kEndSession;  // the CR itself goes no further
   }
 
  private:
   const std::string& name_;
   const AclSettings& s_;
+  bool denied_ = false;
 };
 
 // A TSAP pattern as a TOML string that reads back to the same pattern: as
@@ -209,8 +214,7 @@ bool parse_rule(conf::TableReader& r, AclRule& rule) {
   }
   rule.calling = read_patterns(r, "calling", ok);
   rule.called = read_patterns(r, "called", ok);
-  if (r.node("client") != nullptr) {
-    const toml::node* n = r.node("client");
+  if (const toml::node* n = r.node("client"); n != nullptr) {
     rule.clients = r.cidrs("client");
     if (rule.clients.empty()) {
       // cidrs() has reported a bad entry; an empty list is reported here.

@@ -193,3 +193,45 @@ TEST_CASE("SIGHUP reloads under load: no session drops, new sessions follow the 
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(15s) == 0);
 }
+
+TEST_CASE("SIGHUP adds and removes listeners as configured", "[reload][integration]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  auto listener = [&](const std::string& name) {
+    return "[[listener]]\nname = \"" + name + "\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+           std::to_string(up.port()) + "\"\n";
+  };
+  ProxyProcess proxy(listener("one"));
+  auto one = proxy.listen_port("one", 10s);
+  REQUIRE(one);
+
+  auto relays = [&](std::uint16_t port) {
+    Conn c = connect_to("127.0.0.1", port, 2s);
+    if (!c.valid()) return false;
+    const ByteVec dt = make_dt("hello");
+    if (!c.send_all(dt)) return false;
+    auto back = c.recv_exact(dt.size(), 5s);
+    return back && *back == dt;
+  };
+
+  REQUIRE(proxy.write_config(listener("one") + "\n" + listener("two")));
+  REQUIRE(proxy.signal(SIGHUP));
+  auto two = proxy.listen_port("two", 10s);
+  REQUIRE(two);
+  REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), 1, 10s));
+  CHECK(relays(*one));
+  CHECK(relays(*two));
+  // "one" kept its socket: still exactly one "listening on" line for it.
+  CHECK(proxy.count_lines(std::regex(R"(listening on .* \(listener one\))")) == 1);
+
+  REQUIRE(proxy.write_config(listener("one")));
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), 2, 10s));
+  REQUIRE(proxy.wait_for_line(std::regex(R"(listener two removed)"), 10s));
+  CHECK(relays(*one));
+  Conn gone = connect_to("127.0.0.1", *two, 2s);
+  CHECK_FALSE(gone.valid());  // nothing listens there any more
+
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
