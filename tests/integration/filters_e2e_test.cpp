@@ -94,3 +94,79 @@ TEST_CASE("trace writes a pcap of both directions that tshark dissects as COTP",
   }
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("tsap-rewrite end to end: a longer called TSAP upstream, the original back in the CC",
+          "[rewrite][integration]") {
+  // The upstream answers the CR it receives with a CC echoing its TSAPs.
+  FrameLog upstream_frames;
+  TestServer up(responder_handler({.reserved = 0x00, .log = &upstream_frames}));
+  REQUIRE(up.ok());
+  const auto dir = make_temp_dir("rewrite");
+  ProxyProcess proxy("[[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"rw\", \"capture\"]\n\n" +
+                     "[filter.rw]\nkind = \"tsap-rewrite\"\n[[filter.rw.rule]]\nfield = \"called\"\n"
+                     "from = \"MTA\"\nto = \"EXCHANGETSAP1-LONGER\"\n\n" +
+                     "[filter.capture]\nkind = \"trace\"\ndirectory = \"" + dir.string() + "\"\n");
+  auto port = proxy.listen_port("rw", 10s);
+  REQUIRE(port);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "MTA");
+  ByteVec cc;
+  {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.valid());
+    REQUIRE(c.send_all(cr));
+    auto got = c.recv_frame(5s);
+    REQUIRE(got);
+    cc = *got;
+    const ByteVec dt = make_dt("after the rewrite");
+    REQUIRE(c.send_all(dt));
+    auto echo = c.recv_exact(dt.size(), 5s);
+    REQUIRE(echo);
+    CHECK(*echo == dt);
+  }
+  REQUIRE(proxy.wait_for_line(std::regex("close reason="), 10s));
+
+  // The client's view: a well-formed CC naming the TSAP it asked for.
+  auto ccd = codec::decode_frame(cc);
+  REQUIRE(ccd.ok());
+  CHECK(ccd->tpdu.type == codec::TpduType::kCC);
+  REQUIRE(ccd->tpdu.called_tsap());
+  CHECK(codec::tsap_text(*ccd->tpdu.called_tsap()).ascii == "MTA");
+  CHECK(ccd->anomalies.empty());
+
+  // The upstream's view: a well-formed CR with the longer TSAP, LI and length recomputed.
+  const auto frames = upstream_frames.frames();
+  REQUIRE(frames.size() >= 1);
+  auto crd = codec::decode_frame(frames[0]);
+  REQUIRE(crd.ok());
+  CHECK(crd->tpdu.type == codec::TpduType::kCR);
+  REQUIRE(crd->tpdu.called_tsap());
+  CHECK(codec::tsap_text(*crd->tpdu.called_tsap()).ascii == "EXCHANGETSAP1-LONGER");
+  const std::size_t grown = std::string("EXCHANGETSAP1-LONGER").size() - 3;
+  CHECK(frames[0].size() == cr.size() + grown);
+  CHECK(crd->header.length == cr.size() + grown);
+  CHECK(crd->tpdu.li == codec::decode_frame(cr)->tpdu.li + grown);
+  CHECK(codec::tsap_text(*crd->tpdu.calling_tsap()).ascii == "SWISSLIFETSAP");
+  CHECK(proxy.count_lines(std::regex(R"(filters=.*rw\.rewritten-cr=1)")) == 1);
+  CHECK(proxy.count_lines(std::regex(R"(filters=.*rw\.restored-cc=1)")) == 1);
+  REQUIRE(proxy.signal(SIGTERM));
+  REQUIRE(proxy.wait_exit(10s) == 0);
+
+  // Wireshark agrees both frames are well-formed COTP (the trace sits after
+  // the rewrite toward the upstream, before the restore toward the client).
+  if (!on_path("tshark")) {
+    WARN("tshark is not installed: the Wireshark check of the rewritten frames is skipped");
+  } else {
+    std::vector<std::filesystem::path> files;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) files.push_back(e.path());
+    REQUIRE(files.size() == 1);
+    auto ts = run_process({"/usr/bin/env", "tshark", "-n", "-r", files[0].string(), "-d",
+                           "tcp.port==" + std::to_string(up.port()) + ",tpkt", "-Y", "cotp.type == 0x0e || cotp.type == 0x0d",
+                           "-T", "fields", "-E", "separator=|", "-e", "cotp.type", "-e", "cotp.dst-tsap", "-e",
+                           "_ws.malformed", "-e", "_ws.expert"});
+    INFO(ts.out << ts.err);
+    REQUIRE(ts.exit_code == 0);
+    CHECK(ts.out == "0x0e|EXCHANGETSAP1-LONGER||\n0x0d|EXCHANGETSAP1-LONGER||\n");
+  }
+  std::filesystem::remove_all(dir);
+}
