@@ -116,7 +116,15 @@ int Server::run() {
     spdlog::error("event loop closed with handles still open: {}", uv_strerror(r));
     return 1;
   }
-  spdlog::info("stopped: {} sessions served, {} refused", stats_.closed, stats_.refused);
+  // The process-wide totals, so that a run's filter actions and close
+  // reasons can be read from its log without the admin endpoint.
+  auto join = [](const std::map<std::string, std::uint64_t>& m) {
+    std::string out;
+    for (const auto& [k, v] : m) out += (out.empty() ? "" : ",") + k + "=" + std::to_string(v);
+    return out.empty() ? std::string("-") : out;
+  };
+  spdlog::info("stopped: {} sessions served, {} refused; filters={} close_reasons={} connect_failures={}", stats_.closed,
+               stats_.refused, join(stats_.filter_actions), join(stats_.close_reasons), join(stats_.connect_failures));
   return 0;
 }
 

@@ -76,6 +76,8 @@ TEST_CASE("tsap-route sends each CR to the upstream its called TSAP names", "[ro
   REQUIRE(proxy.wait_exit(10s) == 0);
   CHECK(proxy.count_lines(std::regex(R"(route=route/exchange .*called=EXCHANGETSAP1 )")) == 2);
   CHECK(proxy.count_lines(std::regex(R"(route=route/s7 )")) == 2);
+  // Filter actions are counted for the whole process too.
+  CHECK(proxy.count_lines(std::regex(R"(stopped: 4 sessions served, 0 refused; filters=annotate\.cc=4,annotate\.cr=4,route\.routed=4 )")) == 1);
 }
 
 TEST_CASE("tsap-route refuses a CR no route takes with a DR", "[route][integration]") {

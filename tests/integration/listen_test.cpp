@@ -1,0 +1,76 @@
+// Listener addresses: IPv4 and IPv6 together, and the errors an operator sees
+// when a port cannot be bound.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "support/peers.h"
+#include "support/process.h"
+#include "support/proxy_process.h"
+
+using namespace isoproxy::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+bool ipv6_loopback_available() {
+  TestServer probe(echo_handler(), "::1");
+  return probe.ok();
+}
+
+}  // namespace
+
+TEST_CASE("a listener accepts on IPv4 and IPv6 addresses at once", "[listen][integration]") {
+  if (!ipv6_loopback_available()) {
+    WARN("no IPv6 loopback (::1) on this machine: the IPv6 listener test is skipped");
+    return;
+  }
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"dual\"\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\n");
+  REQUIRE(proxy.wait_listening(10s, 2));
+  const auto listeners = proxy.listeners();
+  REQUIRE(listeners.size() == 2);
+  for (const auto& l : listeners) {
+    INFO(l.address << ":" << l.port);
+    const std::string host = l.address.front() == '[' ? l.address.substr(1, l.address.size() - 2) : l.address;
+    Conn c = connect_to(host, l.port);
+    REQUIRE(c.valid());
+    const ByteVec dt = make_dt("over " + host);
+    REQUIRE(c.send_all(dt));
+    auto back = c.recv_exact(dt.size(), 5s);
+    REQUIRE(back);
+    CHECK(*back == dt);
+  }
+  CHECK(proxy.wait_for_lines(std::regex(R"(close reason=client-closed .*client=\[::1\]:)"), 1, 10s));
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("binding port 102 without privilege is a clear start-up error", "[listen][integration]") {
+  if (geteuid() != 0 || !on_path("setpriv")) {
+    WARN("needs root (to drop to an unprivileged user with setpriv): the privilege error test is skipped");
+    return;
+  }
+  // A config the unprivileged user can read.
+  const auto dir = std::filesystem::temp_directory_path() / ("isoproxy-priv-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  ::chmod(dir.c_str(), 0755);
+  const auto file = dir / "isoproxy.toml";
+  { std::ofstream(file) << "[[listener]]\nname = \"low\"\nlisten = \"127.0.0.1:102\"\nupstream = \"127.0.0.1:9\"\n"; }
+  ::chmod(file.c_str(), 0644);
+  auto r = run_process({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                        "--bounding-set=-all", ISOPROXY_BINARY, "run", "-c", file.string()},
+                       "", 20s);
+  INFO(r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("cannot listen on 127.0.0.1:102") != std::string::npos);
+  CHECK(r.err.find("ports below 1024 need root or CAP_NET_BIND_SERVICE") != std::string::npos);
+  std::filesystem::remove_all(dir);
+}
