@@ -38,15 +38,6 @@ constexpr std::uintmax_t kMaxFileSize = 4 * 1024 * 1024;
 
 std::string in_quotes(std::string_view s) { return "\"" + std::string(s) + "\""; }
 
-std::string type_name(const toml::node& n) {
-  if (n.is_table()) return "a table";
-  if (n.is_array()) return "an array";
-  if (n.is_string()) return "a string";
-  if (n.is_integer()) return "an integer";
-  if (n.is_floating_point()) return "a floating-point number";
-  if (n.is_boolean()) return "a boolean";
-  return "a date or time";
-}
 
 bool valid_filter_name(std::string_view s) {
   return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
@@ -141,7 +132,7 @@ class Loader {
         filter_tables_ = t;
         load_filters(*t);
       } else {
-        r.error("filter", "expected [filter.NAME] tables, found " + type_name(*filter));
+        r.error("filter", std::string("expected [filter.NAME] tables, found ") + type_name(*filter));
       }
     }
     load_listeners(r, listener);
@@ -167,7 +158,7 @@ class Loader {
       }
       const toml::table* t = v.as_table();
       if (t == nullptr) {
-        sink_.add(&v, path, "expected a [" + path + "] table with a kind, found " + type_name(v));
+        sink_.add(&v, path, "expected a [" + path + std::string("] table with a kind, found ") + type_name(v));
         continue;
       }
       TableReader r(*t, path, sink_);
@@ -211,7 +202,7 @@ class Loader {
     }
     const toml::array* arr = node->as_array();
     if (arr == nullptr) {
-      root.error("listener", "expected [[listener]] tables, found " + type_name(*node));
+      root.error("listener", std::string("expected [[listener]] tables, found ") + type_name(*node));
       return;
     }
     if (arr->empty()) {
@@ -223,7 +214,7 @@ class Loader {
       if (const auto* t = e.as_table()) {
         load_listener(*t, i);
       } else {
-        sink_.add(&e, "listener[" + std::to_string(i) + "]", "expected a listener table, found " + type_name(e));
+        sink_.add(&e, "listener[" + std::to_string(i) + "]", std::string("expected a listener table, found ") + type_name(e));
       }
     }
   }
@@ -442,29 +433,6 @@ std::vector<ConfigError> sorted(std::vector<ConfigError> errors) {
   return errors;
 }
 
-// A TOML basic string.
-std::string toml_string(std::string_view s) {
-  std::string out = "\"";
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
-      default:
-        if (c < 0x20 || c == 0x7F) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04X", c);
-          out += buf;
-        } else {
-          out += ch;
-        }
-    }
-  }
-  return out + "\"";
-}
 
 std::string toml_string_list(const std::vector<std::string>& items) {
   std::string out = "[";

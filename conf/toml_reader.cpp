@@ -1,5 +1,7 @@
 #include "conf/toml_reader.h"
 
+#include <cstdio>
+
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -8,7 +10,29 @@
 
 namespace isoproxy::conf {
 
-namespace {
+// A TOML basic string.
+std::string toml_string(std::string_view s) {
+  std::string out = "\"";
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (c < 0x20 || c == 0x7F) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04X", c);
+          out += buf;
+        } else {
+          out += ch;
+        }
+    }
+  }
+  return out + "\"";
+}
 
 const char* type_name(const toml::node& n) {
   switch (n.type()) {
@@ -25,6 +49,9 @@ const char* type_name(const toml::node& n) {
   }
   return "nothing";
 }
+
+namespace {
+
 
 std::string in_quotes(std::string_view s) { return "\"" + std::string(s) + "\""; }
 

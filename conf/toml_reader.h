@@ -92,6 +92,12 @@ class TableReader {
   std::set<std::string, std::less<>> known_;
 };
 
+// A TOML basic string with everything escaped that must be: "\"a\\b\"".
+std::string toml_string(std::string_view s);
+
+// "a string", "an integer", ...: what a value is, for error messages.
+const char* type_name(const toml::node& n);
+
 // Levenshtein-closest candidate within distance 2 (or a shared prefix of 4+), if any.
 std::optional<std::string> did_you_mean(std::string_view word, const std::vector<std::string>& candidates);
 

@@ -63,14 +63,6 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-std::string toml_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "\"";
-}
 
 struct TraceSettings {
   std::string directory;  // absolute
@@ -524,7 +516,7 @@ class TraceFactory final : public FilterFactory {
   bool needs_data_phase() const override { return true; }
   std::string settings_toml() const override {
     const TraceSettings& s = sink_->settings();
-    std::string out = "directory = " + toml_string(s.directory) + "\n";
+    std::string out = "directory = " + conf::toml_string(s.directory) + "\n";
     out += "max_file_size = \"" + conf::format_size(s.max_file_size) + "\"\n";
     out += "max_files = " + std::to_string(s.max_files) + "\n";
     // An unset selector means "any" and is left out: an empty list is an
@@ -532,7 +524,7 @@ class TraceFactory final : public FilterFactory {
     const auto list = [&](const char* key, const auto& items, const auto& text) {
       if (items.empty()) return;
       out += std::string(key) + " = [";
-      for (std::size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + toml_string(text(items[i]));
+      for (std::size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + conf::toml_string(text(items[i]));
       out += "]\n";
     };
     list("clients", s.clients, [](const conf::Cidr& c) { return c.text; });
@@ -552,7 +544,7 @@ std::vector<TsapPattern> tsap_patterns(conf::TableReader& t, std::string_view ke
   const auto* arr = n->as_array();
   if (arr == nullptr) {
     std::string msg = "expected a list of TSAPs such as [\"hex:0100\", \"EXCHANGETSAP1\"]";
-    if (const auto* s = n->as_string()) msg += " (write [" + toml_string(s->get()) + "])";
+    if (const auto* s = n->as_string()) msg += " (write [" + conf::toml_string(s->get()) + "])";
     t.error(key, std::move(msg));
     return {};
   }
@@ -594,11 +586,11 @@ std::shared_ptr<const FilterFactory> parse_trace(const std::string& name, conf::
     if (dir->empty()) {
       t.error("directory", "empty: write the directory to put the capture files in");
     } else if (!fs::exists(st)) {
-      t.error("directory", toml_string(*dir) + " does not exist: create it (writable by the user isoproxy runs as)");
+      t.error("directory", conf::toml_string(*dir) + " does not exist: create it (writable by the user isoproxy runs as)");
     } else if (!fs::is_directory(st)) {
-      t.error("directory", toml_string(*dir) + " is not a directory");
+      t.error("directory", conf::toml_string(*dir) + " is not a directory");
     } else if (::access(dir->c_str(), W_OK | X_OK) != 0) {
-      t.error("directory", toml_string(*dir) + " is not writable by this process: " + std::strerror(errno));
+      t.error("directory", conf::toml_string(*dir) + " is not writable by this process: " + std::strerror(errno));
     } else {
       s.directory = fs::absolute(*dir, ec).lexically_normal().string();
       if (ec) s.directory = *dir;

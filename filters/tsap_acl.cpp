@@ -144,15 +144,6 @@ class TsapAclFactory final : public FilterFactory {
   AclSettings s_;
 };
 
-const char* node_type(const toml::node& n) {
-  if (n.is_table()) return "a table";
-  if (n.is_array()) return "an array";
-  if (n.is_string()) return "a string";
-  if (n.is_integer()) return "an integer";
-  if (n.is_floating_point()) return "a floating-point number";
-  if (n.is_boolean()) return "a boolean";
-  return "a date or time";
-}
 
 // `key` as one TSAP pattern or a list of them; an empty result with `ok`
 // still true means the key is absent.
@@ -173,7 +164,7 @@ std::vector<TsapPattern> read_patterns(conf::TableReader& r, std::string_view ke
   }
   const auto* a = n->as_array();
   if (a == nullptr) {
-    r.error(key, std::string(kExpected) + ", found " + node_type(*n));
+    r.error(key, std::string(kExpected) + ", found " + conf::type_name(*n));
     ok = false;
     return {};
   }
@@ -187,7 +178,7 @@ std::vector<TsapPattern> read_patterns(conf::TableReader& r, std::string_view ke
     const std::string at = r.path() + "." + std::string(key) + "[" + std::to_string(i) + "]";
     const auto* s = e.as_string();
     if (s == nullptr) {
-      r.sink().add(&e, at, std::string("expected a TSAP string, found ") + node_type(e));
+      r.sink().add(&e, at, std::string("expected a TSAP string, found ") + conf::type_name(e));
       ok = false;
       continue;
     }
@@ -240,14 +231,14 @@ std::shared_ptr<const FilterFactory> parse_tsap_acl(const std::string& name, con
     const auto* arr = n->as_array();
     if (arr == nullptr) {
       t.error("rule", "expected [[" + t.path() + ".rule]] tables (an array of tables, double brackets), found " +
-                          node_type(*n));
+                          conf::type_name(*n));
     } else {
       for (std::size_t i = 0; i < arr->size(); ++i) {
         const toml::node& e = *arr->get(i);
         const std::string at = t.path() + ".rule[" + std::to_string(i) + "]";
         const auto* rt = e.as_table();
         if (rt == nullptr) {
-          t.sink().add(&e, at, std::string("expected a table with an action, found ") + node_type(e));
+          t.sink().add(&e, at, std::string("expected a table with an action, found ") + conf::type_name(e));
           continue;
         }
         conf::TableReader r(*rt, at, t.sink());

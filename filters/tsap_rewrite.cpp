@@ -166,15 +166,6 @@ class TsapRewriteFactory final : public FilterFactory {
   RewriteSettings s_;
 };
 
-const char* node_type(const toml::node& n) {
-  if (n.is_table()) return "a table";
-  if (n.is_array()) return "an array";
-  if (n.is_string()) return "a string";
-  if (n.is_integer()) return "an integer";
-  if (n.is_floating_point()) return "a floating-point number";
-  if (n.is_boolean()) return "a boolean";
-  return "a date or time";
-}
 
 bool parse_rule(conf::TableReader& r, RewriteRule& rule) {
   bool ok = true;
@@ -237,7 +228,7 @@ std::shared_ptr<const FilterFactory> parse_tsap_rewrite(const std::string& name,
     t.error("rule", "required: at least one [[" + t.path() + ".rule]] with field, from and to");
   } else if (const auto* arr = n->as_array(); arr == nullptr) {
     t.error("rule", "expected [[" + t.path() + ".rule]] tables (an array of tables, double brackets), found " +
-                        node_type(*n));
+                        conf::type_name(*n));
   } else if (arr->empty()) {
     t.error("rule", "required: at least one rule with field, from and to");
   } else {
@@ -246,7 +237,7 @@ std::shared_ptr<const FilterFactory> parse_tsap_rewrite(const std::string& name,
       const std::string at = t.path() + ".rule[" + std::to_string(i) + "]";
       const auto* rt = e.as_table();
       if (rt == nullptr) {
-        t.sink().add(&e, at, std::string("expected a table with field, from and to, found ") + node_type(e));
+        t.sink().add(&e, at, std::string("expected a table with field, from and to, found ") + conf::type_name(e));
         continue;
       }
       conf::TableReader r(*rt, at, t.sink());
