@@ -74,3 +74,25 @@ TEST_CASE("binding port 102 without privilege is a clear start-up error", "[list
   CHECK(r.err.find("ports below 1024 need root or CAP_NET_BIND_SERVICE") != std::string::npos);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("isoproxy check validates a file through the command line", "[check][integration]") {
+  auto ok = run_process({ISOPROXY_BINARY, "check", "-c", std::string(ISOPROXY_SOURCE_DIR) + "/conf/isoproxy.toml", "--verbose"});
+  CHECK(ok.exit_code == 0);
+  CHECK(ok.out.find("conf/isoproxy.toml: ok") != std::string::npos);
+  CHECK(ok.out.find("connect_timeout = \"5s\"") != std::string::npos);  // a default filled in
+
+  const auto dir = std::filesystem::temp_directory_path() / ("isoproxy-check-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const auto file = dir / "bad.toml";
+  {
+    std::ofstream(file) << "[[listener]]\nlisten = \"0.0.0.0:102\"\nupstream = \"192.0.2.1\"\nconect_timeout = \"5s\"\n"
+                           "max_frame = \"1MiB\"\n";
+  }
+  auto bad = run_process({ISOPROXY_BINARY, "check", "-c", file.string()});
+  CHECK(bad.exit_code == 1);
+  // Both errors at once, each with file:line:col.
+  CHECK(bad.err.find(file.string() + ":4:1: listener[0].conect_timeout: unknown key; did you mean \"connect_timeout\"?") !=
+        std::string::npos);
+  CHECK(bad.err.find(file.string() + ":5:13: listener[0].max_frame:") != std::string::npos);
+  std::filesystem::remove_all(dir);
+}
