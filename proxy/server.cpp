@@ -1,5 +1,7 @@
 #include "server.h"
 
+#include <algorithm>
+#include <cctype>
 #include <csignal>
 
 #include "conf/loader.h"
@@ -51,37 +53,48 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
     }
   }
   // Listeners whose sockets are unchanged keep them and take the new settings;
-  // the others are stopped and new ones started.
-  std::vector<std::unique_ptr<Listener>> keep, fresh;
-  std::vector<std::unique_ptr<Listener>> old = std::move(listeners_);
-  listeners_.clear();
+  // the others are replaced. New sockets are bound first: if one fails,
+  // nothing changes and the running configuration stays in force.
+  std::vector<std::pair<Listener*, std::shared_ptr<const ListenerRuntime>>> keep;
+  std::vector<std::unique_ptr<Listener>> fresh;
   for (const auto& lc : config->listeners) {
     auto rt = make_runtime(*config, lc);
-    auto it = std::find_if(old.begin(), old.end(), [&](const auto& l) { return l && l->name() == lc.name && same_sockets(l->runtime()->cfg, lc); });
-    if (it != old.end()) {
-      (*it)->set_runtime(rt);
-      listeners_.push_back(std::move(*it));
-      continue;
+    auto it = std::find_if(listeners_.begin(), listeners_.end(), [&](const auto& l) {
+      return l->name() == lc.name && same_sockets(l->runtime()->cfg, lc);
+    });
+    if (it != listeners_.end()) {
+      keep.emplace_back(it->get(), rt);
+    } else {
+      fresh.push_back(std::make_unique<Listener>(*this, rt));
     }
-    fresh.push_back(std::make_unique<Listener>(*this, rt));
-  }
-  for (auto& l : old) {
-    if (!l) continue;
-    spdlog::info("listener {} removed or changed: no longer accepting on {}", l->name(), fmt::join(l->bound(), ", "));
-    l->stop();
-    stopping_listeners_.push_back(std::move(l));
   }
   for (auto& l : fresh) {
     auto ok = l->start();
     if (!ok) {
-      l->stop();
-      stopping_listeners_.push_back(std::move(l));
-      if (initial) return unexpected(ok.error());
-      spdlog::error("reload: {}", ok.error().message);
+      for (auto& f : fresh) {
+        f->stop();
+        stopping_listeners_.push_back(std::move(f));
+      }
+      std::string msg = ok.error().message;
+      if (!initial) msg += " (a listener that keeps an address while changing others must be renamed, or restart isoproxy)";
+      return unexpected(Error{ok.error().kind, msg});
+    }
+  }
+  // Everything is bound: commit.
+  std::vector<std::unique_ptr<Listener>> next;
+  for (auto& [l, rt] : keep) l->set_runtime(rt);
+  for (auto& l : listeners_) {
+    const bool kept = std::any_of(keep.begin(), keep.end(), [&](const auto& k) { return k.first == l.get(); });
+    if (kept) {
+      next.push_back(std::move(l));
       continue;
     }
-    listeners_.push_back(std::move(l));
+    spdlog::info("listener {} removed or changed: no longer accepting on {}", l->name(), fmt::join(l->bound(), ", "));
+    l->stop();
+    stopping_listeners_.push_back(std::move(l));
   }
+  for (auto& l : fresh) next.push_back(std::move(l));
+  listeners_ = std::move(next);
   config_ = std::move(config);
   log::set_level(config_->global.log_level);
   return Ok{};
@@ -99,7 +112,20 @@ Status<> Server::start() {
   }
   // A peer that resets while we write must not kill the process.
   std::signal(SIGPIPE, SIG_IGN);
-  auto ok = apply(config_, true);
+  // The admin endpoint first, so that it is up when the listeners announce themselves.
+  Status<> ok = Ok{};
+  if (config_->admin.enabled) {
+    admin_http_ = std::make_unique<AdminHttpServer>(&loop_, admin_);
+    auto listening = admin_http_->listen(config_->admin.listen);
+    if (!listening) {
+      ok = unexpected(Error{"admin", "admin endpoint: cannot listen on " + config_->admin.listen + ": " +
+                                         listening.error().message + " (set [admin] listen, or \"off\")"});
+    } else {
+      spdlog::info("admin endpoint on {}{}", admin_http_->bound(),
+                   config_->admin.token.empty() ? " (read-only: no admin.token)" : "");
+    }
+  }
+  if (ok) ok = apply(config_, true);
   if (!ok) {
     begin_drain();  // closes what was opened, so that run() can end cleanly
     return ok;
@@ -166,6 +192,12 @@ void Server::schedule_reap() {
 
 void Server::on_signal(int signum) {
   if (signum == SIGHUP) {
+    // Shutting down: re-reading would bind the listeners again and the
+    // process would never finish.
+    if (draining_) {
+      spdlog::warn("SIGHUP while shutting down: ignored");
+      return;
+    }
     reload();
     return;
   }
@@ -184,6 +216,7 @@ void Server::on_signal(int signum) {
 void Server::begin_drain() {
   if (draining_) return;
   draining_ = true;
+  if (admin_http_) admin_http_->stop();
   for (auto& l : listeners_) {
     l->stop();
     stopping_listeners_.push_back(std::move(l));
@@ -206,6 +239,10 @@ void Server::maybe_stop() {
   if (!draining_ || !sessions_.empty() || !finished_.empty()) return;
   for (auto& l : stopping_listeners_) {
     if (!l->stopped()) return;
+  }
+  if (admin_http_ && !admin_http_->closed()) {
+    schedule_reap();  // look again once its connections have closed
+    return;
   }
   // Nothing is left to serve: close our own handles and let the loop end.
   for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
@@ -232,6 +269,70 @@ void Server::reload() {
   }
   spdlog::info("reloaded {}: {} listener{}; established sessions keep their configuration", config_->path,
                listeners_.size(), listeners_.size() == 1 ? "" : "s");
+}
+
+std::vector<Session*> Server::sessions_in_order() {
+  std::vector<Session*> out;
+  out.reserve(sessions_.size());
+  for (auto& [id, s] : sessions_) out.push_back(s.get());
+  std::sort(out.begin(), out.end(), [](const Session* a, const Session* b) { return a->id() < b->id(); });
+  return out;
+}
+
+Session* Server::find_session(std::uint64_t id) {
+  auto it = sessions_.find(id);
+  return it == sessions_.end() ? nullptr : it->second.get();
+}
+
+std::vector<const Listener*> Server::listeners() const {
+  std::vector<const Listener*> out;
+  for (const auto& l : listeners_) out.push_back(l.get());
+  return out;
+}
+
+void Server::record_closed(std::uint64_t id, nlohmann::json snapshot) {
+  const std::size_t keep = config_->admin.closed_sessions;
+  if (keep == 0) return;
+  closed_.push_back({id, std::move(snapshot)});
+  while (closed_.size() > keep) closed_.pop_front();
+}
+
+void Server::count_called_tsap(const std::string& display) {
+  const std::size_t limit = config_->admin.metrics_tsap_labels;
+  if (limit == 0) return;
+  // Bounded label set: new values beyond the limit count as "other".
+  auto it = stats_.sessions_by_called_tsap.find(display);
+  if (it != stats_.sessions_by_called_tsap.end()) {
+    ++it->second;
+  } else if (stats_.sessions_by_called_tsap.size() < limit) {
+    stats_.sessions_by_called_tsap[display] = 1;
+  } else {
+    ++stats_.sessions_by_called_tsap["other"];
+  }
+}
+
+bool ClosedSession::matches_tsap(std::string_view text) const {
+  for (const char* k : {"calling_tsap", "called_tsap"}) {
+    const auto& t = snapshot[k];
+    if (t.is_null()) continue;
+    std::string upper(text);
+    for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    if (t["hex"] == upper || (t["ascii"].is_string() && t["ascii"] == text)) return true;
+  }
+  return false;
+}
+
+bool ClosedSession::matches_peer(std::string_view text) const {
+  for (const char* k : {"client", "upstream"}) {
+    const auto& v = snapshot[k];
+    if (!v.is_string()) continue;
+    const std::string a = v.get<std::string>();
+    const auto colon = a.rfind(':');
+    std::string host = colon == std::string::npos ? a : a.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    if (a == text || host == text) return true;
+  }
+  return false;
 }
 
 }  // namespace isoproxy

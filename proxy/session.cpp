@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <nlohmann/json.hpp>
+
 #include "codec/encode.h"
 #include "codec/text.h"
 #include "codec/x224.h"
@@ -156,6 +158,7 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
     send_owned(upstream_, std::move(held));
     update_reading(client_);
   }
+  arm_timer();  // the connect deadline starts now (a routed session connects late)
 }
 
 void Session::on_connect(int status) {
@@ -170,6 +173,7 @@ void Session::on_connect(int status) {
   }
   upstream_.connected = true;
   source_addr_ = sock_name(upstream_.tcp);
+  server_.stats().sessions_by_upstream[upstream_addr_]++;
   const auto& c = rt_->cfg;
   uv_tcp_nodelay(&upstream_.tcp, 1);
   if (c.keepalive) uv_tcp_keepalive(&upstream_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
@@ -178,7 +182,7 @@ void Session::on_connect(int status) {
   update_reading(upstream_);
   maybe_shutdown(upstream_);  // the client may have sent FIN while we were connecting
   arm_timer();
-  if (state_ == SessionState::kDraining) drain();
+  if (draining_) drain();
 }
 
 void Session::update_reading(Leg& l) {
@@ -238,10 +242,16 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
   }
   last_activity_ms_ = server_.now_ms();
   process(from, codec::MutableBytes(reinterpret_cast<std::uint8_t*>(buf->base), static_cast<std::size_t>(nread)));
-  if (state_ == SessionState::kDraining && !closing_) {
+  if (draining_ && !closing_) {
     Flow& f = flow_from(from.side);
-    // Stop at a frame boundary: once nothing of a frame is held back.
-    if (f.raw || f.framer.held() == 0) {
+    // Once the frame in flight when the drain began is complete, stop: a
+    // frame begun after it is not relayed (counted in the close line), so
+    // the peer never receives half a frame.
+    if (f.raw || !f.drain_in_flight) {
+      if (!f.raw && f.framer.held() > 0) {
+        f.drain_discarded += f.framer.held();
+        f.framer.discard();
+      }
       from.drain_stopped = true;
       update_reading(from);
       maybe_finish();
@@ -308,22 +318,27 @@ void Session::process(Leg& from, codec::MutableBytes data) {
       to_raw(from, f, first ? "not RFC 1006 (" + what + ")" : "framing lost (" + what + ")");
       if (first) {
         non_rfc1006_ = true;
-        to_raw(other(from), flow_from(other(from).side), "the other direction is not RFC 1006");
+        Flow& back = flow_from(other(from).side);
+        // What the other side sent so far sits in its framer: pass it on too.
+        codec::Bytes back_held = back.framer.held_bytes();
+        if (!back.raw && !back_held.empty()) {
+          back.stats.bytes += back_held.size();
+          back.stats.raw_bytes += back_held.size();
+          send_owned(from, std::vector<std::uint8_t>(back_held.begin(), back_held.end()));
+        }
+        to_raw(other(from), back, "the other direction is not RFC 1006");
       }
       break;  // the rest of `in` goes out raw below
     }
     f.seen_frame = true;
+    f.drain_in_flight = false;  // whatever was in flight is complete now
     const bool in_buffer = r.frame.data() >= begin && r.frame.data() < end;
     handle_frame(from, f, codec::MutableBytes(const_cast<std::uint8_t*>(r.frame.data()), r.frame.size()), out);
     if (!in_buffer && !out.empty()) {
       send(to, out.data(), static_cast<unsigned>(out.size()));
       out.clear();
     }
-    if (state_ == SessionState::kDraining) {
-      // Draining: the frame in flight is complete; what follows it is not relayed.
-      in = {};
-      break;
-    }
+
   }
   if (!out.empty() && !closing_) send(to, out.data(), static_cast<unsigned>(out.size()));
   if (f.raw && !in.empty() && !closing_ && !close_after_flush_) {
@@ -351,6 +366,10 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
       out.clear();
       if (rt_->cfg.malformed_send_er) send_er(from, e, frame);
       close_after_flush("malformed-frame: " + kind);
+      return;
+    }
+    if (awaiting_route_) {
+      close("malformed-frame: " + kind + " (no CR to choose a route by)");
       return;
     }
     // Pass it on untouched and stop framing this direction: do no harm.
@@ -578,7 +597,7 @@ void Session::maybe_finish() {
     linger(pending_close_reason_);
     return;
   }
-  if (state_ == SessionState::kDraining && flushed) {
+  if (draining_ && flushed) {
     const bool client_done = client_.drain_stopped || client_.eof;
     const bool upstream_done = !upstream_.connected || upstream_.drain_stopped || upstream_.eof;
     if (client_done && upstream_done) linger("drain");
@@ -618,7 +637,9 @@ bool Session::peer_reset(Leg& l) {
 void Session::close_after_flush(std::string reason) {
   if (closing_ || close_after_flush_) return;
   close_after_flush_ = true;
+  flush_start_ms_ = server_.now_ms();
   pending_close_reason_ = std::move(reason);
+  arm_timer();
   update_reading(client_);
   update_reading(upstream_);
   maybe_finish();
@@ -626,7 +647,7 @@ void Session::close_after_flush(std::string reason) {
 
 void Session::drain() {
   if (closing_) return;
-  state_ = SessionState::kDraining;
+  draining_ = true;
   if (!upstream_.connected) {
     close("drain");
     return;
@@ -636,6 +657,8 @@ void Session::drain() {
     if (f.raw || f.framer.held() == 0) {
       l->drain_stopped = true;
       update_reading(*l);
+    } else {
+      f.drain_in_flight = true;  // read on until this frame is complete
     }
   }
   maybe_finish();
@@ -645,9 +668,9 @@ void Session::arm_timer() {
   if (!timer_initialised_ || closing_) return;
   const auto& c = rt_->cfg;
   std::uint64_t deadline = UINT64_MAX;
-  if (lingering_) {
+  if (lingering_ || close_after_flush_) {
     const std::uint64_t now = server_.now_ms();
-    const std::uint64_t at = linger_start_ms_ + kLingerMs;
+    const std::uint64_t at = lingering_ ? linger_start_ms_ + kLingerMs : flush_start_ms_ + kFlushMs;
     uv_timer_start(&timer_, [](uv_timer_t* t) noexcept { static_cast<Session*>(t->data)->on_timer(); },
                    at > now ? at - now : 0, 0);
     return;
@@ -674,9 +697,11 @@ void Session::on_timer() {
   if (closing_) return;
   const auto& c = rt_->cfg;
   const std::uint64_t now = server_.now_ms();
-  if (lingering_) {
-    // The peers did not close within kLingerMs of our FIN: close anyway.
-    if (now >= linger_start_ms_ + kLingerMs) close(pending_close_reason_);
+  if (lingering_ || close_after_flush_) {
+    // The peers did not close within kLingerMs of our FIN, or did not read
+    // what was queued for them within kFlushMs: close anyway.
+    const std::uint64_t at = lingering_ ? linger_start_ms_ + kLingerMs : flush_start_ms_ + kFlushMs;
+    if (now >= at) close(pending_close_reason_);
     else arm_timer();
     return;
   }
@@ -716,6 +741,8 @@ void Session::close(std::string reason, bool reset_peers) {
   for (const auto& [name, n] : counters_) server_.stats().filter_actions[name] += n;
   // Exactly one summary line per session (DESIGN.md §6).
   spdlog::info("[S{}] close {}", id_, close_line());
+  server_.record_closed(id_, snapshot());
+  if (ann_.called_tsap) server_.count_called_tsap(codec::tsap_text(*ann_.called_tsap).display());
   (void)was;
 
   auto on_closed = [](uv_handle_t* h) noexcept {
@@ -783,6 +810,8 @@ std::string Session::close_line() const {
   if (anomalies) s += " anomalies=" + std::to_string(anomalies);
   const auto errors = to_upstream_.stats.decode_errors + to_client_.stats.decode_errors;
   if (errors) s += " decode_errors=" + std::to_string(errors);
+  const auto discarded = to_upstream_.drain_discarded + to_client_.drain_discarded;
+  if (discarded) s += " drain_discarded=" + std::to_string(discarded);
   if (non_rfc1006_) s += " non_rfc1006=1";
   else if (to_upstream_.raw || to_client_.raw) s += " raw=1";
   std::string repairs;
@@ -803,6 +832,108 @@ std::string Session::close_line() const {
   std::snprintf(dur, sizeof dur, "%.3fs", static_cast<double>(uv_hrtime() - start_ns_) / 1e9);
   s += std::string(" duration=") + dur;
   return s;
+}
+
+}  // namespace isoproxy
+
+namespace isoproxy {
+
+namespace {
+
+nlohmann::json tsap_json(const std::optional<std::vector<std::uint8_t>>& t) {
+  if (!t) return nullptr;
+  const codec::TsapText text = codec::tsap_text(*t);
+  nlohmann::json j = {{"hex", text.hex}};
+  j["ascii"] = text.printable ? nlohmann::json(text.ascii) : nlohmann::json(nullptr);
+  return j;
+}
+
+nlohmann::json direction_json(const DirectionStats& d) {
+  nlohmann::json tpdus = nlohmann::json::object();
+  for (std::size_t i = 0; i < d.tpdus.size(); ++i) {
+    if (d.tpdus[i] == 0) continue;
+    tpdus[std::string(codec::tpdu_type_name(static_cast<codec::TpduType>(i)))] = d.tpdus[i];
+  }
+  return {{"bytes", d.bytes},       {"frames", d.frames},         {"tpdus", tpdus},         {"tsdus", d.tsdus},
+          {"anomalies", d.anomalies}, {"decode_errors", d.decode_errors}, {"raw_bytes", d.raw_bytes}};
+}
+
+std::optional<std::uint32_t> size_of(std::optional<std::uint8_t> code) {
+  if (!code) return std::nullopt;
+  return codec::tpdu_size_octets(*code);
+}
+
+}  // namespace
+
+nlohmann::json Session::snapshot() const {
+  using nlohmann::json;
+  json j;
+  j["id"] = id_;
+  j["listener"] = rt_->cfg.name;
+  j["state"] = session_state_name(state());
+  j["client"] = client_addr_;
+  j["upstream"] = upstream_addr_.empty() ? json(nullptr) : json(upstream_addr_);
+  j["route"] = route_name_.empty() ? json(nullptr) : json(route_name_);
+  j["source"] = source_addr_.empty() ? json(nullptr) : json(source_addr_);
+  const double age = static_cast<double>(uv_hrtime() - start_ns_) / 1e9;
+  j["age_s"] = closed() ? json(nullptr) : json(age);
+  j["calling_tsap"] = tsap_json(ann_.calling_tsap);
+  j["called_tsap"] = tsap_json(ann_.called_tsap);
+  const auto proposed = size_of(ann_.tpdu_size_code_cr);
+  const auto confirmed = size_of(ann_.tpdu_size_code_cc);
+  j["tpdu_size_proposed"] = proposed ? json(*proposed) : json(nullptr);
+  j["tpdu_size"] = confirmed ? json(*confirmed) : json(nullptr);
+  j["class"] = ann_.class_cc ? json(*ann_.class_cc) : ann_.class_cr ? json(*ann_.class_cr) : json(nullptr);
+  j["cr_to_cc_ms"] = (cc_ms_ && cr_ms_) ? json(cc_ms_ - cr_ms_) : json(nullptr);
+  j["to_upstream"] = direction_json(to_upstream_.stats);
+  j["to_client"] = direction_json(to_client_.stats);
+  json filters = json::object();
+  for (const auto& [k, v] : counters_) filters[k] = v;
+  j["filters"] = filters;
+  if (ann_.dr_reason) {
+    const auto n = codec::dr_reason_name(*ann_.dr_reason);
+    j["dr"] = {{"reason", *ann_.dr_reason},
+               {"name", n ? json(*n) : json(nullptr)},
+               {"from", ann_.dr_from == filters::Direction::kToClient ? "upstream" : "client"}};
+  } else {
+    j["dr"] = nullptr;
+  }
+  if (ann_.er_cause) {
+    const auto n = codec::er_cause_name(*ann_.er_cause);
+    j["er"] = {{"cause", *ann_.er_cause},
+               {"name", n ? json(*n) : json(nullptr)},
+               {"from", ann_.er_from == filters::Direction::kToClient ? "upstream" : "client"}};
+  } else {
+    j["er"] = nullptr;
+  }
+  j["non_rfc1006"] = non_rfc1006_;
+  j["raw"] = to_upstream_.raw || to_client_.raw;
+  j["close_reason"] = close_reason_.empty() ? json(nullptr) : json(close_reason_);
+  j["duration_s"] = closed() ? json(age) : json(nullptr);
+  return j;
+}
+
+bool Session::matches_tsap(std::string_view text) const {
+  for (const auto* t : {&ann_.calling_tsap, &ann_.called_tsap}) {
+    if (!*t) continue;
+    const codec::TsapText tt = codec::tsap_text(**t);
+    if (tt.hex == text || (tt.printable && tt.ascii == text)) return true;
+    // hex is matched case-insensitively
+    std::string upper(text);
+    for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    if (tt.hex == upper) return true;
+  }
+  return false;
+}
+
+bool Session::matches_peer(std::string_view text) const {
+  auto host_of = [](const std::string& a) {
+    const auto colon = a.rfind(':');
+    std::string h = colon == std::string::npos ? a : a.substr(0, colon);
+    if (h.size() >= 2 && h.front() == '[') h = h.substr(1, h.size() - 2);
+    return h;
+  };
+  return client_addr_ == text || upstream_addr_ == text || host_of(client_addr_) == text || host_of(upstream_addr_) == text;
 }
 
 }  // namespace isoproxy

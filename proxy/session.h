@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "codec/tpkt.h"
 #include "conf/config.h"
 #include "filters/chain.h"
@@ -65,8 +67,17 @@ class Session final : public filters::FilterContext {
   void close(std::string reason, bool reset_peers = false);
 
   std::uint64_t id() const { return id_; }
+  // Everything the session knows of itself, as the admin endpoint shows it
+  // (field names documented in the README's stats section).
+  nlohmann::json snapshot() const;
+  // For filtering views: the TSAPs in both forms, the peers' addresses.
+  bool matches_tsap(std::string_view text) const;
+  bool matches_peer(std::string_view text) const;
   bool closed() const { return state_ == SessionState::kClosed; }
-  SessionState state() const { return state_; }
+  // The state as shown: a draining session says so, whatever its phase.
+  SessionState state() const {
+    return draining_ && state_ != SessionState::kClosed ? SessionState::kDraining : state_;
+  }
   Listener& owner() { return listener_; }
 
   // FilterContext
@@ -104,6 +115,8 @@ class Session final : public filters::FilterContext {
     codec::TpktFramer framer;
     bool raw = false;         // passing bytes through unframed
     bool seen_frame = false;  // at least one whole TPKT
+    bool drain_in_flight = false;        // draining: a frame was half-read when the drain began
+    std::uint64_t drain_discarded = 0;   // draining: octets of frames begun after it, not relayed
     DirectionStats stats;
     explicit Flow(std::size_t max) : framer(max) {}
   };
@@ -158,6 +171,9 @@ class Session final : public filters::FilterContext {
   bool closing_ = false;
   bool close_after_flush_ = false;
   bool lingering_ = false;
+  bool draining_ = false;                 // SIGTERM: finishing the frame in flight
+  std::uint64_t flush_start_ms_ = 0;      // close_after_flush: when it began
+  static constexpr std::uint64_t kFlushMs = 5000;  // a peer that will not read does not hold the slot
   std::uint64_t linger_start_ms_ = 0;
   static constexpr std::uint64_t kLingerMs = 2000;
   bool non_rfc1006_ = false;

@@ -74,7 +74,13 @@ class TpktFramer {
   bool failed() const { return error_ != FramerError::kNone; }
   FramerError error() const { return error_; }
   std::size_t max_length() const { return max_length_; }
-  // Frees the assembly buffer's memory (an idle session holds none).
+  // Drops the partial frame held back (the caller will not relay it), so the
+  // framer stands at a frame boundary again.
+  void discard() {
+    held_.clear();
+    expected_ = 0;
+    returned_held_ = false;
+  }
   // Frees the assembly buffer's memory when no partial frame is held (an idle
   // session holds none). Invalidates a frame returned from the buffer, so
   // call it only once that frame has been used.
