@@ -110,9 +110,20 @@ struct GlobalConfig {
   std::string log_level = "info";  // trace, debug, info, warn, error
 };
 
+// The admin endpoint (live stats, metrics): HTTP on a TCP address or a Unix
+// socket, read-only unless a token is configured.
+struct AdminConfig {
+  bool enabled = true;
+  std::string listen = "127.0.0.1:9102";  // "HOST:PORT", "[V6]:PORT" or "unix:/path"
+  std::string token;                      // empty: actions (close, reload) are refused
+  std::uint32_t closed_sessions = 1000;   // how many closed sessions stay viewable
+  std::uint32_t metrics_tsap_labels = 0;  // distinct TSAP label values in /metrics; 0 = no TSAP labels
+};
+
 struct Config {
   std::string path;  // the file it came from
   GlobalConfig global;
+  AdminConfig admin;
   std::vector<ListenerConfig> listeners;
   std::map<std::string, FilterConfig> filters;
 };

@@ -121,11 +121,13 @@ class Loader {
   void run() {
     TableReader r(root_, "", sink_);
     const toml::table* global = r.table("global");
+    const toml::table* admin = r.table("admin");
     const toml::node* filter = r.node("filter");
     const toml::node* listener = r.node("listener");
     r.finish();
 
     if (global != nullptr) load_global(*global);
+    if (admin != nullptr) load_admin(*admin);
     // Filters before listeners, so that references can be checked.
     if (filter != nullptr) {
       if (const auto* t = filter->as_table()) {
@@ -139,6 +141,27 @@ class Loader {
   }
 
  private:
+  void load_admin(const toml::table& t) {
+    TableReader r(t, "admin", sink_);
+    AdminConfig& a = config_.admin;
+    const std::string listen = r.string("listen", a.listen);
+    if (listen == "off") {
+      a.enabled = false;
+    } else if (listen.rfind("unix:", 0) == 0) {
+      if (listen.size() <= 5 || listen[5] != '/') r.error("listen", "a Unix socket needs an absolute path: \"unix:/run/isoproxy/admin.sock\"");
+      a.listen = listen;
+    } else {
+      auto addr = parse_socket_address(listen, 9102, /*allow_port_zero=*/true);
+      if (!addr) r.error("listen", addr.error().message + " (or \"unix:/path\", or \"off\")");
+      else a.listen = addr->text;
+    }
+    a.token = r.string("token", a.token);
+    if (!a.token.empty() && a.token.size() < 16) r.error("token", "at least 16 characters (it guards close and reload)");
+    a.closed_sessions = static_cast<std::uint32_t>(r.integer("closed_sessions", a.closed_sessions, 0, 100000));
+    a.metrics_tsap_labels = static_cast<std::uint32_t>(r.integer("metrics_tsap_labels", a.metrics_tsap_labels, 0, 10000));
+    r.finish();
+  }
+
   void load_global(const toml::table& t) {
     TableReader r(t, "global", sink_);
     GlobalConfig& g = config_.global;
@@ -494,6 +517,11 @@ std::string effective_config_toml(const Config& c) {
   o << "max_sessions = " << c.global.max_sessions << "\n";
   o << "drain_timeout = " << toml_string(format_duration(c.global.drain_timeout)) << "\n";
   o << "log_level = " << toml_string(c.global.log_level) << "\n";
+  o << "\n[admin]\n";
+  o << "listen = " << toml_string(c.admin.enabled ? c.admin.listen : "off") << "\n";
+  if (!c.admin.token.empty()) o << "token = " << toml_string(c.admin.token) << "\n";
+  o << "closed_sessions = " << c.admin.closed_sessions << "\n";
+  o << "metrics_tsap_labels = " << c.admin.metrics_tsap_labels << "\n";
   for (const auto& l : c.listeners) {
     std::vector<std::string> listen;
     for (const auto& a : l.listen) listen.push_back(a.text);

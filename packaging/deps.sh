@@ -7,7 +7,7 @@ set -euo pipefail
 build_pkgs=(
   build-essential cmake pkg-config
   libuv1-dev libssl-dev libtomlplusplus-dev
-  libcli11-dev nlohmann-json3-dev libpcap-dev libspdlog-dev
+  libcli11-dev nlohmann-json3-dev libpcap-dev libspdlog-dev libhttp-parser-dev
   catch2
 )
 test_pkgs=(

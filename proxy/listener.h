@@ -36,7 +36,11 @@ class Listener {
   // New sessions use `rt` from now on (reload); the sockets stay.
   void set_runtime(std::shared_ptr<const ListenerRuntime> rt) { rt_ = std::move(rt); }
   std::uint32_t active() const { return active_; }
-  void session_started() { ++active_; }
+  void session_started() {
+    ++active_;
+    ++accepted_;
+  }
+  std::uint64_t accepted() const { return accepted_; }
   void session_ended() { --active_; }
   std::uint64_t refused() const { return refused_; }
   // The addresses actually bound (port 0 resolved).
@@ -58,6 +62,7 @@ class Listener {
   std::vector<std::string> bound_;
   int open_sockets_ = 0;
   std::uint32_t active_ = 0;
+  std::uint64_t accepted_ = 0;
   std::uint64_t refused_ = 0;
   std::uint64_t last_refusal_log_ms_ = 0;
   std::uint64_t refusals_not_logged_ = 0;

@@ -12,6 +12,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include <deque>
+#include <nlohmann/json.hpp>
+
+#include "admin.h"
+#include "admin_http.h"
 #include "conf/config.h"
 #include "listener.h"
 #include "session.h"
@@ -29,6 +34,16 @@ struct GlobalStats {
   std::map<std::string, std::uint64_t> decode_errors;     // by kind
   std::map<std::string, std::uint64_t> filter_actions;    // "<filter>.<action>"
   std::map<std::string, std::uint64_t> close_reasons;
+  std::map<std::string, std::uint64_t> sessions_by_upstream;    // by upstream address, at connect
+  std::map<std::string, std::uint64_t> sessions_by_called_tsap; // bounded by admin.metrics_tsap_labels
+};
+
+// A closed session as the admin endpoint keeps it: its final snapshot.
+struct ClosedSession {
+  std::uint64_t id = 0;
+  nlohmann::json snapshot;
+  bool matches_tsap(std::string_view text) const;
+  bool matches_peer(std::string_view text) const;
 };
 
 class Server {
@@ -63,6 +78,16 @@ class Server {
   bool draining() const { return draining_; }
   const conf::Config& config() const { return *config_; }
 
+  // For the admin endpoint.
+  std::vector<Session*> sessions_in_order();
+  Session* find_session(std::uint64_t id);
+  std::size_t active_sessions() const { return sessions_.size(); }
+  std::vector<const Listener*> listeners() const;
+  const std::deque<ClosedSession>& closed_sessions() const { return closed_; }
+  void record_closed(std::uint64_t id, nlohmann::json snapshot);
+  void count_called_tsap(const std::string& display);
+  void request_reload() { reload(); }
+
  private:
   void on_signal(int signum);
   void begin_drain();
@@ -85,6 +110,9 @@ class Server {
   bool handles_closed_ = false;
   std::uint64_t next_session_id_ = 1;
   GlobalStats stats_;
+  std::deque<ClosedSession> closed_;
+  Admin admin_{*this};
+  std::unique_ptr<AdminHttpServer> admin_http_;
   std::array<char, 65536> read_buffer_{};
 };
 

@@ -446,10 +446,13 @@ class ProxyProcess {
   const std::filesystem::path& config_path() const { return config_; }
 
   // Replaces the config file atomically (write + rename), e.g. before a SIGHUP reload.
+  // A config without an [admin] table gets one on an ephemeral port: the
+  // default 127.0.0.1:9102 would clash between tests running in parallel.
   bool write_config(const std::string& toml) {
     const auto tmp = dir_ / "isoproxy.toml.new";
     {
       std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      if (toml.find("[admin]") == std::string::npos) out << "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
       out << toml;
       if (!out.flush()) {
         error_ = "cannot write " + tmp.string();

@@ -1,0 +1,219 @@
+#include "admin.h"
+
+#include <charconv>
+#include <set>
+
+#include "listener.h"
+#include "server.h"
+
+namespace isoproxy {
+
+using nlohmann::json;
+
+namespace {
+
+AdminResponse json_response(int status, const json& body) {
+  AdminResponse r;
+  r.status = status;
+  r.body = body.dump(2) + "\n";
+  return r;
+}
+
+AdminResponse error_response(int status, const std::string& message) {
+  return json_response(status, {{"error", message}});
+}
+
+std::optional<std::uint64_t> parse_id(std::string_view s) {
+  std::uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// Prometheus label values: backslash, double quote and newline escaped.
+std::string label(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out.push_back('\\');
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+void family(std::string& out, const char* name, const char* type, const char* help) {
+  out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+}
+
+}  // namespace
+
+AdminResponse Admin::handle(const AdminRequest& r) {
+  const std::string& p = r.path;
+  if (r.method == "POST") return action(r);
+  if (r.method != "GET" && r.method != "HEAD") {
+    AdminResponse resp = error_response(405, "method " + r.method + " not allowed: the admin endpoint reads with GET");
+    resp.headers.emplace_back("Allow", "GET, HEAD, POST");
+    return resp;
+  }
+  if (p == "/sessions") return sessions(r);
+  if (p.rfind("/sessions/", 0) == 0) {
+    auto id = parse_id(std::string_view(p).substr(10));
+    if (!id) return error_response(404, "no such session: " + p.substr(10));
+    return session(*id);
+  }
+  if (p == "/stats") return stats();
+  if (p == "/metrics") return metrics();
+  return error_response(404, "no such resource: " + p + " (try /sessions, /sessions/ID, /stats, /metrics)");
+}
+
+AdminResponse Admin::sessions(const AdminRequest& r) {
+  // Filters: ?state=established|closed|..., ?tsap=EXCHANGETSAP1 (ASCII or hex),
+  // ?peer=IP or IP:PORT, ?closed=1 (the recently closed ones too).
+  auto get = [&](const char* k) -> const std::string* {
+    auto it = r.query.find(k);
+    return it == r.query.end() ? nullptr : &it->second;
+  };
+  const std::string* state = get("state");
+  const std::string* tsap = get("tsap");
+  const std::string* peer = get("peer");
+  const std::string* closed = get("closed");
+  static const std::set<std::string> kStates = {"connecting", "awaiting-cc", "established", "draining", "closed"};
+  if (state && !kStates.count(*state)) {
+    return error_response(400, "state must be one of connecting, awaiting-cc, established, draining, closed");
+  }
+  const bool with_closed = (closed && *closed == "1") || (state && *state == "closed");
+  json list = json::array();
+  if (!state || *state != "closed") {
+    for (Session* s : server_.sessions_in_order()) {
+      if (state && session_state_name(s->state()) != *state) continue;
+      if (tsap && !s->matches_tsap(*tsap)) continue;
+      if (peer && !s->matches_peer(*peer)) continue;
+      list.push_back(s->snapshot());
+    }
+  }
+  if (with_closed) {
+    for (auto it = server_.closed_sessions().rbegin(); it != server_.closed_sessions().rend(); ++it) {
+      const ClosedSession& c = *it;
+      if (tsap && !c.matches_tsap(*tsap)) continue;
+      if (peer && !c.matches_peer(*peer)) continue;
+      list.push_back(c.snapshot);
+    }
+  }
+  return json_response(200, {{"sessions", std::move(list)}});
+}
+
+AdminResponse Admin::session(std::uint64_t id) {
+  if (Session* s = server_.find_session(id)) return json_response(200, s->snapshot());
+  for (const ClosedSession& c : server_.closed_sessions()) {
+    if (c.id == id) return json_response(200, c.snapshot);
+  }
+  return error_response(404, "no session " + std::to_string(id) + " (active or among the last closed)");
+}
+
+AdminResponse Admin::action(const AdminRequest& r) {
+  const std::string& token = server_.config().admin.token;
+  if (token.empty()) return error_response(403, "actions are disabled: set admin.token in the configuration");
+  auto it = r.headers.find("authorization");
+  if (it == r.headers.end() || it->second != "Bearer " + token) {
+    AdminResponse resp = error_response(401, "actions need the header 'Authorization: Bearer <admin.token>'");
+    resp.headers.emplace_back("WWW-Authenticate", "Bearer");
+    return resp;
+  }
+  if (r.path == "/reload") {
+    server_.request_reload();
+    return json_response(202, {{"reload", "started"}});
+  }
+  const std::string prefix = "/sessions/";
+  const std::string suffix = "/close";
+  if (r.path.rfind(prefix, 0) == 0 && r.path.size() > prefix.size() + suffix.size() &&
+      r.path.compare(r.path.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    auto id = parse_id(std::string_view(r.path).substr(prefix.size(), r.path.size() - prefix.size() - suffix.size()));
+    Session* s = id ? server_.find_session(*id) : nullptr;
+    if (!s) return error_response(404, "no active session at " + r.path);
+    s->close("admin-close", true);
+    return json_response(200, {{"closed", *id}});
+  }
+  return error_response(404, "no such action: POST " + r.path + " (try /sessions/ID/close, /reload)");
+}
+
+AdminResponse Admin::stats() {
+  const GlobalStats& g = server_.stats();
+  json listeners = json::array();
+  for (const Listener* l : server_.listeners()) {
+    listeners.push_back({{"name", l->name()},
+                         {"addresses", l->bound()},
+                         {"accepted", l->accepted()},
+                         {"active", l->active()},
+                         {"refused", l->refused()}});
+  }
+  return json_response(200, {{"sessions", {{"accepted", g.accepted}, {"active", server_.active_sessions()}, {"refused", g.refused}, {"closed", g.closed}}},
+                             {"bytes", {{"to_upstream", g.bytes_to_upstream}, {"to_client", g.bytes_to_client}}},
+                             {"listeners", listeners},
+                             {"upstreams", g.sessions_by_upstream},
+                             {"connect_failures", g.connect_failures},
+                             {"decode_errors", g.decode_errors},
+                             {"filter_actions", g.filter_actions},
+                             {"close_reasons", g.close_reasons}});
+}
+
+AdminResponse Admin::metrics() {
+  AdminResponse r;
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  r.body = render_metrics(server_);
+  return r;
+}
+
+std::string render_metrics(Server& server) {
+  const GlobalStats& g = server.stats();
+  std::string out;
+  family(out, "isoproxy_sessions_accepted_total", "counter", "Sessions accepted, by listener.");
+  for (const Listener* l : server.listeners()) {
+    out += "isoproxy_sessions_accepted_total{listener=\"" + label(l->name()) + "\"} " + std::to_string(l->accepted()) + "\n";
+  }
+  family(out, "isoproxy_sessions_active", "gauge", "Sessions open now, by listener.");
+  for (const Listener* l : server.listeners()) {
+    out += "isoproxy_sessions_active{listener=\"" + label(l->name()) + "\"} " + std::to_string(l->active()) + "\n";
+  }
+  family(out, "isoproxy_sessions_refused_total", "counter", "Connections refused at accept (limits, shutdown), by listener.");
+  for (const Listener* l : server.listeners()) {
+    out += "isoproxy_sessions_refused_total{listener=\"" + label(l->name()) + "\"} " + std::to_string(l->refused()) + "\n";
+  }
+  family(out, "isoproxy_upstream_sessions_total", "counter", "Sessions connected, by upstream address.");
+  for (const auto& [k, v] : g.sessions_by_upstream) {
+    out += "isoproxy_upstream_sessions_total{upstream=\"" + label(k) + "\"} " + std::to_string(v) + "\n";
+  }
+  family(out, "isoproxy_bytes_total", "counter", "Bytes relayed, by direction.");
+  out += "isoproxy_bytes_total{direction=\"to_upstream\"} " + std::to_string(g.bytes_to_upstream) + "\n";
+  out += "isoproxy_bytes_total{direction=\"to_client\"} " + std::to_string(g.bytes_to_client) + "\n";
+  family(out, "isoproxy_session_closes_total", "counter", "Sessions closed, by close reason.");
+  for (const auto& [k, v] : g.close_reasons) {
+    out += "isoproxy_session_closes_total{reason=\"" + label(k) + "\"} " + std::to_string(v) + "\n";
+  }
+  family(out, "isoproxy_connect_failures_total", "counter", "Upstream connections that failed, by cause.");
+  for (const auto& [k, v] : g.connect_failures) {
+    out += "isoproxy_connect_failures_total{cause=\"" + label(k) + "\"} " + std::to_string(v) + "\n";
+  }
+  family(out, "isoproxy_decode_errors_total", "counter", "Frames or streams the decoder rejected, by kind.");
+  for (const auto& [k, v] : g.decode_errors) {
+    out += "isoproxy_decode_errors_total{kind=\"" + label(k) + "\"} " + std::to_string(v) + "\n";
+  }
+  family(out, "isoproxy_filter_actions_total", "counter", "Filter actions, by filter instance and action.");
+  for (const auto& [k, v] : g.filter_actions) {
+    const auto dot = k.find('.');
+    out += "isoproxy_filter_actions_total{filter=\"" + label(k.substr(0, dot)) + "\",action=\"" +
+           label(dot == std::string::npos ? "" : k.substr(dot + 1)) + "\"} " + std::to_string(v) + "\n";
+  }
+  if (server.config().admin.metrics_tsap_labels > 0) {
+    family(out, "isoproxy_called_tsap_sessions_total", "counter",
+           "Sessions by called TSAP (bounded: values beyond admin.metrics_tsap_labels count as \"other\").");
+    for (const auto& [k, v] : g.sessions_by_called_tsap) {
+      out += "isoproxy_called_tsap_sessions_total{called_tsap=\"" + label(k) + "\"} " + std::to_string(v) + "\n";
+    }
+  }
+  return out;
+}
+
+}  // namespace isoproxy

@@ -1,0 +1,34 @@
+// The admin endpoint's routes: live sessions, recently closed ones, process
+// totals and Prometheus metrics, read from the same structures the close
+// line and the exit totals use. Read-only unless a token is configured.
+#pragma once
+
+#include <deque>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "admin_http.h"
+
+namespace isoproxy {
+
+class Server;
+
+class Admin final : public AdminHandler {
+ public:
+  explicit Admin(Server& server) : server_(server) {}
+  AdminResponse handle(const AdminRequest& request) override;
+
+ private:
+  AdminResponse sessions(const AdminRequest& r);
+  AdminResponse session(std::uint64_t id);
+  AdminResponse action(const AdminRequest& r);
+  AdminResponse stats();
+  AdminResponse metrics();
+
+  Server& server_;
+};
+
+// Prometheus text exposition of the server's counters (exposed for tests).
+std::string render_metrics(Server& server);
+
+}  // namespace isoproxy

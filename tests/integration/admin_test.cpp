@@ -1,0 +1,250 @@
+// The admin endpoint through the real binary: live sessions, closed ones,
+// totals, Prometheus metrics, and the token that guards actions.
+#include <signal.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "support/peers.h"
+#include "support/process.h"
+#include "support/proxy_process.h"
+
+using namespace isoproxy::test;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+// The admin endpoint's port, from "admin endpoint on 127.0.0.1:PORT".
+std::optional<std::uint16_t> admin_port(ProxyProcess& p) {
+  auto line = p.wait_for_line(std::regex(R"(admin endpoint on 127\.0\.0\.1:(\d+))"), 10s);
+  if (!line) return std::nullopt;
+  std::smatch m;
+  std::regex_search(*line, m, std::regex(R"(127\.0\.0\.1:(\d+))"));
+  return static_cast<std::uint16_t>(std::stoi(m[1]));
+}
+
+struct HttpReply {
+  int status = 0;
+  std::string headers;
+  std::string body;
+};
+
+// One request on a fresh connection (Connection: close), read to EOF.
+HttpReply http(std::uint16_t port, const std::string& method, const std::string& target,
+               const std::string& extra_headers = "") {
+  HttpReply r;
+  Conn c = connect_to("127.0.0.1", port);
+  if (!c.valid()) return r;
+  const std::string req = method + " " + target + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
+                          extra_headers + "Content-Length: 0\r\n\r\n";
+  if (!c.send_all(req)) return r;
+  std::string all;
+  for (;;) {
+    auto some = c.recv_some(65536, 5s);
+    if (!some || some->empty()) break;
+    all.append(some->begin(), some->end());
+  }
+  const auto end = all.find("\r\n\r\n");
+  if (all.rfind("HTTP/1.1 ", 0) != 0 || end == std::string::npos) return r;
+  r.status = std::stoi(all.substr(9, 3));
+  r.headers = all.substr(0, end);
+  r.body = all.substr(end + 4);
+  return r;
+}
+
+// A strict reading of the Prometheus text exposition format (0.0.4): every
+// sample belongs to a family announced by HELP and TYPE, names and labels
+// are well-formed, values are numbers, no sample appears twice.
+std::vector<std::string> prometheus_problems(const std::string& text) {
+  std::vector<std::string> problems;
+  std::set<std::string> typed, helped, samples;
+  static const std::regex kHelp(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) .+)");
+  static const std::regex kType(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped))");
+  static const std::regex kSample(
+      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*")(,[a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*")*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf))");
+  std::istringstream in(text);
+  int n = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++n;
+    std::smatch m;
+    if (line.rfind("# HELP", 0) == 0) {
+      if (!std::regex_match(line, m, kHelp)) problems.push_back("line " + std::to_string(n) + ": bad HELP");
+      else helped.insert(m[1]);
+    } else if (line.rfind("# TYPE", 0) == 0) {
+      if (!std::regex_match(line, m, kType)) problems.push_back("line " + std::to_string(n) + ": bad TYPE");
+      else if (!typed.insert(m[1]).second) problems.push_back("line " + std::to_string(n) + ": TYPE twice");
+    } else if (!line.empty()) {
+      if (!std::regex_match(line, m, kSample)) {
+        problems.push_back("line " + std::to_string(n) + ": not a sample: " + line);
+      } else {
+        if (!typed.count(m[1]) || !helped.count(m[1])) problems.push_back("line " + std::to_string(n) + ": no HELP/TYPE for " + std::string(m[1]));
+        const std::string key = line.substr(0, line.rfind(' '));
+        if (!samples.insert(key).second) problems.push_back("line " + std::to_string(n) + ": duplicate sample " + key);
+      }
+    }
+  }
+  return problems;
+}
+
+}  // namespace
+
+TEST_CASE("admin: counters move while a session streams; closed sessions keep reason and DR", "[admin][integration]") {
+  TestServer up(responder_handler({.reserved = 0x11}));
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-test\"\n\n[[listener]]\nname = \"live\"\n"
+                     "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
+                     "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
+  auto port = proxy.listen_port("live", 10s);
+  REQUIRE(port);
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+
+  Conn c = connect_to("127.0.0.1", *port);
+  REQUIRE(c.valid());
+  REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
+  REQUIRE(c.recv_frame(5s));
+
+  // While the session streams, its byte counters move.
+  std::uint64_t last = 0;
+  for (int round = 0; round < 3; ++round) {
+    const ByteVec dt = make_dt(std::string(1000, static_cast<char>('a' + round)));
+    REQUIRE(c.send_all(dt));
+    REQUIRE(c.recv_exact(dt.size(), 5s));
+    auto r = http(*aport, "GET", "/sessions");
+    REQUIRE(r.status == 200);
+    const json j = json::parse(r.body);
+    REQUIRE(j["sessions"].size() == 1);
+    const json& s = j["sessions"][0];
+    CHECK(s["state"] == "established");
+    CHECK(s["listener"] == "live");
+    CHECK(s["calling_tsap"]["ascii"] == "SWISSLIFETSAP");
+    CHECK(s["called_tsap"]["ascii"] == "EXCHANGETSAP1");
+    CHECK(s["tpdu_size"] == 2048);
+    CHECK(s["filters"]["reserved.repaired"] == 1);
+    const std::uint64_t now = s["to_upstream"]["bytes"];
+    CHECK(now > last);
+    CHECK(s["to_upstream"]["tpdus"]["DT"] == round + 1);
+    last = now;
+  }
+  // Filtering by TSAP and by peer; an unknown state is a 400.
+  CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=EXCHANGETSAP1").body)["sessions"].size() == 1);
+  CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=NOPE").body)["sessions"].empty());
+  CHECK(json::parse(http(*aport, "GET", "/sessions?peer=127.0.0.1").body)["sessions"].size() == 1);
+  CHECK(http(*aport, "GET", "/sessions?state=sideways").status == 400);
+
+  // The client closes: the session is then listed as closed, with its reason.
+  const auto id = json::parse(http(*aport, "GET", "/sessions").body)["sessions"][0]["id"].get<std::uint64_t>();
+  REQUIRE(c.send_all(make_dt("bye")));
+  REQUIRE(c.recv_frame(5s));
+  c.close();
+  REQUIRE(proxy.wait_for_line(std::regex("close reason="), 10s));
+  auto closed = http(*aport, "GET", "/sessions?state=closed");
+  REQUIRE(closed.status == 200);
+  const json cj = json::parse(closed.body);
+  REQUIRE(cj["sessions"].size() == 1);
+  CHECK(cj["sessions"][0]["state"] == "closed");
+  CHECK(cj["sessions"][0]["close_reason"] == "client-closed");
+  auto one = http(*aport, "GET", "/sessions/" + std::to_string(id));
+  REQUIRE(one.status == 200);
+  CHECK(json::parse(one.body)["id"] == id);
+  CHECK(http(*aport, "GET", "/sessions/999999").status == 404);
+
+  // Totals.
+  const json st = json::parse(http(*aport, "GET", "/stats").body);
+  CHECK(st["sessions"]["accepted"] == 1);
+  CHECK(st["sessions"]["closed"] == 1);
+  CHECK(st["filter_actions"]["reserved.repaired"] == 1);
+  CHECK(st["listeners"][0]["name"] == "live");
+
+  // Actions need the token.
+  CHECK(http(*aport, "POST", "/reload").status == 401);
+  CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer wrong-token-wrong-token\r\n").status == 401);
+  CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n").status == 202);
+  CHECK(http(*aport, "DELETE", "/sessions").status == 405);
+  CHECK(http(*aport, "GET", "/nothing-here").status == 404);
+
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("admin: a DR from the upstream is decoded in the closed session", "[admin][integration]") {
+  // An upstream that refuses every CR with DR reason 0x80.
+  TestServer up([](Conn& conn) {
+    auto cr = conn.recv_frame(5s);
+    if (!cr) return;
+    conn.send_all(make_dr(0x80, 0x01CA, 0x0029));
+    conn.shutdown_write();
+    conn.wait_eof(5s);
+  });
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"dr\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  auto port = proxy.listen_port("dr", 10s);
+  auto aport = admin_port(proxy);
+  REQUIRE(port);
+  REQUIRE(aport);
+  {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
+    auto got = c.recv_frame(5s);
+    REQUIRE(got);
+    CHECK(c.wait_eof(5s));
+  }
+  REQUIRE(proxy.wait_for_line(std::regex("close reason="), 10s));
+  const json j = json::parse(http(*aport, "GET", "/sessions?closed=1").body);
+  REQUIRE(j["sessions"].size() == 1);
+  const json& s = j["sessions"][0];
+  CHECK(s["close_reason"] == "upstream-closed");
+  CHECK(s["dr"]["reason"] == 0x80);
+  CHECK(s["dr"]["name"] == "normal disconnect initiated by session entity");
+  CHECK(s["dr"]["from"] == "upstream");
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("admin: /metrics is valid Prometheus text", "[admin][integration][metrics]") {
+  TestServer up(responder_handler({.reserved = 0x11}));
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\nmetrics_tsap_labels = 2\n\n[[listener]]\nname = \"m\"\n"
+                     "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
+                     "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
+  auto port = proxy.listen_port("m", 10s);
+  auto aport = admin_port(proxy);
+  REQUIRE(port);
+  REQUIRE(aport);
+  // Three sessions with three called TSAPs: the label set stays bounded at two plus "other".
+  for (const char* called : {"ONE", "TWO", "THREE"}) {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", called)));
+    REQUIRE(c.recv_frame(5s));
+  }
+  REQUIRE(proxy.wait_for_lines(std::regex("close reason="), 3, 10s));
+  auto r = http(*aport, "GET", "/metrics");
+  REQUIRE(r.status == 200);
+  CHECK(r.headers.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+  INFO(r.body);
+  CHECK(prometheus_problems(r.body).empty());
+  CHECK(r.body.find("isoproxy_sessions_accepted_total{listener=\"m\"} 3\n") != std::string::npos);
+  CHECK(r.body.find("isoproxy_filter_actions_total{filter=\"reserved\",action=\"repaired\"} 3\n") != std::string::npos);
+  CHECK(r.body.find("isoproxy_called_tsap_sessions_total{called_tsap=\"other\"} 1\n") != std::string::npos);
+  // The validator itself must reject bad text.
+  CHECK_FALSE(prometheus_problems("isoproxy_x{a=\"b\"} 1\n").empty());
+  CHECK_FALSE(prometheus_problems("# HELP a x\n# TYPE a counter\na{b=c} 1\n").empty());
+  if (on_path("promtool")) {
+    // promtool reads the metrics from standard input.
+    auto pt = run_process({"/usr/bin/env", "promtool", "check", "metrics"}, r.body);
+    INFO(pt.out << pt.err);
+    CHECK(pt.exit_code == 0);
+  } else {
+    WARN("promtool is not installed (Debian package prometheus): checked with the test's own parser only");
+  }
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
