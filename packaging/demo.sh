@@ -24,6 +24,9 @@ cat >"$demo/isoproxy.toml" <<TOML
 # The demo's configuration: conf/examples/vendor-reserved-byte.toml, cut down
 # to one local listener. To put isoproxy in front of a real MTA, change
 # "upstream" to that MTA's address (and "listen" to "0.0.0.0:102").
+[admin]
+listen = "127.0.0.1:0"   # live stats on a free port (the log names it); default 127.0.0.1:9102
+
 [[listener]]
 name = "demo"
 listen = "127.0.0.1:$proxy_port"
