@@ -108,6 +108,7 @@ struct GlobalConfig {
   std::uint32_t max_sessions = 10000;
   Duration drain_timeout{10000};  // SIGTERM: how long sessions may finish their frames
   std::string log_level = "info";  // trace, debug, info, warn, error
+  std::string access_log = "off";  // "off", "stderr", or a file path: one JSON line per session at close
 };
 
 // The admin endpoint (live stats, metrics): HTTP on a TCP address or a Unix

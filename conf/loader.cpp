@@ -168,6 +168,10 @@ class Loader {
     g.max_sessions = static_cast<std::uint32_t>(r.integer("max_sessions", g.max_sessions, 1, kMaxSessionsLimit));
     g.drain_timeout = r.duration("drain_timeout", g.drain_timeout);
     g.log_level = r.choice("log_level", g.log_level, {"trace", "debug", "info", "warn", "error"});
+    g.access_log = r.string("access_log", g.access_log);
+    if (g.access_log.empty() || (g.access_log != "off" && g.access_log != "stderr" && g.access_log.front() != '/')) {
+      r.error("access_log", "expected \"off\", \"stderr\" or an absolute file path");
+    }
     r.finish();
   }
 
@@ -517,6 +521,7 @@ std::string effective_config_toml(const Config& c) {
   o << "max_sessions = " << c.global.max_sessions << "\n";
   o << "drain_timeout = " << toml_string(format_duration(c.global.drain_timeout)) << "\n";
   o << "log_level = " << toml_string(c.global.log_level) << "\n";
+  o << "access_log = " << toml_string(c.global.access_log) << "\n";
   o << "\n[admin]\n";
   o << "listen = " << toml_string(c.admin.enabled ? c.admin.listen : "off") << "\n";
   if (!c.admin.token.empty()) o << "token = " << toml_string(c.admin.token) << "\n";

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 
 #include "conf/loader.h"
 #include "log.h"
@@ -32,6 +34,7 @@ bool same_sockets(const conf::ListenerConfig& a, const conf::ListenerConfig& b) 
 Server::Server(std::shared_ptr<const conf::Config> config) : config_(std::move(config)) { uv_loop_init(&loop_); }
 
 Server::~Server() {
+  if (access_log_ && access_log_ != stderr) std::fclose(access_log_);
   // run() closed every handle; a Server that never ran closes its loop here.
   if (!handles_closed_) {
     uv_walk(&loop_, [](uv_handle_t* h, void*) noexcept {
@@ -95,6 +98,27 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
   }
   for (auto& l : fresh) next.push_back(std::move(l));
   listeners_ = std::move(next);
+  // The access log follows the configuration; a file that cannot be opened
+  // is an error at start-up and a logged error (log kept as it was) on reload.
+  const std::string& want = config->global.access_log;
+  if (want != access_log_path_) {
+    std::FILE* file = nullptr;
+    if (want == "stderr") {
+      file = stderr;
+    } else if (want != "off") {
+      file = std::fopen(want.c_str(), "ae");
+      if (!file) {
+        const std::string msg = "access_log " + want + ": " + std::strerror(errno);
+        if (initial) return unexpected(Error{"access-log", msg});
+        spdlog::error("reload: {}; the access log stays {}", msg, access_log_path_);
+      }
+    }
+    if (file || want == "off") {
+      if (access_log_ && access_log_ != stderr) std::fclose(access_log_);
+      access_log_ = file;
+      access_log_path_ = want;
+    }
+  }
   config_ = std::move(config);
   log::set_level(config_->global.log_level);
   return Ok{};
@@ -295,6 +319,15 @@ void Server::record_closed(std::uint64_t id, nlohmann::json snapshot) {
   if (keep == 0) return;
   closed_.push_back({id, std::move(snapshot)});
   while (closed_.size() > keep) closed_.pop_front();
+}
+
+void Server::access_log(const nlohmann::json& snapshot) {
+  if (!access_log_) return;
+  const std::string line = snapshot.dump() + "\n";
+  // One write per line, flushed, so that a line is never split between writers.
+  if (std::fwrite(line.data(), 1, line.size(), access_log_) != line.size() || std::fflush(access_log_) != 0) {
+    spdlog::warn("access log {}: write failed: {}", access_log_path_, std::strerror(errno));
+  }
 }
 
 void Server::count_called_tsap(const std::string& display) {

@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <cstdio>
 #include <deque>
 #include <nlohmann/json.hpp>
 
@@ -85,6 +86,8 @@ class Server {
   std::vector<const Listener*> listeners() const;
   const std::deque<ClosedSession>& closed_sessions() const { return closed_; }
   void record_closed(std::uint64_t id, nlohmann::json snapshot);
+  // One JSON line per session at close, if [global] access_log is set.
+  void access_log(const nlohmann::json& snapshot);
   void count_called_tsap(const std::string& display);
   void request_reload() { reload(); }
 
@@ -111,6 +114,8 @@ class Server {
   std::uint64_t next_session_id_ = 1;
   GlobalStats stats_;
   std::deque<ClosedSession> closed_;
+  std::FILE* access_log_ = nullptr;  // stderr or an opened file; nullptr when off
+  std::string access_log_path_;
   Admin admin_{*this};
   std::unique_ptr<AdminHttpServer> admin_http_;
   std::array<char, 65536> read_buffer_{};

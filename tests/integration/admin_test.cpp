@@ -3,6 +3,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -247,4 +249,40 @@ TEST_CASE("admin: /metrics is valid Prometheus text", "[admin][integration][metr
   }
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("access log: one JSON line per session at close, the same fields as /sessions", "[admin][access-log][integration]") {
+  TestServer up(responder_handler({.reserved = 0x11}));
+  REQUIRE(up.ok());
+  const auto dir = std::filesystem::temp_directory_path() / ("isoproxy-access-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const auto log = dir / "access.log";
+  ProxyProcess proxy("[global]\naccess_log = \"" + log.string() + "\"\n\n[[listener]]\nname = \"acc\"\nlisten = \"127.0.0.1:0\"\n"
+                     "upstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
+                     "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
+  auto port = proxy.listen_port("acc", 10s);
+  REQUIRE(port);
+  for (int i = 0; i < 2; ++i) {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
+    REQUIRE(c.recv_frame(5s));
+  }
+  REQUIRE(proxy.wait_for_lines(std::regex("close reason="), 2, 10s));
+  REQUIRE(proxy.signal(SIGTERM));
+  REQUIRE(proxy.wait_exit(10s) == 0);
+  std::ifstream in(log);
+  std::vector<json> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(json::parse(l));
+  REQUIRE(lines.size() == 2);
+  for (const json& j : lines) {
+    CHECK(j["state"] == "closed");
+    CHECK(j["close_reason"] == "client-closed");
+    CHECK(j["listener"] == "acc");
+    CHECK(j["calling_tsap"]["ascii"] == "SWISSLIFETSAP");
+    CHECK(j["filters"]["reserved.repaired"] == 1);
+    CHECK(j["to_upstream"]["frames"] == 1);
+    CHECK(j["duration_s"].is_number());
+  }
+  CHECK(lines[0]["id"] != lines[1]["id"]);
+  std::filesystem::remove_all(dir);
 }
