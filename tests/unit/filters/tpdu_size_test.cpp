@@ -13,43 +13,18 @@
 #include "codec/x224.h"
 #include "support/vectors.h"
 #include "unit/filters/fake_context.h"
+#include "unit/filters/frame_util.h"
 
 namespace isoproxy::test {
 namespace {
 
 using filters::Direction;
 using filters::Verdict;
-using ByteVec = std::vector<std::uint8_t>;
 
-const std::vector<Vector>& rows() {
-  static const auto r = load_vectors();
-  return r;
-}
-ByteVec row(const char* id) { return find_vector(rows(), id).bytes(); }
 
-codec::OwnedTpdu owned(const ByteVec& frame) {
-  auto f = codec::decode_frame(frame);
-  REQUIRE(f.ok());
-  return codec::OwnedTpdu::from(f->tpdu);
-}
 
-ByteVec encode(const codec::OwnedTpdu& t, std::uint8_t reserved = 0) {
-  auto b = codec::encode_frame(reserved, t);
-  REQUIRE(b.ok());
-  return *b;
-}
 
-ByteVec with_param(const ByteVec& frame, std::uint8_t code, const ByteVec& value) {
-  codec::OwnedTpdu t = owned(frame);
-  t.set_param(code, value);
-  return encode(t, frame[1]);
-}
 
-ByteVec without_param(const ByteVec& frame, std::uint8_t code) {
-  codec::OwnedTpdu t = owned(frame);
-  REQUIRE(t.remove_param(code) == 1);
-  return encode(t, frame[1]);
-}
 
 std::size_t differing(const ByteVec& a, const ByteVec& b) {
   std::size_t n = 0;

@@ -14,19 +14,14 @@
 #include "conf/loader.h"
 #include "support/vectors.h"
 #include "unit/filters/fake_context.h"
+#include "unit/filters/frame_util.h"
 
 namespace isoproxy::test {
 namespace {
 
 using filters::Direction;
 using filters::Verdict;
-using ByteVec = std::vector<std::uint8_t>;
 
-const std::vector<Vector>& rows() {
-  static const auto r = load_vectors();
-  return r;
-}
-ByteVec row(const char* id) { return find_vector(rows(), id).bytes(); }
 
 // A COTP-only row in a TPKT (reserved 0).
 ByteVec in_tpkt(const ByteVec& tpdu) {
@@ -38,17 +33,7 @@ ByteVec in_tpkt(const ByteVec& tpdu) {
   return out;
 }
 
-codec::OwnedTpdu owned(const ByteVec& frame) {
-  auto f = codec::decode_frame(frame);
-  REQUIRE(f.ok());
-  return codec::OwnedTpdu::from(f->tpdu);
-}
 
-ByteVec encode(const codec::OwnedTpdu& t) {
-  auto b = codec::encode_frame(0, t);
-  REQUIRE(b.ok());
-  return *b;
-}
 
 ByteVec ascii(std::string_view s) { return ByteVec(s.begin(), s.end()); }
 
