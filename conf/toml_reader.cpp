@@ -415,6 +415,30 @@ const toml::table* TableReader::table(std::string_view key) {
   return nullptr;
 }
 
+std::size_t TableReader::tables(std::string_view key, std::string_view element,
+                               const std::function<void(TableReader&, std::size_t)>& each) {
+  const toml::node* n = node(key);
+  if (n == nullptr) return 0;
+  const auto* arr = n->as_array();
+  if (arr == nullptr) {
+    error(key, "expected [[" + join_path(path_, key) + "]] tables (an array of tables, double brackets), found " +
+                   type_name(*n));
+    return 0;
+  }
+  for (std::size_t i = 0; i < arr->size(); ++i) {
+    const toml::node& e = *arr->get(i);
+    const std::string at = join_path(path_, key) + "[" + std::to_string(i) + "]";
+    const auto* t = e.as_table();
+    if (t == nullptr) {
+      errors_.add(&e, at, "expected " + std::string(element) + ", found " + type_name(e));
+      continue;
+    }
+    TableReader r(*t, at, errors_);
+    each(r, i);
+  }
+  return arr->size();
+}
+
 void TableReader::finish() {
   const std::vector<std::string> candidates(known_.begin(), known_.end());
   std::vector<std::string> reported;

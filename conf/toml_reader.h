@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -72,6 +73,12 @@ class TableReader {
   std::vector<Cidr> cidrs(std::string_view key);  // string or list
   // A sub-table, or nullptr; marks the key as known.
   const toml::table* table(std::string_view key);
+  // An array of tables, [[PATH.key]]: calls `each` with a reader for every
+  // element and its index. A value that is not an array, or an element that
+  // is not a table, is an error naming `element` ("a table with an action").
+  // Returns the number of elements, 0 when the key is absent.
+  std::size_t tables(std::string_view key, std::string_view element,
+                     const std::function<void(TableReader&, std::size_t)>& each);
   // The node of a key (for custom checks), marking it known; nullptr if absent.
   const toml::node* node(std::string_view key);
 

@@ -227,26 +227,10 @@ std::shared_ptr<const FilterFactory> parse_tsap_acl(const std::string& name, con
   // Fail closed: an ACL whose author forgot the default refuses what no rule allows.
   s.default_allow = t.choice("default", "deny", {"allow", "deny"}) == "allow";
   s.reason = static_cast<std::uint8_t>(t.integer("reason", 3, 0, 255));
-  if (const toml::node* n = t.node("rule")) {
-    const auto* arr = n->as_array();
-    if (arr == nullptr) {
-      t.error("rule", "expected [[" + t.path() + ".rule]] tables (an array of tables, double brackets), found " +
-                          conf::type_name(*n));
-    } else {
-      for (std::size_t i = 0; i < arr->size(); ++i) {
-        const toml::node& e = *arr->get(i);
-        const std::string at = t.path() + ".rule[" + std::to_string(i) + "]";
-        const auto* rt = e.as_table();
-        if (rt == nullptr) {
-          t.sink().add(&e, at, std::string("expected a table with an action, found ") + conf::type_name(e));
-          continue;
-        }
-        conf::TableReader r(*rt, at, t.sink());
-        AclRule rule;
-        if (parse_rule(r, rule)) s.rules.push_back(std::move(rule));
-      }
-    }
-  }
+  t.tables("rule", "a table with an action", [&](conf::TableReader& r, std::size_t) {
+    AclRule rule;
+    if (parse_rule(r, rule)) s.rules.push_back(std::move(rule));
+  });
   t.finish();
   if (t.sink().errors().size() != errors_before) return nullptr;
   return std::make_shared<TsapAclFactory>(name, std::move(s));

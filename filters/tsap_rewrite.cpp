@@ -223,36 +223,24 @@ bool parse_rule(conf::TableReader& r, RewriteRule& rule) {
 std::shared_ptr<const FilterFactory> parse_tsap_rewrite(const std::string& name, conf::TableReader& t) {
   RewriteSettings s;
   const std::size_t errors_before = t.sink().errors().size();
-  const toml::node* n = t.node("rule");
-  if (n == nullptr) {
-    t.error("rule", "required: at least one [[" + t.path() + ".rule]] with field, from and to");
-  } else if (const auto* arr = n->as_array(); arr == nullptr) {
-    t.error("rule", "expected [[" + t.path() + ".rule]] tables (an array of tables, double brackets), found " +
-                        conf::type_name(*n));
-  } else if (arr->empty()) {
-    t.error("rule", "required: at least one rule with field, from and to");
-  } else {
-    for (std::size_t i = 0; i < arr->size(); ++i) {
-      const toml::node& e = *arr->get(i);
-      const std::string at = t.path() + ".rule[" + std::to_string(i) + "]";
-      const auto* rt = e.as_table();
-      if (rt == nullptr) {
-        t.sink().add(&e, at, std::string("expected a table with field, from and to, found ") + conf::type_name(e));
-        continue;
+  const bool present = t.node("rule") != nullptr;
+  const std::size_t n = t.tables("rule", "a table with field, from and to", [&](conf::TableReader& r, std::size_t i) {
+    RewriteRule rule;
+    rule.index = i;
+    if (!parse_rule(r, rule)) return;
+    // A second rule for the same TSAP could never fire.
+    for (const RewriteRule& earlier : s.rules) {
+      if (earlier.field == rule.field && earlier.from.bytes() == rule.from.bytes()) {
+        r.error("from", "\"" + rule.from.text() + "\" is already rewritten by rule[" + std::to_string(earlier.index) +
+                            "] (" + field_name(rule.field) + "); only the first rule for a TSAP applies");
       }
-      conf::TableReader r(*rt, at, t.sink());
-      RewriteRule rule;
-      rule.index = i;
-      if (!parse_rule(r, rule)) continue;
-      // A second rule for the same TSAP could never fire.
-      for (const RewriteRule& earlier : s.rules) {
-        if (earlier.field == rule.field && earlier.from.bytes() == rule.from.bytes()) {
-          r.error("from", "\"" + rule.from.text() + "\" is already rewritten by rule[" + std::to_string(earlier.index) +
-                              "] (" + field_name(rule.field) + "); only the first rule for a TSAP applies");
-        }
-      }
-      s.rules.push_back(std::move(rule));
     }
+    s.rules.push_back(std::move(rule));
+  });
+  if (!present) {
+    t.error("rule", "required: at least one [[" + t.path() + ".rule]] with field, from and to");
+  } else if (n == 0 && t.node("rule")->is_array()) {
+    t.error("rule", "required: at least one rule with field, from and to");
   }
   t.finish();
   if (t.sink().errors().size() != errors_before) return nullptr;

@@ -152,58 +152,48 @@ std::vector<TsapPattern> patterns(conf::TableReader& t, std::string_view key, bo
 std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, conf::TableReader& t) {
   RouteSettings s;
   bool ok = true;
+  const std::size_t errors_before = t.sink().errors().size();
   s.fallback = t.socket_address("default");
   s.reason = static_cast<std::uint8_t>(t.integer("reason", 3, 0, 255));
-  const toml::node* routes = t.node("route");
-  if (routes != nullptr) {
-    const toml::array* arr = routes->as_array();
-    if (arr == nullptr || !arr->is_array_of_tables()) {
-      t.error("route", "expected [[filter." + name + ".route]] tables");
+  t.tables("route", "a table with upstream and called or calling", [&](conf::TableReader& r, std::size_t i) {
+    RouteRule rule;
+    rule.name = r.string("name", "route-" + std::to_string(i));
+    rule.called = patterns(r, "called", ok);
+    rule.calling = patterns(r, "calling", ok);
+    auto up = r.socket_address("upstream");
+    if (!up) {
+      if (r.node("upstream") == nullptr) r.error("upstream", "required: where CRs matching this route are relayed");
       ok = false;
     } else {
-      for (std::size_t i = 0; i < arr->size(); ++i) {
-        const toml::table& rt = *arr->get(i)->as_table();
-        conf::TableReader r(rt, t.path() + ".route[" + std::to_string(i) + "]", t.sink());
-        RouteRule rule;
-        rule.name = r.string("name", "route-" + std::to_string(i));
-        rule.called = patterns(r, "called", ok);
-        rule.calling = patterns(r, "calling", ok);
-        auto up = r.socket_address("upstream");
-        if (!up) {
-          if (r.node("upstream") == nullptr) r.error("upstream", "required: where CRs matching this route are relayed");
-          ok = false;
-        } else {
-          rule.upstream = *up;
-        }
-        if (r.node("source") != nullptr) {
-          const std::string mode = r.choice("source", "auto", {"auto", "fixed", "client"});
-          conf::SourceConfig sc;
-          sc.mode = mode == "fixed" ? conf::SourceMode::kFixed : mode == "client" ? conf::SourceMode::kClient : conf::SourceMode::kAuto;
-          sc.address = r.ip("source_address");
-          if (sc.mode == conf::SourceMode::kFixed && !sc.address) {
-            r.error("source", "source = \"fixed\" needs source_address");
-            ok = false;
-          }
-          rule.source = sc;
-        } else if (r.node("source_address") != nullptr) {
-          r.error("source_address", "only used with source = \"fixed\"");
-          ok = false;
-        }
-        if (rule.called.empty() && rule.calling.empty() && r.node("called") == nullptr && r.node("calling") == nullptr) {
-          r.error("called", "a route needs called and/or calling TSAPs to match (use `default` for everything else)");
-          ok = false;
-        }
-        r.finish();
-        s.routes.push_back(std::move(rule));
-      }
+      rule.upstream = *up;
     }
-  }
-  if (s.routes.empty() && !s.fallback && ok) {
+    if (r.node("source") != nullptr) {
+      const std::string mode = r.choice("source", "auto", {"auto", "fixed", "client"});
+      conf::SourceConfig sc;
+      sc.mode = mode == "fixed" ? conf::SourceMode::kFixed : mode == "client" ? conf::SourceMode::kClient : conf::SourceMode::kAuto;
+      sc.address = r.ip("source_address");
+      if (sc.mode == conf::SourceMode::kFixed && !sc.address) {
+        r.error("source", "source = \"fixed\" needs source_address");
+        ok = false;
+      }
+      rule.source = sc;
+    } else if (r.node("source_address") != nullptr) {
+      r.error("source_address", "only used with source = \"fixed\"");
+      ok = false;
+    }
+    if (rule.called.empty() && rule.calling.empty() && r.node("called") == nullptr && r.node("calling") == nullptr) {
+      r.error("called", "a route needs called and/or calling TSAPs to match (use `default` for everything else)");
+      ok = false;
+    }
+    r.finish();
+    s.routes.push_back(std::move(rule));
+  });
+  if (s.routes.empty() && !s.fallback && ok && t.sink().errors().size() == errors_before) {
     t.error("route", "expected at least one [[filter." + name + ".route]] or a default");
     ok = false;
   }
   t.finish();
-  if (!ok) return nullptr;
+  if (!ok || t.sink().errors().size() != errors_before) return nullptr;
   return std::make_shared<TsapRouteFactory>(name, std::move(s));
 }
 

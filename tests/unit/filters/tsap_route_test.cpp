@@ -1,0 +1,118 @@
+// tsap-route through a fake context: which route a CR takes, the default,
+// the DR for a CR no route takes, and configuration errors.
+#include <catch2/catch.hpp>
+
+#include "filters/tsap_match.h"
+#include "unit/filters/fake_context.h"
+#include "unit/filters/frame_util.h"
+
+namespace isoproxy::test {
+namespace {
+
+using filters::Direction;
+using filters::Verdict;
+
+const char* kRoutes =
+    "[[route]]\nname = \"exchange\"\ncalled = \"EXCHANGETSAP1\"\nupstream = \"192.0.2.20:102\"\n"
+    "[[route]]\nname = \"s7\"\ncalled = [\"hex:0102\", \"PLC*\"]\ncalling = \"hex:0100\"\nupstream = \"192.0.2.30:102\"\n"
+    "source = \"fixed\"\nsource_address = \"192.0.2.5\"\n";
+
+std::vector<std::string> errors_for(std::string_view body) {
+  std::vector<conf::ConfigError> errors;
+  CHECK(factory_from_toml("tsap-route", body, &errors, "r") == nullptr);
+  std::vector<std::string> out;
+  for (const auto& e : errors) out.push_back(e.to_string());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("tsap-route: the first matching route takes the CR", "[filters][tsap-route]") {
+  auto f = factory_from_toml("tsap-route", kRoutes, nullptr, "r");
+  REQUIRE(f);
+  CHECK(f->routes());
+  {
+    FakeContext ctx;
+    auto filter = f->create();
+    // A first frame that is not a CR cannot be routed: without a default the session ends.
+    CHECK(run_filter(*filter, ctx, row("V1"), Direction::kToUpstream).verdict == Verdict::kEndSession);
+    CHECK_FALSE(ctx.route);
+    CHECK(ctx.ended == "no-route: first frame is a CC, not a CR");
+  }
+  {
+    FakeContext ctx;
+    auto filter = f->create();
+    const ByteVec cr = with_param(row("V3"), codec::param::kCalledTsap, ByteVec{'E', 'X', 'C', 'H', 'A', 'N', 'G', 'E', 'T', 'S', 'A', 'P', '1'});
+    const auto r = run_filter(*filter, ctx, cr, Direction::kToUpstream);
+    CHECK(r.verdict == Verdict::kContinue);
+    CHECK(r.bytes == cr);  // routing changes nothing on the wire
+    REQUIRE(ctx.route);
+    CHECK(ctx.route->name == "r/exchange");
+    CHECK(ctx.route->upstream.text == "192.0.2.20:102");
+    CHECK_FALSE(ctx.route->source);
+    CHECK(ctx.count_of("r.routed") == 1);
+  }
+  {
+    FakeContext ctx;
+    auto filter = f->create();
+    // V5: calling 0100, called 0102 (S7 PG, rack 0, slot 2).
+    REQUIRE(run_filter(*filter, ctx, row("V5"), Direction::kToUpstream).verdict == Verdict::kContinue);
+    REQUIRE(ctx.route);
+    CHECK(ctx.route->name == "r/s7");
+    REQUIRE(ctx.route->source);
+    CHECK(ctx.route->source->mode == conf::SourceMode::kFixed);
+    CHECK(ctx.route->source->address->text == "192.0.2.5");
+  }
+}
+
+TEST_CASE("tsap-route: no route and no default refuses the CR with a DR", "[filters][tsap-route]") {
+  auto f = factory_from_toml("tsap-route", std::string("reason = 2\n") + kRoutes, nullptr, "r");
+  REQUIRE(f);
+  FakeContext ctx;
+  auto filter = f->create();
+  const ByteVec cr = row("V7");  // called "0-0ZYXW1": no route
+  CHECK(run_filter(*filter, ctx, cr, Direction::kToUpstream).verdict == Verdict::kEndSession);
+  CHECK_FALSE(ctx.route);
+  REQUIRE(ctx.injected.size() == 1);
+  CHECK(ctx.injected[0].first == Direction::kToClient);
+  auto dr = codec::decode_frame(ctx.injected[0].second);
+  REQUIRE(dr.ok());
+  CHECK(dr->tpdu.type == codec::TpduType::kDR);
+  CHECK(dr->tpdu.reason == 2);
+  CHECK(dr->tpdu.dst_ref == codec::decode_frame(cr)->tpdu.src_ref);
+  CHECK(ctx.ended == "no-route: called=0-0ZYXW1 calling=0-0ABCD0");
+  CHECK(ctx.count_of("r.no-route") == 1);
+}
+
+TEST_CASE("tsap-route: the default takes what no route does", "[filters][tsap-route]") {
+  auto f = factory_from_toml("tsap-route", std::string("default = \"192.0.2.10:102\"\n") + kRoutes, nullptr, "r");
+  REQUIRE(f);
+  FakeContext ctx;
+  auto filter = f->create();
+  CHECK(run_filter(*filter, ctx, row("V7"), Direction::kToUpstream).verdict == Verdict::kContinue);
+  REQUIRE(ctx.route);
+  CHECK(ctx.route->name == "r/default");
+  CHECK(ctx.route->upstream.text == "192.0.2.10:102");
+  CHECK(ctx.count_of("r.default") == 1);
+}
+
+TEST_CASE("tsap-route: configuration errors, one each, with their key", "[filters][tsap-route]") {
+  CHECK(errors_for("") == std::vector<std::string>{"test.toml:1:1: filter.r.route: expected at least one [[filter.r.route]] or a default"});
+  CHECK(errors_for("route = 3\n") ==
+        std::vector<std::string>{"test.toml:1:9: filter.r.route: expected [[filter.r.route]] tables (an array of tables, "
+                                 "double brackets), found an integer"});
+  CHECK(errors_for("route = [1]\n") ==
+        std::vector<std::string>{"test.toml:1:10: filter.r.route[0]: expected a table with upstream and called or calling, found an integer"});
+  const auto no_up = errors_for("[[route]]\ncalled = \"X\"\n");
+  REQUIRE(no_up.size() == 1);
+  CHECK(no_up[0].find("filter.r.route[0].upstream: required") != std::string::npos);
+  const auto bad_tsap = errors_for("[[route]]\ncalled = \"hex:0\"\nupstream = \"192.0.2.1:102\"\n");
+  REQUIRE(bad_tsap.size() == 1);
+  CHECK(bad_tsap[0].find("filter.r.route[0].called") != std::string::npos);
+  const auto unknown = errors_for("[[route]]\ncaled = \"X\"\nupstream = \"192.0.2.1:102\"\n");
+  bool suggested = false;
+  for (const auto& e : unknown) suggested = suggested || e.find("filter.r.route[0].caled: unknown key; did you mean \"called\"?") != std::string::npos;
+  CHECK(suggested);
+}
+
+}  // namespace isoproxy::test
