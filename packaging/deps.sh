@@ -8,11 +8,13 @@ build_pkgs=(
   build-essential cmake pkg-config
   libuv1-dev libssl-dev libtomlplusplus-dev
   libcli11-dev nlohmann-json3-dev libpcap-dev libspdlog-dev libhttp-parser-dev
+  libsystemd-dev libcap-dev
   catch2
 )
 test_pkgs=(
   clang-14 libfuzzer-14-dev libclang-rt-14-dev
   tshark iproute2 nftables procps
+  chromium openssl prometheus
 )
 
 want=("${build_pkgs[@]}")
