@@ -108,7 +108,10 @@ struct GlobalConfig {
   std::uint32_t max_sessions = 10000;
   Duration drain_timeout{10000};  // SIGTERM: how long sessions may finish their frames
   std::string log_level = "info";  // trace, debug, info, warn, error
-  std::string access_log = "off";  // "off", "stderr", or a file path: one JSON line per session at close
+  std::string access_log = "off";  // "off", "stderr", "journal", or a file path: one JSON line per session at close
+  bool reverse_dns = true;               // names of clients and upstreams, asynchronously, for stats and logs
+  Duration reverse_dns_ttl{300000};      // how long a name found is trusted
+  Duration reverse_dns_failure_ttl{60000};  // how long "no name" is remembered
 };
 
 // The admin endpoint (live stats, metrics): HTTP on a TCP address or a Unix

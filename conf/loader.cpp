@@ -169,9 +169,13 @@ class Loader {
     g.drain_timeout = r.duration("drain_timeout", g.drain_timeout);
     g.log_level = r.choice("log_level", g.log_level, {"trace", "debug", "info", "warn", "error"});
     g.access_log = r.string("access_log", g.access_log);
-    if (g.access_log.empty() || (g.access_log != "off" && g.access_log != "stderr" && g.access_log.front() != '/')) {
-      r.error("access_log", "expected \"off\", \"stderr\" or an absolute file path");
+    if (g.access_log.empty() ||
+        (g.access_log != "off" && g.access_log != "stderr" && g.access_log != "journal" && g.access_log.front() != '/')) {
+      r.error("access_log", "expected \"off\", \"stderr\", \"journal\" or an absolute file path");
     }
+    g.reverse_dns = r.boolean("reverse_dns", g.reverse_dns);
+    g.reverse_dns_ttl = r.duration("reverse_dns_ttl", g.reverse_dns_ttl);
+    g.reverse_dns_failure_ttl = r.duration("reverse_dns_failure_ttl", g.reverse_dns_failure_ttl);
     r.finish();
   }
 
@@ -522,6 +526,9 @@ std::string effective_config_toml(const Config& c) {
   o << "drain_timeout = " << toml_string(format_duration(c.global.drain_timeout)) << "\n";
   o << "log_level = " << toml_string(c.global.log_level) << "\n";
   o << "access_log = " << toml_string(c.global.access_log) << "\n";
+  o << "reverse_dns = " << (c.global.reverse_dns ? "true" : "false") << "\n";
+  o << "reverse_dns_ttl = " << toml_string(format_duration(c.global.reverse_dns_ttl)) << "\n";
+  o << "reverse_dns_failure_ttl = " << toml_string(format_duration(c.global.reverse_dns_failure_ttl)) << "\n";
   o << "\n[admin]\n";
   o << "listen = " << toml_string(c.admin.enabled ? c.admin.listen : "off") << "\n";
   if (!c.admin.token.empty()) o << "token = " << toml_string(c.admin.token) << "\n";

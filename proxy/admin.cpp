@@ -48,6 +48,19 @@ void family(std::string& out, const char* name, const char* type, const char* he
   out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
 }
 
+json rdns_json(Server& server) {
+  const ReverseDns& d = server.rdns();
+  const auto& c = d.counters();
+  return {{"enabled", server.config().global.reverse_dns},
+          {"lookups", c.lookups},
+          {"found", c.found},
+          {"failed", c.failed},
+          {"cache_hits", c.hits},
+          {"skipped", c.skipped},
+          {"cached", d.entries()},
+          {"in_flight", d.in_flight()}};
+}
+
 }  // namespace
 
 AdminResponse Admin::handle(const AdminRequest& r) {
@@ -156,7 +169,8 @@ AdminResponse Admin::stats() {
                              {"connect_failures", g.connect_failures},
                              {"decode_errors", g.decode_errors},
                              {"filter_actions", g.filter_actions},
-                             {"close_reasons", g.close_reasons}});
+                             {"close_reasons", g.close_reasons},
+                             {"reverse_dns", rdns_json(server_)}});
 }
 
 AdminResponse Admin::metrics() {
@@ -206,6 +220,11 @@ std::string render_metrics(Server& server) {
     out += "isoproxy_filter_actions_total{filter=\"" + label(k.substr(0, dot)) + "\",action=\"" +
            label(dot == std::string::npos ? "" : k.substr(dot + 1)) + "\"} " + std::to_string(v) + "\n";
   }
+  family(out, "isoproxy_reverse_dns_lookups_total", "counter", "Reverse-DNS lookups of client and upstream addresses, by result.");
+  const auto& dns = server.rdns().counters();
+  out += "isoproxy_reverse_dns_lookups_total{result=\"found\"} " + std::to_string(dns.found) + "\n";
+  out += "isoproxy_reverse_dns_lookups_total{result=\"failed\"} " + std::to_string(dns.failed) + "\n";
+  out += "isoproxy_reverse_dns_lookups_total{result=\"skipped\"} " + std::to_string(dns.skipped) + "\n";
   if (server.config().admin.metrics_tsap_labels > 0) {
     family(out, "isoproxy_called_tsap_sessions_total", "counter",
            "Sessions by called TSAP (bounded: values beyond admin.metrics_tsap_labels count as \"other\").");

@@ -5,6 +5,9 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <set>
+
+#include <systemd/sd-journal.h>
 
 #include "conf/loader.h"
 #include "log.h"
@@ -105,7 +108,7 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
     std::FILE* file = nullptr;
     if (want == "stderr") {
       file = stderr;
-    } else if (want != "off") {
+    } else if (want != "off" && want != "journal") {
       file = std::fopen(want.c_str(), "ae");
       if (!file) {
         const std::string msg = "access_log " + want + ": " + std::strerror(errno);
@@ -113,7 +116,7 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
         spdlog::error("reload: {}; the access log stays {}", msg, access_log_path_);
       }
     }
-    if (file || want == "off") {
+    if (file || want == "off" || want == "journal") {
       if (access_log_ && access_log_ != stderr) std::fclose(access_log_);
       access_log_ = file;
       access_log_path_ = want;
@@ -121,7 +124,47 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
   }
   config_ = std::move(config);
   log::set_level(config_->global.log_level);
+  ReverseDns::Options dns;
+  dns.enabled = config_->global.reverse_dns;
+  dns.ttl_ms = static_cast<std::uint64_t>(config_->global.reverse_dns_ttl.count());
+  dns.failure_ttl_ms = static_cast<std::uint64_t>(config_->global.reverse_dns_failure_ttl.count());
+  rdns_.configure(dns);
+  check_source_names();
   return Ok{};
+}
+
+void Server::check_source_names() {
+  // A receiver that finds the connector for an incoming connection by the
+  // caller's host name refuses a source IP without one: say so at start-up,
+  // not at 3 a.m. Asynchronous; the answer is logged when it comes.
+  if (!config_->global.reverse_dns) return;
+  std::set<std::string> seen;
+  for (const auto& l : config_->listeners) {
+    if (l.source.mode != conf::SourceMode::kFixed || !l.source.address) continue;
+    const std::string ip = l.source.address->text;
+    if (!seen.insert(ip).second) continue;
+    const std::string who = "listener " + l.name + ": source_address " + ip;
+    rdns_.lookup(l.source.address->sa(), [this, ip, who](std::optional<std::string> name, std::string error) {
+      if (!name) {
+        spdlog::warn("{} has no reverse-DNS (PTR) name ({}): receivers that identify the calling MTA by its host name "
+                     "(a connector matched by FQDN, an address check by name) will refuse connections from it; "
+                     "publish a PTR record for {}",
+                     who, error, ip);
+        return;
+      }
+      rdns_.forward(*name, [who, ip, name = *name](std::vector<std::string> hosts, std::string ferror) {
+        std::string want = ip;
+        if (want.size() > 2 && want.front() == '[') want = want.substr(1, want.size() - 2);
+        if (std::find(hosts.begin(), hosts.end(), want) != hosts.end()) {
+          spdlog::info("{} is {} (PTR, and the name resolves back to it)", who, name);
+        } else {
+          spdlog::warn("{} is {} by its PTR record, but {} does not resolve back to it ({}): receivers that check "
+                       "forward-confirmed reverse DNS will refuse connections from it",
+                       who, name, name, ferror.empty() ? "resolves to " + (hosts.empty() ? std::string("nothing") : fmt::format("{}", fmt::join(hosts, ", "))) : ferror);
+        }
+      });
+    });
+  }
 }
 
 Status<> Server::start() {
@@ -240,6 +283,7 @@ void Server::on_signal(int signum) {
 void Server::begin_drain() {
   if (draining_) return;
   draining_ = true;
+  rdns_.shutdown();
   if (admin_http_) admin_http_->stop();
   for (auto& l : listeners_) {
     l->stop();
@@ -322,11 +366,45 @@ void Server::record_closed(std::uint64_t id, nlohmann::json snapshot) {
 }
 
 void Server::access_log(const nlohmann::json& snapshot) {
+  if (access_log_path_ == "journal") {
+    journal_access_log(snapshot);
+    return;
+  }
   if (!access_log_) return;
   const std::string line = snapshot.dump() + "\n";
   // One write per line, flushed, so that a line is never split between writers.
   if (std::fwrite(line.data(), 1, line.size(), access_log_) != line.size() || std::fflush(access_log_) != 0) {
     spdlog::warn("access log {}: write failed: {}", access_log_path_, std::strerror(errno));
+  }
+}
+
+void Server::journal_access_log(const nlohmann::json& snapshot) {
+  // The JSON line as MESSAGE, and the fields operators filter on as journal
+  // fields: journalctl -t isoproxy-access ISOPROXY_CLOSE_REASON=connect-refused
+  auto text = [&](const char* key) -> std::string {
+    const auto it = snapshot.find(key);
+    if (it == snapshot.end() || it->is_null()) return "";
+    return it->is_string() ? it->get<std::string>() : it->dump();
+  };
+  auto tsap = [&](const char* key) -> std::string {
+    const auto it = snapshot.find(key);
+    if (it == snapshot.end() || !it->is_object()) return "";
+    const auto& a = (*it)["ascii"];
+    return a.is_string() ? a.get<std::string>() : (*it)["hex"].get<std::string>();
+  };
+  const std::string message = snapshot.dump();
+  const int r = sd_journal_send("MESSAGE=%s", message.c_str(), "PRIORITY=6", "SYSLOG_IDENTIFIER=isoproxy-access",
+                                "ISOPROXY_SESSION=%s", text("id").c_str(), "ISOPROXY_LISTENER=%s", text("listener").c_str(),
+                                "ISOPROXY_CLIENT=%s", text("client").c_str(), "ISOPROXY_UPSTREAM=%s", text("upstream").c_str(),
+                                "ISOPROXY_CALLING_TSAP=%s", tsap("calling_tsap").c_str(), "ISOPROXY_CALLED_TSAP=%s",
+                                tsap("called_tsap").c_str(), "ISOPROXY_CLOSE_REASON=%s", text("close_reason").c_str(),
+                                nullptr);
+  if (r < 0) {
+    // Once per failure streak: a journal that is down must not flood stderr.
+    if (!journal_failing_) spdlog::warn("access log journal: write failed: {}", std::strerror(-r));
+    journal_failing_ = true;
+  } else {
+    journal_failing_ = false;
   }
 }
 

@@ -20,6 +20,7 @@
 #include "admin_http.h"
 #include "conf/config.h"
 #include "listener.h"
+#include "rdns.h"
 #include "session.h"
 
 namespace isoproxy {
@@ -90,6 +91,7 @@ class Server {
   void access_log(const nlohmann::json& snapshot);
   void count_called_tsap(const std::string& display);
   void request_reload() { reload(); }
+  ReverseDns& rdns() { return rdns_; }
 
  private:
   void on_signal(int signum);
@@ -97,6 +99,8 @@ class Server {
   void reload();
   void maybe_stop();
   void schedule_reap();
+  void check_source_names();
+  void journal_access_log(const nlohmann::json& snapshot);
   Status<> apply(std::shared_ptr<const conf::Config> config, bool initial);
 
   uv_loop_t loop_{};
@@ -115,10 +119,12 @@ class Server {
   GlobalStats stats_;
   std::deque<ClosedSession> closed_;
   std::FILE* access_log_ = nullptr;  // stderr or an opened file; nullptr when off
-  std::string access_log_path_;
+  std::string access_log_path_;  // "off", "stderr", "journal" or the file
+  bool journal_failing_ = false;
   Admin admin_{*this};
   std::unique_ptr<AdminHttpServer> admin_http_;
   std::array<char, 65536> read_buffer_{};
+  ReverseDns rdns_{&loop_};
 };
 
 }  // namespace isoproxy

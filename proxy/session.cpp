@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <chrono>
+#include <ctime>
 #include <cstdlib>
 #include <cstring>
 
@@ -73,6 +75,7 @@ Session::Session(Server& server, Listener& listener, std::uint64_t id, std::shar
   upstream_.side = Side::kUpstream;
   start_ms_ = last_activity_ms_ = server_.now_ms();
   start_ns_ = uv_hrtime();
+  start_unix_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 Session::~Session() = default;
@@ -96,6 +99,7 @@ void Session::start(uv_stream_t* server_stream) {
   client_addr_ = peer_name(client_.tcp);
   int len = sizeof client_ss_;
   uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&client_ss_), &len);
+  server_.rdns().want(reinterpret_cast<const sockaddr*>(&client_ss_));
   const auto& c = rt_->cfg;
   uv_tcp_nodelay(&client_.tcp, 1);  // RFC 2126 §6.2; each frame goes out as soon as it is complete
   if (c.keepalive) uv_tcp_keepalive(&client_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
@@ -125,6 +129,8 @@ void Session::set_route(filters::Route route) {
 
 void Session::connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source) {
   upstream_addr_ = target.text;
+  upstream_ss_ = target.storage;
+  server_.rdns().want(target.sa());
   connect_start_ms_ = server_.now_ms();
   uv_tcp_t* h = &upstream_.tcp;
   if (int r = uv_tcp_init_ex(server_.loop(), h, static_cast<unsigned>(target.family())); r < 0) {
@@ -795,7 +801,9 @@ std::string Session::close_line() const {
   std::string s = "reason=" + log::quote(close_reason_);
   s += " listener=" + log::quote(rt_->cfg.name);
   s += " client=" + log::quote(client_addr_);
+  if (auto n = server_.rdns().name(reinterpret_cast<const sockaddr*>(&client_ss_))) s += " client_name=" + log::quote(*n);
   s += " upstream=" + log::quote(upstream_addr_.empty() ? "-" : upstream_addr_);
+  if (auto n = server_.rdns().name(reinterpret_cast<const sockaddr*>(&upstream_ss_))) s += " upstream_name=" + log::quote(*n);
   if (!route_name_.empty()) s += " route=" + log::quote(route_name_);
   s += " source=" + log::quote(source_addr_.empty() ? "-" : source_addr_);
   auto tsap = [](const std::optional<std::vector<std::uint8_t>>& t) {
@@ -852,6 +860,17 @@ nlohmann::json tsap_json(const std::optional<std::vector<std::uint8_t>>& t) {
   return j;
 }
 
+// "2026-11-21T02:30:42.123Z"
+std::string rfc3339_utc(std::int64_t unix_ms) {
+  const std::time_t secs = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(unix_ms % 1000));
+  return buf;
+}
+
 nlohmann::json direction_json(const DirectionStats& d) {
   nlohmann::json tpdus = nlohmann::json::object();
   for (std::size_t i = 0; i < d.tpdus.size(); ++i) {
@@ -875,8 +894,13 @@ nlohmann::json Session::snapshot() const {
   j["id"] = id_;
   j["listener"] = rt_->cfg.name;
   j["state"] = session_state_name(state());
+  j["started"] = rfc3339_utc(start_unix_ms_);
   j["client"] = client_addr_;
+  const auto client_name = server_.rdns().name(reinterpret_cast<const sockaddr*>(&client_ss_));
+  j["client_name"] = client_name ? json(*client_name) : json(nullptr);
   j["upstream"] = upstream_addr_.empty() ? json(nullptr) : json(upstream_addr_);
+  const auto upstream_name = server_.rdns().name(reinterpret_cast<const sockaddr*>(&upstream_ss_));
+  j["upstream_name"] = upstream_name ? json(*upstream_name) : json(nullptr);
   j["route"] = route_name_.empty() ? json(nullptr) : json(route_name_);
   j["source"] = source_addr_.empty() ? json(nullptr) : json(source_addr_);
   const double age = static_cast<double>(uv_hrtime() - start_ns_) / 1e9;

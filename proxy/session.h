@@ -182,11 +182,13 @@ class Session final : public filters::FilterContext {
   std::string first_fin_;  // "client" or "upstream": who closed first
   std::string client_addr_, upstream_addr_, source_addr_, route_name_;
   sockaddr_storage client_ss_{};
+  sockaddr_storage upstream_ss_{};  // family 0 until an upstream is chosen
   bool awaiting_route_ = false;              // a routing filter chooses the upstream from the CR
   std::vector<std::uint8_t> pending_up_;     // bytes for the upstream before its socket exists
   std::uint64_t connect_start_ms_ = 0;
   std::uint64_t start_ms_ = 0, last_activity_ms_ = 0, cc_ms_ = 0, cr_ms_ = 0;  // loop time, for timers
   std::uint64_t start_ns_ = 0;  // uv_hrtime, for the duration in the close line
+  std::int64_t start_unix_ms_ = 0;  // wall clock, for "started" in the stats
   filters::SessionAnnotations ann_;
   std::vector<std::pair<std::string, std::uint64_t>> counters_;  // "<filter>.<action>"
   std::vector<std::pair<filters::Direction, std::vector<std::uint8_t>>> injected_;

@@ -15,50 +15,13 @@
 #include "support/peers.h"
 #include "support/process.h"
 #include "support/proxy_process.h"
+#include "support/http.h"
 
 using namespace isoproxy::test;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
-
-// The admin endpoint's port, from "admin endpoint on 127.0.0.1:PORT".
-std::optional<std::uint16_t> admin_port(ProxyProcess& p) {
-  auto line = p.wait_for_line(std::regex(R"(admin endpoint on 127\.0\.0\.1:(\d+))"), 10s);
-  if (!line) return std::nullopt;
-  std::smatch m;
-  std::regex_search(*line, m, std::regex(R"(127\.0\.0\.1:(\d+))"));
-  return static_cast<std::uint16_t>(std::stoi(m[1]));
-}
-
-struct HttpReply {
-  int status = 0;
-  std::string headers;
-  std::string body;
-};
-
-// One request on a fresh connection (Connection: close), read to EOF.
-HttpReply http(std::uint16_t port, const std::string& method, const std::string& target,
-               const std::string& extra_headers = "") {
-  HttpReply r;
-  Conn c = connect_to("127.0.0.1", port);
-  if (!c.valid()) return r;
-  const std::string req = method + " " + target + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
-                          extra_headers + "Content-Length: 0\r\n\r\n";
-  if (!c.send_all(req)) return r;
-  std::string all;
-  for (;;) {
-    auto some = c.recv_some(65536, 5s);
-    if (!some || some->empty()) break;
-    all.append(some->begin(), some->end());
-  }
-  const auto end = all.find("\r\n\r\n");
-  if (all.rfind("HTTP/1.1 ", 0) != 0 || end == std::string::npos) return r;
-  r.status = std::stoi(all.substr(9, 3));
-  r.headers = all.substr(0, end);
-  r.body = all.substr(end + 4);
-  return r;
-}
 
 // A strict reading of the Prometheus text exposition format (0.0.4): every
 // sample belongs to a family announced by HELP and TYPE, names and labels

@@ -243,6 +243,10 @@ const BadConfig kBadConfigs[] = {
      "listener[0].upstream", "not a numeric address"},
     {"access log relative path", "[global]\naccess_log = \"access.log\"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
      "2:14", "global.access_log", "absolute file path"},
+    {"reverse_dns not a boolean", "[global]\nreverse_dns = \"yes\"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
+     "2:15", "global.reverse_dns", "expected true or false"},
+    {"reverse_dns_ttl without unit", "[global]\nreverse_dns_ttl = \"300\"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
+     "2:19", "global.reverse_dns_ttl", "unit"},
     {"admin listen host name", "[admin]\nlisten = \"admin.example:9102\"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
      "2:10", "admin.listen", "not a numeric address"},
     {"admin token too short", "[admin]\ntoken = \"secret\"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
@@ -414,7 +418,7 @@ TEST_CASE("an unknown key far from every known one lists the known ones", "[conf
   auto r = load("[global]\nxyzzy = 1\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n");
   REQUIRE_FALSE(r.ok());
   REQUIRE(r.error().size() == 1);
-  CHECK(r.error()[0].message == "unknown key; expected one of: access_log, drain_timeout, log_level, max_sessions");
+  CHECK(r.error()[0].message == "unknown key; expected one of: access_log, drain_timeout, log_level, max_sessions, reverse_dns, reverse_dns_failure_ttl, reverse_dns_ttl");
 }
 
 TEST_CASE("ConfigError::to_string leaves out what it does not have", "[conf][loader]") {
