@@ -145,6 +145,7 @@ void Server::check_source_names() {
     if (!seen.insert(ip).second) continue;
     const std::string who = "listener " + l.name + ": source_address " + ip;
     rdns_.lookup(l.source.address->sa(), [this, ip, who](std::optional<std::string> name, std::string error) {
+      if (draining_) return;  // cancelled by the shutdown: nothing was learnt
       if (!name) {
         spdlog::warn("{} has no reverse-DNS (PTR) name ({}): receivers that identify the calling MTA by its host name "
                      "(a connector matched by FQDN, an address check by name) will refuse connections from it; "
@@ -152,7 +153,8 @@ void Server::check_source_names() {
                      who, error, ip);
         return;
       }
-      rdns_.forward(*name, [who, ip, name = *name](std::vector<std::string> hosts, std::string ferror) {
+      rdns_.forward(*name, [this, who, ip, name = *name](std::vector<std::string> hosts, std::string ferror) {
+        if (draining_) return;
         std::string want = ip;
         if (want.size() > 2 && want.front() == '[') want = want.substr(1, want.size() - 2);
         if (std::find(hosts.begin(), hosts.end(), want) != hosts.end()) {
