@@ -3,6 +3,7 @@
 #include <charconv>
 #include <set>
 
+#include "admin_page.h"
 #include "listener.h"
 #include "server.h"
 
@@ -71,6 +72,7 @@ AdminResponse Admin::handle(const AdminRequest& r) {
     resp.headers.emplace_back("Allow", "GET, HEAD, POST");
     return resp;
   }
+  if (p == "/") return admin_page_response();
   if (p == "/sessions") return sessions(r);
   if (p.rfind("/sessions/", 0) == 0) {
     auto id = parse_id(std::string_view(p).substr(10));
@@ -79,7 +81,7 @@ AdminResponse Admin::handle(const AdminRequest& r) {
   }
   if (p == "/stats") return stats();
   if (p == "/metrics") return metrics();
-  return error_response(404, "no such resource: " + p + " (try /sessions, /sessions/ID, /stats, /metrics)");
+  return error_response(404, "no such resource: " + p + " (try / for the live page, /sessions, /sessions/ID, /stats, /metrics)");
 }
 
 AdminResponse Admin::sessions(const AdminRequest& r) {
