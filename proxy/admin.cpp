@@ -16,7 +16,9 @@ namespace {
 AdminResponse json_response(int status, const json& body) {
   AdminResponse r;
   r.status = status;
-  r.body = body.dump(2) + "\n";
+  // Compact: /sessions with a thousand sessions is half the size and twice
+  // as fast to build as indented; ?pretty=1 indents for people.
+  r.body = body.dump() + "\n";
   return r;
 }
 
@@ -65,6 +67,15 @@ json rdns_json(Server& server) {
 }  // namespace
 
 AdminResponse Admin::handle(const AdminRequest& r) {
+  AdminResponse resp = route(r);
+  const auto pretty = r.query.find("pretty");
+  if (pretty != r.query.end() && pretty->second != "0" && resp.content_type.rfind("application/json", 0) == 0) {
+    resp.body = json::parse(resp.body).dump(2) + "\n";
+  }
+  return resp;
+}
+
+AdminResponse Admin::route(const AdminRequest& r) {
   const std::string& p = r.path;
   if (r.method == "POST") return action(r);
   if (r.method != "GET" && r.method != "HEAD") {
@@ -100,13 +111,24 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
     return error_response(400, "state must be one of connecting, awaiting-cc, established, draining, closed");
   }
   const bool with_closed = (closed && *closed == "1") || (state && *state == "closed");
-  json list = json::array();
+  // Built as text: closed sessions are kept as JSON text already, and a
+  // thousand live snapshots are cheaper dumped one by one than as one tree.
+  AdminResponse resp;
+  resp.status = 200;
+  std::string& out = resp.body;
+  out = "{\"sessions\":[";
+  bool first = true;
+  auto add = [&](const std::string& text) {
+    if (!first) out.push_back(',');
+    first = false;
+    out += text;
+  };
   if (!state || *state != "closed") {
     for (Session* s : server_.sessions_in_order()) {
       if (state && session_state_name(s->state()) != *state) continue;
       if (tsap && !s->matches_tsap(*tsap)) continue;
       if (peer && !s->matches_peer(*peer)) continue;
-      list.push_back(s->snapshot());
+      add(s->snapshot().dump());
     }
   }
   if (with_closed) {
@@ -114,16 +136,21 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
       const ClosedSession& c = *it;
       if (tsap && !c.matches_tsap(*tsap)) continue;
       if (peer && !c.matches_peer(*peer)) continue;
-      list.push_back(c.snapshot);
+      add(c.json);
     }
   }
-  return json_response(200, {{"sessions", std::move(list)}});
+  out += "]}\n";
+  return resp;
 }
 
 AdminResponse Admin::session(std::uint64_t id) {
   if (Session* s = server_.find_session(id)) return json_response(200, s->snapshot());
   for (const ClosedSession& c : server_.closed_sessions()) {
-    if (c.id == id) return json_response(200, c.snapshot);
+    if (c.id == id) {
+      AdminResponse resp;
+      resp.body = c.json + "\n";
+      return resp;
+    }
   }
   return error_response(404, "no session " + std::to_string(id) + " (active or among the last closed)");
 }

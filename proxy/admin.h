@@ -19,6 +19,7 @@ class Admin final : public AdminHandler {
   AdminResponse handle(const AdminRequest& request) override;
 
  private:
+  AdminResponse route(const AdminRequest& r);
   AdminResponse sessions(const AdminRequest& r);
   AdminResponse session(std::uint64_t id);
   AdminResponse action(const AdminRequest& r);

@@ -360,10 +360,10 @@ std::vector<const Listener*> Server::listeners() const {
   return out;
 }
 
-void Server::record_closed(std::uint64_t id, nlohmann::json snapshot) {
+void Server::record_closed(const nlohmann::json& snapshot) {
   const std::size_t keep = config_->admin.closed_sessions;
   if (keep == 0) return;
-  closed_.push_back({id, std::move(snapshot)});
+  closed_.push_back(ClosedSession::from(snapshot));
   while (closed_.size() > keep) closed_.pop_front();
 }
 
@@ -424,26 +424,46 @@ void Server::count_called_tsap(const std::string& display) {
   }
 }
 
+ClosedSession ClosedSession::from(const nlohmann::json& snapshot) {
+  ClosedSession c;
+  c.id = snapshot.value("id", std::uint64_t{0});
+  c.json = snapshot.dump();
+  auto text = [&](const char* k) {
+    const auto it = snapshot.find(k);
+    return it != snapshot.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  auto tsap = [&](const char* k, std::string& hex, std::string& ascii) {
+    const auto it = snapshot.find(k);
+    if (it == snapshot.end() || !it->is_object()) return;
+    if ((*it)["hex"].is_string()) hex = (*it)["hex"].get<std::string>();
+    if ((*it)["ascii"].is_string()) ascii = (*it)["ascii"].get<std::string>();
+  };
+  tsap("calling_tsap", c.calling_hex, c.calling_ascii);
+  tsap("called_tsap", c.called_hex, c.called_ascii);
+  c.client = text("client");
+  c.upstream = text("upstream");
+  return c;
+}
+
 bool ClosedSession::matches_tsap(std::string_view text) const {
-  for (const char* k : {"calling_tsap", "called_tsap"}) {
-    const auto& t = snapshot[k];
-    if (t.is_null()) continue;
-    std::string upper(text);
-    for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    if (t["hex"] == upper || (t["ascii"].is_string() && t["ascii"] == text)) return true;
+  std::string upper(text);
+  for (auto& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  for (const auto* t : {&calling_hex, &called_hex}) {
+    if (!t->empty() && *t == upper) return true;
+  }
+  for (const auto* t : {&calling_ascii, &called_ascii}) {
+    if (!t->empty() && *t == text) return true;
   }
   return false;
 }
 
 bool ClosedSession::matches_peer(std::string_view text) const {
-  for (const char* k : {"client", "upstream"}) {
-    const auto& v = snapshot[k];
-    if (!v.is_string()) continue;
-    const std::string a = v.get<std::string>();
-    const auto colon = a.rfind(':');
-    std::string host = colon == std::string::npos ? a : a.substr(0, colon);
+  for (const auto* a : {&client, &upstream}) {
+    if (a->empty()) continue;
+    const auto colon = a->rfind(':');
+    std::string host = colon == std::string::npos ? *a : a->substr(0, colon);
     if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-    if (a == text || host == text) return true;
+    if (*a == text || host == text) return true;
   }
   return false;
 }

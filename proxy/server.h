@@ -40,10 +40,15 @@ struct GlobalStats {
   std::map<std::string, std::uint64_t> sessions_by_called_tsap; // bounded by admin.metrics_tsap_labels
 };
 
-// A closed session as the admin endpoint keeps it: its final snapshot.
+// A closed session as the admin endpoint keeps it: its final snapshot as
+// JSON text (a parsed tree costs several times the memory, and /sessions
+// only ever prints it), plus what the filters match on.
 struct ClosedSession {
   std::uint64_t id = 0;
-  nlohmann::json snapshot;
+  std::string json;  // compact
+  std::string calling_hex, calling_ascii, called_hex, called_ascii;
+  std::string client, upstream;
+  static ClosedSession from(const nlohmann::json& snapshot);
   bool matches_tsap(std::string_view text) const;
   bool matches_peer(std::string_view text) const;
 };
@@ -86,7 +91,7 @@ class Server {
   std::size_t active_sessions() const { return sessions_.size(); }
   std::vector<const Listener*> listeners() const;
   const std::deque<ClosedSession>& closed_sessions() const { return closed_; }
-  void record_closed(std::uint64_t id, nlohmann::json snapshot);
+  void record_closed(const nlohmann::json& snapshot);
   // One JSON line per session at close, if [global] access_log is set.
   void access_log(const nlohmann::json& snapshot);
   void count_called_tsap(const std::string& display);

@@ -750,7 +750,7 @@ void Session::close(std::string reason, bool reset_peers) {
   {
     nlohmann::json snap = snapshot();
     server_.access_log(snap);
-    server_.record_closed(id_, std::move(snap));
+    server_.record_closed(snap);
   }
   if (ann_.called_tsap) server_.count_called_tsap(codec::tsap_text(*ann_.called_tsap).display());
   (void)was;

@@ -103,6 +103,12 @@ TEST_CASE("admin: counters move while a session streams; closed sessions keep re
   CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=NOPE").body)["sessions"].empty());
   CHECK(json::parse(http(*aport, "GET", "/sessions?peer=127.0.0.1").body)["sessions"].size() == 1);
   CHECK(http(*aport, "GET", "/sessions?state=sideways").status == 400);
+  // Compact JSON by default (one line), indented with ?pretty=1; the same document.
+  const std::string compact = http(*aport, "GET", "/stats").body;
+  const std::string pretty = http(*aport, "GET", "/stats?pretty=1").body;
+  CHECK(std::count(compact.begin(), compact.end(), '\n') == 1);
+  CHECK(pretty.find("\n  \"sessions\"") != std::string::npos);
+  CHECK(json::parse(pretty)["sessions"]["accepted"] == json::parse(compact)["sessions"]["accepted"]);
 
   // The client closes: the session is then listed as closed, with its reason.
   const auto id = json::parse(http(*aport, "GET", "/sessions").body)["sessions"][0]["id"].get<std::uint64_t>();
