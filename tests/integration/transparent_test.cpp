@@ -48,6 +48,7 @@ namespace {
 
 constexpr const char* kClientIp = "10.77.1.2";
 constexpr const char* kRouterServerSideIp = "10.77.2.1";
+constexpr const char* kRouterClientSideIp = "10.77.1.1";
 constexpr const char* kServer = "10.77.2.2:102";
 // Where the nft rule diverts new port-102 connections (tproxy-setup.sh's default).
 constexpr const char* kTproxyTarget = "127.0.0.1:10102";
@@ -370,4 +371,40 @@ TEST_CASE("transparent: source = client, the server sees the client's own addres
 TEST_CASE("transparent: source = fixed, the server sees source_address", "[transparent]") {
   run_scenario({std::string(R"(source = "fixed")") + "\nsource_address = \"" + kRouterServerSideIp + "\"",
                 kRouterServerSideIp});
+}
+
+TEST_CASE("transparent: a connection to the router's own address is refused once, not looped", "[transparent]") {
+  if (const std::string missing = missing_prerequisites(); !missing.empty()) {
+    if (required_here()) FAIL("transparent-mode test required but cannot run: missing " << missing);
+    WARN("transparent-mode test skipped: needs root and nft (missing: " << missing << ")");
+    return;
+  }
+  Namespaces net;
+  if (!net.ok()) {
+    if (required_here()) FAIL("namespace/TPROXY setup failed:\n" << tail(net.setup_log()));
+    WARN("transparent-mode test skipped: the namespace/TPROXY setup failed:\n" << tail(net.setup_log()));
+    return;
+  }
+  // On 0.0.0.0 the listener also takes what the rule diverts to the router's
+  // own addresses (the recipe without "fib daddr type local return").
+  TempConfig cfg("[admin]\nlisten = \"off\"\n\n[[listener]]\nname = \"intercept\"\nlisten = [\"0.0.0.0:10102\"]\n"
+                 "transparent = true\nsource = \"client\"\n");
+  BackgroundProcess proxy(net.in(net.router(), {isoproxy_binary(), "run", "-c", cfg.path()}));
+  REQUIRE(proxy.started());
+  REQUIRE(proxy.wait_for_line(Out::kErr, std::regex(R"(listening on 0\.0\.0\.0:10102)")));
+  const std::vector<std::string> to_router = {peer_binary(), "connect", "--to", std::string(kRouterClientSideIp) + ":102",
+                                              "--timeout", "5s"};
+  const auto r = t::run_process(net.in(net.client(), to_router), {}, std::chrono::seconds(30));
+  INFO("client to the router:\n" << r.out << r.err);
+  INFO("isoproxy:\n" << proxy.text(Out::kErr));
+  CHECK(r.exit_code != 0);
+  const auto loop = proxy.wait_for_line(Out::kErr, std::regex(R"(\[S1\] close reason="transparent-loop: 10\.77\.1\.1:102 )"));
+  REQUIRE(loop);
+  CHECK(loop->find("fib daddr type local return") != std::string::npos);
+  CHECK(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit() == 0);
+  // One session in all: isoproxy never dialled itself.
+  CHECK(proxy.count_lines(Out::kErr, std::regex(R"(\[S2\] )")) == 0);
+  CHECK(proxy.wait_for_line(Out::kErr, std::regex(R"(stopped: 1 sessions served.*close_reasons=transparent-loop=1)")));
+  CHECK(net.teardown());
 }
