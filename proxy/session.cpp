@@ -790,12 +790,23 @@ void Session::count(std::string_view filter, std::string_view action, std::uint6
 }
 
 void Session::inject(filters::Direction toward, std::vector<std::uint8_t> frame) {
+  // A DR isoproxy sends itself (no route, ACL) is the session's DR: the close
+  // line and the stats name it, from "isoproxy".
+  if (auto f = codec::decode_frame(codec::Bytes(frame.data(), frame.size())); f && f->tpdu.type == codec::TpduType::kDR && f->tpdu.reason) {
+    ann_.dr_reason = *f->tpdu.reason;
+    dr_injected_ = true;
+  }
   injected_.emplace_back(toward, std::move(frame));
 }
 
 void Session::end_session(std::string reason) { pending_close_reason_ = std::move(reason); }
 
 void Session::log(std::string_view message) { spdlog::info("[S{}] {}", id_, message); }
+
+const char* Session::dr_from_text() const {
+  if (dr_injected_) return "isoproxy";
+  return ann_.dr_from == filters::Direction::kToClient ? "upstream" : "client";
+}
 
 std::string Session::close_line() const {
   std::string s = "reason=" + log::quote(close_reason_);
@@ -833,7 +844,7 @@ std::string Session::close_line() const {
     const auto n = codec::dr_reason_name(*ann_.dr_reason);
     char hex[8];
     std::snprintf(hex, sizeof hex, "0x%02X", *ann_.dr_reason);
-    s += std::string(" dr=") + hex + " dr_from=" + (ann_.dr_from == filters::Direction::kToClient ? "upstream" : "client") +
+    s += std::string(" dr=") + hex + " dr_from=" + dr_from_text() +
          " dr_reason=" + log::quote(n ? *n : "unknown");
   }
   if (ann_.er_cause) {
@@ -922,7 +933,7 @@ nlohmann::json Session::snapshot() const {
     const auto n = codec::dr_reason_name(*ann_.dr_reason);
     j["dr"] = {{"reason", *ann_.dr_reason},
                {"name", n ? json(*n) : json(nullptr)},
-               {"from", ann_.dr_from == filters::Direction::kToClient ? "upstream" : "client"}};
+               {"from", dr_from_text()}};
   } else {
     j["dr"] = nullptr;
   }
