@@ -4,6 +4,7 @@
 
 #include "conf/loader.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 
 namespace isoproxy {
@@ -25,6 +26,10 @@ int run_daemon(const std::string& config_path) {
     server.run();  // lets the handles opened so far close
     return 1;
   }
+  // Listeners and admin endpoint are bound: the service manager may start
+  // what depends on us.
+  notify::ready("serving " + std::to_string(config->listeners.size()) + " listener" +
+                (config->listeners.size() == 1 ? "" : "s"));
   return server.run();
 }
 

@@ -95,6 +95,7 @@ class Server {
   void on_signal(int signum);
   void begin_drain();
   void reload();
+  void reopen_access_log();  // SIGUSR1, after logrotate renamed the file
   void maybe_stop();
   void schedule_reap();
   Status<> apply(std::shared_ptr<const conf::Config> config, bool initial);
@@ -105,7 +106,7 @@ class Server {
   std::vector<std::unique_ptr<Listener>> stopping_listeners_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Session>> sessions_;
   std::vector<std::unique_ptr<Session>> finished_;  // destroyed outside their callbacks
-  uv_signal_t sigterm_{}, sigint_{}, sighup_{};
+  uv_signal_t sigterm_{}, sigint_{}, sighup_{}, sigusr1_{};
   uv_timer_t drain_timer_{};
   uv_idle_t reaper_{};  // destroys finished sessions outside their own callbacks
   bool reaper_active_ = false;
