@@ -90,6 +90,8 @@ class Server {
   void access_log(const nlohmann::json& snapshot);
   void count_called_tsap(const std::string& display);
   void request_reload() { reload(); }
+  // Stops serving as SIGTERM does (run() then returns once drained).
+  void shutdown() { begin_drain(); }
 
  private:
   void on_signal(int signum);
