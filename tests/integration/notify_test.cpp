@@ -14,15 +14,18 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <regex>
 #include <string>
 
 #include "support/peers.h"
+#include "support/process.h"
 #include "support/proxy_process.h"
 
 using namespace isoproxy::test;
 using namespace std::chrono_literals;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -225,4 +228,58 @@ TEST_CASE("sd_notify: an unreachable NOTIFY_SOCKET is logged and the relay serve
   CHECK(c.recv_exact(dt.size(), 5s) == dt);
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
+}
+
+namespace {
+
+// Runs isoproxy with $JOURNAL_STREAM naming its own standard error, as
+// systemd does when StandardError=journal: a shell reads the pipe's
+// device:inode and execs the binary in its place.
+std::vector<std::string> as_journal_stream(std::vector<std::string> args) {
+  std::vector<std::string> argv = {"/bin/sh", "-c",
+                                   "JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) && export JOURNAL_STREAM && "
+                                   "exec \"$@\"",
+                                   "sh", ProxyProcess::default_binary()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+}  // namespace
+
+TEST_CASE("journald: lines carry their syslog priority and no timestamp when stderr is the journal",
+          "[notify][journal][integration]") {
+  // An error: the configuration cannot be read.
+  auto bad = run_process(as_journal_stream({"run", "-c", "/nonexistent/isoproxy.toml"}), "", 20s);
+  INFO(bad.err);
+  CHECK(bad.exit_code == 1);
+  CHECK(bad.err.rfind("<3>error /nonexistent/isoproxy.toml: cannot read: No such file or directory\n", 0) == 0);
+
+  // Info and warning lines of a running proxy.
+  const auto dir = fs::temp_directory_path() / ("isoproxy-journal-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const auto file = dir / "isoproxy.toml";
+  {
+    std::ofstream(file) << "[admin]\nlisten = \"off\"\n[[listener]]\nname = \"j\"\nlisten = \"127.0.0.1:0\"\n"
+                           "upstream = \"127.0.0.1:9\"\n";
+  }
+  BackgroundProcess proxy(as_journal_stream({"run", "-c", file.string()}),
+                          {"NOTIFY_SOCKET=/nonexistent/isoproxy-notify.sock"});
+  REQUIRE(proxy.started());
+  using Err = BackgroundProcess::Stream;
+  CHECK(proxy.wait_for_line(Err::kErr, std::regex(R"(^<6>info listening on 127\.0\.0\.1:\d+ \(listener j\)$)"), 10s));
+  CHECK(proxy.wait_for_line(Err::kErr, std::regex(R"(^<4>warning sd_notify: No such file or directory$)"), 10s));
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+  for (const auto& line : proxy.lines(Err::kErr)) {
+    INFO(line);
+    CHECK(std::regex_search(line, std::regex(R"(^<[2-7]>(debug|info|warning|error|critical) )")));
+  }
+
+  // A JOURNAL_STREAM that is not our stderr (a child of the service writing
+  // elsewhere) keeps the timestamps.
+  auto other = run_process({"/usr/bin/env", "JOURNAL_STREAM=1:1", ProxyProcess::default_binary(), "run", "-c",
+                            "/nonexistent/isoproxy.toml"},
+                           "", 20s);
+  CHECK(std::regex_search(other.err, std::regex(R"(^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} error /nonexistent)")));
+  fs::remove_all(dir);
 }
