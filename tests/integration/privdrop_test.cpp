@@ -312,3 +312,30 @@ TEST_CASE("run --user: refused clearly before anything is bound", "[privdrop][in
   }
   fs::remove_all(config_dir);
 }
+
+TEST_CASE("run --user: a drop that fails serves nothing and exits 1", "[privdrop][integration]") {
+  if (const auto why = cannot_run(); !why.empty()) {
+    WARN("privilege-drop test skipped: " + why);
+    return;
+  }
+  if (!on_path("setpriv")) {
+    WARN("setpriv (util-linux) missing: the failed-drop test is skipped");
+    return;
+  }
+  const std::string dir = (fs::temp_directory_path() / ("isoproxy-dropfail-" + std::to_string(::getpid()))).string();
+  fs::create_directories(dir);
+  const std::string file = dir + "/isoproxy.toml";
+  { std::ofstream(file) << "[admin]\nlisten = \"off\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:9\"\n"; }
+  // Root without CAP_SETPCAP (a container may start it so) cannot reduce the
+  // bounding set: the drop fails after binding, and the proxy must not serve.
+  auto r = run_process({"/usr/bin/setpriv", "--bounding-set=-setpcap", ISOPROXY_BINARY, "run", "-c", file, "--user",
+                        "nobody"},
+                       "", 20s);
+  INFO(r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(std::regex_search(r.err, std::regex("error cannot drop privileges: removing cap_\\w+ from the bounding set: "
+                                            "Operation not permitted\n")));
+  CHECK(r.err.find("running as user") == std::string::npos);
+  CHECK(r.err.find("stopped: 0 sessions served") != std::string::npos);
+  fs::remove_all(dir);
+}
