@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -44,7 +45,11 @@ std::uint64_t mask_of(const std::vector<Capability>& caps) {
 std::optional<std::uint64_t> cap_field(const std::string& text, const std::string& name) {
   const auto at = text.find("\n" + name + ":\t");
   if (at == std::string::npos) return std::nullopt;
-  return std::stoull(text.substr(at + name.size() + 3, 16), nullptr, 16);
+  const std::string hex = text.substr(at + name.size() + 3, 16);
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(hex.c_str(), &end, 16);
+  if (hex.size() != 16 || end != hex.c_str() + hex.size()) return std::nullopt;
+  return v;
 }
 
 // What the kernel says every thread now holds, compared with the plan.
