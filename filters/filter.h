@@ -129,6 +129,10 @@ class FilterFactory {
   // True for a filter that chooses the upstream (set_route): the session then
   // connects only once the CR has been read.
   virtual bool routes() const { return false; }
+  // True for a filter that may connect upstream from the client's own address
+  // (source = "client": IP_TRANSPARENT, which needs CAP_NET_ADMIN), so that
+  // `run --user` keeps that capability.
+  virtual bool uses_client_source() const { return false; }
   // The effective settings as TOML lines ("key = value\n"), defaults
   // included, for `isoproxy check --verbose`.
   virtual std::string settings_toml() const = 0;

@@ -96,6 +96,12 @@ class TsapRouteFactory final : public FilterFactory {
   std::unique_ptr<Filter> create() const override { return std::make_unique<TsapRoute>(name(), s_); }
   bool needs_data_phase() const override { return false; }
   bool routes() const override { return true; }
+  bool uses_client_source() const override {
+    for (const auto& r : s_.routes) {
+      if (r.source && r.source->mode == conf::SourceMode::kClient) return true;
+    }
+    return false;
+  }
   std::string settings_toml() const override {
     std::string out;
     if (s_.fallback) out += "default = \"" + s_.fallback->text + "\"\n";

@@ -15,6 +15,7 @@ test_pkgs=(
   clang-14 libfuzzer-14-dev libclang-rt-14-dev
   tshark iproute2 nftables procps
   chromium openssl prometheus
+  lintian logrotate man-db groff-base
 )
 
 want=("${build_pkgs[@]}")

@@ -1,4 +1,5 @@
-// Logging: spdlog to standard error (journald collects it under systemd).
+// Logging: spdlog to standard error (journald collects it under systemd;
+// there each line starts with its syslog priority instead of a timestamp).
 // Levels are checked before formatting (spdlog does this for its macros and
 // functions); session lines are prefixed with [S<id>].
 #pragma once

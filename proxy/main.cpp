@@ -17,8 +17,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   std::string run_config;
+  std::string run_user;
   auto* run = app.add_subcommand("run", "Run the proxy in the foreground (logs to standard error)");
   run->add_option("-c,--config", run_config, "Configuration file (TOML)")->required();
+  run->add_option("-u,--user", run_user,
+                  "Started as root: bind, then run as this user, keeping only the capabilities the configuration needs");
 
   std::string check_config;
   bool check_verbose = false;
@@ -45,7 +48,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  if (run->parsed()) return isoproxy::run_daemon(run_config);
+  if (run->parsed()) return isoproxy::run_daemon(run_config, run_user);
   if (check->parsed()) return isoproxy::run_check(check_config, check_verbose, std::cout, std::cerr);
   if (decode->parsed()) {
     if (dec.hex.size() == 1 && dec.hex[0] == "-") {

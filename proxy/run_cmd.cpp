@@ -1,15 +1,63 @@
 #include "run_cmd.h"
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <memory>
+#include <optional>
 
 #include "conf/loader.h"
 #include "log.h"
+#include "notify.h"
+#include "privdrop.h"
 #include "server.h"
 
 namespace isoproxy {
 
-int run_daemon(const std::string& config_path) {
+namespace {
+
+// Becomes the --user account once everything is bound. What the account will
+// need later (reading the config on SIGHUP, reopening the access log on
+// SIGUSR1, replacing its admin socket) is checked now, as that user.
+Status<> become(const privdrop::Account& account, const conf::Config& config) {
+  if (config.admin.enabled && config.admin.listen.rfind("unix:", 0) == 0) {
+    const std::string path = config.admin.listen.substr(5);
+    if (::chown(path.c_str(), account.uid, account.gid) != 0) {
+      spdlog::warn("admin socket {}: chown to {}: {}", path, account.name, std::strerror(errno));
+    }
+  }
+  const auto caps = privdrop::needed_capabilities(config);
+  if (auto ok = privdrop::drop(account, caps); !ok) return ok;
+  spdlog::info("running as user {} (uid {}, gid {}); capabilities kept: {}", account.name, account.uid, account.gid,
+               privdrop::names(caps));
+  if (::access(config.path.c_str(), R_OK) != 0) {
+    spdlog::warn("{} is not readable by user {} ({}): a reload (SIGHUP) will fail", config.path, account.name,
+                 std::strerror(errno));
+  }
+  const std::string& log = config.global.access_log;
+  if (log != "off" && log != "stderr" && ::access(log.c_str(), W_OK) != 0) {
+    spdlog::warn("access_log {} is not writable by user {} ({}): reopening it (SIGUSR1) will fail", log, account.name,
+                 std::strerror(errno));
+  }
+  return Ok{};
+}
+
+}  // namespace
+
+int run_daemon(const std::string& config_path, const std::string& user) {
   log::init("info");
+  // The account is looked up first, so that a typo or a missing root fails
+  // before anything is bound.
+  std::optional<privdrop::Account> account;
+  if (!user.empty()) {
+    auto found = privdrop::prepare(user);
+    if (!found) {
+      spdlog::error("{}; not starting", found.error().message);
+      return 1;
+    }
+    account = *found;
+  }
   auto loaded = conf::load_config_file(config_path);
   if (!loaded) {
     for (const auto& e : loaded.error()) spdlog::error("{}", e.to_string());
@@ -20,11 +68,19 @@ int run_daemon(const std::string& config_path) {
   log::set_level(config->global.log_level);
   Server server(config);
   auto ok = server.start();
+  if (ok && account) {
+    ok = become(*account, *config);
+    if (!ok) server.shutdown();  // nothing is served with privileges half dropped
+  }
   if (!ok) {
     spdlog::error("{}", ok.error().message);
     server.run();  // lets the handles opened so far close
     return 1;
   }
+  // Listeners and admin endpoint are bound: the service manager may start
+  // what depends on us.
+  notify::ready("serving " + std::to_string(config->listeners.size()) + " listener" +
+                (config->listeners.size() == 1 ? "" : "s"));
   return server.run();
 }
 

@@ -11,6 +11,7 @@
 
 #include "conf/loader.h"
 #include "log.h"
+#include "notify.h"
 #include "upstream.h"
 
 namespace isoproxy {
@@ -129,7 +130,9 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
   dns.ttl_ms = static_cast<std::uint64_t>(config_->global.reverse_dns_ttl.count());
   dns.failure_ttl_ms = static_cast<std::uint64_t>(config_->global.reverse_dns_failure_ttl.count());
   rdns_.configure(dns);
-  check_source_names();
+  // From the loop, not now: start() runs before `--user` drops privileges,
+  // and a lookup would start libuv's thread pool with root's capabilities.
+  uv_timer_start(&dns_check_timer_, [](uv_timer_t* t) noexcept { static_cast<Server*>(t->data)->check_source_names(); }, 0, 0);
   return Ok{};
 }
 
@@ -137,7 +140,7 @@ void Server::check_source_names() {
   // A receiver that finds the connector for an incoming connection by the
   // caller's host name refuses a source IP without one: say so at start-up,
   // not at 3 a.m. Asynchronous; the answer is logged when it comes.
-  if (!config_->global.reverse_dns) return;
+  if (!config_->global.reverse_dns || draining_) return;
   std::set<std::string> seen;
   for (const auto& l : config_->listeners) {
     if (l.source.mode != conf::SourceMode::kFixed || !l.source.address) continue;
@@ -174,7 +177,10 @@ Status<> Server::start() {
   reaper_.data = this;
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
-  for (auto [sig, h] : {std::pair{SIGTERM, &sigterm_}, std::pair{SIGINT, &sigint_}, std::pair{SIGHUP, &sighup_}}) {
+  uv_timer_init(&loop_, &dns_check_timer_);
+  dns_check_timer_.data = this;
+  for (auto [sig, h] : {std::pair{SIGTERM, &sigterm_}, std::pair{SIGINT, &sigint_}, std::pair{SIGHUP, &sighup_},
+                        std::pair{SIGUSR1, &sigusr1_}}) {
     uv_signal_init(&loop_, h);
     h->data = this;
     uv_signal_start(h, [](uv_signal_t* s, int signum) noexcept { static_cast<Server*>(s->data)->on_signal(signum); }, sig);
@@ -270,6 +276,10 @@ void Server::on_signal(int signum) {
     reload();
     return;
   }
+  if (signum == SIGUSR1) {
+    reopen_access_log();
+    return;
+  }
   if (draining_) {
     spdlog::warn("{} again: closing {} sessions now", signum == SIGINT ? "SIGINT" : "SIGTERM", sessions_.size());
     std::vector<Session*> all;
@@ -286,6 +296,7 @@ void Server::begin_drain() {
   if (draining_) return;
   draining_ = true;
   rdns_.shutdown();
+  notify::stopping("draining " + std::to_string(sessions_.size()) + (sessions_.size() == 1 ? " session" : " sessions"));
   if (admin_http_) admin_http_->stop();
   for (auto& l : listeners_) {
     l->stop();
@@ -316,7 +327,8 @@ void Server::maybe_stop() {
   }
   // Nothing is left to serve: close our own handles and let the loop end.
   for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
-                         reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&drain_timer_),
+                         reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&sigusr1_),
+                         reinterpret_cast<uv_handle_t*>(&drain_timer_), reinterpret_cast<uv_handle_t*>(&dns_check_timer_),
                          reinterpret_cast<uv_handle_t*>(&reaper_)}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }
@@ -324,6 +336,10 @@ void Server::maybe_stop() {
 
 void Server::reload() {
   spdlog::info("SIGHUP: reloading {}", config_->path);
+  // RELOADING=1 now and READY=1 however the reload ends.
+  const notify::Reload reloading("reloading " + config_->path, [this] {
+    return "serving " + std::to_string(listeners_.size()) + " listener" + (listeners_.size() == 1 ? "" : "s");
+  });
   auto loaded = conf::load_config_file(config_->path);
   if (!loaded) {
     for (const auto& e : loaded.error()) spdlog::error("reload: {}", e.to_string());
@@ -339,6 +355,23 @@ void Server::reload() {
   }
   spdlog::info("reloaded {}: {} listener{}; established sessions keep their configuration", config_->path,
                listeners_.size(), listeners_.size() == 1 ? "" : "s");
+}
+
+void Server::reopen_access_log() {
+  if (access_log_ == nullptr || access_log_ == stderr) {
+    spdlog::info("SIGUSR1: no access-log file to reopen (access_log = \"{}\")", access_log_path_.empty() ? "off" : access_log_path_);
+    return;
+  }
+  // The new file first: if it cannot be opened, lines keep going to the old one.
+  std::FILE* file = std::fopen(access_log_path_.c_str(), "ae");
+  if (file == nullptr) {
+    spdlog::error("SIGUSR1: cannot reopen access_log {}: {}; still writing to the file opened before",
+                  access_log_path_, std::strerror(errno));
+    return;
+  }
+  std::fclose(access_log_);
+  access_log_ = file;
+  spdlog::info("SIGUSR1: reopened access log {}", access_log_path_);
 }
 
 std::vector<Session*> Server::sessions_in_order() {

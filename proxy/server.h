@@ -97,11 +97,14 @@ class Server {
   void count_called_tsap(const std::string& display);
   void request_reload() { reload(); }
   ReverseDns& rdns() { return rdns_; }
+  // Stops serving as SIGTERM does (run() then returns once drained).
+  void shutdown() { begin_drain(); }
 
  private:
   void on_signal(int signum);
   void begin_drain();
   void reload();
+  void reopen_access_log();  // SIGUSR1, after logrotate renamed the file
   void maybe_stop();
   void schedule_reap();
   void check_source_names();
@@ -114,8 +117,9 @@ class Server {
   std::vector<std::unique_ptr<Listener>> stopping_listeners_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Session>> sessions_;
   std::vector<std::unique_ptr<Session>> finished_;  // destroyed outside their callbacks
-  uv_signal_t sigterm_{}, sigint_{}, sighup_{};
+  uv_signal_t sigterm_{}, sigint_{}, sighup_{}, sigusr1_{};
   uv_timer_t drain_timer_{};
+  uv_timer_t dns_check_timer_{};  // the start-up PTR check runs from the loop
   uv_idle_t reaper_{};  // destroys finished sessions outside their own callbacks
   bool reaper_active_ = false;
   bool draining_ = false;

@@ -24,6 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -130,7 +131,12 @@ class BackgroundProcess {
   enum class Stream : std::uint8_t { kOut, kErr };
 
   // argv[0] is a path (no PATH search). Standard input is /dev/null. Check started().
-  explicit BackgroundProcess(std::vector<std::string> argv) : argv_(std::move(argv)) { spawn(); }
+  // `extra_env` ("NAME=value") is added to this process's environment, replacing
+  // a variable of the same name.
+  explicit BackgroundProcess(std::vector<std::string> argv, std::vector<std::string> extra_env = {})
+      : argv_(std::move(argv)), extra_env_(std::move(extra_env)) {
+    spawn();
+  }
   BackgroundProcess(const BackgroundProcess&) = delete;
   BackgroundProcess& operator=(const BackgroundProcess&) = delete;
 
@@ -285,8 +291,19 @@ class BackgroundProcess {
     std::vector<char*> args;
     for (const auto& a : argv_) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
+    std::vector<char*> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string_view var(*e);
+      const bool replaced = std::any_of(extra_env_.begin(), extra_env_.end(), [&](const std::string& x) {
+        const auto eq = x.find('=');
+        return var.substr(0, var.find('=')) == std::string_view(x).substr(0, eq);
+      });
+      if (!replaced) env.push_back(*e);
+    }
+    for (auto& x : extra_env_) env.push_back(x.data());
+    env.push_back(nullptr);
     pid_t pid = -1;
-    const int rc = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
+    const int rc = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), env.data());
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     ::close(out_pipe[1]);
@@ -377,6 +394,7 @@ class BackgroundProcess {
   }
 
   std::vector<std::string> argv_;
+  std::vector<std::string> extra_env_;
   std::string spawn_error_;
   pid_t pid_ = -1;
   int out_fd_ = -1;
@@ -414,7 +432,7 @@ class ProxyProcess {
   }
 
   explicit ProxyProcess(const std::string& toml, std::vector<std::string> extra_args = {},
-                        std::string binary = default_binary()) {
+                        std::string binary = default_binary(), std::vector<std::string> extra_env = {}) {
     std::string tmpl = (std::filesystem::temp_directory_path() / "isoproxy-test-XXXXXX").string();
     if (::mkdtemp(tmpl.data()) == nullptr) {
       error_ = std::string("mkdtemp: ") + std::strerror(errno);
@@ -429,7 +447,7 @@ class ProxyProcess {
     }
     std::vector<std::string> argv = {std::move(binary), "run", "-c", config_.string()};
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
-    proc_ = std::make_unique<BackgroundProcess>(std::move(argv));
+    proc_ = std::make_unique<BackgroundProcess>(std::move(argv), std::move(extra_env));
     if (!proc_->started()) error_ = proc_->spawn_error();
   }
   ProxyProcess(const ProxyProcess&) = delete;

@@ -1,0 +1,138 @@
+// SIGUSR1 reopens the access-log file, as logrotate's postrotate does it:
+// the file is renamed, the signal sent, and the next lines land in a new
+// file of the configured name while the renamed one keeps what it had.
+#include <signal.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "support/peers.h"
+#include "support/proxy_process.h"
+
+using namespace isoproxy::test;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<nlohmann::json> read_lines(const fs::path& file) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(file);
+  for (std::string l; std::getline(in, l);) out.push_back(nlohmann::json::parse(l));
+  return out;
+}
+
+// One session with a calling TSAP of our choice; returns once it is logged closed.
+void one_session(ProxyProcess& proxy, std::uint16_t port, const std::string& calling, std::size_t closed_so_far) {
+  Conn c = connect_to("127.0.0.1", port);
+  REQUIRE(c.valid());
+  REQUIRE(c.send_all(make_cr(calling, "EXCHANGETSAP1")));
+  REQUIRE(c.recv_frame(5s));
+  c.close();
+  REQUIRE(proxy.wait_for_lines(std::regex("close reason="), closed_so_far + 1, 10s));
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "isoproxy-rotate-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) != nullptr) path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path.empty()) fs::remove_all(path, ec);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("SIGUSR1 reopens the access log after it was renamed", "[access-log][logrotate][integration]") {
+  TestServer up(responder_handler());
+  REQUIRE(up.ok());
+  TempDir dir;
+  REQUIRE(!dir.path.empty());
+  const fs::path log = dir.path / "access.log";
+  ProxyProcess proxy("[global]\naccess_log = \"" + log.string() +
+                     "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  auto port = proxy.listen_port("r", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+
+  one_session(proxy, *port, "BEFORE", 0);
+  // logrotate: rename, then signal.
+  const fs::path rotated = dir.path / "access.log.1";
+  fs::rename(log, rotated);
+  one_session(proxy, *port, "STILLOLD", 1);  // before the signal: still the old (renamed) file
+  REQUIRE(proxy.signal(SIGUSR1));
+  REQUIRE(proxy.wait_for_line(std::regex("SIGUSR1: reopened access log " + log.string()), 10s));
+  REQUIRE(fs::exists(log));
+  one_session(proxy, *port, "AFTER1", 2);
+  one_session(proxy, *port, "AFTER2", 3);
+  // Read once the process is gone: the line is written just after the close line.
+  REQUIRE(proxy.signal(SIGTERM));
+  REQUIRE(proxy.wait_exit(10s) == 0);
+
+  const auto old_lines = read_lines(rotated);
+  REQUIRE(old_lines.size() == 2);
+  CHECK(old_lines[0]["calling_tsap"]["ascii"] == "BEFORE");
+  CHECK(old_lines[1]["calling_tsap"]["ascii"] == "STILLOLD");
+  const auto new_lines = read_lines(log);
+  REQUIRE(new_lines.size() == 2);
+  CHECK(new_lines[0]["calling_tsap"]["ascii"] == "AFTER1");
+  CHECK(new_lines[1]["calling_tsap"]["ascii"] == "AFTER2");
+}
+
+TEST_CASE("SIGUSR1: a log that cannot be reopened keeps the old file", "[access-log][logrotate][integration]") {
+  TestServer up(responder_handler());
+  REQUIRE(up.ok());
+  TempDir dir;
+  REQUIRE(!dir.path.empty());
+  fs::create_directories(dir.path / "logs");
+  const fs::path log = dir.path / "logs" / "access.log";
+  ProxyProcess proxy("[global]\naccess_log = \"" + log.string() +
+                     "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  auto port = proxy.listen_port("r", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  one_session(proxy, *port, "FIRST", 0);
+  // The whole directory moves away: the configured path cannot be created.
+  fs::rename(dir.path / "logs", dir.path / "moved");
+  REQUIRE(proxy.signal(SIGUSR1));
+  REQUIRE(proxy.wait_for_line(
+      std::regex("SIGUSR1: cannot reopen access_log " + log.string() +
+                 ": No such file or directory; still writing to the file opened before"),
+      10s));
+  one_session(proxy, *port, "SECOND", 1);
+  REQUIRE(proxy.signal(SIGTERM));
+  REQUIRE(proxy.wait_exit(10s) == 0);
+  const auto lines = read_lines(dir.path / "moved" / "access.log");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[1]["calling_tsap"]["ascii"] == "SECOND");
+  CHECK_FALSE(fs::exists(log));
+}
+
+TEST_CASE("SIGUSR1 without an access-log file changes nothing", "[access-log][logrotate][integration]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\n");
+  auto port = proxy.listen_port("r", 10s);
+  REQUIRE(port);
+  REQUIRE(proxy.signal(SIGUSR1));
+  CHECK(proxy.wait_for_line(std::regex("SIGUSR1: no access-log file to reopen \\(access_log = \"off\"\\)"), 10s));
+  Conn c = connect_to("127.0.0.1", *port);
+  REQUIRE(c.valid());
+  const ByteVec dt = make_dt("still relaying");
+  REQUIRE(c.send_all(dt));
+  CHECK(c.recv_exact(dt.size(), 5s) == dt);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
