@@ -144,7 +144,10 @@ TEST_CASE("run --user: binds port 102 as root, serves as the user with CAP_NET_B
   const std::string ip = free_port_102();
   REQUIRE(!ip.empty());
   const std::string upstream = "upstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n";
-  const std::string first = "[[listener]]\nname = \"mta\"\nlisten = \"" + ip + ":102\"\n" + upstream;
+  // A fixed source: its start-up PTR check runs on libuv's thread pool,
+  // whose threads must start after the drop (each thread has its own sets).
+  const std::string first = "[[listener]]\nname = \"mta\"\nlisten = \"" + ip + ":102\"\n" + upstream +
+                            "source = \"fixed\"\nsource_address = \"127.0.0.1\"\n";
   ProxyProcess proxy(first, {"--user", "nobody"});
   REQUIRE(proxy.started());
   let_user_read(proxy);
@@ -154,6 +157,7 @@ TEST_CASE("run --user: binds port 102 as root, serves as the user with CAP_NET_B
                                          "\\); capabilities kept: cap_net_bind_service \\(listener mta on " + ip +
                                          ":102\\)"),
                               10s));
+  REQUIRE(proxy.wait_for_line(std::regex("source_address 127\\.0\\.0\\.1 (is|has no)"), 10s));
   check_credentials(proxy.pid(), user, kNetBindService);
   relays(ip, 102, "relayed by nobody on port 102");
 
