@@ -6,6 +6,7 @@
 #include "check_cmd.h"
 #include "decode_cmd.h"
 #include "run_cmd.h"
+#include "stats_cmd.h"
 
 #ifndef ISOPROXY_VERSION
 #define ISOPROXY_VERSION "0.0.0"
@@ -40,6 +41,20 @@ int main(int argc, char** argv) {
   decode->add_option("--pcap", dec.pcap, "Decode both directions of every TPKT stream in a capture (pcap or pcapng)");
   decode->add_option("--port", dec.port, "TCP port of the RFC 1006 streams in the capture")->default_val(102);
 
+  isoproxy::StatsCmdOptions st;
+  auto* stats = app.add_subcommand("stats", "Show the running proxy's sessions and totals, from its admin endpoint");
+  auto* st_admin = stats->add_option("--admin", st.admin, "Admin endpoint: HOST:PORT, [IPV6]:PORT or unix:/PATH (default 127.0.0.1:9102)")->type_name("ADDR");
+  stats->add_option("-c,--config", st.config, "Read the admin endpoint's address from this configuration file ([admin] listen)")->type_name("FILE")->excludes(st_admin);
+  stats->add_flag("--json", st.json, "Print the sessions and totals as one JSON document, for scripts");
+  auto* st_watch = stats->add_option("--watch", st.watch_interval, "Redraw every SECONDS (0.2..3600, default 2) until SIGINT or SIGTERM")->type_name("[SECONDS]")->expected(0, 1);
+  stats->add_option("--count", st.count, "With --watch: stop after N refreshes")->type_name("N")->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1000000000}));
+  stats->add_flag("--closed", st.closed, "Show the recently closed sessions too, with close reason and DR");
+  stats->add_option("--state", st.state, "Only sessions in this state")->type_name("STATE")->check(CLI::IsMember({"connecting", "awaiting-cc", "established", "draining", "closed"}));
+  stats->add_option("--tsap", st.tsap, "Only sessions with this calling or called TSAP (ASCII, or hex)")->type_name("TSAP");
+  stats->add_option("--peer", st.peer, "Only sessions with this client or upstream (IP or IP:PORT)")->type_name("IP[:PORT]");
+  stats->add_option("--timeout", st.timeout_s, "Seconds to connect, and to receive each answer (0.1..600)")->type_name("SECONDS")->default_val(5.0);
+  stats->add_option("--width", st.width, "Output width in columns, 0 for unlimited (default: the terminal's, else $COLUMNS, else 80)")->type_name("N");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -50,6 +65,10 @@ int main(int argc, char** argv) {
 
   if (run->parsed()) return isoproxy::run_daemon(run_config, run_user);
   if (check->parsed()) return isoproxy::run_check(check_config, check_verbose, std::cout, std::cerr);
+  if (stats->parsed()) {
+    st.watch = st_watch->count() > 0;
+    return isoproxy::run_stats(st, std::cout, std::cerr);
+  }
   if (decode->parsed()) {
     if (dec.hex.size() == 1 && dec.hex[0] == "-") {
       dec.hex.clear();
