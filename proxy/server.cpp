@@ -406,7 +406,7 @@ void Server::access_log(const nlohmann::json& snapshot) {
     return;
   }
   if (!access_log_) return;
-  const std::string line = snapshot.dump() + "\n";
+  const std::string line = snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   // One write per line, flushed, so that a line is never split between writers.
   if (std::fwrite(line.data(), 1, line.size(), access_log_) != line.size() || std::fflush(access_log_) != 0) {
     spdlog::warn("access log {}: write failed: {}", access_log_path_, std::strerror(errno));
@@ -427,7 +427,7 @@ void Server::journal_access_log(const nlohmann::json& snapshot) {
     const auto& a = (*it)["ascii"];
     return a.is_string() ? a.get<std::string>() : (*it)["hex"].get<std::string>();
   };
-  const std::string message = snapshot.dump();
+  const std::string message = snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   const int r = sd_journal_send("MESSAGE=%s", message.c_str(), "PRIORITY=6", "SYSLOG_IDENTIFIER=isoproxy-access",
                                 "ISOPROXY_SESSION=%s", text("id").c_str(), "ISOPROXY_LISTENER=%s", text("listener").c_str(),
                                 "ISOPROXY_CLIENT=%s", text("client").c_str(), "ISOPROXY_UPSTREAM=%s", text("upstream").c_str(),
@@ -460,7 +460,7 @@ void Server::count_called_tsap(const std::string& display) {
 ClosedSession ClosedSession::from(const nlohmann::json& snapshot) {
   ClosedSession c;
   c.id = snapshot.value("id", std::uint64_t{0});
-  c.json = snapshot.dump();
+  c.json = snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   auto text = [&](const char* k) {
     const auto it = snapshot.find(k);
     return it != snapshot.end() && it->is_string() ? it->get<std::string>() : std::string();

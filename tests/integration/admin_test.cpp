@@ -126,6 +126,9 @@ TEST_CASE("admin: counters move while a session streams; closed sessions keep re
   REQUIRE(one.status == 200);
   CHECK(json::parse(one.body)["id"] == id);
   CHECK(http(*aport, "GET", "/sessions/999999").status == 404);
+  // closed=1 adds the closed sessions, but not to a list of another state.
+  CHECK(json::parse(http(*aport, "GET", "/sessions?closed=1").body)["sessions"].size() == 1);
+  CHECK(json::parse(http(*aport, "GET", "/sessions?state=established&closed=1").body)["sessions"].empty());
 
   // Totals.
   const json st = json::parse(http(*aport, "GET", "/stats").body);
