@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -97,6 +98,15 @@ class Server {
   void count_called_tsap(const std::string& display);
   void request_reload() { reload(); }
   ReverseDns& rdns() { return rdns_; }
+  // Outbound connections by their source endpoint: a new client that is one
+  // of them is isoproxy's own upstream connection come back (a loop).
+  void outbound_opened(const std::string& source, std::uint64_t session) { outbound_[source] = session; }
+  void outbound_closed(const std::string& source) { outbound_.erase(source); }
+  std::optional<std::uint64_t> outbound_owner(const std::string& peer) const {
+    auto it = outbound_.find(peer);
+    if (it == outbound_.end()) return std::nullopt;
+    return it->second;
+  }
   // Stops serving as SIGTERM does (run() then returns once drained).
   void shutdown() { begin_drain(); }
 
@@ -134,6 +144,7 @@ class Server {
   std::unique_ptr<AdminHttpServer> admin_http_;
   std::array<char, 65536> read_buffer_{};
   ReverseDns rdns_{&loop_};
+  std::unordered_map<std::string, std::uint64_t> outbound_;
 };
 
 }  // namespace isoproxy

@@ -99,6 +99,33 @@ void Session::start(uv_stream_t* server_stream) {
   client_addr_ = peer_name(client_.tcp);
   int len = sizeof client_ss_;
   uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&client_ss_), &len);
+  if (auto owner = server_.outbound_owner(endpoint_key(reinterpret_cast<const sockaddr*>(&client_ss_)))) {
+    // One of our own upstream connections: listeners may be chained on
+    // purpose (A relays to B), but a chain that comes back to a listener it
+    // already passed would dial itself without end. Every session of such a
+    // chain ends here.
+    parent_ = *owner;
+    std::vector<Session*> chain;
+    bool looped = false;
+    for (std::uint64_t cur = *owner; cur != 0 && chain.size() <= kMaxChain;) {
+      Session* p = server_.find_session(cur);
+      if (!p) break;
+      chain.push_back(p);
+      if (p->rt_->cfg.name == rt_->cfg.name) looped = true;
+      cur = p->parent_;
+    }
+    if (looped || chain.size() > kMaxChain) {
+      const std::string why = "loop: the upstream connection of session S" + std::to_string(*owner) +
+                              " came back to isoproxy (listener " + rt_->cfg.name +
+                              "); its upstream leads to isoproxy itself: check the upstream address, or for a "
+                              "transparent listener exclude local destinations from the TPROXY rule "
+                              "(nft: fib daddr type local return)";
+      spdlog::warn("[S{}] {}", id_, why);
+      for (Session* p : chain) p->close(why);
+      close(why);
+      return;
+    }
+  }
   server_.rdns().want(reinterpret_cast<const sockaddr*>(&client_ss_));
   const auto& c = rt_->cfg;
   uv_tcp_nodelay(&client_.tcp, 1);  // RFC 2126 §6.2; each frame goes out as soon as it is complete
@@ -156,6 +183,16 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
     close("connect-failed: " + uv_error_text(r));
     return;
   }
+  // connect() has bound the source port: remember it, so that if this very
+  // connection arrives at one of our listeners, it is known for a loop.
+  {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(h, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+      outbound_key_ = endpoint_key(reinterpret_cast<const sockaddr*>(&ss));
+      server_.outbound_opened(outbound_key_, id_);
+    }
+  }
   if (!pending_up_.empty()) {
     // What arrived before the route was chosen goes first (libuv queues it
     // until the connection is up).
@@ -174,7 +211,7 @@ void Session::on_connect(int status) {
                               : status == UV_ETIMEDOUT  ? "connect-timeout"
                                                         : "connect-failed";
     server_.stats().connect_failures[cause]++;
-    close(cause + ": " + upstream_addr_ + ": " + uv_error_text(status));
+    close(cause + ": " + upstream_addr_ + ": " + uv_error_text(status) + local_destination_hint());
     return;
   }
   upstream_.connected = true;
@@ -714,7 +751,8 @@ void Session::on_timer() {
   if (upstream_.initialised && !upstream_.connected &&
       now >= connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count())) {
     server_.stats().connect_failures["connect-timeout"]++;
-    close("connect-timeout: " + upstream_addr_ + " did not answer within " + conf::format_duration(c.connect_timeout));
+    close("connect-timeout: " + upstream_addr_ + " did not answer within " + conf::format_duration(c.connect_timeout) +
+          local_destination_hint());
     return;
   }
   if (state_ != SessionState::kEstablished && !non_rfc1006_ && c.handshake_timeout.count() > 0 &&
@@ -738,6 +776,7 @@ void Session::on_read_error(Leg& from, int err) {
 void Session::close(std::string reason, bool reset_peers) {
   if (closing_) return;
   closing_ = true;
+  if (!outbound_key_.empty()) server_.outbound_closed(outbound_key_);
   close_reason_ = std::move(reason);
   const SessionState was = state_;
   state_ = SessionState::kClosed;
@@ -802,6 +841,21 @@ void Session::inject(filters::Direction toward, std::vector<std::uint8_t> frame)
 void Session::end_session(std::string reason) { pending_close_reason_ = std::move(reason); }
 
 void Session::log(std::string_view message) { spdlog::info("[S{}] {}", id_, message); }
+
+std::string Session::local_destination_hint() const {
+  if (!rt_->cfg.transparent) return {};
+  // A diverted connection to this host's own address that nothing here
+  // serves: most likely the TPROXY rule diverts local destinations too.
+  conf::IpAddress dst;
+  std::memcpy(&dst.storage, &upstream_ss_, sizeof dst.storage);
+  dst.length = upstream_ss_.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (dst.storage.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&dst.storage)->sin_port = 0;
+  if (dst.storage.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&dst.storage)->sin6_port = 0;
+  dst.text = upstream_addr_;
+  if (!check_source_is_local(dst)) return {};
+  return " (the destination is this host's own address: if nothing else serves it, the TPROXY rule diverts local "
+         "destinations back to isoproxy; exclude them: nft fib daddr type local return)";
+}
 
 const char* Session::dr_from_text() const {
   if (dr_injected_) return "isoproxy";

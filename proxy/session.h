@@ -154,6 +154,7 @@ class Session final : public filters::FilterContext {
   void send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame);
   std::string close_line() const;
   const char* dr_from_text() const;
+  std::string local_destination_hint() const;
 
   Server& server_;
   Listener& listener_;
@@ -190,7 +191,10 @@ class Session final : public filters::FilterContext {
   std::uint64_t start_ms_ = 0, last_activity_ms_ = 0, cc_ms_ = 0, cr_ms_ = 0;  // loop time, for timers
   std::uint64_t start_ns_ = 0;  // uv_hrtime, for the duration in the close line
   std::int64_t start_unix_ms_ = 0;  // wall clock, for "started" in the stats
-  bool dr_injected_ = false;  // the last DR was isoproxy's own (a filter's refusal)
+  bool dr_injected_ = false;
+  std::string outbound_key_;  // the upstream leg's source endpoint, registered with the Server
+  std::uint64_t parent_ = 0;  // the session whose upstream connection this one's client is (chained listeners)
+  static constexpr std::size_t kMaxChain = 16;  // longer chains of listeners count as a loop  // the last DR was isoproxy's own (a filter's refusal)
   filters::SessionAnnotations ann_;
   std::vector<std::pair<std::string, std::uint64_t>> counters_;  // "<filter>.<action>"
   std::vector<std::pair<filters::Direction, std::vector<std::uint8_t>>> injected_;

@@ -5,12 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <ifaddrs.h>
-
 #include <cerrno>
-#include <chrono>
 #include <cstring>
-#include <vector>
 
 namespace isoproxy {
 
@@ -50,63 +46,20 @@ int set_transparent(int fd, int family) {
   return r == 0 ? 0 : -errno;
 }
 
-namespace {
-
-// The host's own addresses, read with getifaddrs at most once a second (a
-// netlink dump; only transparent listeners ask). bind() cannot answer this:
-// with net.ipv4.ip_nonlocal_bind = 1, common on TPROXY and VIP hosts, it
-// accepts any address.
-bool same_ip(const sockaddr* a, const sockaddr* b) {
-  if (a->sa_family != b->sa_family) return false;
-  if (a->sa_family == AF_INET) {
-    return reinterpret_cast<const sockaddr_in*>(a)->sin_addr.s_addr == reinterpret_cast<const sockaddr_in*>(b)->sin_addr.s_addr;
-  }
-  if (a->sa_family == AF_INET6) {
-    return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr, &reinterpret_cast<const sockaddr_in6*>(b)->sin6_addr,
-                       sizeof(in6_addr)) == 0;
-  }
-  return false;
-}
-
-}  // namespace
-
-bool is_local_address(const sockaddr* sa) {
-  if (sa->sa_family == AF_INET) {
-    const std::uint32_t ip = ntohl(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr);
-    if ((ip >> 24) == 127) return true;  // all of 127/8 is local, only 127.0.0.1 is listed
-  } else if (sa->sa_family == AF_INET6) {
-    const auto* a6 = &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr;
-    if (IN6_IS_ADDR_LOOPBACK(a6)) return true;
-    if (IN6_IS_ADDR_V4MAPPED(a6)) {
+std::string endpoint_key(const sockaddr* sa) {
+  // A v4-mapped IPv6 peer (dual-stack listener) is the same endpoint as the
+  // IPv4 socket it came from.
+  if (sa->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
       sockaddr_in v4{};
       v4.sin_family = AF_INET;
-      std::memcpy(&v4.sin_addr, &a6->s6_addr[12], 4);
-      return is_local_address(reinterpret_cast<const sockaddr*>(&v4));
-    }
-  } else {
-    return false;
-  }
-  static thread_local std::vector<sockaddr_storage> cached;
-  static thread_local std::chrono::steady_clock::time_point read_at{};
-  const auto now = std::chrono::steady_clock::now();
-  if (read_at == std::chrono::steady_clock::time_point{} || now - read_at > std::chrono::seconds(1)) {
-    ifaddrs* list = nullptr;
-    if (getifaddrs(&list) == 0) {
-      cached.clear();
-      for (ifaddrs* i = list; i; i = i->ifa_next) {
-        if (!i->ifa_addr || (i->ifa_addr->sa_family != AF_INET && i->ifa_addr->sa_family != AF_INET6)) continue;
-        sockaddr_storage ss{};
-        std::memcpy(&ss, i->ifa_addr, i->ifa_addr->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
-        cached.push_back(ss);
-      }
-      freeifaddrs(list);
-      read_at = now;
+      v4.sin_port = in6->sin6_port;
+      std::memcpy(&v4.sin_addr, &in6->sin6_addr.s6_addr[12], 4);
+      return address_text(reinterpret_cast<const sockaddr*>(&v4));
     }
   }
-  for (const auto& ss : cached) {
-    if (same_ip(reinterpret_cast<const sockaddr*>(&ss), sa)) return true;
-  }
-  return false;
+  return address_text(sa);
 }
 
 Result<conf::SocketAddress> upstream_target(const conf::ListenerConfig& c, const uv_tcp_t& client) {
@@ -122,14 +75,6 @@ Result<conf::SocketAddress> upstream_target(const conf::ListenerConfig& c, const
   }
   a.length = static_cast<socklen_t>(len);
   a.text = address_text(a.sa());
-  // A connection to this host's own address, diverted by a TPROXY rule that
-  // does not exclude local destinations: relaying it would dial isoproxy
-  // again, and again. Refuse it, and say how to fix the rule.
-  if (is_local_address(a.sa())) {
-    return unexpected(Error{"transparent-loop", a.text + " is an address of this host: relaying it would connect back "
-                                                "to isoproxy; exclude local destinations from the TPROXY rule "
-                                                "(nft: fib daddr type local return) or serve it with a non-transparent listener"});
-  }
   return a;
 }
 

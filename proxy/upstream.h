@@ -27,9 +27,9 @@ Result<conf::SocketAddress> upstream_target(const conf::ListenerConfig& c, const
 // CAP_NET_ADMIN). Error kinds: "source-bind-failed", "source-family".
 Status<> bind_source(const conf::SourceConfig& s, uv_tcp_t* out, const uv_tcp_t& client, int family);
 
-// Whether an address is one of this host's own (getifaddrs, and all of
-// 127/8 and ::1), read at most once a second.
-bool is_local_address(const sockaddr* sa);
+// "ip:port" of an endpoint, v4-mapped IPv6 written as IPv4: the key under
+// which the Server recognises its own outbound connections coming back.
+std::string endpoint_key(const sockaddr* sa);
 
 // Start-up check that a fixed source IP is an address of this host.
 Status<> check_source_is_local(const conf::IpAddress& ip);

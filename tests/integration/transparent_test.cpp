@@ -373,7 +373,7 @@ TEST_CASE("transparent: source = fixed, the server sees source_address", "[trans
                 kRouterServerSideIp});
 }
 
-TEST_CASE("transparent: a connection to the router's own address is refused once, not looped", "[transparent]") {
+TEST_CASE("transparent: a connection to the router's own address loops back once, then both sessions close", "[transparent]") {
   if (const std::string missing = missing_prerequisites(); !missing.empty()) {
     if (required_here()) FAIL("transparent-mode test required but cannot run: missing " << missing);
     WARN("transparent-mode test skipped: needs root and nft (missing: " << missing << ")");
@@ -388,7 +388,7 @@ TEST_CASE("transparent: a connection to the router's own address is refused once
   // On 0.0.0.0 the listener also takes what the rule diverts to the router's
   // own addresses (the recipe without "fib daddr type local return").
   TempConfig cfg("[admin]\nlisten = \"off\"\n\n[[listener]]\nname = \"intercept\"\nlisten = [\"0.0.0.0:10102\"]\n"
-                 "transparent = true\nsource = \"client\"\n");
+                 "transparent = true\nsource = \"fixed\"\nsource_address = \"" + std::string(kRouterServerSideIp) + "\"\n");
   BackgroundProcess proxy(net.in(net.router(), {isoproxy_binary(), "run", "-c", cfg.path()}));
   REQUIRE(proxy.started());
   REQUIRE(proxy.wait_for_line(Out::kErr, std::regex(R"(listening on 0\.0\.0\.0:10102)")));
@@ -398,13 +398,32 @@ TEST_CASE("transparent: a connection to the router's own address is refused once
   INFO("client to the router:\n" << r.out << r.err);
   INFO("isoproxy:\n" << proxy.text(Out::kErr));
   CHECK(r.exit_code != 0);
-  const auto loop = proxy.wait_for_line(Out::kErr, std::regex(R"(\[S1\] close reason="transparent-loop: 10\.77\.1\.1:102 )"));
+  // S1 is the client's session; its upstream connection, to the router's
+  // own address, was diverted back to isoproxy as S2.
+  const auto loop = proxy.wait_for_line(
+      Out::kErr, std::regex(R"(\[S2\] loop: the upstream connection of session S1 came back to isoproxy \(listener intercept\))"));
   REQUIRE(loop);
   CHECK(loop->find("fib daddr type local return") != std::string::npos);
+  REQUIRE(proxy.wait_for_lines(Out::kErr, std::regex(R"(\[S[12]\] close reason="loop: )"), 2));
   CHECK(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit() == 0);
-  // One session in all: isoproxy never dialled itself.
-  CHECK(proxy.count_lines(Out::kErr, std::regex(R"(\[S2\] )")) == 0);
-  CHECK(proxy.wait_for_line(Out::kErr, std::regex(R"(stopped: 1 sessions served.*close_reasons=transparent-loop=1)")));
+  // Two sessions in all: the loop was cut at its first turn.
+  CHECK(proxy.count_lines(Out::kErr, std::regex(R"(\[S3\] )")) == 0);
+  CHECK(proxy.wait_for_line(Out::kErr, std::regex(R"(stopped: 2 sessions served.*close_reasons=loop=2)")));
+
+  // With source = "client" the looped connection never reaches isoproxy (its
+  // SYN carries the client's address): the connect times out, and the close
+  // line says why that is likely.
+  TempConfig cfg2("[admin]\nlisten = \"off\"\n\n[[listener]]\nname = \"intercept\"\nlisten = [\"0.0.0.0:10102\"]\n"
+                  "transparent = true\nsource = \"client\"\nconnect_timeout = \"1s\"\n");
+  BackgroundProcess proxy2(net.in(net.router(), {isoproxy_binary(), "run", "-c", cfg2.path()}));
+  REQUIRE(proxy2.started());
+  REQUIRE(proxy2.wait_for_line(Out::kErr, std::regex(R"(listening on 0\.0\.0\.0:10102)")));
+  const auto r2 = t::run_process(net.in(net.client(), to_router), {}, std::chrono::seconds(30));
+  INFO("isoproxy (source = client):\n" << proxy2.text(Out::kErr));
+  const auto hint = proxy2.wait_for_line(Out::kErr, std::regex(R"(\[S1\] close reason="connect-timeout: 10\.77\.1\.1:102 .*this host's own address)"));
+  CHECK(hint);
+  CHECK(proxy2.signal(SIGTERM));
+  CHECK(proxy2.wait_exit() == 0);
   CHECK(net.teardown());
 }
