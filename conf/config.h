@@ -122,6 +122,7 @@ struct AdminConfig {
   std::string token;                      // empty: actions (close, reload) are refused
   std::uint32_t closed_sessions = 1000;   // how many closed sessions stay viewable
   std::uint32_t metrics_tsap_labels = 0;  // distinct TSAP label values in /metrics; 0 = no TSAP labels
+  std::vector<std::string> allowed_hosts;  // Host header names accepted besides IP literals and localhost
 };
 
 struct Config {

@@ -159,6 +159,14 @@ class Loader {
     if (!a.token.empty() && a.token.size() < 16) r.error("token", "at least 16 characters (it guards close and reload)");
     a.closed_sessions = static_cast<std::uint32_t>(r.integer("closed_sessions", a.closed_sessions, 0, 100000));
     a.metrics_tsap_labels = static_cast<std::uint32_t>(r.integer("metrics_tsap_labels", a.metrics_tsap_labels, 0, 10000));
+    a.allowed_hosts = r.string_list("allowed_hosts", a.allowed_hosts);
+    for (auto& h : a.allowed_hosts) {
+      for (auto& ch : h) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      if (h.empty() || h.find_first_of(":/ []") != std::string::npos) {
+        r.error("allowed_hosts", "each entry is a host name without port or scheme, such as \"proxy1.example.net\"");
+        break;
+      }
+    }
     r.finish();
   }
 
@@ -534,6 +542,9 @@ std::string effective_config_toml(const Config& c) {
   if (!c.admin.token.empty()) o << "token = " << toml_string(c.admin.token) << "\n";
   o << "closed_sessions = " << c.admin.closed_sessions << "\n";
   o << "metrics_tsap_labels = " << c.admin.metrics_tsap_labels << "\n";
+  o << "allowed_hosts = [";
+  for (std::size_t i = 0; i < c.admin.allowed_hosts.size(); ++i) o << (i ? ", " : "") << toml_string(c.admin.allowed_hosts[i]);
+  o << "]\n";
   for (const auto& l : c.listeners) {
     std::vector<std::string> listen;
     for (const auto& a : l.listen) listen.push_back(a.text);

@@ -1,5 +1,8 @@
 #include "admin.h"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <charconv>
 #include <set>
 
@@ -66,7 +69,32 @@ json rdns_json(Server& server) {
 
 }  // namespace
 
+bool Admin::host_allowed(const std::string& host_header) const {
+  // DNS rebinding: a web page whose name is made to resolve to 127.0.0.1
+  // could read the endpoint from an operator's browser. Its requests carry
+  // its own name in Host; answer only to IP literals, localhost and names
+  // configured in admin.allowed_hosts.
+  std::string h = host_header;
+  for (auto& c : h) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (!h.empty() && h.front() == '[') return h.find(']') != std::string::npos;  // an IPv6 literal
+  if (const auto colon = h.rfind(':'); colon != std::string::npos) {
+    const std::string port = h.substr(colon + 1);
+    if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos) return false;
+    h.resize(colon);
+  }
+  in_addr v4{};
+  if (inet_pton(AF_INET, h.c_str(), &v4) == 1) return true;
+  if (h == "localhost") return true;
+  const auto& allowed = server_.config().admin.allowed_hosts;
+  return std::find(allowed.begin(), allowed.end(), h) != allowed.end();
+}
+
 AdminResponse Admin::handle(const AdminRequest& r) {
+  if (auto host = r.headers.find("host"); host != r.headers.end() && !host_allowed(host->second)) {
+    return error_response(403, "Host \"" + host->second.substr(0, 100) +
+                                   "\" is not allowed: the admin endpoint answers to an IP address, localhost, or a "
+                                   "name listed in admin.allowed_hosts (protection against DNS rebinding)");
+  }
   AdminResponse resp = route(r);
   const auto pretty = r.query.find("pretty");
   if (pretty != r.query.end() && pretty->second != "0" && resp.content_type.rfind("application/json", 0) == 0) {
@@ -200,7 +228,8 @@ AdminResponse Admin::stats() {
                              {"decode_errors", g.decode_errors},
                              {"filter_actions", g.filter_actions},
                              {"close_reasons", g.close_reasons},
-                             {"reverse_dns", rdns_json(server_)}});
+                             {"reverse_dns", rdns_json(server_)},
+                             {"access_log_dropped", g.access_log_dropped}});
 }
 
 AdminResponse Admin::metrics() {
@@ -250,6 +279,8 @@ std::string render_metrics(Server& server) {
     out += "isoproxy_filter_actions_total{filter=\"" + label(k.substr(0, dot)) + "\",action=\"" +
            label(dot == std::string::npos ? "" : k.substr(dot + 1)) + "\"} " + std::to_string(v) + "\n";
   }
+  family(out, "isoproxy_access_log_dropped_total", "counter", "Access-log lines the journal did not take (journald not keeping up).");
+  out += "isoproxy_access_log_dropped_total " + std::to_string(g.access_log_dropped) + "\n";
   family(out, "isoproxy_reverse_dns_lookups_total", "counter", "Reverse-DNS lookups of client and upstream addresses, by result.");
   const auto& dns = server.rdns().counters();
   out += "isoproxy_reverse_dns_lookups_total{result=\"found\"} " + std::to_string(dns.found) + "\n";

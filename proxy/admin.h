@@ -19,6 +19,7 @@ class Admin final : public AdminHandler {
   AdminResponse handle(const AdminRequest& request) override;
 
  private:
+  bool host_allowed(const std::string& host_header) const;
   AdminResponse route(const AdminRequest& r);
   AdminResponse sessions(const AdminRequest& r);
   AdminResponse session(std::uint64_t id);

@@ -56,6 +56,7 @@ void ReverseDns::want(const sockaddr* sa) {
   const std::uint64_t now = uv_now(loop_);
   auto it = cache_.find(key);
   if (it != cache_.end()) {
+    order_.splice(order_.end(), order_, it->second.order);  // most recently wanted last: evicted last
     if (it->second.pending || it->second.expires_ms > now) {
       ++counters_.hits;
       return;
@@ -147,9 +148,10 @@ void ReverseDns::finished(Request* r, int status, const char* host) {
   auto it = cache_.find(r->key);
   if (it != cache_.end() && status != UV_ECANCELED) {
     it->second.pending = false;
-    // A failure keeps the name found before, if any (a DNS server that
-    // stops answering does not erase what operators already see).
-    if (name) it->second.name = std::move(name);
+    // "No such name" is an answer: the PTR record is gone, forget the name.
+    // A resolver that does not answer (EAI_AGAIN, timeouts) keeps the name
+    // found before, so that an outage does not erase what operators see.
+    if (name || status == UV_EAI_NONAME) it->second.name = std::move(name);
     it->second.expires_ms = uv_now(loop_) + (status == 0 ? options_.ttl_ms : options_.failure_ttl_ms);
   } else if (it != cache_.end()) {
     it->second.pending = false;

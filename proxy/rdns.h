@@ -70,7 +70,7 @@ class ReverseDns {
     std::optional<std::string> name;
     std::uint64_t expires_ms = 0;
     bool pending = false;
-    std::list<std::string>::iterator order;  // position in insertion order, for eviction
+    std::list<std::string>::iterator order;  // position in order of last use, for eviction
   };
   struct Request;
   struct Forward;
@@ -82,7 +82,7 @@ class ReverseDns {
   Options options_;
   Counters counters_;
   std::unordered_map<std::string, Entry> cache_;
-  std::list<std::string> order_;  // oldest first
+  std::list<std::string> order_;  // least recently wanted first
   std::list<Request*> requests_;  // under way
   std::list<Forward*> forwards_;   // under way
   std::size_t in_flight_ = 0;

@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <csignal>
 #include <memory>
 #include <optional>
 
@@ -36,7 +37,7 @@ Status<> become(const privdrop::Account& account, const conf::Config& config) {
                  std::strerror(errno));
   }
   const std::string& log = config.global.access_log;
-  if (log != "off" && log != "stderr" && ::access(log.c_str(), W_OK) != 0) {
+  if (log != "off" && log != "stderr" && log != "journal" && ::access(log.c_str(), W_OK) != 0) {
     spdlog::warn("access_log {} is not writable by user {} ({}): reopening it (SIGUSR1) will fail", log, account.name,
                  std::strerror(errno));
   }
@@ -46,6 +47,10 @@ Status<> become(const privdrop::Account& account, const conf::Config& config) {
 }  // namespace
 
 int run_daemon(const std::string& config_path, const std::string& user) {
+  // Until the loop installs its handlers, a reload or a logrotate that signals
+  // early must not end the process (SIGHUP and SIGUSR1 terminate by default).
+  std::signal(SIGHUP, SIG_IGN);
+  std::signal(SIGUSR1, SIG_IGN);
   log::init("info");
   // The account is looked up first, so that a typo or a missing root fails
   // before anything is bound.

@@ -7,7 +7,9 @@
 #include <cstring>
 #include <set>
 
-#include <systemd/sd-journal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include "conf/loader.h"
 #include "log.h"
@@ -39,6 +41,7 @@ Server::Server(std::shared_ptr<const conf::Config> config) : config_(std::move(c
 
 Server::~Server() {
   if (access_log_ && access_log_ != stderr) std::fclose(access_log_);
+  if (journal_fd_ >= 0) ::close(journal_fd_);
   // run() closed every handle; a Server that never ran closes its loop here.
   if (!handles_closed_) {
     uv_walk(&loop_, [](uv_handle_t* h, void*) noexcept {
@@ -107,19 +110,25 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
   const std::string& want = config->global.access_log;
   if (want != access_log_path_) {
     std::FILE* file = nullptr;
+    int journal = -1;
+    std::string failed;
     if (want == "stderr") {
       file = stderr;
-    } else if (want != "off" && want != "journal") {
+    } else if (want == "journal") {
+      journal = open_journal_socket();
+      if (journal < 0) failed = "access_log journal: cannot reach journald at " + std::string(kJournalSocket) + ": " + std::strerror(-journal);
+    } else if (want != "off") {
       file = std::fopen(want.c_str(), "ae");
-      if (!file) {
-        const std::string msg = "access_log " + want + ": " + std::strerror(errno);
-        if (initial) return unexpected(Error{"access-log", msg});
-        spdlog::error("reload: {}; the access log stays {}", msg, access_log_path_);
-      }
+      if (!file) failed = "access_log " + want + ": " + std::strerror(errno);
     }
-    if (file || want == "off" || want == "journal") {
+    if (!failed.empty()) {
+      if (initial) return unexpected(Error{"access-log", failed});
+      spdlog::error("reload: {}; the access log stays {}", failed, access_log_path_);
+    } else {
       if (access_log_ && access_log_ != stderr) std::fclose(access_log_);
+      if (journal_fd_ >= 0) ::close(journal_fd_);
       access_log_ = file;
+      journal_fd_ = journal;
       access_log_path_ = want;
     }
   }
@@ -147,7 +156,8 @@ void Server::check_source_names() {
     const std::string ip = l.source.address->text;
     if (!seen.insert(ip).second) continue;
     const std::string who = "listener " + l.name + ": source_address " + ip;
-    rdns_.lookup(l.source.address->sa(), [this, ip, who](std::optional<std::string> name, std::string error) {
+    const std::string canonical = numeric_host(l.source.address->sa());  // as getaddrinfo prints it
+    rdns_.lookup(l.source.address->sa(), [this, ip, who, canonical](std::optional<std::string> name, std::string error) {
       if (draining_) return;  // cancelled by the shutdown: nothing was learnt
       if (!name) {
         spdlog::warn("{} has no reverse-DNS (PTR) name ({}): receivers that identify the calling MTA by its host name "
@@ -156,11 +166,9 @@ void Server::check_source_names() {
                      who, error, ip);
         return;
       }
-      rdns_.forward(*name, [this, who, ip, name = *name](std::vector<std::string> hosts, std::string ferror) {
+      rdns_.forward(*name, [this, who, canonical, name = *name](std::vector<std::string> hosts, std::string ferror) {
         if (draining_) return;
-        std::string want = ip;
-        if (want.size() > 2 && want.front() == '[') want = want.substr(1, want.size() - 2);
-        if (std::find(hosts.begin(), hosts.end(), want) != hosts.end()) {
+        if (std::find(hosts.begin(), hosts.end(), canonical) != hosts.end()) {
           spdlog::info("{} is {} (PTR, and the name resolves back to it)", who, name);
         } else {
           spdlog::warn("{} is {} by its PTR record, but {} does not resolve back to it ({}): receivers that check "
@@ -413,6 +421,26 @@ void Server::access_log(const nlohmann::json& snapshot) {
   }
 }
 
+int Server::open_journal_socket() {
+  // Our own non-blocking datagram socket in journald's native protocol, not
+  // sd_journal_send(): libsystemd's socket blocks when journald's queue is
+  // full, and a stalled journal must never stall the relay.
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -errno;
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", kJournalSocket);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return -err;
+  }
+  // Room for a burst of closes while journald catches up.
+  const int size = 4 * 1024 * 1024;
+  (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+  return fd;
+}
+
 void Server::journal_access_log(const nlohmann::json& snapshot) {
   // The JSON line as MESSAGE, and the fields operators filter on as journal
   // fields: journalctl -t isoproxy-access ISOPROXY_CLOSE_REASON=connect-refused
@@ -427,16 +455,42 @@ void Server::journal_access_log(const nlohmann::json& snapshot) {
     const auto& a = (*it)["ascii"];
     return a.is_string() ? a.get<std::string>() : (*it)["hex"].get<std::string>();
   };
-  const std::string message = snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  const int r = sd_journal_send("MESSAGE=%s", message.c_str(), "PRIORITY=6", "SYSLOG_IDENTIFIER=isoproxy-access",
-                                "ISOPROXY_SESSION=%s", text("id").c_str(), "ISOPROXY_LISTENER=%s", text("listener").c_str(),
-                                "ISOPROXY_CLIENT=%s", text("client").c_str(), "ISOPROXY_UPSTREAM=%s", text("upstream").c_str(),
-                                "ISOPROXY_CALLING_TSAP=%s", tsap("calling_tsap").c_str(), "ISOPROXY_CALLED_TSAP=%s",
-                                tsap("called_tsap").c_str(), "ISOPROXY_CLOSE_REASON=%s", text("close_reason").c_str(),
-                                nullptr);
-  if (r < 0) {
+  // KEY=VALUE lines; a value never holds a newline (compact JSON escapes
+  // them, TSAPs are printable, the rest are addresses and names).
+  std::string d;
+  auto field = [&](const char* key, std::string value) {
+    std::replace(value.begin(), value.end(), '\n', ' ');
+    d += key;
+    d += '=';
+    d += value;
+    d += '\n';
+  };
+  field("MESSAGE", snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  field("PRIORITY", "6");
+  field("SYSLOG_IDENTIFIER", "isoproxy-access");
+  field("ISOPROXY_SESSION", text("id"));
+  field("ISOPROXY_LISTENER", text("listener"));
+  field("ISOPROXY_CLIENT", text("client"));
+  field("ISOPROXY_UPSTREAM", text("upstream"));
+  field("ISOPROXY_CALLING_TSAP", tsap("calling_tsap"));
+  field("ISOPROXY_CALLED_TSAP", tsap("called_tsap"));
+  field("ISOPROXY_CLOSE_REASON", text("close_reason"));
+  ssize_t n = ::send(journal_fd_, d.data(), d.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n < 0 && errno == ECONNREFUSED) {
+    // journald restarted and made a new socket: connect again, once.
+    if (const int fd = open_journal_socket(); fd >= 0) {
+      ::close(journal_fd_);
+      journal_fd_ = fd;
+      n = ::send(journal_fd_, d.data(), d.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+  }
+  if (n < 0) {
+    ++stats_.access_log_dropped;
     // Once per failure streak: a journal that is down must not flood stderr.
-    if (!journal_failing_) spdlog::warn("access log journal: write failed: {}", std::strerror(-r));
+    if (!journal_failing_) {
+      spdlog::warn("access log journal: line dropped: {}{}", std::strerror(errno),
+                   errno == EAGAIN ? " (journald is not keeping up; counted in access_log_dropped)" : "");
+    }
     journal_failing_ = true;
   } else {
     journal_failing_ = false;

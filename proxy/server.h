@@ -39,6 +39,7 @@ struct GlobalStats {
   std::map<std::string, std::uint64_t> close_reasons;
   std::map<std::string, std::uint64_t> sessions_by_upstream;    // by upstream address, at connect
   std::map<std::string, std::uint64_t> sessions_by_called_tsap; // bounded by admin.metrics_tsap_labels
+  std::uint64_t access_log_dropped = 0;  // lines the journal did not take
 };
 
 // A closed session as the admin endpoint keeps it: its final snapshot as
@@ -119,6 +120,8 @@ class Server {
   void schedule_reap();
   void check_source_names();
   void journal_access_log(const nlohmann::json& snapshot);
+  static int open_journal_socket();  // a connected fd, or -errno
+  static constexpr const char* kJournalSocket = "/run/systemd/journal/socket";
   Status<> apply(std::shared_ptr<const conf::Config> config, bool initial);
 
   uv_loop_t loop_{};
@@ -140,6 +143,7 @@ class Server {
   std::FILE* access_log_ = nullptr;  // stderr or an opened file; nullptr when off
   std::string access_log_path_;  // "off", "stderr", "journal" or the file
   bool journal_failing_ = false;
+  int journal_fd_ = -1;  // access_log = "journal"
   Admin admin_{*this};
   std::unique_ptr<AdminHttpServer> admin_http_;
   std::array<char, 65536> read_buffer_{};

@@ -62,7 +62,7 @@ std::vector<std::string> prometheus_problems(const std::string& text) {
 TEST_CASE("admin: counters move while a session streams; closed sessions keep reason and DR", "[admin][integration]") {
   TestServer up(responder_handler({.reserved = 0x11}));
   REQUIRE(up.ok());
-  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-test\"\n\n[[listener]]\nname = \"live\"\n"
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-test\"\nallowed_hosts = [\"Proxy1.example.net\"]\n\n[[listener]]\nname = \"live\"\n"
                      "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
                      std::to_string(up.port()) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
                      "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
@@ -126,6 +126,29 @@ TEST_CASE("admin: counters move while a session streams; closed sessions keep re
   REQUIRE(one.status == 200);
   CHECK(json::parse(one.body)["id"] == id);
   CHECK(http(*aport, "GET", "/sessions/999999").status == 404);
+  // DNS rebinding: a Host that is a name (not an IP literal, localhost or
+  // a configured name) is refused; IP literals and localhost are served.
+  {
+    auto host = [&](const std::string& h) {
+      Conn hc = connect_to("127.0.0.1", *aport);
+      hc.send_all("GET /stats HTTP/1.1\r\nHost: " + h + "\r\nConnection: close\r\n\r\n");
+      std::string all;
+      for (;;) {
+        auto some = hc.recv_some(65536, 5s);
+        if (!some || some->empty()) break;
+        all.append(some->begin(), some->end());
+      }
+      return all.size() > 12 ? std::stoi(all.substr(9, 3)) : 0;
+    };
+    CHECK(host("attacker.example:9102") == 403);
+    CHECK(host("attacker.example") == 403);
+    CHECK(host("127.0.0.1:" + std::to_string(*aport)) == 200);
+    CHECK(host("localhost") == 200);
+    CHECK(host("LOCALHOST:1") == 200);
+    CHECK(host("[::1]:9102") == 200);
+    CHECK(host("proxy1.example.net") == 200);  // in admin.allowed_hosts
+    CHECK(host("127.0.0.1:x") == 403);
+  }
   // closed=1 adds the closed sessions, but not to a list of another state.
   CHECK(json::parse(http(*aport, "GET", "/sessions?closed=1").body)["sessions"].size() == 1);
   CHECK(json::parse(http(*aport, "GET", "/sessions?state=established&closed=1").body)["sessions"].empty());

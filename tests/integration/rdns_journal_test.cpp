@@ -209,6 +209,19 @@ TEST_CASE("access log: journald target sends one entry per session with searchab
   CHECK(j["calling_tsap"]["ascii"] == "JOURNALCALLING");
   REQUIRE(ns.signal(SIGTERM));
   CHECK(ns.wait_exit(10s) == 0);
+
+  // Without journald's socket, "journal" is a start-up error, not lines lost in silence.
+  const auto bare = dir / "isoproxy-no-journal";
+  {
+    std::ofstream w(bare);
+    w << "#!/bin/sh\nset -e\nmount -t tmpfs isoproxy-test /run/systemd\nexec '" << ProxyProcess::default_binary() << "' \"$@\"\n";
+  }
+  std::filesystem::permissions(bare, std::filesystem::perms::owner_all);
+  BackgroundProcess none({"/usr/bin/unshare", "-m", bare.string(), "run", "-c", config.string()});
+  REQUIRE(none.started());
+  CHECK(none.wait_exit(10s) == 1);
+  CHECK(none.wait_for_line(BackgroundProcess::Stream::kErr,
+                           std::regex(R"(access_log journal: cannot reach journald at /run/systemd/journal/socket: No such file)"), 5s));
   close(fd);
   std::filesystem::remove_all(dir);
 }

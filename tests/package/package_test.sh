@@ -136,7 +136,7 @@ fi
 # The config may hold the admin token: root and the service's group only.
 [[ $(stat -c '%U:%G %a' /etc/isoproxy/isoproxy.toml) == "root:isoproxy 640" ]] ||
 	fail "/etc/isoproxy/isoproxy.toml is $(stat -c '%U:%G %a' /etc/isoproxy/isoproxy.toml)"
-[[ $(stat -c '%U:%G %a' /var/log/isoproxy) == "isoproxy:adm 750" ]] || fail "/var/log/isoproxy is $(stat -c '%U:%G %a' /var/log/isoproxy 2>&1)"
+[[ $(stat -c '%U:%G %a' /var/log/isoproxy) == "isoproxy:isoproxy 750" ]] || fail "/var/log/isoproxy is $(stat -c '%U:%G %a' /var/log/isoproxy 2>&1)"
 
 # ---- the installed program checks the installed configuration
 out=$(/usr/bin/isoproxy --version 2>&1)

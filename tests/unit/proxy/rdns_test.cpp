@@ -162,3 +162,28 @@ TEST_CASE("rdns: numeric_host drops the port", "[rdns]") {
   inet_pton(AF_INET6, "2001:db8::5", &a.sin6_addr);
   CHECK(isoproxy::numeric_host(reinterpret_cast<const sockaddr*>(&a)) == "2001:db8::5");
 }
+
+TEST_CASE("rdns: eviction takes the least recently wanted address", "[rdns]") {
+  Loop l;
+  ReverseDns d(&l.loop);
+  ReverseDns::Options o;
+  o.max_entries = 2;
+  d.configure(o);
+  const sockaddr_in a = v4("127.0.0.1"), b = v4("127.0.0.2"), c = v4("127.0.0.3");
+  d.want(sa(a));
+  l.run();
+  d.want(sa(b));
+  l.run();
+  d.want(sa(a));  // a is wanted again: b is now the least recent
+  d.want(sa(c));
+  l.run();
+  CHECK(d.entries() == 2);
+  CHECK(d.name(sa(a)) == system_name("127.0.0.1"));
+  CHECK(d.counters().lookups == 3);
+  // b was evicted: wanting it again is a new lookup, not a hit.
+  const auto hits = d.counters().hits;
+  d.want(sa(b));
+  l.run();
+  CHECK(d.counters().lookups == 4);
+  CHECK(d.counters().hits == hits);
+}
