@@ -8,6 +8,7 @@
 
 #include "conf/loader.h"
 #include "log.h"
+#include "tls.h"
 #include "upstream.h"
 
 namespace isoproxy {
@@ -121,6 +122,16 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
   }
   config_ = std::move(config);
   log::set_level(config_->global.log_level);
+  // What the TLS settings in force present and trust, and what they do not
+  // check, at every start and reload.
+  for (const auto& w : config_->warnings) spdlog::warn("{}", w);
+  for (const auto& l : config_->listeners) {
+    if (l.tls && l.tls->context && l.tls->context->own_certificate()) {
+      const auto& own = *l.tls->context->own_certificate();
+      spdlog::info("listener {}: TLS certificate {} (issuer {}), valid until {}; client certificates {}", l.name,
+                   log::quote(own.subject), log::quote(own.issuer), own.not_after, l.tls->verify_client);
+    }
+  }
   return Ok{};
 }
 

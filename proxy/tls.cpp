@@ -29,10 +29,11 @@ struct X509Free {
 using BioPtr = std::unique_ptr<BIO, BioFree>;
 using X509Ptr = std::unique_ptr<X509, X509Free>;
 
-// The reason of the most recent OpenSSL error, without the library's codes
-// ("no start line", "key values mismatch"), or `fallback`. Clears the queue.
+// The reason of the earliest OpenSSL error queued (the specific one: "no
+// start line" rather than the "PEM lib" it caused), without the library's
+// codes, or `fallback`. Clears the queue.
 std::string last_error(std::string_view fallback) {
-  const unsigned long e = ERR_peek_last_error();
+  const unsigned long e = ERR_peek_error();
   std::string out;
   if (e != 0) {
     const char* r = ERR_reason_error_string(e);
