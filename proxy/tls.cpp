@@ -303,16 +303,22 @@ std::unique_ptr<Channel> Channel::connect(std::shared_ptr<const Context> ctx, st
   const std::string& name = ctx->server_name();
   const std::string ip(name.empty() ? upstream_ip : std::string_view(name));
   const bool name_is_ip = name.empty() || is_ip_literal(name);
+  bool checked = true;
   if (name_is_ip) {
     // RFC 6066 §3: no IP literal in SNI; the address is checked against the
     // certificate's IP subjectAltNames instead.
-    if (ctx->verify_peer()) X509_VERIFY_PARAM_set1_ip_asc(param, ip.c_str());
+    if (ctx->verify_peer()) checked = X509_VERIFY_PARAM_set1_ip_asc(param, ip.c_str()) == 1;
   } else {
     SSL_set_tlsext_host_name(ssl, name.c_str());
     ch->info_.sni = name;
-    if (ctx->verify_peer()) X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size());
+    if (ctx->verify_peer()) checked = X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size()) == 1;
   }
   ERR_clear_error();
+  if (!checked) {
+    // Fail closed: without the name check any certificate of the CA would do.
+    ch->failed_ = true;
+    ch->failure_ = {"tls-handshake-failed", "cannot check the certificate against \"" + ip + "\""};
+  }
   return ch;
 }
 
