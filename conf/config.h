@@ -19,6 +19,9 @@
 namespace isoproxy::filters {
 class FilterFactory;
 }
+namespace isoproxy::tls {
+class Context;
+}
 
 namespace isoproxy::conf {
 
@@ -83,6 +86,38 @@ struct FilterConfig {
   int column = 0;
 };
 
+// TLS toward clients: a listener's [listener.tls] table. Paths are resolved
+// against the configuration file's directory; `context` is built from them at
+// load (proxy/tls.h), so that a certificate that cannot be used is a
+// configuration error.
+struct TlsServerConfig {
+  std::string cert;                 // PEM: the certificate, then its chain
+  std::string key;                  // PEM private key
+  std::string client_ca;            // CA file or directory for client certificates; empty: none asked
+  std::string verify_client = "off";  // "off", "optional", "require" (default "require" with client_ca)
+  std::vector<std::string> allow_subjects;  // RFC 2253 subjects let in (mutual TLS)
+  std::vector<std::string> allow_sans;      // DNS names or IP addresses let in (mutual TLS)
+  std::string min_version = "1.2";  // "1.2" or "1.3"
+  std::string ciphers;              // TLS 1.2 cipher list (OpenSSL syntax); empty: OpenSSL's default
+  std::string ciphersuites;         // TLS 1.3 suites; empty: OpenSSL's default
+  std::string groups;               // key exchange groups, e.g. "X25519:P-256"; empty: default
+  Duration handshake_timeout{10000};
+  std::shared_ptr<const tls::Context> context;
+};
+
+// TLS toward an upstream: a listener's [listener.upstream_tls] or a route's
+// `tls` table.
+struct TlsClientConfig {
+  bool verify = true;               // verify the upstream's certificate; false only when written
+  std::string ca;                   // CA file or directory; empty: the system's store
+  std::string server_name;          // checked in the certificate and sent as SNI; empty: the upstream IP
+  std::string cert, key;            // optional client certificate
+  std::string min_version = "1.2";
+  std::string ciphers, ciphersuites, groups;
+  Duration handshake_timeout{10000};
+  std::shared_ptr<const tls::Context> context;
+};
+
 struct ListenerConfig {
   std::string name;
   std::vector<SocketAddress> listen;      // one or more addresses
@@ -102,6 +137,8 @@ struct ListenerConfig {
   std::uint64_t low_water = 64 * 1024;    // resume below this
   bool keepalive = true;
   Duration keepalive_interval{60000};
+  std::shared_ptr<const TlsServerConfig> tls;           // null: plaintext from clients
+  std::shared_ptr<const TlsClientConfig> upstream_tls;  // null: plaintext to the upstream
 };
 
 struct GlobalConfig {
@@ -131,6 +168,9 @@ struct Config {
   AdminConfig admin;
   std::vector<ListenerConfig> listeners;
   std::map<std::string, FilterConfig> filters;
+  // Valid but worth saying at every start and reload ("FILE:LINE:COL: KEY: ..."),
+  // e.g. an upstream whose certificate is not verified.
+  std::vector<std::string> warnings;
 };
 
 }  // namespace isoproxy::conf

@@ -19,6 +19,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "conf/tls_reader.h"
 #include "filters/filter.h"
 #include "filters/registry.h"
 
@@ -391,6 +392,11 @@ class Loader {
                                         format_duration(l.keepalive_interval) + ")");
     }
 
+    // TLS toward clients and toward the upstream ([listener.tls], [listener.upstream_tls]).
+    l.tls = read_tls_server(r, "tls");
+    bool tls_ok = true;
+    if (auto up = read_tls_client(r, "upstream_tls", /*allow_off=*/false, tls_ok)) l.upstream_tls = *up;
+
     r.finish();
     config_.listeners.push_back(std::move(l));
   }
@@ -501,6 +507,7 @@ LoadResult load_config_string(std::string_view toml_text, const std::string& fil
   config.path = file_name;
   Loader(root, sink, config).run();
   if (!sink.empty()) return unexpected(sorted(sink.errors()));
+  for (const auto& w : sorted(sink.warnings())) config.warnings.push_back(w.to_string());
   return config;
 }
 
@@ -570,6 +577,8 @@ std::string effective_config_toml(const Config& c) {
     o << "low_water = " << toml_size(l.low_water) << "\n";
     o << "keepalive = " << (l.keepalive ? "true" : "false") << "\n";
     o << "keepalive_interval = " << toml_string(format_duration(l.keepalive_interval)) << "\n";
+    if (l.tls) o << "\n" << tls_server_toml(*l.tls, "listener.tls");
+    if (l.upstream_tls) o << "\n" << tls_client_toml(*l.upstream_tls, "listener.upstream_tls");
   }
   for (const auto& [name, f] : c.filters) {
     o << "\n[filter." << name << "]\n";

@@ -123,6 +123,12 @@ void ErrorSink::add(int line, int column, std::string key, std::string message) 
   errors_.push_back(ConfigError{file_, line, column, std::move(key), std::move(message)});
 }
 
+void ErrorSink::warn(const toml::node* at, std::string key, std::string message) {
+  const int line = at != nullptr ? static_cast<int>(at->source().begin.line) : 0;
+  const int column = at != nullptr ? static_cast<int>(at->source().begin.column) : 0;
+  warnings_.push_back(ConfigError{file_, line, column, std::move(key), std::move(message)});
+}
+
 std::optional<std::string> did_you_mean(std::string_view word, const std::vector<std::string>& candidates) {
   const std::string w = lower(word);
   // Edits first: a typo ("conect_timeout") is the common case.
@@ -168,6 +174,11 @@ const toml::node* TableReader::node(std::string_view key) {
 void TableReader::error(std::string_view key, std::string message) {
   const toml::node* at = table_.get(key);
   errors_.add(at != nullptr ? at : &table_, join_path(path_, key), std::move(message));
+}
+
+void TableReader::warning(std::string_view key, std::string message) {
+  const toml::node* at = table_.get(key);
+  errors_.warn(at != nullptr ? at : &table_, join_path(path_, key), std::move(message));
 }
 
 std::string TableReader::string(std::string_view key, std::string def) {

@@ -39,13 +39,17 @@ class ErrorSink {
   explicit ErrorSink(std::string file) : file_(std::move(file)) {}
   void add(const toml::node* at, std::string key, std::string message);
   void add(int line, int column, std::string key, std::string message);
+  // Valid, but said at every start and reload (e.g. TLS verification off).
+  void warn(const toml::node* at, std::string key, std::string message);
   const std::vector<ConfigError>& errors() const { return errors_; }
+  const std::vector<ConfigError>& warnings() const { return warnings_; }
   bool empty() const { return errors_.empty(); }
   const std::string& file() const { return file_; }
 
  private:
   std::string file_;
   std::vector<ConfigError> errors_;
+  std::vector<ConfigError> warnings_;
 };
 
 // Reads keys of one table. Each getter returns the default when the key is
@@ -85,6 +89,8 @@ class TableReader {
   // Records an error about `key` of this table (positioned at the key's value,
   // or at the table when absent).
   void error(std::string_view key, std::string message);
+  // A warning about `key`, positioned likewise.
+  void warning(std::string_view key, std::string message);
   void finish();
 
   const std::string& path() const { return path_; }

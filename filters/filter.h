@@ -75,6 +75,9 @@ struct Route {
   std::string name;                // for logs: "<filter>/<route>"
   conf::SocketAddress upstream;
   std::optional<conf::SourceConfig> source;  // the listener's own when the route sets none
+  // TLS toward this upstream: nullopt = the listener's upstream_tls; a null
+  // pointer = plaintext (the route says tls = false); else these settings.
+  std::optional<std::shared_ptr<const conf::TlsClientConfig>> tls = std::nullopt;
 };
 
 enum class Verdict : std::uint8_t {

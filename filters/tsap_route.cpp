@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "codec/text.h"
+#include "conf/tls_reader.h"
 #include "conf/toml_reader.h"
 #include "filters/registry.h"
 #include "filters/tsap_match.h"
@@ -21,6 +22,7 @@ struct RouteRule {
   std::vector<TsapPattern> called, calling;  // empty: any
   conf::SocketAddress upstream;
   std::optional<conf::SourceConfig> source;
+  std::optional<std::shared_ptr<const conf::TlsClientConfig>> tls;  // as filters::Route::tls
 };
 
 struct RouteSettings {
@@ -53,7 +55,7 @@ class TsapRoute final : public Filter {
     if (t.type != codec::TpduType::kCR) {
       // Nothing to route by: the default takes it, or the session ends.
       if (s_.fallback) {
-        ctx.set_route({name_ + "/default", *s_.fallback, std::nullopt});
+        ctx.set_route({name_ + "/default", *s_.fallback, std::nullopt, std::nullopt});
         ctx.count(name_, "default");
         return Verdict::kContinue;
       }
@@ -66,13 +68,13 @@ class TsapRoute final : public Filter {
     const auto calling = t.calling_tsap();
     for (const RouteRule& r : s_.routes) {
       if (any_match(r.called, called) && any_match(r.calling, calling)) {
-        ctx.set_route({name_ + "/" + r.name, r.upstream, r.source});
+        ctx.set_route({name_ + "/" + r.name, r.upstream, r.source, r.tls});
         ctx.count(name_, "routed");
         return Verdict::kContinue;
       }
     }
     if (s_.fallback) {
-      ctx.set_route({name_ + "/default", *s_.fallback, std::nullopt});
+      ctx.set_route({name_ + "/default", *s_.fallback, std::nullopt, std::nullopt});
       ctx.count(name_, "default");
       return Verdict::kContinue;
     }
@@ -121,6 +123,8 @@ class TsapRouteFactory final : public FilterFactory {
                "\"\n";
         if (r.source->address) out += "source_address = \"" + r.source->address->text + "\"\n";
       }
+      if (r.tls && !*r.tls) out += "tls = false\n";
+      if (r.tls && *r.tls) out += conf::tls_client_toml(**r.tls, "filter." + name() + ".route.tls");
     }
     return out;
   }
@@ -187,6 +191,7 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
       r.error("source_address", "only used with source = \"fixed\"");
       ok = false;
     }
+    rule.tls = conf::read_tls_client(r, "tls", /*allow_off=*/true, ok);
     if (rule.called.empty() && rule.calling.empty() && r.node("called") == nullptr && r.node("calling") == nullptr) {
       r.error("called", "a route needs called and/or calling TSAPs to match (use `default` for everything else)");
       ok = false;

@@ -12,6 +12,7 @@ int run_check(const std::string& path, bool verbose, std::ostream& out, std::ost
     for (const auto& e : config.error()) err << e.to_string() << '\n';
     return 1;
   }
+  for (const auto& w : config->warnings) err << "warning: " << w << '\n';
   out << path << ": ok\n";
   if (verbose) out << conf::effective_config_toml(*config);
   return 0;

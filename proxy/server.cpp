@@ -14,6 +14,7 @@
 #include "conf/loader.h"
 #include "log.h"
 #include "notify.h"
+#include "tls.h"
 #include "upstream.h"
 
 namespace isoproxy {
@@ -142,6 +143,16 @@ Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial)
   // From the loop, not now: start() runs before `--user` drops privileges,
   // and a lookup would start libuv's thread pool with root's capabilities.
   uv_timer_start(&dns_check_timer_, [](uv_timer_t* t) noexcept { static_cast<Server*>(t->data)->check_source_names(); }, 0, 0);
+  // What the TLS settings in force present and trust, and what they do not
+  // check, at every start and reload.
+  for (const auto& w : config_->warnings) spdlog::warn("{}", w);
+  for (const auto& l : config_->listeners) {
+    if (l.tls && l.tls->context && l.tls->context->own_certificate()) {
+      const auto& own = *l.tls->context->own_certificate();
+      spdlog::info("listener {}: TLS certificate {} (issuer {}), valid until {}; client certificates {}", l.name,
+                   log::quote(own.subject), log::quote(own.issuer), own.not_after, l.tls->verify_client);
+    }
+  }
   return Ok{};
 }
 

@@ -78,6 +78,10 @@ class Server {
     buf->base = read_buffer_.data();
     buf->len = read_buffer_.size();
   }
+  // Plaintext decrypted from a TLS leg (one record at most), processed before
+  // the next one is decrypted.
+  static constexpr std::size_t kTlsBufferSize = 16384;
+  std::uint8_t* tls_buffer() { return tls_buffer_.data(); }
   // Registers a new session and returns it; nullptr if the global limit is reached.
   Session* new_session(Listener& l, const std::shared_ptr<const ListenerRuntime>& rt);
   bool at_global_limit() const { return sessions_.size() >= config_->global.max_sessions; }
@@ -149,6 +153,7 @@ class Server {
   std::array<char, 65536> read_buffer_{};
   ReverseDns rdns_{&loop_};
   std::unordered_map<std::string, std::uint64_t> outbound_;
+  std::array<std::uint8_t, kTlsBufferSize> tls_buffer_{};
 };
 
 }  // namespace isoproxy

@@ -44,6 +44,14 @@ struct WriteReq {
 
 std::string uv_error_text(int err) { return std::string(uv_err_name(err)) + " (" + uv_strerror(err) + ")"; }
 
+// "192.0.2.1" of "192.0.2.1:102", "2001:db8::1" of "[2001:db8::1]:102".
+std::string host_of(const std::string& addr) {
+  const auto colon = addr.rfind(':');
+  std::string h = colon == std::string::npos ? addr : addr.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[') h = h.substr(1, h.size() - 2);
+  return h;
+}
+
 constexpr filters::Direction dir_from(Session::Side from) {
   return from == Session::Side::kClient ? filters::Direction::kToUpstream : filters::Direction::kToClient;
 }
@@ -131,19 +139,30 @@ void Session::start(uv_stream_t* server_stream) {
   uv_tcp_nodelay(&client_.tcp, 1);  // RFC 2126 §6.2; each frame goes out as soon as it is complete
   if (c.keepalive) uv_tcp_keepalive(&client_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
   spdlog::debug("[S{}] accepted client={} listener={}", id_, client_addr_, c.name);
+  if (c.tls) {
+    // TLS from the client: nothing goes upstream (not even a connection)
+    // until the handshake is done and the client's certificate accepted.
+    client_.tls = tls::Channel::accept(c.tls->context);
+    client_.tls_deadline_ms = start_ms_ + static_cast<std::uint64_t>(c.tls->handshake_timeout.count());
+    awaiting_client_tls_ = true;
+  }
   update_reading(client_);
+  if (!awaiting_client_tls_) start_upstream();
+  arm_timer();
+}
+
+void Session::start_upstream() {
   if (chain_.routes()) {
     // A routing filter picks the upstream from the CR: connect once it has.
     awaiting_route_ = true;
-  } else {
-    auto target = upstream_target(rt_->cfg, client_.tcp);
-    if (!target) {
-      close(target.error().kind + ": " + target.error().message);
-      return;
-    }
-    connect_upstream(*target, rt_->cfg.source);
+    return;
   }
-  arm_timer();
+  auto target = upstream_target(rt_->cfg, client_.tcp);
+  if (!target) {
+    close(target.error().kind + ": " + target.error().message);
+    return;
+  }
+  connect_upstream(*target, rt_->cfg.source, rt_->cfg.upstream_tls);
 }
 
 void Session::set_route(filters::Route route) {
@@ -151,10 +170,12 @@ void Session::set_route(filters::Route route) {
   awaiting_route_ = false;
   route_name_ = route.name;
   spdlog::debug("[S{}] route {} -> {}", id_, route.name, route.upstream.text);
-  connect_upstream(route.upstream, route.source ? *route.source : rt_->cfg.source);
+  connect_upstream(route.upstream, route.source ? *route.source : rt_->cfg.source,
+                   route.tls ? *route.tls : rt_->cfg.upstream_tls);
 }
 
-void Session::connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source) {
+void Session::connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source,
+                               std::shared_ptr<const conf::TlsClientConfig> tls) {
   upstream_addr_ = target.text;
   upstream_ss_ = target.storage;
   server_.rdns().want(target.sa());
@@ -167,6 +188,13 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
   h->data = &upstream_;
   upstream_.initialised = true;
   ++open_handles_;
+  if (tls) {
+    upstream_.tls = tls::Channel::connect(tls->context, host_of(target.text));
+    if (!tls->verify) {
+      spdlog::warn("[S{}] upstream {}: TLS certificate not verified (verify = false): the peer may be anyone", id_,
+                   target.text);
+    }
+  }
   auto bound = bind_source(source, h, client_.tcp, target.family());
   if (!bound) {
     server_.stats().connect_failures[bound.error().kind]++;
@@ -223,6 +251,17 @@ void Session::on_connect(int status) {
   if (state_ == SessionState::kConnecting) state_ = SessionState::kAwaitingCc;
   spdlog::debug("[S{}] connected upstream={} source={}", id_, upstream_addr_, source_addr_);
   update_reading(upstream_);
+  if (upstream_.tls) {
+    // The ClientHello; what the client sent meanwhile waits for the handshake.
+    upstream_.tls_deadline_ms = server_.now_ms() + static_cast<std::uint64_t>(upstream_.tls->context().handshake_timeout().count());
+    const auto st = upstream_.tls->handshake();
+    flush_tls(upstream_);
+    if (closing_) return;
+    if (st == tls::Channel::Status::kError) {
+      tls_failed(upstream_);
+      return;
+    }
+  }
   maybe_shutdown(upstream_);  // the client may have sent FIN while we were connecting
   arm_timer();
   if (draining_) drain();
@@ -232,9 +271,12 @@ void Session::update_reading(Leg& l) {
   if (!l.initialised || !l.connected) return;
   const Leg& o = other(l);
   const bool held_back = l.side == Side::kClient && pending_up_.size() > rt_->cfg.high_water;
+  // A TLS handshake in progress is read whatever the other leg's queue: it
+  // yields no plaintext, and stopping it could stall both legs.
+  const bool handshaking = l.tls && !l.tls->established() && !l.tls->failed();
   const bool want = lingering_ ? !closing_ && !l.eof
-                               : !closing_ && !close_after_flush_ && !l.eof && !l.drain_stopped && !o.over_high_water &&
-                                     !held_back;
+                               : !closing_ && !close_after_flush_ && !l.eof && !l.drain_stopped &&
+                                     (handshaking || (!o.over_high_water && !held_back));
   if (want == l.reading) return;
   auto* s = reinterpret_cast<uv_stream_t*>(&l.tcp);
   if (want) {
@@ -276,6 +318,10 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
       on_read_error(from, UV_ECONNRESET);
       return;
     }
+    if (from.tls && !from.tls->established()) {
+      close("tls-handshake-failed: " + std::string(side_name(from.side)) + ": the peer closed the connection during the TLS handshake");
+      return;
+    }
     on_eof(from);
     return;
   }
@@ -284,7 +330,11 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   last_activity_ms_ = server_.now_ms();
-  process(from, codec::MutableBytes(reinterpret_cast<std::uint8_t*>(buf->base), static_cast<std::size_t>(nread)));
+  if (from.tls) {
+    on_tls_data(from, reinterpret_cast<const std::uint8_t*>(buf->base), static_cast<std::size_t>(nread));
+  } else {
+    process(from, codec::MutableBytes(reinterpret_cast<std::uint8_t*>(buf->base), static_cast<std::size_t>(nread)));
+  }
   if (draining_ && !closing_) {
     Flow& f = flow_from(from.side);
     // Once the frame in flight when the drain began is complete, stop: a
@@ -512,6 +562,15 @@ void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
     return;
   }
   (to.side == Side::kUpstream ? server_.stats().bytes_to_upstream : server_.stats().bytes_to_client) += total;
+  if (to.tls) {
+    send_tls(to, bufs, n, total);
+    return;
+  }
+  write_wire(to, bufs, n, total);
+}
+
+void Session::write_wire(Leg& to, const uv_buf_t* bufs, unsigned n, std::size_t total) {
+  if (closing_ || total == 0) return;
   std::size_t done = 0;
   auto* stream = reinterpret_cast<uv_stream_t*>(&to.tcp);
   if (to.connected && to.queued == 0) {
@@ -555,6 +614,10 @@ void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
     return;
   }
   to.queued += w->len;
+  check_high_water(to);
+}
+
+void Session::check_high_water(Leg& to) {
   if (!to.over_high_water && to.queued > rt_->cfg.high_water) {
     // A slow reader pauses the fast writer (DESIGN.md §2.3).
     to.over_high_water = true;
@@ -562,9 +625,117 @@ void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
   }
 }
 
+void Session::check_low_water(Leg& to) {
+  if (to.over_high_water && to.queued <= rt_->cfg.low_water) {
+    to.over_high_water = false;
+    update_reading(other(to));
+  }
+}
+
 void Session::send_owned(Leg& to, std::vector<std::uint8_t> bytes) {
   uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
   send(to, &b, 1);  // copies what it cannot write at once
+}
+
+// TLS legs. Ciphertext read is fed to the channel and everything it yields is
+// processed at once, exactly as a plaintext read is, so backpressure works the
+// same: a paused leg is not read from the socket, and nothing piles up inside
+// OpenSSL meanwhile.
+void Session::on_tls_data(Leg& from, const std::uint8_t* data, std::size_t n) {
+  tls::Channel& t = *from.tls;
+  t.feed(data, n);
+  // The read buffer is the loop's: whatever a closing session leaves unread
+  // must not be reachable from the channel afterwards.
+  struct DropInput {
+    tls::Channel& t;
+    ~DropInput() { t.drop_input(); }
+  } guard{t};
+  if (!t.established()) {
+    const auto st = t.handshake();
+    flush_tls(from);
+    if (closing_) return;
+    if (st == tls::Channel::Status::kError) {
+      tls_failed(from);
+      return;
+    }
+    if (st != tls::Channel::Status::kOk) return;  // more handshake to come
+    on_tls_established(from);
+    if (closing_ || close_after_flush_) return;
+  }
+  std::uint8_t* plain = server_.tls_buffer();
+  for (;;) {
+    const auto r = t.read(plain, Server::kTlsBufferSize);
+    if (r.status == tls::Channel::Status::kOk) {
+      process(from, codec::MutableBytes(plain, r.n));
+      if (closing_ || close_after_flush_) return;
+      continue;
+    }
+    flush_tls(from);  // reading may have produced an answer (a key update)
+    if (closing_) return;
+    if (r.status == tls::Channel::Status::kWantMore) return;
+    if (r.status == tls::Channel::Status::kClosed) {
+      on_eof(from);  // close_notify: this direction ends as with a FIN
+      return;
+    }
+    tls_failed(from);
+    return;
+  }
+}
+
+void Session::on_tls_established(Leg& l) {
+  l.tls_deadline_ms = 0;
+  const tls::Info& i = l.tls->info();
+  spdlog::debug("[S{}] TLS with {}: {} {} peer={} verify={}", id_, side_name(l.side), i.version, i.cipher,
+                log::quote(i.peer_subject.empty() ? "-" : i.peer_subject), i.verify);
+  if (!l.tls_pending.empty()) {
+    // What waited for the handshake goes first, then the FIN if one is due.
+    std::vector<std::uint8_t> held = std::move(l.tls_pending);
+    l.tls_pending.clear();
+    l.queued -= held.size();
+    uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(held.data()), static_cast<unsigned>(held.size()));
+    send_tls(l, &b, 1, held.size());
+    if (closing_) return;
+    check_low_water(l);
+  }
+  maybe_shutdown(l);
+  if (l.side == Side::kClient && awaiting_client_tls_) {
+    awaiting_client_tls_ = false;
+    start_upstream();
+  }
+  arm_timer();
+}
+
+void Session::send_tls(Leg& to, const uv_buf_t* bufs, unsigned n, std::size_t total) {
+  tls::Channel& t = *to.tls;
+  if (t.failed()) return;
+  if (!t.established()) {
+    for (unsigned i = 0; i < n; ++i) to.tls_pending.insert(to.tls_pending.end(), bufs[i].base, bufs[i].base + bufs[i].len);
+    to.queued += total;
+    check_high_water(to);
+    return;
+  }
+  for (unsigned i = 0; i < n; ++i) {
+    if (t.write(reinterpret_cast<const std::uint8_t*>(bufs[i].base), bufs[i].len) != tls::Channel::Status::kOk) {
+      tls_failed(to);
+      return;
+    }
+  }
+  flush_tls(to);
+}
+
+void Session::flush_tls(Leg& l) {
+  if (!l.tls || l.tls->output().empty()) return;
+  const auto& out = l.tls->output();
+  uv_buf_t b = uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(out.data())), static_cast<unsigned>(out.size()));
+  write_wire(l, &b, 1, out.size());  // copies what the socket does not take at once
+  l.tls->clear_output();
+}
+
+void Session::tls_failed(Leg& l) {
+  flush_tls(l);  // the alert that tells the peer why
+  const tls::Failure& f = l.tls->failure();
+  // Whatever the other leg still has queued is delivered; nothing more is relayed.
+  close_after_flush(f.name + ": " + std::string(side_name(l.side)) + ": " + f.detail);
 }
 
 void Session::on_write_done(Leg& to, std::size_t len, int status) {
@@ -576,10 +747,7 @@ void Session::on_write_done(Leg& to, std::size_t len, int status) {
           true);
     return;
   }
-  if (to.over_high_water && to.queued <= rt_->cfg.low_water) {
-    to.over_high_water = false;
-    update_reading(other(to));
-  }
+  check_low_water(to);
   maybe_finish();
 }
 
@@ -607,6 +775,13 @@ void Session::on_eof(Leg& from) {
 
 void Session::maybe_shutdown(Leg& l) {
   if (!l.shutdown_wanted || l.shutdown_sent || !l.connected || closing_) return;
+  if (l.tls) {
+    // FIN after the handshake and what it held back, behind a close_notify;
+    // a session closing anyway does not wait for a handshake.
+    if (!l.tls->established() && !l.tls->failed() && !lingering_) return;
+    l.tls->shutdown();
+    flush_tls(l);
+  }
   l.shutdown_sent = true;
   l.shutdown_req.data = &l;
   // uv_shutdown waits for the queued writes: FIN goes after the last byte.
@@ -721,6 +896,9 @@ void Session::arm_timer() {
   if (upstream_.initialised && !upstream_.connected) {
     deadline = std::min<std::uint64_t>(deadline, connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count()));
   }
+  for (const Leg* l : {&client_, &upstream_}) {
+    if (l->tls && !l->tls->established() && l->tls_deadline_ms != 0) deadline = std::min(deadline, l->tls_deadline_ms);
+  }
   if (state_ != SessionState::kEstablished && !non_rfc1006_ && c.handshake_timeout.count() > 0) {
     deadline = std::min<std::uint64_t>(deadline, start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count()));
   }
@@ -747,6 +925,13 @@ void Session::on_timer() {
     if (now >= at) close(pending_close_reason_);
     else arm_timer();
     return;
+  }
+  for (const Leg* l : {&client_, &upstream_}) {
+    if (l->tls && !l->tls->established() && l->tls_deadline_ms != 0 && now >= l->tls_deadline_ms) {
+      close("tls-handshake-timeout: " + std::string(side_name(l->side)) + ": no TLS handshake within " +
+            conf::format_duration(l->tls->context().handshake_timeout()));
+      return;
+    }
   }
   if (upstream_.initialised && !upstream_.connected &&
       now >= connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count())) {
@@ -891,6 +1076,15 @@ std::string Session::close_line() const {
   if (discarded) s += " drain_discarded=" + std::to_string(discarded);
   if (non_rfc1006_) s += " non_rfc1006=1";
   else if (to_upstream_.raw || to_client_.raw) s += " raw=1";
+  for (const Leg* l : {&client_, &upstream_}) {
+    if (!l->tls) continue;
+    const tls::Info& i = l->tls->info();
+    const std::string p = " " + std::string(side_name(l->side));
+    s += p + "_tls=" + (!i.version.empty() ? i.version : l->tls->failed() ? std::string("failed") : std::string("handshake"));
+    if (!i.cipher.empty()) s += p + "_cipher=" + i.cipher;
+    if (!i.peer_subject.empty()) s += p + "_peer=" + log::quote(i.peer_subject);
+    if (!i.verify.empty()) s += p + "_verify=" + log::quote(i.verify);
+  }
   std::string repairs;
   for (const auto& [k, v] : counters_) repairs += (repairs.empty() ? "" : ",") + k + "=" + std::to_string(v);
   s += " filters=" + (repairs.empty() ? std::string("-") : repairs);
@@ -946,6 +1140,20 @@ nlohmann::json direction_json(const DirectionStats& d) {
           {"anomalies", d.anomalies}, {"decode_errors", d.decode_errors}, {"raw_bytes", d.raw_bytes}};
 }
 
+nlohmann::json tls_json(const tls::Channel* t) {
+  if (t == nullptr) return nullptr;
+  auto str = [](const std::string& v) { return v.empty() ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  const tls::Info& i = t->info();
+  return {{"state", t->failed() ? "failed" : t->established() ? "established" : "handshake"},
+          {"version", str(i.version)},
+          {"cipher", str(i.cipher)},
+          {"peer_subject", str(i.peer_subject)},
+          {"peer_issuer", str(i.peer_issuer)},
+          {"verify", str(i.verify)},
+          {"sni", str(i.sni)},
+          {"close_notify", i.close_notify}};
+}
+
 std::optional<std::uint32_t> size_of(std::optional<std::uint8_t> code) {
   if (!code) return std::nullopt;
   return codec::tpdu_size_octets(*code);
@@ -999,6 +1207,8 @@ nlohmann::json Session::snapshot() const {
   } else {
     j["er"] = nullptr;
   }
+  j["client_tls"] = tls_json(client_.tls.get());
+  j["upstream_tls"] = tls_json(upstream_.tls.get());
   j["non_rfc1006"] = non_rfc1006_;
   j["raw"] = to_upstream_.raw || to_client_.raw;
   j["close_reason"] = close_reason_.empty() ? json(nullptr) : json(close_reason_);

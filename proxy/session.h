@@ -22,6 +22,7 @@
 #include "codec/tpkt.h"
 #include "conf/config.h"
 #include "filters/chain.h"
+#include "tls.h"
 
 namespace isoproxy {
 
@@ -106,9 +107,15 @@ class Session final : public filters::FilterContext {
     bool shutdown_done = false;
     bool shutdown_wanted = false;  // FIN toward this peer once it is connected
     bool drain_stopped = false;
-    std::uint64_t queued = 0;      // bytes in uv_write requests not yet completed
+    std::uint64_t queued = 0;      // bytes in uv_write requests not yet completed (and tls_pending)
     bool over_high_water = false;  // this leg's queue pauses the other leg's reading
     uv_shutdown_t shutdown_req{};
+    // TLS on this leg (proxy/tls.h): null for plaintext. Frames for this peer
+    // are encrypted under the framing; what arrives before the handshake is
+    // done waits in tls_pending (counted in `queued`, so backpressure holds).
+    std::unique_ptr<tls::Channel> tls;
+    std::uint64_t tls_deadline_ms = 0;  // loop time by which the handshake must be done
+    std::vector<std::uint8_t> tls_pending;
   };
   // One direction of bytes: read from `from`, written to the other leg.
   struct Flow {
@@ -126,7 +133,9 @@ class Session final : public filters::FilterContext {
   Flow& flow_from(Side s) { return s == Side::kClient ? to_upstream_ : to_client_; }
   static std::string_view side_name(Side s) { return s == Side::kClient ? "client" : "upstream"; }
 
-  void connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source);
+  void start_upstream();
+  void connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source,
+                        std::shared_ptr<const conf::TlsClientConfig> tls);
   void on_connect(int status);
   void on_read(Leg& from, ssize_t nread, const uv_buf_t* buf);
   void on_eof(Leg& from);
@@ -136,6 +145,15 @@ class Session final : public filters::FilterContext {
   void to_raw(Leg& from, Flow& f, std::string_view why);
   void send(Leg& to, const uv_buf_t* bufs, unsigned n);
   void send_owned(Leg& to, std::vector<std::uint8_t> bytes);
+  void write_wire(Leg& to, const uv_buf_t* bufs, unsigned n, std::size_t total);
+  void check_high_water(Leg& to);
+  void check_low_water(Leg& to);
+  // TLS legs: ciphertext in, plaintext to process(); frames out encrypted.
+  void on_tls_data(Leg& from, const std::uint8_t* data, std::size_t n);
+  void on_tls_established(Leg& l);
+  void send_tls(Leg& to, const uv_buf_t* bufs, unsigned n, std::size_t total);
+  void flush_tls(Leg& l);
+  void tls_failed(Leg& l);
   void on_write_done(Leg& to, std::size_t len, int status);
   void on_shutdown_done(Leg& l, int status);
   void maybe_shutdown(Leg& l);
@@ -186,6 +204,7 @@ class Session final : public filters::FilterContext {
   sockaddr_storage client_ss_{};
   sockaddr_storage upstream_ss_{};  // family 0 until an upstream is chosen
   bool awaiting_route_ = false;              // a routing filter chooses the upstream from the CR
+  bool awaiting_client_tls_ = false;         // the upstream is connected once the client's TLS handshake is done
   std::vector<std::uint8_t> pending_up_;     // bytes for the upstream before its socket exists
   std::uint64_t connect_start_ms_ = 0;
   std::uint64_t start_ms_ = 0, last_activity_ms_ = 0, cc_ms_ = 0, cr_ms_ = 0;  // loop time, for timers
