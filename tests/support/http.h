@@ -24,6 +24,12 @@ struct HttpReply {
   int status = 0;
   std::string headers;
   std::string body;
+  // The value of a header (first occurrence, name case-insensitive), empty if absent.
+  std::string header(const std::string& name) const {
+    const std::regex re("\r\n" + name + ": ([^\r\n]*)", std::regex::icase);
+    std::smatch m;
+    return std::regex_search(headers, m, re) ? m[1].str() : std::string();
+  }
 };
 
 // One request on a fresh connection (Connection: close), read to EOF.
