@@ -1100,6 +1100,8 @@ class Cycler final : public Peer {
   bool hold = false;
   double trickle_s = 0;
   std::uint64_t echoes = 0;
+  std::vector<double> echo_ms;  // round trips of the trickle frames, while `timing`
+  bool timing = false;
 
   Cycler(Loop& loop, const sockaddr_in& relay) : loop_(loop), conns_(loop), relay_(relay), small_(make_dt(64, 3)) {}
   ConnSet& conns() { return conns_; }
@@ -1132,6 +1134,7 @@ class Cycler final : public Peer {
       return true;
     }
     ++echoes;
+    if (timing) echo_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - c.stamp).count());
     return true;
   }
   void on_eof(Conn& c) override {
@@ -1151,6 +1154,7 @@ class Cycler final : public Peer {
     const auto period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(trickle_s));
     conns_.each([&](Conn& c) {
       if (c.established && c.next <= now) {
+        c.stamp = now;
         c.send(small_);
         c.next += period;
       }
@@ -1456,6 +1460,8 @@ int run_livestats(const Common& o, const Setup& st, const LivestatsOptions& lo) 
       Streamer s(loop, 8192);
       if (!open_streams(loop, s, st, 1, 10)) return kExitFailed;
       const std::uint64_t before = resp.tally();
+      held.echo_ms.clear();
+      held.timing = true;
       Window w(o.pid, o.tree);
       s.start(UINT64_MAX / 2);
       std::atomic<bool> stop{false};
@@ -1479,6 +1485,9 @@ int run_livestats(const Common& o, const Setup& st, const LivestatsOptions& lo) 
       loop.run([&] { return s.errors > 0; }, deadline_in(lo.stream_s), [&] { held.tick(); });
       const std::uint64_t got = resp.tally() - before;
       w.stop();
+      held.timing = false;
+      std::vector<double> echo = std::move(held.echo_ms);
+      std::sort(echo.begin(), echo.end());
       stop = true;
       poller.join();
       s.stop();
@@ -1497,6 +1506,9 @@ int run_livestats(const Common& o, const Setup& st, const LivestatsOptions& lo) 
       w.report(r);
       r.add("polls", polls).add("poll_p50_ms", poll_ms.empty() ? 0.0 : percentile(poll_ms, 50), 2);
       r.add("sessions_open", static_cast<std::uint64_t>(held.open()));
+      // What a held session saw meanwhile: its echoes' round trips.
+      r.add("echoes", static_cast<std::uint64_t>(echo.size())).add("echo_p50_ms", percentile(echo, 50), 2);
+      r.add("echo_p99_ms", percentile(echo, 99), 2).add("echo_max_ms", echo.empty() ? NAN : echo.back(), 2);
       r.print();
     }
   }

@@ -9,6 +9,7 @@
 # WORKLOAD: throughput pingpong connrate idle livestats profile (default: all).
 # Options:
 #   --quick           smaller counts and shorter runs, to try the harness (rougher figures)
+#   --repeat N        passes of the comparison, the table shows medians (default 5; 1 with --quick)
 #   --relays LIST     comma-separated subset of isoproxy,isoproxy-bare,haproxy,socat (default: all)
 #   --no-build        use the binaries already built in the build directory
 #   --build-dir DIR   default build-bench (Release, tests off)
@@ -31,6 +32,7 @@ max_load=1.5
 wait_max=600
 results=bench/RESULTS.md
 port=23100
+repeat=""
 workloads=()
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -39,6 +41,7 @@ say() { echo "bench: $*" >&2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
+    --repeat) repeat=${2:?--repeat needs a count}; shift ;;
     --relays) relays_arg=${2:?--relays needs a list}; shift ;;
     --no-build) build=0 ;;
     --build-dir) build_dir=${2:?}; shift ;;
@@ -64,12 +67,13 @@ has_relay() { local r; for r in "${relays[@]}"; do [[ $r == "$1" ]] && return 0;
 if [[ $quick -eq 1 ]]; then
   tp_bytes=500000000; pp_count=5000; cr_count=3000; idle_n=1000; idle_socat=200
   ls_sessions=200; ls_closed=200; ls_requests=50; ls_stream=3; ls_rounds=1
-  prof_bytes=1000000000; prof_conns=5000
+  prof_bytes=1000000000; prof_conns=5000; : "${repeat:=1}"
 else
   tp_bytes=4000000000; pp_count=50000; cr_count=20000; idle_n=9000; idle_socat=1000
   ls_sessions=1000; ls_closed=1000; ls_requests=200; ls_stream=8; ls_rounds=2
-  prof_bytes=4000000000; prof_conns=20000
+  prof_bytes=4000000000; prof_conns=20000; : "${repeat:=5}"
 fi
+[[ $repeat =~ ^[1-9][0-9]*$ ]] || die "--repeat takes a count from 1"
 server_port=$port relay_port=$((port + 1)) admin_port=$((port + 2))
 server=127.0.0.1:$server_port relay=127.0.0.1:$relay_port admin=127.0.0.1:$admin_port
 pin_cpu=$(( $(nproc) - 1 ))   # ping-pong: relay and generator both on this CPU
@@ -137,6 +141,26 @@ wait_quiet() {
     fi
     [[ $((waited % 60)) -eq 0 ]] && say "load average $(load1) >= $max_load: waiting (at most ${wait_max}s)"
     sleep 5; waited=$((waited + 5))
+  done
+}
+# Before each pass: the CPUs other processes used over 2 s, from /proc/stat
+# (nothing of this run is running then). Waits, at most 120 s, for it to be
+# under 0.2 CPUs; the table's notes give each run's own figure anyway.
+others_now() {
+  local a b
+  a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat); sleep 2
+  b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat)
+  awk -v a="$a" -v b="$b" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz / 2 }'
+}
+wait_idle() {
+  local waited=0 o
+  while o=$(others_now); ! below "$o" 0.2; do
+    if [[ $waited -ge 120 ]]; then
+      say "other processes still use $o CPUs: measuring anyway"
+      return
+    fi
+    [[ $((waited % 30)) -eq 0 ]] && say "other processes use $o CPUs: waiting for a quieter moment (at most 120 s)"
+    sleep 3; waited=$((waited + 5))
   done
 }
 wait_quiet
@@ -240,10 +264,10 @@ loadgen() {
   if ! ( ulimit -n 20000; timeout --kill-after=5 "$bound" "${pin[@]}" "$lg" "${args[@]}" ) \
       > "$run_dir/last.out" 2>> "$run_dir/loadgen.log"; then
     say "$name: $1 failed (see $run_dir/loadgen.log): $(tail -n1 "$run_dir/loadgen.log")"
-    echo "RESULT relay=$name failed=$1 load=$l" >> "$out"
+    echo "RESULT relay=$name pass=${rep:-1} failed=$1 load=$l" >> "$out"
     return 0
   fi
-  sed -e "s/^RESULT /RESULT relay=$name load=$l /" "$run_dir/last.out" | tee -a "$out" | sed 's/^RESULT /  /' >&2
+  sed -e "s/^RESULT /RESULT relay=$name pass=${rep:-1} load=$l /" "$run_dir/last.out" | tee -a "$out" | sed 's/^RESULT /  /' >&2
 }
 
 label() {
@@ -256,35 +280,50 @@ label() {
 }
 
 # --- issue 7: the comparison ---------------------------------------------------
-for r in "${relays[@]}"; do
+# The whole comparison runs $repeat times; within each pass the relays take
+# turns on each workload, so that the ones compared ran close together. The
+# table shows the median of the passes.
+for pass in $(seq "$repeat"); do
+  wait_idle
+  rep=$pass
   if want throughput; then
     for c in 1 4; do
-      say "$r: throughput, $c connection(s)"
-      start_relay "$r" "$r-throughput-$c"
-      loadgen "$r" 120 throughput --conns "$c" --bytes "$tp_bytes" --seconds 60
-      stop_relay
+      for r in "${relays[@]}"; do
+        say "pass $pass/$repeat: $r: throughput, $c connection(s)"
+        start_relay "$r" "$r-throughput-$c-$pass"
+        loadgen "$r" 120 throughput --conns "$c" --bytes "$tp_bytes" --seconds 60
+        stop_relay
+      done
     done
   fi
   if want pingpong; then
-    say "$r: ping-pong, relay and generator on CPU $pin_cpu"
-    start_relay "$r" "$r-pingpong" "$pin_cpu"
-    PIN=$pin_cpu loadgen "$r" 120 pingpong --count "$pp_count" --warmup 1000 --size 64 --seconds 60
-    stop_relay
+    for r in "${relays[@]}"; do
+      say "pass $pass/$repeat: $r: ping-pong, relay and generator on CPU $pin_cpu"
+      start_relay "$r" "$r-pingpong-$pass" "$pin_cpu"
+      PIN=$pin_cpu loadgen "$r" 120 pingpong --count "$pp_count" --warmup 1000 --size 64 --seconds 60
+      stop_relay
+    done
   fi
   if want connrate; then
-    say "$r: connection rate"
-    start_relay "$r" "$r-connrate"
-    loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
-    stop_relay
+    for r in "${relays[@]}"; do
+      say "pass $pass/$repeat: $r: connection rate"
+      start_relay "$r" "$r-connrate-$pass"
+      loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
+      stop_relay
+    done
   fi
   if want idle; then
-    n=$idle_n; [[ $r == socat ]] && n=$idle_socat
-    say "$r: idle hold, $n sessions"
-    start_relay "$r" "$r-idle"
-    loadgen "$r" 200 idle --sessions "$n" --concurrency 200 --seconds 120
-    stop_relay
+    for r in "${relays[@]}"; do
+      n=$idle_n
+      if [[ $r == socat ]]; then n=$idle_socat; fi
+      say "pass $pass/$repeat: $r: idle hold, $n sessions"
+      start_relay "$r" "$r-idle-$pass"
+      loadgen "$r" 200 idle --sessions "$n" --concurrency 200 --seconds 120
+      stop_relay
+    done
   fi
 done
+rep=1
 
 # --- issue 5: live stats under load ----------------------------------------------
 if want livestats; then
@@ -336,31 +375,44 @@ trap - EXIT
 cleanup
 
 # --- the table ----------------------------------------------------------------------
-# field RELAY WORKLOAD-FILTER KEY: the value of KEY in the first matching line.
+# field RELAY FILTER KEY: "median min max n" of KEY over the result lines of
+# RELAY that match FILTER (k=v,k=v), or nothing.
 field() {
   awk -v relay="$1" -v match_="$2" -v key="$3" '
     $1 == "RESULT" {
-      ok = 0; v = ""
       for (i = 2; i <= NF; i++) {
         split($i, kv, "=")
         f[kv[1]] = substr($i, length(kv[1]) + 2)
       }
-      if (f["relay"] == relay) {
-        n = split(match_, conds, ",")
+      if (f["relay"] == relay && (key in f)) {
         ok = 1
-        for (j = 1; j <= n; j++) {
+        m = split(match_, conds, ",")
+        for (j = 1; j <= m; j++) {
           eq = index(conds[j], "=")
           if (f[substr(conds[j], 1, eq - 1)] != substr(conds[j], eq + 1)) ok = 0
         }
-        if (ok && (key in f)) { print f[key]; exit }
+        if (ok) v[++n] = f[key] + 0
       }
       delete f
+    }
+    END {
+      if (n == 0) exit
+      for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+      med = n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+      print med, v[1], v[n], n
     }' "$out"
 }
-cell() {  # relay filter key decimals
-  local v h
-  v=$(field "$1" "$2" "$3"); h=$(field haproxy "$2" "$3")
-  if [[ -z $v ]]; then echo "–"; return; fi
+med() { field "$@" | cut -d' ' -f1; }
+spread=()   # cells whose passes disagree by more than 25 % of their median
+cell() {  # relay filter key decimals row-label
+  local f v h lo hi n
+  f=$(field "$1" "$2" "$3")
+  if [[ -z $f ]]; then echo "–"; return; fi
+  read -r v lo hi n <<< "$f"
+  if awk -v v="$v" -v lo="$lo" -v hi="$hi" 'BEGIN { exit !(v > 0 && (hi - lo) / v > 0.25) }'; then
+    spread+=("$5, $(label "$1"): $(printf "%.${4}f–%.${4}f" "$lo" "$hi") over $n passes")
+  fi
+  h=$(med haproxy "$2" "$3")
   if [[ $1 == haproxy || -z $h ]]; then printf "%.${4}f" "$v"; return; fi
   awk -v v="$v" -v h="$h" -v d="$4" 'BEGIN { if (h > 0) printf "%.*f (%.2f×)", d, v, v / h; else printf "%.*f", d, v }'
 }
@@ -389,59 +441,74 @@ table=$run_dir/table.md
     want "${wname%%,*}" || continue
     printf '| %s | %s |' "$wl" "$fig"
     for r in "${relays[@]}"; do
-      if [[ $r == socat && $key == rss_kib_per_session ]]; then
-        printf ' %s † |' "$(cell "$r" "$filter" pss_kib_per_session "$dec")"  # see the note
-      else
-        printf ' %s |' "$(cell "$r" "$filter" "$key" "$dec")"
-      fi
+      k=$key mark=""
+      if [[ $r == socat && $key == rss_kib_per_session ]]; then k=pss_kib_per_session mark=" †"; fi  # see the notes
+      cell "$r" "$filter" "$k" "$dec" "$wl, $fig" > "$run_dir/cell"
+      printf ' %s%s |' "$(cat "$run_dir/cell")" "$mark"
     done
     printf ' %s |\n' "$target"
   done
 } > "$table"
 
-# Figures that qualify the table: the load, other processes' CPU, failures.
+# Figures that qualify the table: repetitions, spread, other processes' CPU, failures.
 notes=$run_dir/notes.md
 {
+  echo "Each cell is the median of $repeat pass(es); in each pass the relays took turns on each workload."
+  if [[ ${#spread[@]} -gt 0 ]]; then
+    echo "Cells whose passes differ by more than 25 % of the median (min–max):"
+    echo
+    printf -- '- %s\n' "${spread[@]}"
+  fi
+  echo
   if grep -q ' failed=' "$out"; then
-    echo "Failed runs (no figure): $(grep -o 'relay=[^ ]* failed=[^ ]*' "$out" | sed 's/relay=//; s/ failed=/: /' | paste -sd, -)."
+    echo "Failed runs (no figure): $(grep -o 'relay=[^ ]* pass=[^ ]* failed=[^ ]*' "$out" | sed 's/relay=//; s/ pass=/ pass /; s/ failed=/: /' | paste -sd, -)."
     echo
   fi
   if has_relay socat && want idle; then
-    echo "socat forks a process per connection: its CPU is that of the whole process tree (utime+stime+cutime+cstime of the listener and every child, from /proc). † Its idle figure is taken at $idle_socat sessions (not $idle_n: a process each) and is PSS per session, $(field socat workload=idle pss_kib_per_session) KiB, which splits shared pages between the processes; RSS summed over them would count shared pages once per process: $(field socat workload=idle rss_kib_per_session) KiB."
+    echo "socat forks a process per connection: its CPU is that of the whole process tree (utime+stime+cutime+cstime of the listener and every child, from /proc). † Its idle figure is taken at $idle_socat sessions (not $idle_n: a process each) and is PSS per session, which splits shared pages between the processes; RSS summed over them would count shared pages once per process: $(med socat workload=idle rss_kib_per_session) KiB."
     echo
   fi
-  echo "Other processes' CPU during each measurement (the machine is shared), in CPUs (2 = both cores busy):"
+  echo "CPU used by other processes during the measurements (the machine is shared; in CPUs, 2 = both cores), median and highest, with the load average (1 min) at the start of the runs:"
   echo
   awk '$1 == "RESULT" && /others_cpu_util=/ {
          for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-         w = f["workload"] (f["conns"] != "" ? "/" f["conns"] : "") (f["poll_hz"] != "" ? "/" f["poll_hz"] "Hz" : "")
-         printf "%s %s=%s (load %s)\n", f["relay"], w, f["others_cpu_util"], f["load"]; delete f }' "$out" \
-    | awk '{ r[$1] = r[$1] (r[$1] ? ", " : "") $2 " " $3 " " $4 } END { for (k in r) print "- " k ": " r[k] }' | sort
+         r = f["relay"]; n[r]++; o[r, n[r]] = f["others_cpu_util"] + 0; l[r, n[r]] = f["load"] + 0
+         w = f["workload"] (f["conns"] != "" ? "/" f["conns"] : "") (f["poll_hz"] != "" ? "/" f["poll_hz"] "Hz" : "") " pass " f["pass"]
+         if (!(r in hi) || o[r, n[r]] > hi[r]) { hi[r] = o[r, n[r]]; hiw[r] = w }
+         delete f }
+       END { for (r in n) {
+               k = n[r]
+               for (i = 1; i <= k; i++) { a[i] = o[r, i]; b[i] = l[r, i] }
+               for (i = 2; i <= k; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+               for (i = 2; i <= k; i++) { x = b[i]; for (j = i - 1; j >= 1 && b[j] > x; j--) b[j + 1] = b[j]; b[j + 1] = x }
+               printf "- %s: %.2f, highest %.2f (%s); load %.2f–%.2f over %d runs\n", r, a[int((k + 1) / 2)], hi[r], hiw[r], b[1], b[k], k } }' "$out" | sort
 } > "$notes"
 
 livestats=$run_dir/livestats.md
 if want livestats && grep -q 'workload=livestats' "$out"; then
   {
-    echo "| request, with $(field isoproxy workload=livestats,kind=latency sessions_open) open sessions and $ls_closed recently closed | body (bytes) | p50 ms | p99 ms | max ms |"
+    echo "| request, with $(med isoproxy workload=livestats,kind=latency sessions_open) open sessions and $ls_closed recently closed | body (bytes) | p50 ms | p99 ms | max ms |"
     echo "|---|---|---|---|---|"
     for path in "/sessions" "/sessions?closed=1" "/stats"; do
       f="workload=livestats,kind=latency,path=$path"
-      echo "| \`GET $path\` | $(field isoproxy "$f" body_bytes) | $(field isoproxy "$f" p50_ms) | $(field isoproxy "$f" p99_ms) | $(field isoproxy "$f" max_ms) |"
+      echo "| \`GET $path\` | $(med isoproxy "$f" body_bytes) | $(med isoproxy "$f" p50_ms) | $(med isoproxy "$f" p99_ms) | $(med isoproxy "$f" max_ms) |"
     done
     echo
-    echo "| one stream (8 KiB DT) while a poller GETs /sessions?closed=1 and /stats | MB/s | relay CPU s/GB | ratio of MB/s to no poller | polls | poll p50 ms |"
-    echo "|---|---|---|---|---|---|"
+    echo "| one stream (8 KiB DT) while a poller GETs /sessions?closed=1 and /stats | MB/s | relay CPU s/GB | ratio of MB/s to no poller | polls | poll p50 ms | held sessions' echo RTT p50 / p99 / max ms |"
+    echo "|---|---|---|---|---|---|---|"
     awk '$1 == "RESULT" && /workload=livestats/ && /kind=stream/ {
            for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
            hz = f["poll_hz"]; n[hz]++; mb[hz] += f["mbps"]; cpu[hz] += f["cpu_s_per_gb"]; polls[hz] += f["polls"]; pm[hz] += f["poll_p50_ms"]
+           e50[hz] += f["echo_p50_ms"]; e99[hz] += f["echo_p99_ms"]; if (f["echo_max_ms"] + 0 > emax[hz]) emax[hz] = f["echo_max_ms"] + 0
            if (!(hz in seen)) { order[++k] = hz; seen[hz] = 1 }
            delete f }
          END { base = mb[0] / n[0]
                for (i = 1; i <= k; i++) { hz = order[i]
-                 printf "| %s | %.0f | %.3f | %.3f | %d | %s |\n", (hz == 0 ? "no poller" : hz " Hz"), mb[hz] / n[hz], cpu[hz] / n[hz],
-                        (mb[hz] / n[hz]) / base, polls[hz], (hz == 0 ? "–" : sprintf("%.1f", pm[hz] / n[hz])) } }' "$out"
+                 printf "| %s | %.0f | %.3f | %.3f | %d | %s | %.2f / %.2f / %.2f |\n", (hz == 0 ? "no poller" : hz " Hz"), mb[hz] / n[hz], cpu[hz] / n[hz],
+                        (mb[hz] / n[hz]) / base, polls[hz], (hz == 0 ? "–" : sprintf("%.1f", pm[hz] / n[hz])),
+                        e50[hz] / n[hz], e99[hz] / n[hz], emax[hz] } }' "$out"
     echo
-    echo "Each row is the mean of $ls_rounds measurement(s) of ${ls_stream} s; the rates were measured in turn (0, 1, 10 Hz) in each round."
+    echo "Each row is the mean of $ls_rounds measurement(s) of ${ls_stream} s (polls: their total; echo max: the highest); the rates were measured in turn (0, 1, 10 Hz) in each round. The $ls_sessions held sessions each send a 64-octet DT once a second, echoed by the responder: their round trips show what a poll costs every other session while the event loop builds the answer."
   } > "$livestats"
 fi
 
@@ -532,12 +599,20 @@ mode="full"; [[ $quick -eq 1 ]] && mode="quick (--quick: smaller counts, rougher
     echo "$marker_end"
   fi
   echo
+  echo "<details><summary>Every result line of this run</summary>"
+  echo
+  echo '```text'
+  sed 's/^RESULT //' "$out"
+  echo '```'
+  echo
+  echo "</details>"
+  echo
   echo "## Exact commands"
   echo
-  echo "\`bench/run.sh ${workloads[*]}$([[ $quick -eq 1 ]] && echo ' --quick')\` ran, in this order (the configurations follow):"
+  echo "\`bench/run.sh ${workloads[*]}$([[ $quick -eq 1 ]] && echo ' --quick') --repeat $repeat\` ran these, in this order, the comparison's $repeat times (each relay started afresh for each run; RELAY_PID is its pid; the configurations follow):"
   echo
   echo '```sh'
-  sed "s|$root/||g; s|$run_dir|RUN|g" "$cmds"
+  sed -E "s|$root/||g; s|$run_dir|RUN|g; s/--pid [0-9]+/--pid RELAY_PID/; s/-p [0-9]+ /-p RELAY_PID /" "$cmds" | awk '!seen[$0]++'
   echo '```'
   echo
   echo "RUN/isoproxy.toml is conf/isoproxy.toml with \`listen = \"$relay\"\`, \`upstream = \"$server\"\` and \`[admin] listen = \"$admin\"\`;"
