@@ -109,6 +109,13 @@ for p in $server_port $relay_port $admin_port; do
   [[ -z "$(ss -Htln "sport = :$p")" ]] || die "port $p is in use: choose others with --port"
 done
 
+# What is measured: the commit, and whether the tree differed from it (the
+# results file itself aside, which this run rewrites).
+revision=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git -C "$root" status --porcelain --untracked-files=no -- . ':(exclude)bench/RESULTS.md' 2>/dev/null)" ]]; then
+  revision+=" with uncommitted changes"
+fi
+
 run_dir=$root/$build_dir/bench-run-$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$run_dir"
 out=$run_dir/results.txt
@@ -566,7 +573,7 @@ mode="full"; [[ $quick -eq 1 ]] && mode="quick (--quick: smaller counts, rougher
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- Machine: $cpu_model, $(nproc) CPUs (nproc), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
   echo "- Load average (1 min) at start: $load_start (waited for < $max_load, at most ${wait_max}s); each run's is in the notes below."
-  echo "- isoproxy $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown) ($($iso --version 2>/dev/null | head -n1 || true)), $(haproxy -v | head -n1 | cut -d' ' -f1-3), $(socat -V | grep -m1 'socat version' | cut -d' ' -f1-3); $(c++ --version | head -n1)"
+  echo "- isoproxy $revision ($($iso --version 2>/dev/null | head -n1 || true)), $(haproxy -v | head -n1 | cut -d' ' -f1-3), $(socat -V | grep -m1 'socat version' | cut -d' ' -f1-3); $(c++ --version | head -n1)"
   echo "- Mode: $mode; workloads: ${workloads[*]}; relays: ${relays[*]}"
   echo
   echo "## Issue 7: isoproxy, HAProxy and socat on loopback"
@@ -612,7 +619,7 @@ mode="full"; [[ $quick -eq 1 ]] && mode="quick (--quick: smaller counts, rougher
   echo "\`bench/run.sh ${workloads[*]}$([[ $quick -eq 1 ]] && echo ' --quick') --repeat $repeat\` ran these, in this order, the comparison's $repeat times (each relay started afresh for each run; RELAY_PID is its pid; the configurations follow):"
   echo
   echo '```sh'
-  sed -E "s|$root/||g; s|$run_dir|RUN|g; s/--pid [0-9]+/--pid RELAY_PID/; s/-p [0-9]+ /-p RELAY_PID /" "$cmds" | awk '!seen[$0]++'
+  sed -E "s|$run_dir|RUN|g; s|$root/||g; s/--pid [0-9]+/--pid RELAY_PID/; s/-p [0-9]+ /-p RELAY_PID /" "$cmds" | awk '!seen[$0]++'
   echo '```'
   echo
   echo "RUN/isoproxy.toml is conf/isoproxy.toml with \`listen = \"$relay\"\`, \`upstream = \"$server\"\` and \`[admin] listen = \"$admin\"\`;"
