@@ -50,12 +50,12 @@ while [[ $# -gt 0 ]]; do
     --results) results=${2:?}; shift ;;
     --port) port=${2:?}; shift ;;
     -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    throughput|pingpong|connrate|idle|livestats|profile) workloads+=("$1") ;;
+    throughput|pingpong|connrate|idle|livestats|tls|profile) workloads+=("$1") ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
 done
-[[ ${#workloads[@]} -eq 0 ]] && workloads=(throughput pingpong connrate idle livestats profile)
+[[ ${#workloads[@]} -eq 0 ]] && workloads=(throughput pingpong connrate idle livestats tls profile)
 IFS=, read -r -a relays <<< "$relays_arg"
 for r in "${relays[@]}"; do
   case "$r" in isoproxy|isoproxy-bare|haproxy|socat) ;; *) die "unknown relay: $r (isoproxy, isoproxy-bare, haproxy, socat)" ;; esac
@@ -74,7 +74,7 @@ else
   prof_bytes=4000000000; prof_conns=20000; : "${repeat:=5}"
 fi
 [[ $repeat =~ ^[1-9][0-9]*$ ]] || die "--repeat takes a count from 1"
-server_port=$port relay_port=$((port + 1)) admin_port=$((port + 2))
+server_port=$port relay_port=$((port + 1)) admin_port=$((port + 2)) hop_port=$((port + 3))
 server=127.0.0.1:$server_port relay=127.0.0.1:$relay_port admin=127.0.0.1:$admin_port
 pin_cpu=$(( $(nproc) - 1 ))   # ping-pong: relay and generator both on this CPU
 
@@ -105,7 +105,7 @@ iso=$root/$build_dir/isoproxy
 lg=$root/$build_dir/bench/isoproxy-loadgen
 [[ -x $iso && -x $lg ]] || die "$iso or $lg missing: build first (without --no-build)"
 
-for p in $server_port $relay_port $admin_port; do
+for p in $server_port $relay_port $admin_port $hop_port; do
   [[ -z "$(ss -Htln "sport = :$p")" ]] || die "port $p is in use: choose others with --port"
 done
 
@@ -211,10 +211,41 @@ EOF
 }
 write_configs
 
+# Issue 6: TLS next to plaintext. One isoproxy with two listeners in a chain,
+# generator -> front (plaintext) -> back -> responder, the hop between them
+# plaintext (isoproxy-chain) or TLS (isoproxy-tls, TLS 1.3, verified against
+# a CA made here): the same process does both ends of the TLS hop, so its CPU
+# per GB is the whole cost of encrypting and decrypting the stream once.
+write_tls_configs() {
+  local d=$run_dir/tls
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$d/hop.key" -out "$d/hop.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\n' > "$d/ext.cnf"
+  openssl x509 -req -in "$d/hop.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/ext.cnf" -out "$d/hop.crt" 2>/dev/null
+  local chain
+  chain=$(printf '[admin]\nlisten = "off"\nclosed_sessions = 0\n\n[[listener]]\nname = "front"\nlisten = "%s"\nupstream = "127.0.0.1:%s"\n' "$relay" "$hop_port")
+  { echo "$chain"; printf '\n[[listener]]\nname = "back"\nlisten = "127.0.0.1:%s"\nupstream = "%s"\n' "$hop_port" "$server"; } \
+    > "$run_dir/isoproxy-chain.toml"
+  { echo "$chain"
+    printf '[listener.upstream_tls]\nca = "%s"\nmin_version = "1.3"\n' "$d/ca.crt"
+    printf '\n[[listener]]\nname = "back"\nlisten = "127.0.0.1:%s"\nupstream = "%s"\n' "$hop_port" "$server"
+    printf '[listener.tls]\ncert = "%s"\nkey = "%s"\nmin_version = "1.3"\n' "$d/hop.crt" "$d/hop.key"
+  } > "$run_dir/isoproxy-tls.toml"
+  "$iso" check -c "$run_dir/isoproxy-chain.toml" >/dev/null && "$iso" check -c "$run_dir/isoproxy-tls.toml" >/dev/null \
+    || die "the bench's TLS configurations do not check"
+}
+if want tls; then write_tls_configs; fi
+
 relay_cmd() {  # $1: relay
   case "$1" in
     isoproxy) echo "$iso run -c $run_dir/isoproxy.toml" ;;
     isoproxy-bare) echo "$iso run -c $run_dir/isoproxy-bare.toml" ;;
+    isoproxy-chain) echo "$iso run -c $run_dir/isoproxy-chain.toml" ;;
+    isoproxy-tls) echo "$iso run -c $run_dir/isoproxy-tls.toml" ;;
     haproxy) echo "haproxy -db -f $run_dir/haproxy.cfg" ;;
     socat) echo "socat TCP4-LISTEN:$relay_port,bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay TCP4:$server,nodelay" ;;
   esac
@@ -281,6 +312,8 @@ label() {
   case "$1" in
     isoproxy) echo "isoproxy, default config" ;;
     isoproxy-bare) echo "isoproxy, no filters" ;;
+    isoproxy-chain) echo "isoproxy, two listeners chained, plaintext hop" ;;
+    isoproxy-tls) echo "isoproxy, two listeners chained, TLS 1.3 hop" ;;
     haproxy) echo "HAProxy 2.6, 1 thread" ;;
     socat) echo "socat (fork)" ;;
   esac
@@ -316,6 +349,14 @@ for pass in $(seq "$repeat"); do
       say "pass $pass/$repeat: $r: connection rate"
       start_relay "$r" "$r-connrate-$pass"
       loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
+      stop_relay
+    done
+  fi
+  if want tls; then
+    for r in isoproxy-chain isoproxy-tls; do
+      say "pass $pass/$repeat: $r: throughput, 1 connection"
+      start_relay "$r" "$r-throughput-$pass"
+      loadgen "$r" 120 throughput --conns 1 --bytes "$tp_bytes" --seconds 60
       stop_relay
     done
   fi
@@ -519,6 +560,22 @@ if want livestats && grep -q 'workload=livestats' "$out"; then
   } > "$livestats"
 fi
 
+tlsmd=$run_dir/tls.md
+if want tls && grep -q 'relay=isoproxy-tls ' "$out"; then
+  {
+    echo "| one connection streaming 8 KiB DT frames through two chained listeners | MB/s | relay CPU s/GB |"
+    echo "|---|---|---|"
+    for r in isoproxy-chain isoproxy-tls; do
+      echo "| $(label "$r") | $(med "$r" workload=throughput,conns=1 mbps) | $(med "$r" workload=throughput,conns=1 cpu_s_per_gb) |"
+    done
+    echo
+    c=$(med isoproxy-chain workload=throughput,conns=1 cpu_s_per_gb); t=$(med isoproxy-tls workload=throughput,conns=1 cpu_s_per_gb)
+    awk -v c="$c" -v t="$t" 'BEGIN { if (c > 0) printf "TLS costs %.2f× the CPU per GB of the plaintext chain: %.3f s/GB for one encryption and one decryption of the stream.\n", t / c, t - c }'
+    echo
+    echo "Medians of $repeat pass(es). One isoproxy process runs both listeners, so its CPU is both ends of the TLS hop (TLS 1.3, P-256 certificate, the cipher OpenSSL negotiates by default)."
+  } > "$tlsmd"
+fi
+
 profile=$run_dir/profile.md
 if want profile; then
   {
@@ -588,6 +645,12 @@ mode="full"; [[ $quick -eq 1 ]] && mode="quick (--quick: smaller counts, rougher
     echo "## Issue 5: the admin endpoint with $ls_sessions sessions"
     echo
     cat "$livestats"
+  fi
+  if [[ -s ${tlsmd:-/nonexistent} ]]; then
+    echo
+    echo "## Issue 6: TLS next to plaintext"
+    echo
+    cat "$tlsmd"
   fi
   if [[ -s ${profile:-/nonexistent} ]]; then
     echo
