@@ -103,8 +103,10 @@ class Server {
   void count_called_tsap(const std::string& display);
   void request_reload() { reload(); }
   ReverseDns& rdns() { return rdns_; }
-  // Outbound connections by their source endpoint: a new client that is one
-  // of them is isoproxy's own upstream connection come back (a loop).
+  // Outbound connections by "source>destination": a new client whose
+  // "peer>local" is one of them is isoproxy's own upstream connection come
+  // back (a loop). Both ends: ephemeral source ports are reused toward other
+  // destinations, so a source alone would mistake a stranger for a loop.
   void outbound_opened(const std::string& source, std::uint64_t session) { outbound_[source] = session; }
   void outbound_closed(const std::string& source) { outbound_.erase(source); }
   std::optional<std::uint64_t> outbound_owner(const std::string& peer) const {

@@ -107,7 +107,13 @@ void Session::start(uv_stream_t* server_stream) {
   client_addr_ = peer_name(client_.tcp);
   int len = sizeof client_ss_;
   uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&client_ss_), &len);
-  if (auto owner = server_.outbound_owner(endpoint_key(reinterpret_cast<const sockaddr*>(&client_ss_)))) {
+  // A connection is known by both its ends: an ephemeral port is reused for
+  // connections to other destinations, so the source alone is not unique.
+  sockaddr_storage local{};
+  int local_len = sizeof local;
+  uv_tcp_getsockname(&client_.tcp, reinterpret_cast<sockaddr*>(&local), &local_len);
+  if (auto owner = server_.outbound_owner(endpoint_key(reinterpret_cast<const sockaddr*>(&client_ss_)) + ">" +
+                                          endpoint_key(reinterpret_cast<const sockaddr*>(&local)))) {
     // One of our own upstream connections: listeners may be chained on
     // purpose (A relays to B), but a chain that comes back to a listener it
     // already passed would dial itself without end. Every session of such a
@@ -217,7 +223,7 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
     sockaddr_storage ss{};
     int len = sizeof ss;
     if (uv_tcp_getsockname(h, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-      outbound_key_ = endpoint_key(reinterpret_cast<const sockaddr*>(&ss));
+      outbound_key_ = endpoint_key(reinterpret_cast<const sockaddr*>(&ss)) + ">" + endpoint_key(target.sa());
       server_.outbound_opened(outbound_key_, id_);
     }
   }
