@@ -34,6 +34,8 @@
 #include <thread>
 #include <vector>
 
+#include "proxy_process.h"
+
 extern char** environ;
 
 namespace isoproxy::test {
@@ -186,52 +188,18 @@ class PipedProcess {
   }
 
   void spawn() {
-    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
-    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
-      error_ = std::string("pipe: ") + std::strerror(errno);
+    detail::Spawned sp = detail::spawn_piped(argv_, {}, true);
+    in_fd_ = sp.in_fd;
+    out_fd_ = sp.out_fd;
+    err_fd_ = sp.err_fd;
+    pidfd_ = sp.pidfd;
+    wake_fd_ = sp.wake_fd;
+    if (in_fd_ >= 0) ::fcntl(in_fd_, F_SETFL, O_NONBLOCK);
+    if (!sp.error.empty()) {
+      error_ = sp.error;
       return;
     }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    std::vector<char*> args;
-    for (const auto& a : argv_) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    pid_t pid = -1;
-    const int rc = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    ::close(in[0]);
-    ::close(out[1]);
-    ::close(err[1]);
-    in_fd_ = in[1];
-    out_fd_ = out[0];
-    err_fd_ = err[0];
-    ::fcntl(in_fd_, F_SETFL, O_NONBLOCK);
-    if (rc != 0) {
-      error_ = "spawn " + argv_[0] + ": " + std::strerror(rc);
-      return;
-    }
-    pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (pidfd_ < 0 || wake_fd_ < 0) {
-      error_ = std::string("pidfd_open/eventfd: ") + std::strerror(errno);
-      ::kill(pid, SIGKILL);
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-      return;
-    }
-    pid_ = pid;
+    pid_ = sp.pid;
     reader_ = std::thread([this] { read_loop(); });
   }
 

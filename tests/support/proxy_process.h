@@ -57,6 +57,89 @@ inline int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_o
 inline int pidfd_send_signal(int pidfd, int sig) {
   return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
 }
+// A child on pipes: standard output and error read by the caller, standard
+// input a pipe (want_stdin) or /dev/null; default signal dispositions and an
+// empty mask whatever the test process changed; environ with `extra_env`
+// ("NAME=value") replacing or adding variables; a pidfd to poll for its exit
+// (and signal it without a pid-reuse race) and an eventfd to wake the reader.
+struct Spawned {
+  pid_t pid = -1;
+  int pidfd = -1, wake_fd = -1, in_fd = -1, out_fd = -1, err_fd = -1;
+  std::string error;  // empty when the child runs
+};
+
+inline Spawned spawn_piped(const std::vector<std::string>& argv, std::vector<std::string> extra_env, bool want_stdin) {
+  Spawned sp;
+  if (argv.empty()) {
+    sp.error = "no program given";
+    return sp;
+  }
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+  if ((want_stdin && ::pipe2(in, O_CLOEXEC) != 0) || ::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
+    sp.error = std::string("pipe: ") + std::strerror(errno);
+    for (const int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) {
+      if (fd >= 0) ::close(fd);
+    }
+    return sp;
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  if (want_stdin) {
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+  } else {
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  }
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);  // dup2 clears O_CLOEXEC on 0, 1 and 2
+  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view var(*e);
+    const bool replaced = std::any_of(extra_env.begin(), extra_env.end(), [&](const std::string& x) {
+      const auto eq = x.find('=');
+      return var.substr(0, var.find('=')) == std::string_view(x).substr(0, eq);
+    });
+    if (!replaced) env.push_back(*e);
+  }
+  for (auto& x : extra_env) env.push_back(x.data());
+  env.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), env.data());
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (want_stdin) ::close(in[0]);
+  ::close(out[1]);
+  ::close(err[1]);
+  sp.in_fd = in[1];
+  sp.out_fd = out[0];
+  sp.err_fd = err[0];
+  if (rc != 0) {
+    sp.error = "spawn " + argv[0] + ": " + std::strerror(rc);
+    return sp;
+  }
+  sp.pidfd = pidfd_open(pid);
+  sp.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (sp.pidfd < 0 || sp.wake_fd < 0) {
+    sp.error = std::string("pidfd_open/eventfd: ") + std::strerror(errno);
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return sp;
+  }
+  sp.pid = pid;
+  return sp;
+}
+
 }  // namespace detail
 
 // Number of open file descriptors of a process (/proc/PID/fd); nullopt if it is gone.
@@ -261,70 +344,16 @@ class BackgroundProcess {
   bool finished(Stream s) const { return exited_ && (s == Stream::kOut ? out_closed_ : err_closed_); }
 
   void spawn() {
-    if (argv_.empty()) {
-      spawn_error_ = "no program given";
+    detail::Spawned sp = detail::spawn_piped(argv_, extra_env_, false);
+    out_fd_ = sp.out_fd;
+    err_fd_ = sp.err_fd;
+    pidfd_ = sp.pidfd;
+    wake_fd_ = sp.wake_fd;
+    if (!sp.error.empty()) {
+      spawn_error_ = sp.error;
       return;
     }
-    int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
-    if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
-      spawn_error_ = std::string("pipe: ") + std::strerror(errno);
-      for (const int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) {
-        if (fd >= 0) ::close(fd);
-      }
-      return;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);  // dup2 clears O_CLOEXEC on 1 and 2
-    posix_spawn_file_actions_adddup2(&fa, err_pipe[1], 2);
-    // The child starts with default signal dispositions and an empty mask,
-    // whatever the test process (or a peer helper thread) changed.
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    std::vector<char*> args;
-    for (const auto& a : argv_) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    std::vector<char*> env;
-    for (char** e = environ; *e != nullptr; ++e) {
-      const std::string_view var(*e);
-      const bool replaced = std::any_of(extra_env_.begin(), extra_env_.end(), [&](const std::string& x) {
-        const auto eq = x.find('=');
-        return var.substr(0, var.find('=')) == std::string_view(x).substr(0, eq);
-      });
-      if (!replaced) env.push_back(*e);
-    }
-    for (auto& x : extra_env_) env.push_back(x.data());
-    env.push_back(nullptr);
-    pid_t pid = -1;
-    const int rc = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), env.data());
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    ::close(out_pipe[1]);
-    ::close(err_pipe[1]);
-    out_fd_ = out_pipe[0];
-    err_fd_ = err_pipe[0];
-    if (rc != 0) {
-      spawn_error_ = "spawn " + argv_[0] + ": " + std::strerror(rc);
-      return;
-    }
-    // pidfd (Linux 5.3): poll for the exit, signal without a pid-reuse race.
-    pidfd_ = detail::pidfd_open(pid);
-    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (pidfd_ < 0 || wake_fd_ < 0) {
-      spawn_error_ = std::string("pidfd_open/eventfd: ") + std::strerror(errno);
-      ::kill(pid, SIGKILL);
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-      return;
-    }
-    pid_ = pid;
+    pid_ = sp.pid;
     reader_ = std::thread([this] { read_loop(); });
   }
 
