@@ -412,24 +412,26 @@ std::vector<const Listener*> Server::listeners() const {
   return out;
 }
 
-void Server::record_closed(const nlohmann::json& snapshot) {
-  const std::size_t keep = config_->admin.closed_sessions;
-  if (keep == 0) return;
-  closed_.push_back(ClosedSession::from(snapshot));
-  while (closed_.size() > keep) closed_.pop_front();
+bool Server::wants_closed_snapshots() const {
+  return access_log_path_ != "off" || config_->admin.closed_sessions > 0;
 }
 
-void Server::access_log(const nlohmann::json& snapshot) {
+void Server::session_record(const nlohmann::json& snapshot) {
+  // Dumped once, for the access log and the closed-session list alike.
+  const std::string text = snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (access_log_path_ == "journal") {
-    journal_access_log(snapshot);
-    return;
+    journal_access_log(snapshot, text);
+  } else if (access_log_) {
+    const std::string line = text + "\n";
+    // One write per line, flushed, so that a line is never split between writers.
+    if (std::fwrite(line.data(), 1, line.size(), access_log_) != line.size() || std::fflush(access_log_) != 0) {
+      spdlog::warn("access log {}: write failed: {}", access_log_path_, std::strerror(errno));
+    }
   }
-  if (!access_log_) return;
-  const std::string line = snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  // One write per line, flushed, so that a line is never split between writers.
-  if (std::fwrite(line.data(), 1, line.size(), access_log_) != line.size() || std::fflush(access_log_) != 0) {
-    spdlog::warn("access log {}: write failed: {}", access_log_path_, std::strerror(errno));
-  }
+  const std::size_t keep = config_->admin.closed_sessions;
+  if (keep == 0) return;
+  closed_.push_back(ClosedSession::from(snapshot, text));
+  while (closed_.size() > keep) closed_.pop_front();
 }
 
 int Server::open_journal_socket() {
@@ -452,7 +454,7 @@ int Server::open_journal_socket() {
   return fd;
 }
 
-void Server::journal_access_log(const nlohmann::json& snapshot) {
+void Server::journal_access_log(const nlohmann::json& snapshot, const std::string& text_line) {
   // The JSON line as MESSAGE, and the fields operators filter on as journal
   // fields: journalctl -t isoproxy-access ISOPROXY_CLOSE_REASON=connect-refused
   auto text = [&](const char* key) -> std::string {
@@ -476,7 +478,7 @@ void Server::journal_access_log(const nlohmann::json& snapshot) {
     d += value;
     d += '\n';
   };
-  field("MESSAGE", snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  field("MESSAGE", text_line);
   field("PRIORITY", "6");
   field("SYSLOG_IDENTIFIER", "isoproxy-access");
   field("ISOPROXY_SESSION", text("id"));
@@ -522,10 +524,10 @@ void Server::count_called_tsap(const std::string& display) {
   }
 }
 
-ClosedSession ClosedSession::from(const nlohmann::json& snapshot) {
+ClosedSession ClosedSession::from(const nlohmann::json& snapshot, std::string json_text) {
   ClosedSession c;
   c.id = snapshot.value("id", std::uint64_t{0});
-  c.json = snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  c.json = std::move(json_text);
   auto text = [&](const char* k) {
     const auto it = snapshot.find(k);
     return it != snapshot.end() && it->is_string() ? it->get<std::string>() : std::string();

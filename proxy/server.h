@@ -50,7 +50,7 @@ struct ClosedSession {
   std::string json;  // compact
   std::string calling_hex, calling_ascii, called_hex, called_ascii;
   std::string client, upstream;
-  static ClosedSession from(const nlohmann::json& snapshot);
+  static ClosedSession from(const nlohmann::json& snapshot, std::string json_text);
   bool matches_tsap(std::string_view text) const;
   bool matches_peer(std::string_view text) const;
 };
@@ -97,9 +97,10 @@ class Server {
   std::size_t active_sessions() const { return sessions_.size(); }
   std::vector<const Listener*> listeners() const;
   const std::deque<ClosedSession>& closed_sessions() const { return closed_; }
-  void record_closed(const nlohmann::json& snapshot);
-  // One JSON line per session at close, if [global] access_log is set.
-  void access_log(const nlohmann::json& snapshot);
+  // A session's final snapshot: to the access log and the closed-session
+  // list; wants_closed_snapshots() says whether either will take it.
+  bool wants_closed_snapshots() const;
+  void session_record(const nlohmann::json& snapshot);
   void count_called_tsap(const std::string& display);
   void request_reload() { reload(); }
   ReverseDns& rdns() { return rdns_; }
@@ -125,7 +126,7 @@ class Server {
   void maybe_stop();
   void schedule_reap();
   void check_source_names();
-  void journal_access_log(const nlohmann::json& snapshot);
+  void journal_access_log(const nlohmann::json& snapshot, const std::string& text_line);
   static int open_journal_socket();  // a connected fd, or -errno
   static constexpr const char* kJournalSocket = "/run/systemd/journal/socket";
   Status<> apply(std::shared_ptr<const conf::Config> config, bool initial);

@@ -977,11 +977,8 @@ void Session::close(std::string reason, bool reset_peers) {
   for (const auto& [name, n] : counters_) server_.stats().filter_actions[name] += n;
   // Exactly one summary line per session (DESIGN.md §6).
   spdlog::info("[S{}] close {}", id_, close_line());
-  {
-    nlohmann::json snap = snapshot();
-    server_.access_log(snap);
-    server_.record_closed(snap);
-  }
+  // Built only when something keeps it (most of a close's cost otherwise).
+  if (server_.wants_closed_snapshots()) server_.session_record(snapshot());
   if (ann_.called_tsap) server_.count_called_tsap(codec::tsap_text(*ann_.called_tsap).display());
   (void)was;
 
