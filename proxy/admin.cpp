@@ -157,7 +157,7 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
       if (state && session_state_name(s->state()) != *state) continue;
       if (tsap && !s->matches_tsap(*tsap)) continue;
       if (peer && !s->matches_peer(*peer)) continue;
-      add(s->snapshot().dump(-1, ' ', false, json::error_handler_t::replace));
+      add(s->snapshot_text());
     }
   }
   if (with_closed) {

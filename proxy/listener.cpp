@@ -1,5 +1,6 @@
 #include "listener.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "log.h"
@@ -41,6 +42,7 @@ Status<> Listener::start() {
     // [::] takes IPv6 only, so that 0.0.0.0 can be bound beside it.
     const unsigned flags = addr.family() == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
     if (int r = uv_tcp_bind(h, addr.sa(), flags); r != 0) return fail(r, "bind");
+    apply_socket_options(*raw);
     if (int r = uv_listen(reinterpret_cast<uv_stream_t*>(h), 511, [](uv_stream_t* st, int status) noexcept {
           auto* sock = static_cast<Socket*>(st->data);
           sock->owner->on_connection(*sock, status);
@@ -52,6 +54,21 @@ Status<> Listener::start() {
     spdlog::info("listening on {} (listener {}{})", bound_.back(), rt_->cfg.name, rt_->cfg.transparent ? ", transparent" : "");
   }
   return Ok{};
+}
+
+void Listener::apply_socket_options(Socket& s) {
+  const auto& c = rt_->cfg;
+  // RFC 2126 §6.2: each frame goes out as soon as it is complete.
+  uv_tcp_nodelay(&s.tcp, 1);
+  uv_tcp_keepalive(&s.tcp, c.keepalive ? 1 : 0,
+                   static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
+}
+
+void Listener::set_runtime(std::shared_ptr<const ListenerRuntime> rt) {
+  rt_ = std::move(rt);
+  for (auto& s : sockets_) {
+    if (s->initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&s->tcp))) apply_socket_options(*s);
+  }
 }
 
 void Listener::stop() {

@@ -34,7 +34,7 @@ class Listener {
   const std::string& name() const { return rt_->cfg.name; }
   const std::shared_ptr<const ListenerRuntime>& runtime() const { return rt_; }
   // New sessions use `rt` from now on (reload); the sockets stay.
-  void set_runtime(std::shared_ptr<const ListenerRuntime> rt) { rt_ = std::move(rt); }
+  void set_runtime(std::shared_ptr<const ListenerRuntime> rt);
   std::uint32_t active() const { return active_; }
   void session_started() {
     ++active_;
@@ -55,6 +55,9 @@ class Listener {
   };
   void on_connection(Socket& s, int status);
   void refuse(uv_stream_t* server_stream, const std::string& why);
+  // TCP_NODELAY and keepalive on a listening socket: Linux copies them to
+  // every connection it accepts, which then needs no setsockopt of its own.
+  void apply_socket_options(Socket& s);
 
   Server& server_;
   std::shared_ptr<const ListenerRuntime> rt_;

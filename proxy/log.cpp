@@ -1,13 +1,16 @@
 #include "log.h"
 
 #include <spdlog/pattern_formatter.h>
-#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/sinks/base_sink.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
+#include <string>
 
 namespace isoproxy::log {
 
@@ -43,7 +46,62 @@ class SyslogPriority final : public spdlog::custom_flag_formatter {
   std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<SyslogPriority>(); }
 };
 
+// Standard error, written with write(2) directly, optionally batched.
+class StderrSink final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  void set_deferred(bool on) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    deferred_ = on;
+    if (!on) write_out();
+  }
+  void flush_now() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    write_out();
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t formatted;
+    formatter_->format(msg, formatted);
+    buf_.append(formatted.data(), formatted.size());
+    // Bounded: a loop iteration that logs a lot writes as it goes.
+    if (!deferred_ || msg.level >= spdlog::level::warn || buf_.size() >= kMaxHeld) write_out();
+  }
+  void flush_() override {
+    if (!deferred_) write_out();
+  }
+
+ private:
+  static constexpr std::size_t kMaxHeld = 64 * 1024;
+  void write_out() {
+    std::size_t off = 0;
+    while (off < buf_.size()) {
+      const ssize_t n = ::write(STDERR_FILENO, buf_.data() + off, buf_.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // nowhere to log to: the lines are dropped, never held without bound
+      off += static_cast<std::size_t>(n);
+    }
+    buf_.clear();
+    if (buf_.capacity() > kMaxHeld) buf_.shrink_to_fit();
+  }
+  std::string buf_;
+  bool deferred_ = false;
+};
+
+std::shared_ptr<StderrSink>& stderr_sink() {
+  static std::shared_ptr<StderrSink> sink;
+  return sink;
+}
+
 }  // namespace
+
+void defer(bool on) {
+  if (auto& s = stderr_sink()) s->set_deferred(on);
+}
+
+void flush() {
+  if (auto& s = stderr_sink()) s->flush_now();
+}
 
 bool set_level(std::string_view level) {
   const auto l = spdlog::level::from_str(std::string(level));
@@ -54,7 +112,9 @@ bool set_level(std::string_view level) {
 }
 
 bool init(std::string_view level) {
-  auto logger = spdlog::stderr_logger_st("isoproxy");
+  auto sink = std::make_shared<StderrSink>();
+  stderr_sink() = sink;
+  auto logger = std::make_shared<spdlog::logger>("isoproxy", sink);
   if (stderr_is_journal()) {
     // The journal stamps each line itself; it takes the level as a priority.
     auto formatter = std::make_unique<spdlog::pattern_formatter>();

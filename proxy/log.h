@@ -15,6 +15,14 @@ namespace isoproxy::log {
 bool init(std::string_view level);
 bool set_level(std::string_view level);
 
+// While deferred, info and debug lines collect in memory and go out in one
+// write() when flush() is called: the daemon calls it once per event-loop
+// iteration, before the loop waits, so a line is out before the process
+// sleeps, and a burst of closes costs one write, not one each. Warnings and
+// errors are written at once (with what waited before them).
+void defer(bool on);
+void flush();
+
 // Quotes a value for key=value log fields when it has spaces, quotes or is empty.
 std::string quote(std::string_view v);
 

@@ -41,6 +41,7 @@ bool same_sockets(const conf::ListenerConfig& a, const conf::ListenerConfig& b) 
 Server::Server(std::shared_ptr<const conf::Config> config) : config_(std::move(config)) { uv_loop_init(&loop_); }
 
 Server::~Server() {
+  log::defer(false);
   if (access_log_ && access_log_ != stderr) std::fclose(access_log_);
   if (journal_fd_ >= 0) ::close(journal_fd_);
   // run() closed every handle; a Server that never ran closes its loop here.
@@ -194,6 +195,11 @@ void Server::check_source_names() {
 Status<> Server::start() {
   uv_idle_init(&loop_, &reaper_);
   reaper_.data = this;
+  timers_.init(&loop_);
+  // Log lines go out once per loop iteration, just before the loop waits.
+  uv_prepare_init(&loop_, &log_flush_);
+  uv_prepare_start(&log_flush_, [](uv_prepare_t*) noexcept { log::flush(); });
+  log::defer(true);
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
   uv_timer_init(&loop_, &dns_check_timer_);
@@ -230,6 +236,7 @@ Status<> Server::start() {
 
 int Server::run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
+  log::defer(false);  // what the last iteration logged, and everything after it, at once
   handles_closed_ = true;
   const int r = uv_loop_close(&loop_);
   if (r != 0) {
@@ -348,7 +355,8 @@ void Server::maybe_stop() {
   for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
                          reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&sigusr1_),
                          reinterpret_cast<uv_handle_t*>(&drain_timer_), reinterpret_cast<uv_handle_t*>(&dns_check_timer_),
-                         reinterpret_cast<uv_handle_t*>(&reaper_)}) {
+                         reinterpret_cast<uv_handle_t*>(&reaper_), reinterpret_cast<uv_handle_t*>(&log_flush_),
+                         timers_.handle()}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }
 }
@@ -416,21 +424,22 @@ bool Server::wants_closed_snapshots() const {
   return access_log_path_ != "off" || config_->admin.closed_sessions > 0;
 }
 
-void Server::session_record(const nlohmann::json& snapshot) {
-  // Dumped once, for the access log and the closed-session list alike.
-  const std::string text = snapshot.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+void Server::session_record(ClosedSession record) {
   if (access_log_path_ == "journal") {
-    journal_access_log(snapshot, text);
+    // The journal's fields come from the parsed record (only in this mode).
+    journal_access_log(nlohmann::json::parse(record.json, nullptr, false), record.json);
   } else if (access_log_) {
-    const std::string line = text + "\n";
+    record.json.push_back('\n');
     // One write per line, flushed, so that a line is never split between writers.
-    if (std::fwrite(line.data(), 1, line.size(), access_log_) != line.size() || std::fflush(access_log_) != 0) {
+    if (std::fwrite(record.json.data(), 1, record.json.size(), access_log_) != record.json.size() ||
+        std::fflush(access_log_) != 0) {
       spdlog::warn("access log {}: write failed: {}", access_log_path_, std::strerror(errno));
     }
+    record.json.pop_back();
   }
   const std::size_t keep = config_->admin.closed_sessions;
   if (keep == 0) return;
-  closed_.push_back(ClosedSession::from(snapshot, text));
+  closed_.push_back(std::move(record));
   while (closed_.size() > keep) closed_.pop_front();
 }
 
@@ -522,27 +531,6 @@ void Server::count_called_tsap(const std::string& display) {
   } else {
     ++stats_.sessions_by_called_tsap["other"];
   }
-}
-
-ClosedSession ClosedSession::from(const nlohmann::json& snapshot, std::string json_text) {
-  ClosedSession c;
-  c.id = snapshot.value("id", std::uint64_t{0});
-  c.json = std::move(json_text);
-  auto text = [&](const char* k) {
-    const auto it = snapshot.find(k);
-    return it != snapshot.end() && it->is_string() ? it->get<std::string>() : std::string();
-  };
-  auto tsap = [&](const char* k, std::string& hex, std::string& ascii) {
-    const auto it = snapshot.find(k);
-    if (it == snapshot.end() || !it->is_object()) return;
-    if ((*it)["hex"].is_string()) hex = (*it)["hex"].get<std::string>();
-    if ((*it)["ascii"].is_string()) ascii = (*it)["ascii"].get<std::string>();
-  };
-  tsap("calling_tsap", c.calling_hex, c.calling_ascii);
-  tsap("called_tsap", c.called_hex, c.called_ascii);
-  c.client = text("client");
-  c.upstream = text("upstream");
-  return c;
 }
 
 bool ClosedSession::matches_tsap(std::string_view text) const {

@@ -23,6 +23,7 @@
 #include "listener.h"
 #include "rdns.h"
 #include "session.h"
+#include "session_timers.h"
 
 namespace isoproxy {
 
@@ -50,7 +51,6 @@ struct ClosedSession {
   std::string json;  // compact
   std::string calling_hex, calling_ascii, called_hex, called_ascii;
   std::string client, upstream;
-  static ClosedSession from(const nlohmann::json& snapshot, std::string json_text);
   bool matches_tsap(std::string_view text) const;
   bool matches_peer(std::string_view text) const;
 };
@@ -100,16 +100,26 @@ class Server {
   // A session's final snapshot: to the access log and the closed-session
   // list; wants_closed_snapshots() says whether either will take it.
   bool wants_closed_snapshots() const;
-  void session_record(const nlohmann::json& snapshot);
+  void session_record(ClosedSession record);
   void count_called_tsap(const std::string& display);
   void request_reload() { reload(); }
   ReverseDns& rdns() { return rdns_; }
+  SessionTimers& timers() { return timers_; }
   // Outbound connections by "source>destination": a new client whose
   // "peer>local" is one of them is isoproxy's own upstream connection come
   // back (a loop). Both ends: ephemeral source ports are reused toward other
   // destinations, so a source alone would mistake a stranger for a loop.
-  void outbound_opened(const std::string& source, std::uint64_t session) { outbound_[source] = session; }
-  void outbound_closed(const std::string& source) { outbound_.erase(source); }
+  void outbound_opened(const std::string& key, std::uint64_t session) {
+    if (outbound_.emplace(key, session).second) ++outbound_sources_[key.substr(0, key.find('>'))];
+  }
+  void outbound_closed(const std::string& key) {
+    if (outbound_.erase(key) == 0) return;
+    const auto it = outbound_sources_.find(key.substr(0, key.find('>')));
+    if (it != outbound_sources_.end() && --it->second == 0) outbound_sources_.erase(it);
+  }
+  // Whether any upstream connection of ours has this source endpoint: when
+  // none has, a new client cannot be one (no need to ask for its local end).
+  bool outbound_source(const std::string& source) const { return outbound_sources_.count(source) != 0; }
   std::optional<std::uint64_t> outbound_owner(const std::string& peer) const {
     auto it = outbound_.find(peer);
     if (it == outbound_.end()) return std::nullopt;
@@ -140,6 +150,7 @@ class Server {
   uv_signal_t sigterm_{}, sigint_{}, sighup_{}, sigusr1_{};
   uv_timer_t drain_timer_{};
   uv_timer_t dns_check_timer_{};  // the start-up PTR check runs from the loop
+  uv_prepare_t log_flush_{};  // writes the log lines of each loop iteration (log::defer)
   uv_idle_t reaper_{};  // destroys finished sessions outside their own callbacks
   bool reaper_active_ = false;
   bool draining_ = false;
@@ -155,7 +166,9 @@ class Server {
   std::unique_ptr<AdminHttpServer> admin_http_;
   std::array<char, 65536> read_buffer_{};
   ReverseDns rdns_{&loop_};
+  SessionTimers timers_;
   std::unordered_map<std::string, std::uint64_t> outbound_;
+  std::unordered_map<std::string, std::uint32_t> outbound_sources_;  // the source part of outbound_'s keys
   std::array<std::uint8_t, kTlsBufferSize> tls_buffer_{};
 };
 

@@ -4,6 +4,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <ctime>
@@ -15,6 +16,7 @@
 #include "codec/encode.h"
 #include "codec/text.h"
 #include "codec/x224.h"
+#include "json_text.h"
 #include "listener.h"
 #include "log.h"
 #include "server.h"
@@ -94,26 +96,26 @@ void Session::start(uv_stream_t* server_stream) {
   client_.tcp.data = &client_;
   client_.initialised = true;
   ++open_handles_;
-  uv_timer_init(loop, &timer_);
-  timer_.data = this;
-  timer_initialised_ = true;
-  ++open_handles_;
 
   if (int r = uv_accept(server_stream, reinterpret_cast<uv_stream_t*>(&client_.tcp)); r < 0) {
     close("accept-failed: " + uv_error_text(r));
     return;
   }
   client_.connected = true;
-  client_addr_ = peer_name(client_.tcp);
   int len = sizeof client_ss_;
-  uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&client_ss_), &len);
+  client_addr_ = uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&client_ss_), &len) == 0
+                     ? address_text(reinterpret_cast<const sockaddr*>(&client_ss_))
+                     : std::string("?");
   // A connection is known by both its ends: an ephemeral port is reused for
   // connections to other destinations, so the source alone is not unique.
-  sockaddr_storage local{};
-  int local_len = sizeof local;
-  uv_tcp_getsockname(&client_.tcp, reinterpret_cast<sockaddr*>(&local), &local_len);
-  if (auto owner = server_.outbound_owner(endpoint_key(reinterpret_cast<const sockaddr*>(&client_ss_)) + ">" +
-                                          endpoint_key(reinterpret_cast<const sockaddr*>(&local)))) {
+  std::optional<std::uint64_t> owner;
+  if (std::string peer = endpoint_key(reinterpret_cast<const sockaddr*>(&client_ss_)); server_.outbound_source(peer)) {
+    sockaddr_storage local{};
+    int local_len = sizeof local;
+    uv_tcp_getsockname(&client_.tcp, reinterpret_cast<sockaddr*>(&local), &local_len);
+    owner = server_.outbound_owner(peer + ">" + endpoint_key(reinterpret_cast<const sockaddr*>(&local)));
+  }
+  if (owner) {
     // One of our own upstream connections: listeners may be chained on
     // purpose (A relays to B), but a chain that comes back to a listener it
     // already passed would dial itself without end. Every session of such a
@@ -142,8 +144,8 @@ void Session::start(uv_stream_t* server_stream) {
   }
   server_.rdns().want(reinterpret_cast<const sockaddr*>(&client_ss_));
   const auto& c = rt_->cfg;
-  uv_tcp_nodelay(&client_.tcp, 1);  // RFC 2126 §6.2; each frame goes out as soon as it is complete
-  if (c.keepalive) uv_tcp_keepalive(&client_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
+  // TCP_NODELAY and keepalive came with the connection from the listening
+  // socket (Listener::apply_socket_options).
   spdlog::debug("[S{}] accepted client={} listener={}", id_, client_addr_, c.name);
   if (c.tls) {
     // TLS from the client: nothing goes upstream (not even a connection)
@@ -207,12 +209,18 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
     close(bound.error().kind + ": " + bound.error().message);
     return;
   }
-  connect_req_.data = this;
-  const int r = uv_tcp_connect(&connect_req_, h, target.sa(), [](uv_connect_t* req, int status) noexcept {
-    if (status == UV_ECANCELED) return;  // the session is closing; it owns nothing in flight here
-    static_cast<Session*>(req->data)->on_connect(status);
+  // The request lives only while the connect is in flight (idle sessions
+  // keep no memory for it); its callback frees it.
+  auto* req = new uv_connect_t;
+  req->data = this;
+  const int r = uv_tcp_connect(req, h, target.sa(), [](uv_connect_t* q, int status) noexcept {
+    auto* self = static_cast<Session*>(q->data);
+    delete q;
+    if (status == UV_ECANCELED) return;  // the session is closing: touch nothing
+    self->on_connect(status);
   });
   if (r < 0) {
+    delete req;
     server_.stats().connect_failures[uv_err_name(r)]++;
     close("connect-failed: " + uv_error_text(r));
     return;
@@ -223,17 +231,12 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
     sockaddr_storage ss{};
     int len = sizeof ss;
     if (uv_tcp_getsockname(h, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+      // connect() chose the source address and port already: this is the
+      // source the stats show once connected.
+      source_addr_ = address_text(reinterpret_cast<const sockaddr*>(&ss));
       outbound_key_ = endpoint_key(reinterpret_cast<const sockaddr*>(&ss)) + ">" + endpoint_key(target.sa());
       server_.outbound_opened(outbound_key_, id_);
     }
-  }
-  if (!pending_up_.empty()) {
-    // What arrived before the route was chosen goes first (libuv queues it
-    // until the connection is up).
-    auto held = std::move(pending_up_);
-    pending_up_.clear();
-    send_owned(upstream_, std::move(held));
-    update_reading(client_);
   }
   arm_timer();  // the connect deadline starts now (a routed session connects late)
 }
@@ -249,7 +252,7 @@ void Session::on_connect(int status) {
     return;
   }
   upstream_.connected = true;
-  source_addr_ = sock_name(upstream_.tcp);
+  if (source_addr_.empty()) source_addr_ = sock_name(upstream_.tcp);
   server_.stats().sessions_by_upstream[upstream_addr_]++;
   const auto& c = rt_->cfg;
   uv_tcp_nodelay(&upstream_.tcp, 1);
@@ -257,6 +260,16 @@ void Session::on_connect(int status) {
   if (state_ == SessionState::kConnecting) state_ = SessionState::kAwaitingCc;
   spdlog::debug("[S{}] connected upstream={} source={}", id_, upstream_addr_, source_addr_);
   update_reading(upstream_);
+  if (!pending_up_.empty()) {
+    // What the client sent while we connected (and before a route was
+    // chosen) goes first: written now, at once, rather than queued in libuv
+    // before the connection was up (one wake-up and two epoll changes less).
+    auto held = std::move(pending_up_);
+    pending_up_.clear();
+    send_owned(upstream_, std::move(held));
+    if (closing_) return;
+    update_reading(client_);
+  }
   if (upstream_.tls) {
     // The ClientHello; what the client sent meanwhile waits for the handshake.
     upstream_.tls_deadline_ms = server_.now_ms() + static_cast<std::uint64_t>(upstream_.tls->context().handshake_timeout().count());
@@ -318,9 +331,10 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (nread == UV_EOF) {
-    // libuv reports EOF when a short read and POLLHUP come together, which is
-    // also how a reset right after the last data looks: ask the socket.
-    if (peer_reset(from)) {
+    // libuv reports EOF when a short read and POLLHUP come together (with no
+    // buffer), which is also how a reset right after the last data looks:
+    // then ask the socket. A read() that returned 0 was a FIN.
+    if (buf->base == nullptr && peer_reset(from)) {
       on_read_error(from, UV_ECONNRESET);
       return;
     }
@@ -480,7 +494,7 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
   }
   const codec::Frame& fr = *decoded;
   const codec::TpduType type = fr.tpdu.type;
-  f.stats.tpdus[static_cast<std::size_t>(type)]++;
+  f.stats.count_tpdu(static_cast<std::size_t>(type));
   if (type == codec::TpduType::kDT && fr.tpdu.eot.value_or(false)) f.stats.tsdus++;
   f.stats.anomalies += fr.anomalies.size();
   if (!fr.anomalies.empty() && spdlog::should_log(spdlog::level::debug)) {
@@ -559,10 +573,10 @@ void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
   std::size_t total = 0;
   for (unsigned i = 0; i < n; ++i) total += bufs[i].len;
   if (total == 0) return;
-  if (!to.initialised) {
-    // The upstream is not chosen yet (routing by TSAP): hold the bytes, and
-    // stop reading the client beyond the high water mark.
-    if (to.side != Side::kUpstream || !awaiting_route_) return;
+  if (!to.connected) {
+    // The upstream is not chosen yet (routing by TSAP) or not connected yet:
+    // hold the bytes, and stop reading the client beyond the high water mark.
+    if (to.side != Side::kUpstream || (!to.initialised && !awaiting_route_)) return;
     for (unsigned i = 0; i < n; ++i) pending_up_.insert(pending_up_.end(), bufs[i].base, bufs[i].base + bufs[i].len);
     if (pending_up_.size() > rt_->cfg.high_water) update_reading(client_);
     return;
@@ -760,7 +774,7 @@ void Session::on_write_done(Leg& to, std::size_t len, int status) {
 void Session::on_eof(Leg& from) {
   from.eof = true;
   update_reading(from);
-  if (first_fin_.empty()) first_fin_ = side_name(from.side);
+  if (!first_fin_) first_fin_ = from.side == Side::kClient ? "client" : "upstream";
   Flow& f = flow_from(from.side);
   if (!f.raw && f.framer.held() > 0) {
     // The peer closed mid-frame: relay what it sent (do no harm) and count it.
@@ -789,14 +803,34 @@ void Session::maybe_shutdown(Leg& l) {
     flush_tls(l);
   }
   l.shutdown_sent = true;
-  l.shutdown_req.data = &l;
+  auto* stream = reinterpret_cast<uv_stream_t*>(&l.tcp);
+  if (l.queued == 0 && uv_stream_get_write_queue_size(stream) == 0) {
+    // Nothing waits to be written: FIN now, without uv_shutdown's round
+    // through the loop for a writable socket. A peer that already sent its
+    // own FIN, when the other one has too, gets ours from close(), which
+    // follows at once (maybe_finish).
+    l.shutdown_done = true;
+    if (l.eof && other(l).eof) return;
+    uv_os_fd_t fd;
+    if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&l.tcp), &fd) == 0 && ::shutdown(fd, SHUT_WR) != 0) {
+      spdlog::debug("[S{}] shutdown toward {}: {}", id_, side_name(l.side), std::strerror(errno));
+    }
+    return;
+  }
   // uv_shutdown waits for the queued writes: FIN goes after the last byte.
-  const int r = uv_shutdown(&l.shutdown_req, reinterpret_cast<uv_stream_t*>(&l.tcp), [](uv_shutdown_t* req, int status) noexcept {
+  // The request is allocated only for this wait; its callback frees it.
+  auto* req = new uv_shutdown_t;
+  req->data = &l;
+  const int r = uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&l.tcp), [](uv_shutdown_t* q, int status) noexcept {
+    auto* leg = static_cast<Leg*>(q->data);
+    delete q;
     if (status == UV_ECANCELED) return;
-    auto* leg = static_cast<Leg*>(req->data);
     leg->session->on_shutdown_done(*leg, status);
   });
-  if (r < 0) l.shutdown_done = true;
+  if (r < 0) {
+    delete req;
+    l.shutdown_done = true;
+  }
 }
 
 void Session::on_shutdown_done(Leg& l, int status) {
@@ -812,7 +846,7 @@ void Session::maybe_finish() {
   // Both directions ended with FIN and both FINs delivered: a clean close.
   const bool fin_done = client_.eof && upstream_.eof && client_.shutdown_done && upstream_.shutdown_done;
   if (fin_done) {
-    close(first_fin_ + "-closed");
+    close(std::string(first_fin_) + "-closed");
     return;
   }
   if (lingering_) return;
@@ -889,14 +923,13 @@ void Session::drain() {
 }
 
 void Session::arm_timer() {
-  if (!timer_initialised_ || closing_) return;
+  // One deadline per session, kept by the Server's session timers (one
+  // libuv timer for all of them: an idle session holds no timer handle).
+  if (closing_) return;
   const auto& c = rt_->cfg;
   std::uint64_t deadline = UINT64_MAX;
   if (lingering_ || close_after_flush_) {
-    const std::uint64_t now = server_.now_ms();
-    const std::uint64_t at = lingering_ ? linger_start_ms_ + kLingerMs : flush_start_ms_ + kFlushMs;
-    uv_timer_start(&timer_, [](uv_timer_t* t) noexcept { static_cast<Session*>(t->data)->on_timer(); },
-                   at > now ? at - now : 0, 0);
+    server_.timers().set(*this, lingering_ ? linger_start_ms_ + kLingerMs : flush_start_ms_ + kFlushMs);
     return;
   }
   if (upstream_.initialised && !upstream_.connected) {
@@ -911,13 +944,7 @@ void Session::arm_timer() {
   if (c.idle_timeout.count() > 0) {
     deadline = std::min<std::uint64_t>(deadline, last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count()));
   }
-  if (deadline == UINT64_MAX) {
-    uv_timer_stop(&timer_);
-    return;
-  }
-  const std::uint64_t now = server_.now_ms();
-  uv_timer_start(&timer_, [](uv_timer_t* t) noexcept { static_cast<Session*>(t->data)->on_timer(); },
-                 deadline > now ? deadline - now : 0, 0);
+  server_.timers().set(*this, deadline);  // UINT64_MAX: none
 }
 
 void Session::on_timer() {
@@ -968,6 +995,7 @@ void Session::close(std::string reason, bool reset_peers) {
   if (closing_) return;
   closing_ = true;
   if (!outbound_key_.empty()) server_.outbound_closed(outbound_key_);
+  if (!upstream_.connected) source_addr_.clear();  // "source" names a connection made, not one tried
   close_reason_ = std::move(reason);
   const SessionState was = state_;
   state_ = SessionState::kClosed;
@@ -978,15 +1006,12 @@ void Session::close(std::string reason, bool reset_peers) {
   // Exactly one summary line per session (DESIGN.md §6).
   spdlog::info("[S{}] close {}", id_, close_line());
   // Built only when something keeps it (most of a close's cost otherwise).
-  if (server_.wants_closed_snapshots()) server_.session_record(snapshot());
+  if (server_.wants_closed_snapshots()) server_.session_record(closed_record());
   if (ann_.called_tsap) server_.count_called_tsap(codec::tsap_text(*ann_.called_tsap).display());
   (void)was;
 
-  auto on_closed = [](uv_handle_t* h) noexcept {
-    // Legs and the timer all lead back to their session.
-    Session* s = h->type == UV_TIMER ? static_cast<Session*>(h->data) : static_cast<Leg*>(h->data)->session;
-    s->on_handle_closed();
-  };
+  server_.timers().set(*this, UINT64_MAX);
+  auto on_closed = [](uv_handle_t* h) noexcept { static_cast<Leg*>(h->data)->session->on_handle_closed(); };
   for (Leg* l : {&client_, &upstream_}) {
     if (!l->initialised) continue;
     auto* h = reinterpret_cast<uv_handle_t*>(&l->tcp);
@@ -996,7 +1021,6 @@ void Session::close(std::string reason, bool reset_peers) {
     if (reset_peers && l->connected && !l->eof && uv_tcp_close_reset(&l->tcp, on_closed) == 0) continue;
     uv_close(h, on_closed);
   }
-  if (timer_initialised_) uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_closed);
 }
 
 void Session::on_handle_closed() {
@@ -1114,12 +1138,16 @@ namespace isoproxy {
 
 namespace {
 
-nlohmann::json tsap_json(const std::optional<std::vector<std::uint8_t>>& t) {
-  if (!t) return nullptr;
+void tsap_text_json(json_text::Writer& w, const std::optional<std::vector<std::uint8_t>>& t) {
+  if (!t) {
+    w.null();
+    return;
+  }
   const codec::TsapText text = codec::tsap_text(*t);
-  nlohmann::json j = {{"hex", text.hex}};
-  j["ascii"] = text.printable ? nlohmann::json(text.ascii) : nlohmann::json(nullptr);
-  return j;
+  w.begin_object().key("ascii");
+  if (text.printable) w.value(text.ascii);
+  else w.null();
+  w.key("hex").value(text.hex).end_object();
 }
 
 // "2026-11-21T02:30:42.123Z"
@@ -1133,28 +1161,48 @@ std::string rfc3339_utc(std::int64_t unix_ms) {
   return buf;
 }
 
-nlohmann::json direction_json(const DirectionStats& d) {
-  nlohmann::json tpdus = nlohmann::json::object();
+void direction_text_json(json_text::Writer& w, const DirectionStats& d) {
+  w.begin_object();
+  w.key("anomalies").value(d.anomalies);
+  w.key("bytes").value(d.bytes);
+  w.key("decode_errors").value(d.decode_errors);
+  w.key("frames").value(d.frames);
+  w.key("raw_bytes").value(d.raw_bytes);
+  // By name, as a JSON object's members are listed everywhere else.
+  std::array<std::pair<std::string_view, std::uint64_t>, 16> types;
+  std::size_t n = 0;
   for (std::size_t i = 0; i < d.tpdus.size(); ++i) {
-    if (d.tpdus[i] == 0) continue;
-    tpdus[std::string(codec::tpdu_type_name(static_cast<codec::TpduType>(i)))] = d.tpdus[i];
+    if (d.tpdu(i) != 0) types[n++] = {codec::tpdu_type_name(static_cast<codec::TpduType>(i)), d.tpdu(i)};
   }
-  return {{"bytes", d.bytes},       {"frames", d.frames},         {"tpdus", tpdus},         {"tsdus", d.tsdus},
-          {"anomalies", d.anomalies}, {"decode_errors", d.decode_errors}, {"raw_bytes", d.raw_bytes}};
+  std::sort(types.begin(), types.begin() + static_cast<std::ptrdiff_t>(n));
+  w.key("tpdus").begin_object();
+  for (std::size_t i = 0; i < n; ++i) w.key(types[i].first).value(types[i].second);
+  w.end_object();
+  w.key("tsdus").value(d.tsdus);
+  w.end_object();
 }
 
-nlohmann::json tls_json(const tls::Channel* t) {
-  if (t == nullptr) return nullptr;
-  auto str = [](const std::string& v) { return v.empty() ? nlohmann::json(nullptr) : nlohmann::json(v); };
+void tls_text_json(json_text::Writer& w, const tls::Channel* t) {
+  if (t == nullptr) {
+    w.null();
+    return;
+  }
+  auto str = [&](const char* k, const std::string& v) {
+    w.key(k);
+    if (v.empty()) w.null();
+    else w.value(v);
+  };
   const tls::Info& i = t->info();
-  return {{"state", t->failed() ? "failed" : t->established() ? "established" : "handshake"},
-          {"version", str(i.version)},
-          {"cipher", str(i.cipher)},
-          {"peer_subject", str(i.peer_subject)},
-          {"peer_issuer", str(i.peer_issuer)},
-          {"verify", str(i.verify)},
-          {"sni", str(i.sni)},
-          {"close_notify", i.close_notify}};
+  w.begin_object();
+  str("cipher", i.cipher);
+  w.key("close_notify").value(i.close_notify);
+  str("peer_issuer", i.peer_issuer);
+  str("peer_subject", i.peer_subject);
+  str("sni", i.sni);
+  w.key("state").value(t->failed() ? "failed" : t->established() ? "established" : "handshake");
+  str("verify", i.verify);
+  str("version", i.version);
+  w.end_object();
 }
 
 std::optional<std::uint32_t> size_of(std::optional<std::uint8_t> code) {
@@ -1164,59 +1212,115 @@ std::optional<std::uint32_t> size_of(std::optional<std::uint8_t> code) {
 
 }  // namespace
 
-nlohmann::json Session::snapshot() const {
-  using nlohmann::json;
-  json j;
-  j["id"] = id_;
-  j["listener"] = rt_->cfg.name;
-  j["state"] = session_state_name(state());
-  j["started"] = rfc3339_utc(start_unix_ms_);
-  j["client"] = client_addr_;
-  const auto client_name = server_.rdns().name(reinterpret_cast<const sockaddr*>(&client_ss_));
-  j["client_name"] = client_name ? json(*client_name) : json(nullptr);
-  j["upstream"] = upstream_addr_.empty() ? json(nullptr) : json(upstream_addr_);
-  const auto upstream_name = server_.rdns().name(reinterpret_cast<const sockaddr*>(&upstream_ss_));
-  j["upstream_name"] = upstream_name ? json(*upstream_name) : json(nullptr);
-  j["route"] = route_name_.empty() ? json(nullptr) : json(route_name_);
-  j["source"] = source_addr_.empty() ? json(nullptr) : json(source_addr_);
+std::string Session::snapshot_text() const {
+  std::string out;
+  out.reserve(1024);
+  json_text::Writer w(out);
+  auto opt_string = [&](const char* k, const std::string& v) {
+    w.key(k);
+    if (v.empty()) w.null();
+    else w.value(v);
+  };
+  auto opt_name = [&](const char* k, const sockaddr_storage& ss) {
+    w.key(k);
+    if (auto n = server_.rdns().name(reinterpret_cast<const sockaddr*>(&ss))) w.value(*n);
+    else w.null();
+  };
+  auto opt_number = [&](const char* k, auto v) {
+    w.key(k);
+    if (v) w.value(*v);
+    else w.null();
+  };
+  // Members in name order (the order nlohmann's objects print in, kept so
+  // that the text does not change with the writer).
   const double age = static_cast<double>(uv_hrtime() - start_ns_) / 1e9;
-  j["age_s"] = closed() ? json(nullptr) : json(age);
-  j["calling_tsap"] = tsap_json(ann_.calling_tsap);
-  j["called_tsap"] = tsap_json(ann_.called_tsap);
-  const auto proposed = size_of(ann_.tpdu_size_code_cr);
-  const auto confirmed = size_of(ann_.tpdu_size_code_cc);
-  j["tpdu_size_proposed"] = proposed ? json(*proposed) : json(nullptr);
-  j["tpdu_size"] = confirmed ? json(*confirmed) : json(nullptr);
-  j["class"] = ann_.class_cc ? json(*ann_.class_cc) : ann_.class_cr ? json(*ann_.class_cr) : json(nullptr);
-  j["cr_to_cc_ms"] = (cc_ms_ && cr_ms_) ? json(cc_ms_ - cr_ms_) : json(nullptr);
-  j["to_upstream"] = direction_json(to_upstream_.stats);
-  j["to_client"] = direction_json(to_client_.stats);
-  json filters = json::object();
-  for (const auto& [k, v] : counters_) filters[k] = v;
-  j["filters"] = filters;
+  w.begin_object();
+  w.key("age_s");
+  if (closed()) w.null();
+  else w.value(age);
+  w.key("called_tsap");
+  tsap_text_json(w, ann_.called_tsap);
+  w.key("calling_tsap");
+  tsap_text_json(w, ann_.calling_tsap);
+  opt_number("class", ann_.class_cc ? ann_.class_cc : ann_.class_cr);
+  w.key("client").value(client_addr_);
+  opt_name("client_name", client_ss_);
+  w.key("client_tls");
+  tls_text_json(w, client_.tls.get());
+  opt_string("close_reason", close_reason_);
+  opt_number("cr_to_cc_ms", (cc_ms_ && cr_ms_) ? std::optional<std::uint64_t>(cc_ms_ - cr_ms_) : std::nullopt);
+  w.key("dr");
   if (ann_.dr_reason) {
     const auto n = codec::dr_reason_name(*ann_.dr_reason);
-    j["dr"] = {{"reason", *ann_.dr_reason},
-               {"name", n ? json(*n) : json(nullptr)},
-               {"from", dr_from_text()}};
+    w.begin_object().key("from").value(dr_from_text()).key("name");
+    if (n) w.value(*n);
+    else w.null();
+    w.key("reason").value(*ann_.dr_reason).end_object();
   } else {
-    j["dr"] = nullptr;
+    w.null();
   }
+  w.key("duration_s");
+  if (closed()) w.value(age);
+  else w.null();
+  w.key("er");
   if (ann_.er_cause) {
     const auto n = codec::er_cause_name(*ann_.er_cause);
-    j["er"] = {{"cause", *ann_.er_cause},
-               {"name", n ? json(*n) : json(nullptr)},
-               {"from", ann_.er_from == filters::Direction::kToClient ? "upstream" : "client"}};
+    w.begin_object().key("cause").value(*ann_.er_cause);
+    w.key("from").value(ann_.er_from == filters::Direction::kToClient ? "upstream" : "client").key("name");
+    if (n) w.value(*n);
+    else w.null();
+    w.end_object();
   } else {
-    j["er"] = nullptr;
+    w.null();
   }
-  j["client_tls"] = tls_json(client_.tls.get());
-  j["upstream_tls"] = tls_json(upstream_.tls.get());
-  j["non_rfc1006"] = non_rfc1006_;
-  j["raw"] = to_upstream_.raw || to_client_.raw;
-  j["close_reason"] = close_reason_.empty() ? json(nullptr) : json(close_reason_);
-  j["duration_s"] = closed() ? json(age) : json(nullptr);
-  return j;
+  {
+    std::vector<const std::pair<std::string, std::uint64_t>*> sorted;
+    sorted.reserve(counters_.size());
+    for (const auto& c : counters_) sorted.push_back(&c);
+    std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->first < b->first; });
+    w.key("filters").begin_object();
+    for (const auto* c : sorted) w.key(c->first).value(c->second);
+    w.end_object();
+  }
+  w.key("id").value(id_);
+  w.key("listener").value(rt_->cfg.name);
+  w.key("non_rfc1006").value(non_rfc1006_);
+  w.key("raw").value(to_upstream_.raw || to_client_.raw);
+  opt_string("route", route_name_);
+  opt_string("source", source_addr_);
+  w.key("started").value(rfc3339_utc(start_unix_ms_));
+  w.key("state").value(session_state_name(state()));
+  w.key("to_client");
+  direction_text_json(w, to_client_.stats);
+  w.key("to_upstream");
+  direction_text_json(w, to_upstream_.stats);
+  opt_number("tpdu_size", size_of(ann_.tpdu_size_code_cc));
+  opt_number("tpdu_size_proposed", size_of(ann_.tpdu_size_code_cr));
+  opt_string("upstream", upstream_addr_);
+  opt_name("upstream_name", upstream_ss_);
+  w.key("upstream_tls");
+  tls_text_json(w, upstream_.tls.get());
+  w.end_object();
+  return out;
+}
+
+nlohmann::json Session::snapshot() const { return nlohmann::json::parse(snapshot_text()); }
+
+ClosedSession Session::closed_record() const {
+  ClosedSession c;
+  c.id = id_;
+  c.json = snapshot_text();
+  auto tsap = [](const std::optional<std::vector<std::uint8_t>>& t, std::string& hex, std::string& ascii) {
+    if (!t) return;
+    codec::TsapText text = codec::tsap_text(*t);
+    hex = std::move(text.hex);
+    if (text.printable) ascii = std::move(text.ascii);
+  };
+  tsap(ann_.calling_tsap, c.calling_hex, c.calling_ascii);
+  tsap(ann_.called_tsap, c.called_hex, c.called_ascii);
+  c.client = client_addr_;
+  c.upstream = upstream_addr_;
+  return c;
 }
 
 bool Session::matches_tsap(std::string_view text) const {

@@ -28,6 +28,7 @@ namespace isoproxy {
 
 class Server;
 class Listener;
+struct ClosedSession;
 
 // The immutable per-listener configuration a session runs with. Reloads make
 // new ones; sessions keep the one they started with.
@@ -39,15 +40,25 @@ struct ListenerRuntime {
 enum class SessionState : std::uint8_t { kConnecting, kAwaitingCc, kEstablished, kDraining, kClosed };
 std::string_view session_state_name(SessionState s);
 
-// Per direction, named by where the bytes go.
+// Per direction, named by where the bytes go. Kept small (a live session
+// holds two): DT counts take 64 bits, the other TPDU types are few per
+// session and count in 32 bits, saturating.
 struct DirectionStats {
   std::uint64_t bytes = 0;
   std::uint64_t frames = 0;
-  std::array<std::uint64_t, 16> tpdus{};  // by TPDU type nibble
+  std::uint64_t dt = 0;                   // DT TPDUs
   std::uint64_t tsdus = 0;                // DT with EOT
   std::uint64_t anomalies = 0;
-  std::uint64_t decode_errors = 0;
   std::uint64_t raw_bytes = 0;            // passed through unframed
+  std::array<std::uint32_t, 16> tpdus{};  // the other types, by TPDU type nibble
+  std::uint32_t decode_errors = 0;
+
+  static constexpr std::size_t kDt = 0xF;  // DT's type nibble
+  void count_tpdu(std::size_t type) {
+    if (type == kDt) ++dt;
+    else if (tpdus[type] != UINT32_MAX) ++tpdus[type];
+  }
+  std::uint64_t tpdu(std::size_t type) const { return type == kDt ? dt : tpdus[type]; }
 };
 
 class Session final : public filters::FilterContext {
@@ -71,6 +82,11 @@ class Session final : public filters::FilterContext {
   // Everything the session knows of itself, as the admin endpoint shows it
   // (field names documented in the README's stats section).
   nlohmann::json snapshot() const;
+  // The same as compact JSON text, written directly (no tree): what the
+  // close record and /sessions print.
+  std::string snapshot_text() const;
+  // What the closed-session list and the access log keep of it.
+  ClosedSession closed_record() const;
   // For filtering views: the TSAPs in both forms, the peers' addresses.
   bool matches_tsap(std::string_view text) const;
   bool matches_peer(std::string_view text) const;
@@ -109,7 +125,6 @@ class Session final : public filters::FilterContext {
     bool drain_stopped = false;
     std::uint64_t queued = 0;      // bytes in uv_write requests not yet completed (and tls_pending)
     bool over_high_water = false;  // this leg's queue pauses the other leg's reading
-    uv_shutdown_t shutdown_req{};
     // TLS on this leg (proxy/tls.h): null for plaintext. Frames for this peer
     // are encrypted under the framing; what arrives before the handshake is
     // done waits in tls_pending (counted in `queued`, so backpressure holds).
@@ -184,9 +199,8 @@ class Session final : public filters::FilterContext {
   Leg upstream_;
   Flow to_upstream_;
   Flow to_client_;
-  uv_connect_t connect_req_{};
-  uv_timer_t timer_{};
-  bool timer_initialised_ = false;
+  std::uint64_t deadline_ms_ = UINT64_MAX;  // SessionTimers: when on_timer() is due
+  std::uint32_t timer_slot_ = UINT32_MAX;   // SessionTimers: the index in its heap
   int open_handles_ = 0;
   bool closing_ = false;
   bool close_after_flush_ = false;
@@ -199,7 +213,7 @@ class Session final : public filters::FilterContext {
   bool non_rfc1006_ = false;
   std::string pending_close_reason_;
   std::string close_reason_;
-  std::string first_fin_;  // "client" or "upstream": who closed first
+  const char* first_fin_ = nullptr;  // "client" or "upstream": who closed first
   std::string client_addr_, upstream_addr_, source_addr_, route_name_;
   sockaddr_storage client_ss_{};
   sockaddr_storage upstream_ss_{};  // family 0 until an upstream is chosen
@@ -220,6 +234,7 @@ class Session final : public filters::FilterContext {
 
   friend class Server;
   friend class Listener;
+  friend class SessionTimers;
 };
 
 }  // namespace isoproxy
