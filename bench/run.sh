@@ -10,7 +10,7 @@
 # Options:
 #   --quick           smaller counts and shorter runs, to try the harness (rougher figures)
 #   --repeat N        passes of the comparison, the table shows medians (default 5; 1 with --quick)
-#   --relays LIST     comma-separated subset of isoproxy,isoproxy-bare,haproxy,socat (default: all)
+#   --relays LIST     comma-separated subset of isoproxy,isoproxy-framed,isoproxy-bare,haproxy,socat (default: all)
 #   --no-build        use the binaries already built in the build directory
 #   --build-dir DIR   default build-bench (Release, tests off)
 #   --max-load X      wait until the 1-minute load average is below X first (default 1.5)
@@ -25,7 +25,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 quick=0
-relays_arg="isoproxy,isoproxy-bare,haproxy,socat"
+relays_arg="isoproxy,isoproxy-framed,isoproxy-bare,haproxy,socat"
 build=1
 build_dir="build-bench"
 max_load=1.5
@@ -58,7 +58,7 @@ done
 [[ ${#workloads[@]} -eq 0 ]] && workloads=(throughput pingpong connrate idle livestats tls profile)
 IFS=, read -r -a relays <<< "$relays_arg"
 for r in "${relays[@]}"; do
-  case "$r" in isoproxy|isoproxy-bare|haproxy|socat) ;; *) die "unknown relay: $r (isoproxy, isoproxy-bare, haproxy, socat)" ;; esac
+  case "$r" in isoproxy|isoproxy-framed|isoproxy-bare|haproxy|socat) ;; *) die "unknown relay: $r (isoproxy, isoproxy-framed, isoproxy-bare, haproxy, socat)" ;; esac
 done
 want() { local w; for w in "${workloads[@]}"; do [[ $w == "$1" ]] && return 0; done; return 1; }
 has_relay() { local r; for r in "${relays[@]}"; do [[ $r == "$1" ]] && return 0; done; return 1; }
@@ -188,9 +188,14 @@ iso_config() {  # $1: default | bare
 write_configs() {
   iso_config default > "$run_dir/isoproxy.toml"
   iso_config bare | sed -e 's|^filters = \["reserved", "annotate"\]|filters = []|' > "$run_dir/isoproxy-bare.toml"
+  # A filter that must see every frame of the data phase: the reserved-byte
+  # repair on every TPDU type, so the relay frames and checks each DT.
+  iso_config default | sed -e 's|^tpdu = \["CC"\]|tpdu = ["any"]|' > "$run_dir/isoproxy-framed.toml"
   grep -q "^listen = \"$relay\"" "$run_dir/isoproxy.toml" && grep -q '^filters = \[\]' "$run_dir/isoproxy-bare.toml" \
+    && grep -q '^tpdu = \["any"\]' "$run_dir/isoproxy-framed.toml" \
     || die "conf/isoproxy.toml changed shape: the bench's edits of listen/upstream/filters no longer apply"
   "$iso" check -c "$run_dir/isoproxy.toml" >/dev/null && "$iso" check -c "$run_dir/isoproxy-bare.toml" >/dev/null \
+    && "$iso" check -c "$run_dir/isoproxy-framed.toml" >/dev/null \
     || die "the bench's isoproxy configurations do not check"
   cat > "$run_dir/haproxy.cfg" <<EOF
 global
@@ -244,6 +249,7 @@ relay_cmd() {  # $1: relay
   case "$1" in
     isoproxy) echo "$iso run -c $run_dir/isoproxy.toml" ;;
     isoproxy-bare) echo "$iso run -c $run_dir/isoproxy-bare.toml" ;;
+    isoproxy-framed) echo "$iso run -c $run_dir/isoproxy-framed.toml" ;;
     isoproxy-chain) echo "$iso run -c $run_dir/isoproxy-chain.toml" ;;
     isoproxy-tls) echo "$iso run -c $run_dir/isoproxy-tls.toml" ;;
     haproxy) echo "haproxy -db -f $run_dir/haproxy.cfg" ;;
@@ -312,6 +318,7 @@ label() {
   case "$1" in
     isoproxy) echo "isoproxy, default config" ;;
     isoproxy-bare) echo "isoproxy, no filters" ;;
+    isoproxy-framed) echo "isoproxy, repair on every frame" ;;
     isoproxy-chain) echo "isoproxy, two listeners chained, plaintext hop" ;;
     isoproxy-tls) echo "isoproxy, two listeners chained, TLS 1.3 hop" ;;
     haproxy) echo "HAProxy 2.6, 1 thread" ;;
@@ -686,6 +693,7 @@ mode="full"; [[ $quick -eq 1 ]] && mode="quick (--quick: smaller counts, rougher
   echo '```'
   echo
   echo "RUN/isoproxy.toml is conf/isoproxy.toml with \`listen = \"$relay\"\`, \`upstream = \"$server\"\` and \`[admin] listen = \"$admin\"\`;"
+  echo "RUN/isoproxy-framed.toml is RUN/isoproxy.toml with the repair filter on every TPDU type (\`tpdu = [\"any\"]\`), a filter that needs the data phase;"
   echo "RUN/isoproxy-bare.toml the same with \`filters = []\` and \`[admin] listen = \"off\"\`, \`closed_sessions = 0\`. RUN/haproxy.cfg:"
   echo
   echo '```'
