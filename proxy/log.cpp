@@ -54,7 +54,7 @@ bool set_level(std::string_view level) {
 }
 
 bool init(std::string_view level) {
-  auto logger = spdlog::stderr_logger_st("isoproxy");
+  auto logger = spdlog::stderr_logger_mt("isoproxy");  // workers log from their own threads
   if (stderr_is_journal()) {
     // The journal stamps each line itself; it takes the level as a priority.
     auto formatter = std::make_unique<spdlog::pattern_formatter>();

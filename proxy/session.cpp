@@ -119,26 +119,7 @@ void Session::start(uv_stream_t* server_stream) {
     // already passed would dial itself without end. Every session of such a
     // chain ends here.
     parent_ = *owner;
-    std::vector<Session*> chain;
-    bool looped = false;
-    for (std::uint64_t cur = *owner; cur != 0 && chain.size() <= kMaxChain;) {
-      Session* p = server_.find_session(cur);
-      if (!p) break;
-      chain.push_back(p);
-      if (p->rt_->cfg.name == rt_->cfg.name) looped = true;
-      cur = p->parent_;
-    }
-    if (looped || chain.size() > kMaxChain) {
-      const std::string why = "loop: the upstream connection of session S" + std::to_string(*owner) +
-                              " came back to isoproxy (listener " + rt_->cfg.name +
-                              "); its upstream leads to isoproxy itself: check the upstream address, or for a "
-                              "transparent listener exclude local destinations from the TPROXY rule "
-                              "(nft: fib daddr type local return)";
-      spdlog::warn("[S{}] {}", id_, why);
-      for (Session* p : chain) p->close(why);
-      close(why);
-      return;
-    }
+    if (server_.close_if_loop(*this, *owner, kMaxChain)) return;
   }
   server_.rdns().want(reinterpret_cast<const sockaddr*>(&client_ss_));
   const auto& c = rt_->cfg;
