@@ -956,10 +956,12 @@ void Session::close(std::string reason, bool reset_peers) {
   const auto colon = close_reason_.find(':');
   server_.stats().close_reasons[close_reason_.substr(0, colon)]++;
   for (const auto& [name, n] : counters_) server_.stats().filter_actions[name] += n;
+  // Built only when something keeps it (most of a close's cost otherwise).
+  // Before the close line: with several workers, whoever reads the close
+  // line (a test, then SIGUSR1 from logrotate) finds the access-log line written.
+  if (server_.wants_closed_snapshots()) server_.session_record(snapshot());
   // Exactly one summary line per session (DESIGN.md §6).
   spdlog::info("[S{}] close {}", id_, close_line());
-  // Built only when something keeps it (most of a close's cost otherwise).
-  if (server_.wants_closed_snapshots()) server_.session_record(snapshot());
   if (ann_.called_tsap) server_.count_called_tsap(codec::tsap_text(*ann_.called_tsap).display());
   (void)was;
 
