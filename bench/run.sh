@@ -6,7 +6,7 @@
 #
 #   bench/run.sh [options] [WORKLOAD...]
 #
-# WORKLOAD: throughput pingpong connrate idle livestats profile (default: all).
+# WORKLOAD: throughput pingpong connrate idle livestats tls workers profile (default: all).
 # Options:
 #   --quick           smaller counts and shorter runs, to try the harness (rougher figures)
 #   --repeat N        passes of the comparison, the table shows medians (default 5; 1 with --quick)
@@ -17,6 +17,8 @@
 #   --wait-max S      wait at most S seconds for that (default 600; 0: do not wait)
 #   --results FILE    where to write the results (default bench/RESULTS.md); "-": print only
 #   --port N          first of the three loopback ports used (default 23100)
+#   --workers N       isoproxy's [global] workers in every isoproxy configuration (default 1);
+#                     the `workers` workload compares 1 and 2 whatever this says
 # Everything the run starts is stopped by its pid when it ends or is interrupted.
 # See bench/README.md for what each column means.
 set -euo pipefail
@@ -33,6 +35,7 @@ wait_max=600
 results=bench/RESULTS.md
 port=23100
 repeat=""
+workers=1
 workloads=()
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -49,13 +52,15 @@ while [[ $# -gt 0 ]]; do
     --wait-max) wait_max=${2:?}; shift ;;
     --results) results=${2:?}; shift ;;
     --port) port=${2:?}; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    throughput|pingpong|connrate|idle|livestats|tls|profile) workloads+=("$1") ;;
+    --workers) workers=${2:?--workers needs a count}; shift ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    throughput|pingpong|connrate|idle|livestats|tls|workers|profile) workloads+=("$1") ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
 done
-[[ ${#workloads[@]} -eq 0 ]] && workloads=(throughput pingpong connrate idle livestats tls profile)
+[[ ${#workloads[@]} -eq 0 ]] && workloads=(throughput pingpong connrate idle livestats tls workers profile)
+[[ $workers =~ ^[1-9][0-9]*$ && $workers -le 64 ]] || die "--workers takes a count from 1 to 64"
 IFS=, read -r -a relays <<< "$relays_arg"
 for r in "${relays[@]}"; do
   case "$r" in isoproxy|isoproxy-framed|isoproxy-bare|haproxy|socat) ;; *) die "unknown relay: $r (isoproxy, isoproxy-framed, isoproxy-bare, haproxy, socat)" ;; esac
@@ -175,10 +180,11 @@ load_start=$(load1)
 say "load average at start: $load_start"
 
 # --- relays -------------------------------------------------------------------
-iso_config() {  # $1: default | bare
+iso_config() {  # $1: default | bare, $2: workers (default --workers)
   # The shipped default configuration, pointed at the bench's ports.
   sed -e "s|^listen = \"0.0.0.0:102\"|listen = \"$relay\"|" \
-      -e "s|^upstream = \"192.0.2.10:102\"|upstream = \"$server\"|" conf/isoproxy.toml
+      -e "s|^upstream = \"192.0.2.10:102\"|upstream = \"$server\"|" \
+      -e "/^\[global\]\$/a workers = ${2:-$workers}" conf/isoproxy.toml
   if [[ $1 == default ]]; then
     printf '\n[admin]\nlisten = "%s"\n' "$admin"
   else
@@ -197,6 +203,16 @@ write_configs() {
   "$iso" check -c "$run_dir/isoproxy.toml" >/dev/null && "$iso" check -c "$run_dir/isoproxy-bare.toml" >/dev/null \
     && "$iso" check -c "$run_dir/isoproxy-framed.toml" >/dev/null \
     || die "the bench's isoproxy configurations do not check"
+  # The workers workload: the default configuration with one and with two event loops.
+  iso_config default 1 > "$run_dir/isoproxy-1w.toml"
+  iso_config default 2 > "$run_dir/isoproxy-2w.toml"
+  grep -q "^listen = \"$relay\"" "$run_dir/isoproxy.toml" && grep -q '^filters = \[\]' "$run_dir/isoproxy-bare.toml" \
+    && grep -q '^workers = 2$' "$run_dir/isoproxy-2w.toml" \
+    || die "conf/isoproxy.toml changed shape: the bench's edits of listen/upstream/filters/[global] no longer apply"
+  local c
+  for c in isoproxy isoproxy-bare isoproxy-1w isoproxy-2w; do
+    "$iso" check -c "$run_dir/$c.toml" >/dev/null || die "the bench's isoproxy configuration $c.toml does not check"
+  done
   cat > "$run_dir/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -232,7 +248,7 @@ write_tls_configs() {
   openssl x509 -req -in "$d/hop.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
     -extfile "$d/ext.cnf" -out "$d/hop.crt" 2>/dev/null
   local chain
-  chain=$(printf '[admin]\nlisten = "off"\nclosed_sessions = 0\n\n[[listener]]\nname = "front"\nlisten = "%s"\nupstream = "127.0.0.1:%s"\n' "$relay" "$hop_port")
+  chain=$(printf '[global]\nworkers = %s\n\n[admin]\nlisten = "off"\nclosed_sessions = 0\n\n[[listener]]\nname = "front"\nlisten = "%s"\nupstream = "127.0.0.1:%s"\n' "$workers" "$relay" "$hop_port")
   { echo "$chain"; printf '\n[[listener]]\nname = "back"\nlisten = "127.0.0.1:%s"\nupstream = "%s"\n' "$hop_port" "$server"; } \
     > "$run_dir/isoproxy-chain.toml"
   { echo "$chain"
@@ -250,6 +266,8 @@ relay_cmd() {  # $1: relay
     isoproxy) echo "$iso run -c $run_dir/isoproxy.toml" ;;
     isoproxy-bare) echo "$iso run -c $run_dir/isoproxy-bare.toml" ;;
     isoproxy-framed) echo "$iso run -c $run_dir/isoproxy-framed.toml" ;;
+    isoproxy-1w) echo "$iso run -c $run_dir/isoproxy-1w.toml" ;;
+    isoproxy-2w) echo "$iso run -c $run_dir/isoproxy-2w.toml" ;;
     isoproxy-chain) echo "$iso run -c $run_dir/isoproxy-chain.toml" ;;
     isoproxy-tls) echo "$iso run -c $run_dir/isoproxy-tls.toml" ;;
     haproxy) echo "haproxy -db -f $run_dir/haproxy.cfg" ;;
@@ -319,6 +337,8 @@ label() {
     isoproxy) echo "isoproxy, default config" ;;
     isoproxy-bare) echo "isoproxy, no filters" ;;
     isoproxy-framed) echo "isoproxy, repair on every frame" ;;
+    isoproxy-1w) echo "isoproxy, default config, workers = 1" ;;
+    isoproxy-2w) echo "isoproxy, default config, workers = 2" ;;
     isoproxy-chain) echo "isoproxy, two listeners chained, plaintext hop" ;;
     isoproxy-tls) echo "isoproxy, two listeners chained, TLS 1.3 hop" ;;
     haproxy) echo "HAProxy 2.6, 1 thread" ;;
@@ -364,6 +384,19 @@ for pass in $(seq "$repeat"); do
       say "pass $pass/$repeat: $r: throughput, 1 connection"
       start_relay "$r" "$r-throughput-$pass"
       loadgen "$r" 120 throughput --conns 1 --bytes "$tp_bytes" --seconds 60
+      stop_relay
+    done
+  fi
+  if want workers; then
+    # One event loop against two (SO_REUSEPORT): the same default config.
+    for r in isoproxy-1w isoproxy-2w; do
+      say "pass $pass/$repeat: $r: throughput, 4 connections"
+      start_relay "$r" "$r-throughput-4-$pass"
+      loadgen "$r" 120 throughput --conns 4 --bytes "$tp_bytes" --seconds 60
+      stop_relay
+      say "pass $pass/$repeat: $r: connection rate"
+      start_relay "$r" "$r-connrate-$pass"
+      loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
       stop_relay
     done
   fi
@@ -583,6 +616,23 @@ if want tls && grep -q 'relay=isoproxy-tls ' "$out"; then
   } > "$tlsmd"
 fi
 
+workersmd=$run_dir/workers.md
+if want workers && grep -q 'relay=isoproxy-2w ' "$out"; then
+  {
+    echo "| isoproxy, default config | throughput 4 conns, MB/s | relay CPU s/GB | connect, CR, CC, close: sessions/s | relay CPU µs/session |"
+    echo "|---|---|---|---|---|"
+    for r in isoproxy-1w isoproxy-2w; do
+      echo "| $(label "$r") | $(med "$r" workload=throughput,conns=4 mbps) | $(med "$r" workload=throughput,conns=4 cpu_s_per_gb) | $(med "$r" workload=connrate conns_per_s) | $(med "$r" workload=connrate cpu_us_per_conn) |"
+    done
+    echo
+    a=$(med isoproxy-1w workload=throughput,conns=4 mbps); b=$(med isoproxy-2w workload=throughput,conns=4 mbps)
+    c=$(med isoproxy-1w workload=connrate conns_per_s); d=$(med isoproxy-2w workload=connrate conns_per_s)
+    awk -v a="$a" -v b="$b" -v c="$c" -v d="$d" 'BEGIN { if (a > 0 && c > 0) printf "Two workers against one: %.2f× the throughput, %.2f× the connection rate.\n", b / a, d / c }'
+    echo
+    echo "Medians of $repeat pass(es). The generator (one thread) shares the machine's $(nproc) CPUs with the relay, so a second worker can only use what the generator leaves; the relay's CPU per GB and per session show what the second loop costs."
+  } > "$workersmd"
+fi
+
 profile=$run_dir/profile.md
 if want profile; then
   {
@@ -617,6 +667,7 @@ cat "$table"
 echo
 cat "$notes"
 [[ -s ${livestats:-/nonexistent} ]] && { echo; cat "$livestats"; }
+[[ -s ${workersmd:-/nonexistent} ]] && { echo; cat "$workersmd"; }
 
 [[ $results == - ]] && exit 0
 # The results file: generated, except the hand-written notes between the
@@ -658,6 +709,12 @@ mode="full"; [[ $quick -eq 1 ]] && mode="quick (--quick: smaller counts, rougher
     echo "## Issue 6: TLS next to plaintext"
     echo
     cat "$tlsmd"
+  fi
+  if [[ -s ${workersmd:-/nonexistent} ]]; then
+    echo
+    echo "## Issue 7: workers = 1 against workers = 2"
+    echo
+    cat "$workersmd"
   fi
   if [[ -s ${profile:-/nonexistent} ]]; then
     echo

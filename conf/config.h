@@ -149,6 +149,11 @@ struct GlobalConfig {
   bool reverse_dns = true;               // names of clients and upstreams, asynchronously, for stats and logs
   Duration reverse_dns_ttl{300000};      // how long a name found is trusted
   Duration reverse_dns_failure_ttl{60000};  // how long "no name" is remembered
+  // Event loops, each a thread with its own SO_REUSEPORT listeners, sessions
+  // and stats; "auto" in the file is resolved to the number of CPUs (at most
+  // kMaxWorkers). Fixed at start: a reload that changes it is warned about.
+  std::uint32_t workers = 1;
+  static constexpr std::uint32_t kMaxWorkers = 64;
 };
 
 // The admin endpoint (live stats, metrics): HTTP on a TCP address or a Unix

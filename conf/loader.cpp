@@ -5,6 +5,7 @@
 #include "conf/loader.h"
 
 #include <arpa/inet.h>
+#include <unistd.h>
 
 #include <toml++/toml.h>
 
@@ -171,6 +172,28 @@ class Loader {
     r.finish();
   }
 
+  // workers = N (1..64) or "auto" (the CPUs this process may run on).
+  static void load_workers(TableReader& r, GlobalConfig& g) {
+    const toml::node* n = r.node("workers");
+    if (n == nullptr) return;
+    const std::string expected = "expected an integer between 1 and " + std::to_string(GlobalConfig::kMaxWorkers) +
+                                 " or \"auto\" (one event loop per CPU)";
+    if (const auto* s = n->as_string()) {
+      if (s->get() != "auto") {
+        r.error("workers", expected + ", found \"" + s->get().substr(0, 40) + "\"");
+        return;
+      }
+      const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+      g.workers = static_cast<std::uint32_t>(std::clamp<long>(cpus, 1, GlobalConfig::kMaxWorkers));
+      return;
+    }
+    if (n->as_integer() == nullptr) {
+      r.error("workers", expected);
+      return;
+    }
+    g.workers = static_cast<std::uint32_t>(r.integer("workers", g.workers, 1, GlobalConfig::kMaxWorkers));
+  }
+
   void load_global(const toml::table& t) {
     TableReader r(t, "global", sink_);
     GlobalConfig& g = config_.global;
@@ -185,6 +208,7 @@ class Loader {
     g.reverse_dns = r.boolean("reverse_dns", g.reverse_dns);
     g.reverse_dns_ttl = r.duration("reverse_dns_ttl", g.reverse_dns_ttl);
     g.reverse_dns_failure_ttl = r.duration("reverse_dns_failure_ttl", g.reverse_dns_failure_ttl);
+    load_workers(r, g);
     r.finish();
   }
 
@@ -538,6 +562,7 @@ std::string effective_config_toml(const Config& c) {
   o << "# Effective configuration: every key with the value in force, defaults included.\n";
   o << "\n[global]\n";
   o << "max_sessions = " << c.global.max_sessions << "\n";
+  o << "workers = " << c.global.workers << "\n";
   o << "drain_timeout = " << toml_string(format_duration(c.global.drain_timeout)) << "\n";
   o << "log_level = " << toml_string(c.global.log_level) << "\n";
   o << "access_log = " << toml_string(c.global.access_log) << "\n";

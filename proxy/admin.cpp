@@ -9,6 +9,7 @@
 #include "admin_page.h"
 #include "listener.h"
 #include "server.h"
+#include "supervisor.h"
 
 namespace isoproxy {
 
@@ -54,17 +55,106 @@ void family(std::string& out, const char* name, const char* type, const char* he
   out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
 }
 
-json rdns_json(Server& server) {
-  const ReverseDns& d = server.rdns();
-  const auto& c = d.counters();
-  return {{"enabled", server.config().global.reverse_dns},
-          {"lookups", c.lookups},
-          {"found", c.found},
-          {"failed", c.failed},
-          {"cache_hits", c.hits},
-          {"skipped", c.skipped},
-          {"cached", d.entries()},
-          {"in_flight", d.in_flight()}};
+}  // namespace
+
+// One worker's counters as the admin endpoint sums them; copied on the
+// worker's loop, summed on the main loop.
+struct ListenerRow {
+  std::string name;
+  std::vector<std::string> addresses;
+  std::uint64_t accepted = 0, active = 0, refused = 0;
+};
+struct Totals {
+  GlobalStats g;
+  std::uint64_t active = 0;
+  std::vector<ListenerRow> listeners;  // in configuration order
+  ReverseDns::Counters dns;
+  std::uint64_t dns_cached = 0, dns_in_flight = 0;
+  json workers = json::array();  // per worker: index, active, accepted (or error)
+};
+
+namespace {
+
+Totals worker_totals(Server& s) {
+  Totals t;
+  t.g = s.stats();
+  t.active = s.active_sessions();
+  for (const Listener* l : s.listeners()) t.listeners.push_back({l->name(), l->bound(), l->accepted(), l->active(), l->refused()});
+  t.dns = s.rdns().counters();
+  t.dns_cached = s.rdns().entries();
+  t.dns_in_flight = s.rdns().in_flight();
+  return t;
+}
+
+void add_map(std::map<std::string, std::uint64_t>& to, const std::map<std::string, std::uint64_t>& from) {
+  for (const auto& [k, v] : from) to[k] += v;
+}
+
+Totals totals(Supervisor& sup) {
+  const auto parts = sup.gather<Totals>(worker_totals);
+  Totals out;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (!parts[i]) {
+      out.workers.push_back({{"index", i}, {"error", "no answer within " + std::to_string(Supervisor::kWorkerAnswer.count()) + "ms"}});
+      continue;
+    }
+    const Totals& p = *parts[i];
+    out.workers.push_back({{"index", i}, {"active", p.active}, {"accepted", p.g.accepted}});
+    out.active += p.active;
+    out.g.accepted += p.g.accepted;
+    out.g.refused += p.g.refused;
+    out.g.closed += p.g.closed;
+    out.g.bytes_to_upstream += p.g.bytes_to_upstream;
+    out.g.bytes_to_client += p.g.bytes_to_client;
+    add_map(out.g.connect_failures, p.g.connect_failures);
+    add_map(out.g.decode_errors, p.g.decode_errors);
+    add_map(out.g.filter_actions, p.g.filter_actions);
+    add_map(out.g.close_reasons, p.g.close_reasons);
+    add_map(out.g.sessions_by_upstream, p.g.sessions_by_upstream);
+    add_map(out.g.sessions_by_called_tsap, p.g.sessions_by_called_tsap);
+    for (const ListenerRow& r : p.listeners) {
+      auto it = std::find_if(out.listeners.begin(), out.listeners.end(), [&](const ListenerRow& o) { return o.name == r.name; });
+      if (it == out.listeners.end()) {
+        out.listeners.push_back(r);
+        continue;
+      }
+      it->accepted += r.accepted;
+      it->active += r.active;
+      it->refused += r.refused;
+    }
+    out.dns.lookups += p.dns.lookups;
+    out.dns.found += p.dns.found;
+    out.dns.failed += p.dns.failed;
+    out.dns.hits += p.dns.hits;
+    out.dns.skipped += p.dns.skipped;
+    out.dns_cached += p.dns_cached;
+    out.dns_in_flight += p.dns_in_flight;
+  }
+  // Each worker bounds its TSAP labels; the sum is bounded the same way.
+  const std::size_t limit = sup.config().admin.metrics_tsap_labels;
+  auto& tsaps = out.g.sessions_by_called_tsap;
+  std::uint64_t other = 0;
+  if (auto it = tsaps.find("other"); it != tsaps.end()) {
+    other = it->second;
+    tsaps.erase(it);
+  }
+  while (tsaps.size() > limit) {
+    other += std::prev(tsaps.end())->second;
+    tsaps.erase(std::prev(tsaps.end()));
+  }
+  if (other > 0) tsaps["other"] = other;
+  return out;
+}
+
+json rdns_json(Supervisor& sup, const Totals& t) {
+  return {{"enabled", sup.config().global.reverse_dns},
+          {"lookups", t.dns.lookups},
+          {"found", t.dns.found},
+          {"failed", t.dns.failed},
+          {"cache_hits", t.dns.hits},
+          {"skipped", t.dns.skipped},
+          {"cached", t.dns_cached},
+          {"in_flight", t.dns_in_flight}};
 }
 
 }  // namespace
@@ -152,35 +242,77 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
     first = false;
     out += text;
   };
-  if (!state || *state != "closed") {
-    for (Session* s : server_.sessions_in_order()) {
-      if (state && session_state_name(s->state()) != *state) continue;
-      if (tsap && !s->matches_tsap(*tsap)) continue;
-      if (peer && !s->matches_peer(*peer)) continue;
-      add(s->snapshot_text());
+  // Each worker picks its own (on its loop); merged here in id order, the
+  // closed ones most recent first, as one loop would list them.
+  struct Part {
+    std::vector<std::pair<std::uint64_t, std::string>> live;    // id, snapshot
+    std::vector<std::pair<std::uint64_t, std::string>> closed;  // close order, snapshot
+  };
+  const std::optional<std::string> f_state = state ? std::optional<std::string>(*state) : std::nullopt;
+  const std::optional<std::string> f_tsap = tsap ? std::optional<std::string>(*tsap) : std::nullopt;
+  const std::optional<std::string> f_peer = peer ? std::optional<std::string>(*peer) : std::nullopt;
+  const auto parts = server_.gather<Part>([=](Server& w) {
+    Part p;
+    if (!f_state || *f_state != "closed") {
+      for (Session* s : w.sessions_in_order()) {
+        if (f_state && session_state_name(s->state()) != *f_state) continue;
+        if (f_tsap && !s->matches_tsap(*f_tsap)) continue;
+        if (f_peer && !s->matches_peer(*f_peer)) continue;
+        p.live.emplace_back(s->id(), s->snapshot_text());
+      }
     }
+    if (with_closed) {
+      for (const ClosedSession& c : w.closed_sessions()) {
+        if (f_tsap && !c.matches_tsap(*f_tsap)) continue;
+        if (f_peer && !c.matches_peer(*f_peer)) continue;
+        p.closed.emplace_back(c.seq, c.json);
+      }
+    }
+    return p;
+  });
+  std::vector<const std::pair<std::uint64_t, std::string>*> live, gone;
+  std::vector<std::size_t> missing;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (!parts[i]) {
+      missing.push_back(i);
+      continue;
+    }
+    for (const auto& e : parts[i]->live) live.push_back(&e);
+    for (const auto& e : parts[i]->closed) gone.push_back(&e);
   }
-  if (with_closed) {
-    for (auto it = server_.closed_sessions().rbegin(); it != server_.closed_sessions().rend(); ++it) {
-      const ClosedSession& c = *it;
-      if (tsap && !c.matches_tsap(*tsap)) continue;
-      if (peer && !c.matches_peer(*peer)) continue;
-      add(c.json);
-    }
+  std::sort(live.begin(), live.end(), [](const auto* a, const auto* b) { return a->first < b->first; });
+  std::sort(gone.begin(), gone.end(), [](const auto* a, const auto* b) { return a->first > b->first; });
+  if (gone.size() > server_.config().admin.closed_sessions) gone.resize(server_.config().admin.closed_sessions);
+  for (const auto* e : live) add(e->second);
+  for (const auto* e : gone) add(e->second);
+  if (!missing.empty()) {
+    // Said, not hidden: the list lacks what these workers hold.
+    out += "],\"workers_missing\":" + json(missing).dump() + "}\n";
+    return resp;
   }
   out += "]}\n";
   return resp;
 }
 
 AdminResponse Admin::session(std::uint64_t id) {
-  if (Session* s = server_.find_session(id)) return json_response(200, s->snapshot());
-  for (const ClosedSession& c : server_.closed_sessions()) {
-    if (c.id == id) {
+  // 0: not found; 1: live (the snapshot), 2: closed (its kept JSON).
+  const auto parts = server_.gather<std::pair<int, std::string>>([id](Server& w) -> std::pair<int, std::string> {
+    if (Session* s = w.find_session(id)) return {1, s->snapshot_text()};
+    for (const ClosedSession& c : w.closed_sessions()) {
+      if (c.id == id) return {2, c.json};
+    }
+    return {0, {}};
+  });
+  bool missing = false;
+  for (const auto& p : parts) {
+    if (!p) missing = true;
+    if (p && p->first != 0) {
       AdminResponse resp;
-      resp.body = c.json + "\n";
+      resp.body = p->second + "\n";
       return resp;
     }
   }
+  if (missing) return error_response(503, "session " + std::to_string(id) + " not found, and a worker did not answer");
   return error_response(404, "no session " + std::to_string(id) + " (active or among the last closed)");
 }
 
@@ -202,34 +334,41 @@ AdminResponse Admin::action(const AdminRequest& r) {
   if (r.path.rfind(prefix, 0) == 0 && r.path.size() > prefix.size() + suffix.size() &&
       r.path.compare(r.path.size() - suffix.size(), suffix.size(), suffix) == 0) {
     auto id = parse_id(std::string_view(r.path).substr(prefix.size(), r.path.size() - prefix.size() - suffix.size()));
-    Session* s = id ? server_.find_session(*id) : nullptr;
-    if (!s) return error_response(404, "no active session at " + r.path);
-    s->close("admin-close", true);
+    bool closed = false;
+    if (id) {
+      for (const auto& p : server_.gather<bool>([id = *id](Server& w) {
+             Session* s = w.find_session(id);
+             if (s == nullptr || s->closed()) return false;
+             s->close("admin-close", true);
+             return true;
+           })) {
+        closed = closed || p.value_or(false);
+      }
+    }
+    if (!closed) return error_response(404, "no active session at " + r.path);
     return json_response(200, {{"closed", *id}});
   }
   return error_response(404, "no such action: POST " + r.path + " (try /sessions/ID/close, /reload)");
 }
 
 AdminResponse Admin::stats() {
-  const GlobalStats& g = server_.stats();
+  const Totals t = totals(server_);
+  const GlobalStats& g = t.g;
   json listeners = json::array();
-  for (const Listener* l : server_.listeners()) {
-    listeners.push_back({{"name", l->name()},
-                         {"addresses", l->bound()},
-                         {"accepted", l->accepted()},
-                         {"active", l->active()},
-                         {"refused", l->refused()}});
+  for (const ListenerRow& l : t.listeners) {
+    listeners.push_back({{"name", l.name}, {"addresses", l.addresses}, {"accepted", l.accepted}, {"active", l.active}, {"refused", l.refused}});
   }
-  return json_response(200, {{"sessions", {{"accepted", g.accepted}, {"active", server_.active_sessions()}, {"refused", g.refused}, {"closed", g.closed}}},
+  return json_response(200, {{"sessions", {{"accepted", g.accepted}, {"active", t.active}, {"refused", g.refused}, {"closed", g.closed}}},
                              {"bytes", {{"to_upstream", g.bytes_to_upstream}, {"to_client", g.bytes_to_client}}},
                              {"listeners", listeners},
+                             {"workers", t.workers},
                              {"upstreams", g.sessions_by_upstream},
                              {"connect_failures", g.connect_failures},
                              {"decode_errors", g.decode_errors},
                              {"filter_actions", g.filter_actions},
                              {"close_reasons", g.close_reasons},
-                             {"reverse_dns", rdns_json(server_)},
-                             {"access_log_dropped", g.access_log_dropped}});
+                             {"reverse_dns", rdns_json(server_, t)},
+                             {"access_log_dropped", server_.shared().access_log.dropped()}});
 }
 
 AdminResponse Admin::metrics() {
@@ -239,20 +378,21 @@ AdminResponse Admin::metrics() {
   return r;
 }
 
-std::string render_metrics(Server& server) {
-  const GlobalStats& g = server.stats();
+std::string render_metrics(Supervisor& server) {
+  const Totals t = totals(server);
+  const GlobalStats& g = t.g;
   std::string out;
   family(out, "isoproxy_sessions_accepted_total", "counter", "Sessions accepted, by listener.");
-  for (const Listener* l : server.listeners()) {
-    out += "isoproxy_sessions_accepted_total{listener=\"" + label(l->name()) + "\"} " + std::to_string(l->accepted()) + "\n";
+  for (const ListenerRow& l : t.listeners) {
+    out += "isoproxy_sessions_accepted_total{listener=\"" + label(l.name) + "\"} " + std::to_string(l.accepted) + "\n";
   }
   family(out, "isoproxy_sessions_active", "gauge", "Sessions open now, by listener.");
-  for (const Listener* l : server.listeners()) {
-    out += "isoproxy_sessions_active{listener=\"" + label(l->name()) + "\"} " + std::to_string(l->active()) + "\n";
+  for (const ListenerRow& l : t.listeners) {
+    out += "isoproxy_sessions_active{listener=\"" + label(l.name) + "\"} " + std::to_string(l.active) + "\n";
   }
   family(out, "isoproxy_sessions_refused_total", "counter", "Connections refused at accept (limits, shutdown), by listener.");
-  for (const Listener* l : server.listeners()) {
-    out += "isoproxy_sessions_refused_total{listener=\"" + label(l->name()) + "\"} " + std::to_string(l->refused()) + "\n";
+  for (const ListenerRow& l : t.listeners) {
+    out += "isoproxy_sessions_refused_total{listener=\"" + label(l.name) + "\"} " + std::to_string(l.refused) + "\n";
   }
   family(out, "isoproxy_upstream_sessions_total", "counter", "Sessions connected, by upstream address.");
   for (const auto& [k, v] : g.sessions_by_upstream) {
@@ -280,9 +420,9 @@ std::string render_metrics(Server& server) {
            label(dot == std::string::npos ? "" : k.substr(dot + 1)) + "\"} " + std::to_string(v) + "\n";
   }
   family(out, "isoproxy_access_log_dropped_total", "counter", "Access-log lines the journal did not take (journald not keeping up).");
-  out += "isoproxy_access_log_dropped_total " + std::to_string(g.access_log_dropped) + "\n";
+  out += "isoproxy_access_log_dropped_total " + std::to_string(server.shared().access_log.dropped()) + "\n";
   family(out, "isoproxy_reverse_dns_lookups_total", "counter", "Reverse-DNS lookups of client and upstream addresses, by result.");
-  const auto& dns = server.rdns().counters();
+  const auto& dns = t.dns;
   out += "isoproxy_reverse_dns_lookups_total{result=\"found\"} " + std::to_string(dns.found) + "\n";
   out += "isoproxy_reverse_dns_lookups_total{result=\"failed\"} " + std::to_string(dns.failed) + "\n";
   out += "isoproxy_reverse_dns_lookups_total{result=\"skipped\"} " + std::to_string(dns.skipped) + "\n";

@@ -11,11 +11,14 @@
 
 namespace isoproxy {
 
-class Server;
+class Supervisor;
+
+// The process totals: every worker's counters summed (admin.cpp).
+struct Totals;
 
 class Admin final : public AdminHandler {
  public:
-  explicit Admin(Server& server) : server_(server) {}
+  explicit Admin(Supervisor& supervisor) : server_(supervisor) {}
   AdminResponse handle(const AdminRequest& request) override;
 
  private:
@@ -27,10 +30,10 @@ class Admin final : public AdminHandler {
   AdminResponse stats();
   AdminResponse metrics();
 
-  Server& server_;
+  Supervisor& server_;
 };
 
-// Prometheus text exposition of the server's counters (exposed for tests).
-std::string render_metrics(Server& server);
+// Prometheus text exposition of every worker's counters, summed.
+std::string render_metrics(Supervisor& supervisor);
 
 }  // namespace isoproxy

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "log.h"
 #include "server.h"
 #include "upstream.h"
@@ -13,47 +17,106 @@ Listener::Listener(Server& server, std::shared_ptr<const ListenerRuntime> rt) : 
 
 Listener::~Listener() = default;
 
-Status<> Listener::start() {
-  for (const auto& addr : rt_->cfg.listen) {
+namespace {
+
+// One socket of a listener, bound and listening: what uv_tcp_bind does, plus
+// SO_REUSEPORT (libuv 1.44 has no flag for it).
+int open_socket(const conf::SocketAddress& addr, const sockaddr* at, bool transparent, bool reuseport,
+                std::string_view& step) {
+  step = "socket";
+  const int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  auto fail = [&](std::string_view what) {
+    const int err = errno;
+    step = what;
+    ::close(fd);
+    return -err;
+  };
+  const int on = 1;
+  if (::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0) return fail("SO_REUSEADDR");
+  if (reuseport && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) return fail("SO_REUSEPORT");
+  if (transparent) {
+    if (int r = set_transparent(fd, addr.family()); r != 0) {
+      ::close(fd);
+      step = "IP_TRANSPARENT";
+      return r;
+    }
+  }
+  // [::] takes IPv6 only, so that 0.0.0.0 can be bound beside it.
+  if (addr.family() == AF_INET6 && ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) != 0) return fail("IPV6_V6ONLY");
+  const socklen_t len = addr.family() == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (::bind(fd, at, len) != 0) return fail("bind");
+  if (::listen(fd, 511) != 0) return fail("listen");
+  return fd;
+}
+
+}  // namespace
+
+Result<std::vector<std::vector<int>>> bind_listener(const conf::ListenerConfig& cfg, unsigned workers,
+                                                    std::vector<std::string>* bound) {
+  std::vector<std::vector<int>> fds(workers);
+  auto close_all = [&] {
+    for (auto& w : fds) {
+      for (int fd : w) ::close(fd);
+    }
+  };
+  for (const auto& addr : cfg.listen) {
+    sockaddr_storage at{};
+    std::memcpy(&at, addr.sa(), addr.family() == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
+    for (unsigned w = 0; w < workers; ++w) {
+      std::string_view step;
+      const int r = open_socket(addr, reinterpret_cast<const sockaddr*>(&at), cfg.transparent, workers > 1, step);
+      if (r < 0) {
+        close_all();
+        const int e = uv_translate_sys_error(-r);
+        std::string hint;
+        if (e == UV_EADDRINUSE) hint = " (another process holds the port)";
+        if (e == UV_EACCES) hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)";
+        if (e == UV_EPERM && cfg.transparent) hint = " (transparent listeners need CAP_NET_ADMIN)";
+        if (e == UV_EADDRNOTAVAIL) hint = " (not an address of this host)";
+        return unexpected(Error{"listen", "listener " + cfg.name + ": cannot listen on " + addr.text + ": " +
+                                              std::string(step) + ": " + uv_strerror(e) + hint});
+      }
+      fds[w].push_back(r);
+      if (w == 0) {
+        // Port 0: the others share the port the first was given.
+        socklen_t len = sizeof at;
+        ::getsockname(r, reinterpret_cast<sockaddr*>(&at), &len);
+        if (bound) bound->push_back(address_text(reinterpret_cast<const sockaddr*>(&at)));
+      }
+    }
+  }
+  return fds;
+}
+
+void Listener::adopt(const std::vector<int>& fds) {
+  for (std::size_t i = 0; i < fds.size() && i < rt_->cfg.listen.size(); ++i) {
     auto s = std::make_unique<Socket>();
     s->owner = this;
-    s->addr = addr;
+    s->addr = rt_->cfg.listen[i];
     uv_tcp_t* h = &s->tcp;
-    auto fail = [&](int r, std::string_view what) -> Status<> {
-      std::string hint;
-      if (r == UV_EADDRINUSE) hint = " (another process holds the port)";
-      if (r == UV_EACCES) hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)";
-      if (r == UV_EPERM && rt_->cfg.transparent) hint = " (transparent listeners need CAP_NET_ADMIN)";
-      if (r == UV_EADDRNOTAVAIL) hint = " (not an address of this host)";
-      return unexpected(Error{"listen", "listener " + rt_->cfg.name + ": cannot listen on " + addr.text + ": " +
-                                            std::string(what) + ": " + uv_strerror(r) + hint});
-    };
-    if (int r = uv_tcp_init_ex(server_.loop(), h, static_cast<unsigned>(addr.family())); r != 0) return fail(r, "socket");
+    uv_tcp_init(server_.loop(), h);
     h->data = s.get();
     s->initialised = true;
     ++open_sockets_;
     Socket* raw = s.get();
     sockets_.push_back(std::move(s));
-    if (rt_->cfg.transparent) {
-      uv_os_fd_t fd;
-      uv_fileno(reinterpret_cast<uv_handle_t*>(h), &fd);
-      if (int r = set_transparent(fd, addr.family()); r != 0) return fail(r, "IP_TRANSPARENT");
+    // Bound and listening already; libuv takes the fd and watches it.
+    int r = uv_tcp_open(h, fds[i]);
+    if (r == 0) {
+      r = uv_listen(reinterpret_cast<uv_stream_t*>(h), 511, [](uv_stream_t* st, int status) noexcept {
+        auto* sock = static_cast<Socket*>(st->data);
+        sock->owner->on_connection(*sock, status);
+      });
     }
-    // [::] takes IPv6 only, so that 0.0.0.0 can be bound beside it.
-    const unsigned flags = addr.family() == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
-    if (int r = uv_tcp_bind(h, addr.sa(), flags); r != 0) return fail(r, "bind");
+    if (r != 0) {
+      // Not expected of a listening socket; the others of the listener still serve.
+      spdlog::error("listener {}: cannot accept on {}: {}", rt_->cfg.name, raw->addr.text, uv_strerror(r));
+      continue;
+    }
     apply_socket_options(*raw);
-    if (int r = uv_listen(reinterpret_cast<uv_stream_t*>(h), 511, [](uv_stream_t* st, int status) noexcept {
-          auto* sock = static_cast<Socket*>(st->data);
-          sock->owner->on_connection(*sock, status);
-        });
-        r != 0) {
-      return fail(r, "listen");
-    }
     bound_.push_back(sock_name(raw->tcp));
-    spdlog::info("listening on {} (listener {}{})", bound_.back(), rt_->cfg.name, rt_->cfg.transparent ? ", transparent" : "");
   }
-  return Ok{};
 }
 
 void Listener::apply_socket_options(Socket& s) {
@@ -118,7 +181,7 @@ void Listener::on_connection(Socket& s, int status) {
     refuse(stream, "listener limit of " + std::to_string(rt_->cfg.max_sessions) + " sessions reached");
     return;
   }
-  if (server_.at_global_limit()) {
+  if (!server_.reserve_session()) {
     refuse(stream, "global limit of " + std::to_string(server_.config().global.max_sessions) + " sessions reached");
     return;
   }

@@ -17,6 +17,14 @@ namespace isoproxy {
 
 class Server;
 
+// Binds and listens on every address of `cfg`, `workers` sockets per address
+// (SO_REUSEPORT when `workers` > 1, so that the kernel spreads connections
+// across the workers; port 0 is resolved by the first and reused by the
+// others). [worker][address]; a clear error naming the address on failure,
+// with every socket opened so far closed. `bound` gets the addresses bound.
+Result<std::vector<std::vector<int>>> bind_listener(const conf::ListenerConfig& cfg, unsigned workers,
+                                                    std::vector<std::string>* bound);
+
 class Listener {
  public:
   Listener(Server& server, std::shared_ptr<const ListenerRuntime> rt);
@@ -24,8 +32,9 @@ class Listener {
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
 
-  // Binds and listens on every address; a clear error naming the address on failure.
-  Status<> start();
+  // Accepts on `fds` (bound and listening, one per address of the listener,
+  // in its order; from bind_listener()), on this worker's loop.
+  void adopt(const std::vector<int>& fds);
   // Stops accepting (closes the sockets). Sessions go on.
   void stop();
   // True once every socket's close callback ran.

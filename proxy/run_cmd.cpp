@@ -12,7 +12,7 @@
 #include "log.h"
 #include "notify.h"
 #include "privdrop.h"
-#include "server.h"
+#include "supervisor.h"
 
 namespace isoproxy {
 
@@ -71,7 +71,7 @@ int run_daemon(const std::string& config_path, const std::string& user) {
   }
   auto config = std::make_shared<const conf::Config>(std::move(*loaded));
   log::set_level(config->global.log_level);
-  Server server(config);
+  Supervisor server(config);
   auto ok = server.start();
   if (ok && account) {
     ok = become(*account, *config);
@@ -83,7 +83,8 @@ int run_daemon(const std::string& config_path, const std::string& user) {
     return 1;
   }
   // Listeners and admin endpoint are bound: the service manager may start
-  // what depends on us.
+  // what depends on us. The workers' threads start in run(), after the
+  // privileges were dropped, so that every thread runs with the reduced set.
   notify::ready("serving " + std::to_string(config->listeners.size()) + " listener" +
                 (config->listeners.size() == 1 ? "" : "s"));
   return server.run();

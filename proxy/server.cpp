@@ -2,19 +2,11 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
-#include <csignal>
-#include <cstring>
 #include <set>
 
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#include "conf/loader.h"
 #include "log.h"
-#include "notify.h"
-#include "tls.h"
 #include "upstream.h"
 
 namespace isoproxy {
@@ -28,6 +20,8 @@ std::shared_ptr<const ListenerRuntime> make_runtime(const conf::Config& c, const
   return rt;
 }
 
+}  // namespace
+
 bool same_sockets(const conf::ListenerConfig& a, const conf::ListenerConfig& b) {
   if (a.transparent != b.transparent || a.listen.size() != b.listen.size()) return false;
   for (std::size_t i = 0; i < a.listen.size(); ++i) {
@@ -36,14 +30,24 @@ bool same_sockets(const conf::ListenerConfig& a, const conf::ListenerConfig& b) 
   return true;
 }
 
-}  // namespace
-
-Server::Server(std::shared_ptr<const conf::Config> config) : config_(std::move(config)) { uv_loop_init(&loop_); }
+Server::Server(std::shared_ptr<const conf::Config> config, Shared& shared, unsigned index)
+    : index_(index), shared_(shared), config_(std::move(config)) {
+  uv_loop_init(&loop_);
+  uv_timer_init(&loop_, &drain_timer_);
+  drain_timer_.data = this;
+  uv_timer_init(&loop_, &dns_check_timer_);
+  dns_check_timer_.data = this;
+  uv_idle_init(&loop_, &reaper_);
+  reaper_.data = this;
+  timers_.init(&loop_);
+  // Log lines go out once per loop iteration, just before the loop waits.
+  uv_prepare_init(&loop_, &log_flush_);
+  uv_prepare_start(&log_flush_, [](uv_prepare_t*) noexcept { log::flush(); });
+  uv_async_init(&loop_, &mail_, [](uv_async_t* a) noexcept { static_cast<Server*>(a->data)->on_mail(); });
+  mail_.data = this;
+}
 
 Server::~Server() {
-  log::defer(false);
-  if (access_log_ && access_log_ != stderr) std::fclose(access_log_);
-  if (journal_fd_ >= 0) ::close(journal_fd_);
   // run() closed every handle; a Server that never ran closes its loop here.
   if (!handles_closed_) {
     uv_walk(&loop_, [](uv_handle_t* h, void*) noexcept {
@@ -54,107 +58,74 @@ Server::~Server() {
   }
 }
 
-Status<> Server::apply(std::shared_ptr<const conf::Config> config, bool initial) {
-  // Host checks first, so that a config this host cannot serve changes nothing.
-  for (const auto& l : config->listeners) {
-    if (l.source.mode == conf::SourceMode::kFixed && l.source.address) {
-      if (auto ok = check_source_is_local(*l.source.address); !ok) {
-        return unexpected(Error{ok.error().kind, "listener " + l.name + ": source_address " + ok.error().message +
-                                                     " (outbound connections could not be bound to it)"});
-      }
-    }
+bool Server::post(std::function<void(Server&)> fn) {
+  {
+    std::lock_guard lock(mail_mutex_);
+    if (!mail_open_) return false;
+    mailbox_.push_back(std::move(fn));
+    // Under the lock: the handle is closed only after mail_open_ turned false.
+    uv_async_send(&mail_);
   }
-  // Listeners whose sockets are unchanged keep them and take the new settings;
-  // the others are replaced. New sockets are bound first: if one fails,
-  // nothing changes and the running configuration stays in force.
-  std::vector<std::pair<Listener*, std::shared_ptr<const ListenerRuntime>>> keep;
+  return true;
+}
+
+void Server::on_mail() {
+  std::deque<std::function<void(Server&)>> todo;
+  {
+    std::lock_guard lock(mail_mutex_);
+    todo.swap(mailbox_);
+  }
+  for (auto& fn : todo) fn(*this);
+}
+
+void Server::apply(std::shared_ptr<const conf::Config> config, Sockets fresh_sockets, bool initial) {
+  // Listeners whose sockets are unchanged keep them and take the new
+  // settings; the others are replaced by listeners on the sockets the
+  // Supervisor bound (all of them first: if one failed, nothing came here).
+  std::vector<std::unique_ptr<Listener>> next;
   std::vector<std::unique_ptr<Listener>> fresh;
   for (const auto& lc : config->listeners) {
     auto rt = make_runtime(*config, lc);
     auto it = std::find_if(listeners_.begin(), listeners_.end(), [&](const auto& l) {
-      return l->name() == lc.name && same_sockets(l->runtime()->cfg, lc);
+      return l && l->name() == lc.name && same_sockets(l->runtime()->cfg, lc);
     });
     if (it != listeners_.end()) {
-      keep.emplace_back(it->get(), rt);
-    } else {
-      fresh.push_back(std::make_unique<Listener>(*this, rt));
-    }
-  }
-  for (auto& l : fresh) {
-    auto ok = l->start();
-    if (!ok) {
-      for (auto& f : fresh) {
-        f->stop();
-        stopping_listeners_.push_back(std::move(f));
-      }
-      std::string msg = ok.error().message;
-      if (!initial) msg += " (a listener that keeps an address while changing others must be renamed, or restart isoproxy)";
-      return unexpected(Error{ok.error().kind, msg});
-    }
-  }
-  // Everything is bound: commit.
-  std::vector<std::unique_ptr<Listener>> next;
-  for (auto& [l, rt] : keep) l->set_runtime(rt);
-  for (auto& l : listeners_) {
-    const bool kept = std::any_of(keep.begin(), keep.end(), [&](const auto& k) { return k.first == l.get(); });
-    if (kept) {
-      next.push_back(std::move(l));
+      (*it)->set_runtime(rt);
+      next.push_back(std::move(*it));
       continue;
     }
-    spdlog::info("listener {} removed or changed: no longer accepting on {}", l->name(), fmt::join(l->bound(), ", "));
+    auto l = std::make_unique<Listener>(*this, rt);
+    l->adopt(fresh_sockets[lc.name]);
+    next.push_back(std::move(l));
+  }
+  for (auto& l : listeners_) {
+    if (!l) continue;
+    if (index_ == 0) {
+      spdlog::info("listener {} removed or changed: no longer accepting on {}", l->name(), fmt::join(l->bound(), ", "));
+    }
     l->stop();
     stopping_listeners_.push_back(std::move(l));
   }
-  for (auto& l : fresh) next.push_back(std::move(l));
   listeners_ = std::move(next);
-  // The access log follows the configuration; a file that cannot be opened
-  // is an error at start-up and a logged error (log kept as it was) on reload.
-  const std::string& want = config->global.access_log;
-  if (want != access_log_path_) {
-    std::FILE* file = nullptr;
-    int journal = -1;
-    std::string failed;
-    if (want == "stderr") {
-      file = stderr;
-    } else if (want == "journal") {
-      journal = open_journal_socket();
-      if (journal < 0) failed = "access_log journal: cannot reach journald at " + std::string(kJournalSocket) + ": " + std::strerror(-journal);
-    } else if (want != "off") {
-      file = std::fopen(want.c_str(), "ae");
-      if (!file) failed = "access_log " + want + ": " + std::strerror(errno);
-    }
-    if (!failed.empty()) {
-      if (initial) return unexpected(Error{"access-log", failed});
-      spdlog::error("reload: {}; the access log stays {}", failed, access_log_path_);
-    } else {
-      if (access_log_ && access_log_ != stderr) std::fclose(access_log_);
-      if (journal_fd_ >= 0) ::close(journal_fd_);
-      access_log_ = file;
-      journal_fd_ = journal;
-      access_log_path_ = want;
+  // Sockets of listeners the config no longer has (never expected) are closed.
+  for (auto& [name, fds] : fresh_sockets) {
+    if (std::none_of(listeners_.begin(), listeners_.end(), [&](const auto& l) { return l->name() == name; })) {
+      for (int fd : fds) ::close(fd);
     }
   }
   config_ = std::move(config);
-  log::set_level(config_->global.log_level);
   ReverseDns::Options dns;
   dns.enabled = config_->global.reverse_dns;
   dns.ttl_ms = static_cast<std::uint64_t>(config_->global.reverse_dns_ttl.count());
   dns.failure_ttl_ms = static_cast<std::uint64_t>(config_->global.reverse_dns_failure_ttl.count());
   rdns_.configure(dns);
-  // From the loop, not now: start() runs before `--user` drops privileges,
-  // and a lookup would start libuv's thread pool with root's capabilities.
-  uv_timer_start(&dns_check_timer_, [](uv_timer_t* t) noexcept { static_cast<Server*>(t->data)->check_source_names(); }, 0, 0);
-  // What the TLS settings in force present and trust, and what they do not
-  // check, at every start and reload.
-  for (const auto& w : config_->warnings) spdlog::warn("{}", w);
-  for (const auto& l : config_->listeners) {
-    if (l.tls && l.tls->context && l.tls->context->own_certificate()) {
-      const auto& own = *l.tls->context->own_certificate();
-      spdlog::info("listener {}: TLS certificate {} (issuer {}), valid until {}; client certificates {}", l.name,
-                   log::quote(own.subject), log::quote(own.issuer), own.not_after, l.tls->verify_client);
-    }
+  // Once per process (worker 0), from the loop, not now: the initial apply
+  // runs before `--user` drops privileges, and a lookup would start libuv's
+  // thread pool with root's capabilities.
+  if (index_ == 0) {
+    uv_timer_start(&dns_check_timer_, [](uv_timer_t* t) noexcept { static_cast<Server*>(t->data)->check_source_names(); }, 0, 0);
   }
-  return Ok{};
+  (void)initial;
 }
 
 void Server::check_source_names() {
@@ -192,71 +163,15 @@ void Server::check_source_names() {
   }
 }
 
-Status<> Server::start() {
-  uv_idle_init(&loop_, &reaper_);
-  reaper_.data = this;
-  timers_.init(&loop_);
-  // Log lines go out once per loop iteration, just before the loop waits.
-  uv_prepare_init(&loop_, &log_flush_);
-  uv_prepare_start(&log_flush_, [](uv_prepare_t*) noexcept { log::flush(); });
-  log::defer(true);
-  uv_timer_init(&loop_, &drain_timer_);
-  drain_timer_.data = this;
-  uv_timer_init(&loop_, &dns_check_timer_);
-  dns_check_timer_.data = this;
-  for (auto [sig, h] : {std::pair{SIGTERM, &sigterm_}, std::pair{SIGINT, &sigint_}, std::pair{SIGHUP, &sighup_},
-                        std::pair{SIGUSR1, &sigusr1_}}) {
-    uv_signal_init(&loop_, h);
-    h->data = this;
-    uv_signal_start(h, [](uv_signal_t* s, int signum) noexcept { static_cast<Server*>(s->data)->on_signal(signum); }, sig);
-  }
-  // A peer that resets while we write must not kill the process.
-  std::signal(SIGPIPE, SIG_IGN);
-  // The admin endpoint first, so that it is up when the listeners announce themselves.
-  Status<> ok = Ok{};
-  if (config_->admin.enabled) {
-    admin_http_ = std::make_unique<AdminHttpServer>(&loop_, admin_);
-    auto listening = admin_http_->listen(config_->admin.listen);
-    if (!listening) {
-      ok = unexpected(Error{"admin", "admin endpoint: cannot listen on " + config_->admin.listen + ": " +
-                                         listening.error().message + " (set [admin] listen, or \"off\")"});
-    } else {
-      spdlog::info("admin endpoint on {}{}", admin_http_->bound(),
-                   config_->admin.token.empty() ? " (read-only: no admin.token)" : "");
-    }
-  }
-  if (ok) ok = apply(config_, true);
-  if (!ok) {
-    begin_drain();  // closes what was opened, so that run() can end cleanly
-    return ok;
-  }
-  spdlog::info("isoproxy ready: {} listener{}, config {}", listeners_.size(), listeners_.size() == 1 ? "" : "s", config_->path);
-  return Ok{};
-}
-
 int Server::run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
-  log::defer(false);  // what the last iteration logged, and everything after it, at once
+  log::flush();  // what the last iteration logged
   handles_closed_ = true;
-  const int r = uv_loop_close(&loop_);
-  if (r != 0) {
-    spdlog::error("event loop closed with handles still open: {}", uv_strerror(r));
-    return 1;
-  }
-  // The process-wide totals, so that a run's filter actions and close
-  // reasons can be read from its log without the admin endpoint.
-  auto join = [](const std::map<std::string, std::uint64_t>& m) {
-    std::string out;
-    for (const auto& [k, v] : m) out += (out.empty() ? "" : ",") + k + "=" + std::to_string(v);
-    return out.empty() ? std::string("-") : out;
-  };
-  spdlog::info("stopped: {} sessions served, {} refused; filters={} close_reasons={} connect_failures={}", stats_.closed,
-               stats_.refused, join(stats_.filter_actions), join(stats_.close_reasons), join(stats_.connect_failures));
-  return 0;
+  return uv_loop_close(&loop_);
 }
 
 Session* Server::new_session(Listener& l, const std::shared_ptr<const ListenerRuntime>& rt) {
-  const std::uint64_t id = next_session_id_++;
+  const std::uint64_t id = shared_.next_session_id.fetch_add(1, std::memory_order_relaxed);
   auto s = std::make_unique<Session>(*this, l, id, rt);
   Session* raw = s.get();
   sessions_.emplace(id, std::move(s));
@@ -269,6 +184,7 @@ void Server::session_closed(std::uint64_t id) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
   it->second->owner().session_ended();
+  shared_.release_session();
   // Destroyed from the reaper, never inside the session's own callback.
   finished_.push_back(std::move(it->second));
   sessions_.erase(it);
@@ -291,39 +207,16 @@ void Server::schedule_reap() {
   }
 }
 
-void Server::on_signal(int signum) {
-  if (signum == SIGHUP) {
-    // Shutting down: re-reading would bind the listeners again and the
-    // process would never finish.
-    if (draining_) {
-      spdlog::warn("SIGHUP while shutting down: ignored");
-      return;
-    }
-    reload();
-    return;
-  }
-  if (signum == SIGUSR1) {
-    reopen_access_log();
-    return;
-  }
-  if (draining_) {
-    spdlog::warn("{} again: closing {} sessions now", signum == SIGINT ? "SIGINT" : "SIGTERM", sessions_.size());
-    std::vector<Session*> all;
-    for (auto& [id, s] : sessions_) all.push_back(s.get());
-    for (Session* s : all) s->close("shutdown");
-    return;
-  }
-  spdlog::info("{}: draining {} session{} (deadline {})", signum == SIGINT ? "SIGINT" : "SIGTERM", sessions_.size(),
-               sessions_.size() == 1 ? "" : "s", conf::format_duration(config_->global.drain_timeout));
-  begin_drain();
+void Server::close_all(const std::string& reason) {
+  std::vector<Session*> all;
+  for (auto& [id, s] : sessions_) all.push_back(s.get());
+  for (Session* s : all) s->close(reason);
 }
 
 void Server::begin_drain() {
   if (draining_) return;
   draining_ = true;
   rdns_.shutdown();
-  notify::stopping("draining " + std::to_string(sessions_.size()) + (sessions_.size() == 1 ? " session" : " sessions"));
-  if (admin_http_) admin_http_->stop();
   for (auto& l : listeners_) {
     l->stop();
     stopping_listeners_.push_back(std::move(l));
@@ -334,10 +227,11 @@ void Server::begin_drain() {
   for (Session* s : all) s->drain();
   uv_timer_start(&drain_timer_, [](uv_timer_t* t) noexcept {
     auto* self = static_cast<Server*>(t->data);
-    std::vector<Session*> left;
-    for (auto& [id, s] : self->sessions_) left.push_back(s.get());
-    if (!left.empty()) spdlog::warn("drain deadline passed: closing {} sessions", left.size());
-    for (Session* s : left) s->close("drain-timeout");
+    if (!self->sessions_.empty()) {
+      spdlog::warn("drain deadline passed: closing {} sessions{}", self->sessions_.size(),
+                   self->config_->global.workers > 1 ? " of worker " + std::to_string(self->index_) : std::string());
+    }
+    self->close_all("drain-timeout");
   }, static_cast<std::uint64_t>(config_->global.drain_timeout.count()), 0);
   maybe_stop();
 }
@@ -347,58 +241,53 @@ void Server::maybe_stop() {
   for (auto& l : stopping_listeners_) {
     if (!l->stopped()) return;
   }
-  if (admin_http_ && !admin_http_->closed()) {
-    schedule_reap();  // look again once its connections have closed
-    return;
+  // Nothing is left to serve: no more mail, close our own handles and let the loop end.
+  {
+    std::lock_guard lock(mail_mutex_);
+    mail_open_ = false;
   }
-  // Nothing is left to serve: close our own handles and let the loop end.
-  for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
-                         reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&sigusr1_),
-                         reinterpret_cast<uv_handle_t*>(&drain_timer_), reinterpret_cast<uv_handle_t*>(&dns_check_timer_),
-                         reinterpret_cast<uv_handle_t*>(&reaper_), reinterpret_cast<uv_handle_t*>(&log_flush_),
-                         timers_.handle()}) {
+  on_mail();  // what came before the door closed
+  for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&drain_timer_), reinterpret_cast<uv_handle_t*>(&dns_check_timer_),
+                         reinterpret_cast<uv_handle_t*>(&reaper_), reinterpret_cast<uv_handle_t*>(&mail_),
+                         reinterpret_cast<uv_handle_t*>(&log_flush_), timers_.handle()}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }
 }
 
-void Server::reload() {
-  spdlog::info("SIGHUP: reloading {}", config_->path);
-  // RELOADING=1 now and READY=1 however the reload ends.
-  const notify::Reload reloading("reloading " + config_->path, [this] {
-    return "serving " + std::to_string(listeners_.size()) + " listener" + (listeners_.size() == 1 ? "" : "s");
-  });
-  auto loaded = conf::load_config_file(config_->path);
-  if (!loaded) {
-    for (const auto& e : loaded.error()) spdlog::error("reload: {}", e.to_string());
-    spdlog::error("reload failed: {} error{}; the running configuration stays in force", loaded.error().size(),
-                  loaded.error().size() == 1 ? "" : "s");
-    return;
+void Server::outbound_opened(const std::string& source, std::uint64_t session) {
+  OutboundRegistry::Owner o;
+  o.session = session;
+  o.worker = index_;
+  if (Session* s = find_session(session)) {
+    o.parent = s->parent_;
+    o.listener = s->rt_->cfg.name;
   }
-  auto cfg = std::make_shared<const conf::Config>(std::move(*loaded));
-  auto ok = apply(cfg, false);
-  if (!ok) {
-    spdlog::error("reload failed: {}; the running configuration stays in force", ok.error().message);
-    return;
-  }
-  spdlog::info("reloaded {}: {} listener{}; established sessions keep their configuration", config_->path,
-               listeners_.size(), listeners_.size() == 1 ? "" : "s");
+  shared_.outbound.opened(source, std::move(o));
 }
 
-void Server::reopen_access_log() {
-  if (access_log_ == nullptr || access_log_ == stderr) {
-    spdlog::info("SIGUSR1: no access-log file to reopen (access_log = \"{}\")", access_log_path_.empty() ? "off" : access_log_path_);
-    return;
+bool Server::close_if_loop(Session& s, std::uint64_t owner, std::size_t max) {
+  const auto chain = shared_.outbound.chain(owner, max);
+  const bool looped = chain.size() > max || std::any_of(chain.begin(), chain.end(), [&](const auto& o) {
+    return o.listener == s.rt_->cfg.name;
+  });
+  if (!looped) return false;
+  const std::string why = "loop: the upstream connection of session S" + std::to_string(owner) +
+                          " came back to isoproxy (listener " + s.rt_->cfg.name +
+                          "); its upstream leads to isoproxy itself: check the upstream address, or for a "
+                          "transparent listener exclude local destinations from the TPROXY rule "
+                          "(nft: fib daddr type local return)";
+  spdlog::warn("[S{}] {}", s.id(), why);
+  for (const auto& o : chain) {
+    if (o.worker == index_) {
+      if (Session* p = find_session(o.session)) p->close(why);
+    } else if (shared_.post) {
+      shared_.post(o.worker, [id = o.session, why](Server& w) {
+        if (Session* p = w.find_session(id)) p->close(why);
+      });
+    }
   }
-  // The new file first: if it cannot be opened, lines keep going to the old one.
-  std::FILE* file = std::fopen(access_log_path_.c_str(), "ae");
-  if (file == nullptr) {
-    spdlog::error("SIGUSR1: cannot reopen access_log {}: {}; still writing to the file opened before",
-                  access_log_path_, std::strerror(errno));
-    return;
-  }
-  std::fclose(access_log_);
-  access_log_ = file;
-  spdlog::info("SIGUSR1: reopened access log {}", access_log_path_);
+  s.close(why);
+  return true;
 }
 
 std::vector<Session*> Server::sessions_in_order() {
@@ -421,102 +310,16 @@ std::vector<const Listener*> Server::listeners() const {
 }
 
 bool Server::wants_closed_snapshots() const {
-  return access_log_path_ != "off" || config_->admin.closed_sessions > 0;
+  return shared_.access_log.enabled() || config_->admin.closed_sessions > 0;
 }
 
 void Server::session_record(ClosedSession record) {
-  if (access_log_path_ == "journal") {
-    // The journal's fields come from the parsed record (only in this mode).
-    journal_access_log(nlohmann::json::parse(record.json, nullptr, false), record.json);
-  } else if (access_log_) {
-    record.json.push_back('\n');
-    // One write per line, flushed, so that a line is never split between writers.
-    if (std::fwrite(record.json.data(), 1, record.json.size(), access_log_) != record.json.size() ||
-        std::fflush(access_log_) != 0) {
-      spdlog::warn("access log {}: write failed: {}", access_log_path_, std::strerror(errno));
-    }
-    record.json.pop_back();
-  }
+  if (shared_.access_log.enabled()) shared_.access_log.write(record.json);
   const std::size_t keep = config_->admin.closed_sessions;
   if (keep == 0) return;
+  record.seq = shared_.next_close_seq.fetch_add(1, std::memory_order_relaxed);
   closed_.push_back(std::move(record));
   while (closed_.size() > keep) closed_.pop_front();
-}
-
-int Server::open_journal_socket() {
-  // Our own non-blocking datagram socket in journald's native protocol, not
-  // sd_journal_send(): libsystemd's socket blocks when journald's queue is
-  // full, and a stalled journal must never stall the relay.
-  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return -errno;
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", kJournalSocket);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return -err;
-  }
-  // Room for a burst of closes while journald catches up.
-  const int size = 4 * 1024 * 1024;
-  (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-  return fd;
-}
-
-void Server::journal_access_log(const nlohmann::json& snapshot, const std::string& text_line) {
-  // The JSON line as MESSAGE, and the fields operators filter on as journal
-  // fields: journalctl -t isoproxy-access ISOPROXY_CLOSE_REASON=connect-refused
-  auto text = [&](const char* key) -> std::string {
-    const auto it = snapshot.find(key);
-    if (it == snapshot.end() || it->is_null()) return "";
-    return it->is_string() ? it->get<std::string>() : it->dump();
-  };
-  auto tsap = [&](const char* key) -> std::string {
-    const auto it = snapshot.find(key);
-    if (it == snapshot.end() || !it->is_object()) return "";
-    const auto& a = (*it)["ascii"];
-    return a.is_string() ? a.get<std::string>() : (*it)["hex"].get<std::string>();
-  };
-  // KEY=VALUE lines; a value never holds a newline (compact JSON escapes
-  // them, TSAPs are printable, the rest are addresses and names).
-  std::string d;
-  auto field = [&](const char* key, std::string value) {
-    std::replace(value.begin(), value.end(), '\n', ' ');
-    d += key;
-    d += '=';
-    d += value;
-    d += '\n';
-  };
-  field("MESSAGE", text_line);
-  field("PRIORITY", "6");
-  field("SYSLOG_IDENTIFIER", "isoproxy-access");
-  field("ISOPROXY_SESSION", text("id"));
-  field("ISOPROXY_LISTENER", text("listener"));
-  field("ISOPROXY_CLIENT", text("client"));
-  field("ISOPROXY_UPSTREAM", text("upstream"));
-  field("ISOPROXY_CALLING_TSAP", tsap("calling_tsap"));
-  field("ISOPROXY_CALLED_TSAP", tsap("called_tsap"));
-  field("ISOPROXY_CLOSE_REASON", text("close_reason"));
-  ssize_t n = ::send(journal_fd_, d.data(), d.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-  if (n < 0 && errno == ECONNREFUSED) {
-    // journald restarted and made a new socket: connect again, once.
-    if (const int fd = open_journal_socket(); fd >= 0) {
-      ::close(journal_fd_);
-      journal_fd_ = fd;
-      n = ::send(journal_fd_, d.data(), d.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-    }
-  }
-  if (n < 0) {
-    ++stats_.access_log_dropped;
-    // Once per failure streak: a journal that is down must not flood stderr.
-    if (!journal_failing_) {
-      spdlog::warn("access log journal: line dropped: {}{}", std::strerror(errno),
-                   errno == EAGAIN ? " (journald is not keeping up; counted in access_log_dropped)" : "");
-    }
-    journal_failing_ = true;
-  } else {
-    journal_failing_ = false;
-  }
 }
 
 void Server::count_called_tsap(const std::string& display) {

@@ -1,5 +1,8 @@
-// The Server owns the event loop, the listeners, the sessions, the signals,
-// reload and drain (DESIGN.md §4).
+// A Server is one worker (`workers = N`): one event loop on its own thread,
+// its own SO_REUSEPORT listener sockets, sessions, stats and reverse-DNS
+// cache. The Supervisor (supervisor.h) owns the admin endpoint, signals,
+// reload parsing and drain, and talks to each Server only through post(),
+// which runs a function on the Server's loop (DESIGN.md §4, §5).
 #pragma once
 
 #include <uv.h>
@@ -15,19 +18,23 @@
 
 #include <cstdio>
 #include <deque>
+#include <functional>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
-#include "admin.h"
-#include "admin_http.h"
 #include "conf/config.h"
 #include "listener.h"
 #include "rdns.h"
 #include "session.h"
 #include "session_timers.h"
+#include "shared.h"
 
 namespace isoproxy {
 
-// Process-wide counters (the live stats endpoint reads these later).
+// Whether two configurations of a listener use the same sockets (a reload keeps them).
+bool same_sockets(const conf::ListenerConfig& a, const conf::ListenerConfig& b);
+
+// A worker's counters; the admin endpoint sums every worker's.
 struct GlobalStats {
   std::uint64_t accepted = 0;
   std::uint64_t refused = 0;
@@ -40,7 +47,6 @@ struct GlobalStats {
   std::map<std::string, std::uint64_t> close_reasons;
   std::map<std::string, std::uint64_t> sessions_by_upstream;    // by upstream address, at connect
   std::map<std::string, std::uint64_t> sessions_by_called_tsap; // bounded by admin.metrics_tsap_labels
-  std::uint64_t access_log_dropped = 0;  // lines the journal did not take
 };
 
 // A closed session as the admin endpoint keeps it: its final snapshot as
@@ -48,6 +54,7 @@ struct GlobalStats {
 // only ever prints it), plus what the filters match on.
 struct ClosedSession {
   std::uint64_t id = 0;
+  std::uint64_t seq = 0;  // close order across workers
   std::string json;  // compact
   std::string calling_hex, calling_ascii, called_hex, called_ascii;
   std::string client, upstream;
@@ -57,19 +64,28 @@ struct ClosedSession {
 
 class Server {
  public:
-  explicit Server(std::shared_ptr<const conf::Config> config);
+  Server(std::shared_ptr<const conf::Config> config, Shared& shared, unsigned index);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Checks the config against this host (fixed source IPs are local), binds
-  // every listener, installs signal handlers. Errors are one line each.
-  Status<> start();
-  // Runs the loop until drained; returns the process exit status.
+  // Listener sockets bound by the Supervisor for this worker, by listener
+  // name: one fd per address of the listener, in its order.
+  using Sockets = std::map<std::string, std::vector<int>>;
+  // Takes `config`: listeners whose sockets are unchanged keep them and take
+  // the new settings, the others are made from `fresh` (already bound and
+  // listening, so nothing here can fail). On this worker's loop, or before
+  // its thread starts.
+  void apply(std::shared_ptr<const conf::Config> config, Sockets fresh, bool initial);
+  // Runs the loop until drained (on the worker's thread); the result of uv_loop_close().
   int run();
+  // Thread-safe: runs `fn` on this worker's loop; false once the worker has stopped.
+  bool post(std::function<void(Server&)> fn);
 
+  unsigned index() const { return index_; }
   uv_loop_t* loop() { return &loop_; }
   GlobalStats& stats() { return stats_; }
+  const GlobalStats& stats() const { return stats_; }
   std::uint64_t now_ms() { return uv_now(&loop_); }
 
   // A per-loop read buffer: libuv reads into it and the session forwards
@@ -82,19 +98,21 @@ class Server {
   // the next one is decrypted.
   static constexpr std::size_t kTlsBufferSize = 16384;
   std::uint8_t* tls_buffer() { return tls_buffer_.data(); }
-  // Registers a new session and returns it; nullptr if the global limit is reached.
+  // Takes one of the process-wide max_sessions slots; false at the limit.
+  bool reserve_session() { return shared_.reserve_session(config_->global.max_sessions); }
+  // Registers a new session (its slot reserved) and returns it.
   Session* new_session(Listener& l, const std::shared_ptr<const ListenerRuntime>& rt);
-  bool at_global_limit() const { return sessions_.size() >= config_->global.max_sessions; }
   void session_closed(std::uint64_t id);
   // A stopped listener's last socket closed.
   void listener_closed();
   bool draining() const { return draining_; }
   const conf::Config& config() const { return *config_; }
 
-  // For the admin endpoint.
+  // For the admin endpoint (on this worker's loop).
   std::vector<Session*> sessions_in_order();
   Session* find_session(std::uint64_t id);
   std::size_t active_sessions() const { return sessions_.size(); }
+  std::uint64_t accepted() const { return stats_.accepted; }
   std::vector<const Listener*> listeners() const;
   const std::deque<ClosedSession>& closed_sessions() const { return closed_; }
   // A session's final snapshot: to the access log and the closed-session
@@ -102,73 +120,61 @@ class Server {
   bool wants_closed_snapshots() const;
   void session_record(ClosedSession record);
   void count_called_tsap(const std::string& display);
-  void request_reload() { reload(); }
   ReverseDns& rdns() { return rdns_; }
+  const ReverseDns& rdns() const { return rdns_; }
   SessionTimers& timers() { return timers_; }
-  // Outbound connections by "source>destination": a new client whose
-  // "peer>local" is one of them is isoproxy's own upstream connection come
-  // back (a loop). Both ends: ephemeral source ports are reused toward other
-  // destinations, so a source alone would mistake a stranger for a loop.
-  void outbound_opened(const std::string& key, std::uint64_t session) {
-    if (outbound_.emplace(key, session).second) ++outbound_sources_[key.substr(0, key.find('>'))];
-  }
-  void outbound_closed(const std::string& key) {
-    if (outbound_.erase(key) == 0) return;
-    const auto it = outbound_sources_.find(key.substr(0, key.find('>')));
-    if (it != outbound_sources_.end() && --it->second == 0) outbound_sources_.erase(it);
-  }
   // Whether any upstream connection of ours has this source endpoint: when
   // none has, a new client cannot be one (no need to ask for its local end).
-  bool outbound_source(const std::string& source) const { return outbound_sources_.count(source) != 0; }
-  std::optional<std::uint64_t> outbound_owner(const std::string& peer) const {
-    auto it = outbound_.find(peer);
-    if (it == outbound_.end()) return std::nullopt;
-    return it->second;
-  }
-  // Stops serving as SIGTERM does (run() then returns once drained).
-  void shutdown() { begin_drain(); }
+  bool outbound_source(const std::string& source) const { return shared_.outbound.has_source(source); }
+  // Outbound connections by "source>destination", process-wide: a new client
+  // whose "peer>local" is one of them is isoproxy's own upstream connection
+  // come back (a loop), whichever worker accepted it. Both ends: ephemeral
+  // source ports are reused toward other destinations, so a source alone
+  // would mistake a stranger for a loop.
+  void outbound_opened(const std::string& source, std::uint64_t session);
+  void outbound_closed(const std::string& source) { shared_.outbound.closed(source); }
+  std::optional<std::uint64_t> outbound_owner(const std::string& peer) const { return shared_.outbound.owner(peer); }
+  // The new session `s` is the upstream connection of session `owner` come
+  // back: if the chain of sessions it closes passes `s`'s listener again (or
+  // is longer than `max`), every session of the chain is closed with `why`
+  // (those of other workers on their own loops) and the answer is true.
+  bool close_if_loop(Session& s, std::uint64_t owner, std::size_t max);
+  // SIGTERM: stop accepting, let sessions finish their frames, stop the loop
+  // once all are gone (drain_timeout closes what is left).
+  void begin_drain();
+  // A second SIGTERM: close every session now.
+  void close_all(const std::string& reason);
 
  private:
-  void on_signal(int signum);
-  void begin_drain();
-  void reload();
-  void reopen_access_log();  // SIGUSR1, after logrotate renamed the file
   void maybe_stop();
   void schedule_reap();
   void check_source_names();
-  void journal_access_log(const nlohmann::json& snapshot, const std::string& text_line);
-  static int open_journal_socket();  // a connected fd, or -errno
-  static constexpr const char* kJournalSocket = "/run/systemd/journal/socket";
-  Status<> apply(std::shared_ptr<const conf::Config> config, bool initial);
+  void on_mail();
 
+  const unsigned index_;
+  Shared& shared_;
   uv_loop_t loop_{};
   std::shared_ptr<const conf::Config> config_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Listener>> stopping_listeners_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Session>> sessions_;
   std::vector<std::unique_ptr<Session>> finished_;  // destroyed outside their callbacks
-  uv_signal_t sigterm_{}, sigint_{}, sighup_{}, sigusr1_{};
   uv_timer_t drain_timer_{};
   uv_timer_t dns_check_timer_{};  // the start-up PTR check runs from the loop
-  uv_prepare_t log_flush_{};  // writes the log lines of each loop iteration (log::defer)
   uv_idle_t reaper_{};  // destroys finished sessions outside their own callbacks
+  uv_prepare_t log_flush_{};  // writes the log lines of each loop iteration (log::defer)
+  SessionTimers timers_;
+  uv_async_t mail_{};   // post(): the Supervisor's commands
+  std::mutex mail_mutex_;
+  std::deque<std::function<void(Server&)>> mailbox_;
+  bool mail_open_ = true;
   bool reaper_active_ = false;
   bool draining_ = false;
   bool handles_closed_ = false;
-  std::uint64_t next_session_id_ = 1;
   GlobalStats stats_;
   std::deque<ClosedSession> closed_;
-  std::FILE* access_log_ = nullptr;  // stderr or an opened file; nullptr when off
-  std::string access_log_path_;  // "off", "stderr", "journal" or the file
-  bool journal_failing_ = false;
-  int journal_fd_ = -1;  // access_log = "journal"
-  Admin admin_{*this};
-  std::unique_ptr<AdminHttpServer> admin_http_;
   std::array<char, 65536> read_buffer_{};
   ReverseDns rdns_{&loop_};
-  SessionTimers timers_;
-  std::unordered_map<std::string, std::uint64_t> outbound_;
-  std::unordered_map<std::string, std::uint32_t> outbound_sources_;  // the source part of outbound_'s keys
   std::array<std::uint8_t, kTlsBufferSize> tls_buffer_{};
 };
 

@@ -121,26 +121,7 @@ void Session::start(uv_stream_t* server_stream) {
     // already passed would dial itself without end. Every session of such a
     // chain ends here.
     parent_ = *owner;
-    std::vector<Session*> chain;
-    bool looped = false;
-    for (std::uint64_t cur = *owner; cur != 0 && chain.size() <= kMaxChain;) {
-      Session* p = server_.find_session(cur);
-      if (!p) break;
-      chain.push_back(p);
-      if (p->rt_->cfg.name == rt_->cfg.name) looped = true;
-      cur = p->parent_;
-    }
-    if (looped || chain.size() > kMaxChain) {
-      const std::string why = "loop: the upstream connection of session S" + std::to_string(*owner) +
-                              " came back to isoproxy (listener " + rt_->cfg.name +
-                              "); its upstream leads to isoproxy itself: check the upstream address, or for a "
-                              "transparent listener exclude local destinations from the TPROXY rule "
-                              "(nft: fib daddr type local return)";
-      spdlog::warn("[S{}] {}", id_, why);
-      for (Session* p : chain) p->close(why);
-      close(why);
-      return;
-    }
+    if (server_.close_if_loop(*this, *owner, kMaxChain)) return;
   }
   server_.rdns().want(reinterpret_cast<const sockaddr*>(&client_ss_));
   const auto& c = rt_->cfg;
@@ -1003,10 +984,12 @@ void Session::close(std::string reason, bool reset_peers) {
   const auto colon = close_reason_.find(':');
   server_.stats().close_reasons[close_reason_.substr(0, colon)]++;
   for (const auto& [name, n] : counters_) server_.stats().filter_actions[name] += n;
+  // Built only when something keeps it (most of a close's cost otherwise).
+  // Before the close line: with several workers, whoever reads the close
+  // line (a test, then SIGUSR1 from logrotate) finds the access-log line written.
+  if (server_.wants_closed_snapshots()) server_.session_record(closed_record());
   // Exactly one summary line per session (DESIGN.md §6).
   spdlog::info("[S{}] close {}", id_, close_line());
-  // Built only when something keeps it (most of a close's cost otherwise).
-  if (server_.wants_closed_snapshots()) server_.session_record(closed_record());
   if (ann_.called_tsap) server_.count_called_tsap(codec::tsap_text(*ann_.called_tsap).display());
   (void)was;
 

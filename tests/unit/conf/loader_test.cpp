@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -228,6 +229,12 @@ const BadConfig kBadConfigs[] = {
      "must be between 1 and 1000000 (found 0)"},
     {"max_sessions as a float", "[global]\nmax_sessions = 1e4\n" LISTENER, "2:16", "global.max_sessions",
      "expected an integer, found a floating-point number"},
+    {"workers zero", "[global]\nworkers = 0\n" LISTENER, "2:11", "global.workers", "must be between 1 and 64 (found 0)"},
+    {"workers too many", "[global]\nworkers = 65\n" LISTENER, "2:11", "global.workers", "must be between 1 and 64 (found 65)"},
+    {"workers as a word", "[global]\nworkers = \"many\"\n" LISTENER, "2:11", "global.workers",
+     "expected an integer between 1 and 64 or \"auto\" (one event loop per CPU), found \"many\""},
+    {"workers as a float", "[global]\nworkers = 2.0\n" LISTENER, "2:11", "global.workers",
+     "expected an integer between 1 and 64 or \"auto\""},
     {"duration without a unit", "[global]\ndrain_timeout = 10\n" LISTENER, "2:17", "global.drain_timeout",
      "10 has no unit"},
     {"unknown log level", "[global]\nlog_level = \"warning\"\n" LISTENER, "2:13", "global.log_level",
@@ -414,11 +421,29 @@ kind = "tpkt_reserved"
   CHECK_THAT(r.error()[1].to_string(), Catch::StartsWith("test.toml:8:8: filter.r.kind: unknown filter kind \"tpkt_reserved\"; did you mean \"tpkt-reserved\"?"));
 }
 
+TEST_CASE("workers: one by default, a number, or auto for the CPUs", "[conf][loader][workers]") {
+#define LISTENER "[[listener]]\nlisten = \"0.0.0.0:102\"\nupstream = \"192.0.2.10:102\"\n"
+  auto one = load(LISTENER);
+  REQUIRE(one.ok());
+  CHECK(one->global.workers == 1);
+  auto two = load("[global]\nworkers = 2\n" LISTENER);
+  REQUIRE(two.ok());
+  CHECK(two->global.workers == 2);
+  auto top = load("[global]\nworkers = 64\n" LISTENER);
+  REQUIRE(top.ok());
+  CHECK(top->global.workers == 64);
+  auto cpus = load("[global]\nworkers = \"auto\"\n" LISTENER);
+  REQUIRE(cpus.ok());
+  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  CHECK(cpus->global.workers == static_cast<std::uint32_t>(std::clamp<long>(n, 1, 64)));
+#undef LISTENER
+}
+
 TEST_CASE("an unknown key far from every known one lists the known ones", "[conf][loader]") {
   auto r = load("[global]\nxyzzy = 1\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n");
   REQUIRE_FALSE(r.ok());
   REQUIRE(r.error().size() == 1);
-  CHECK(r.error()[0].message == "unknown key; expected one of: access_log, drain_timeout, log_level, max_sessions, reverse_dns, reverse_dns_failure_ttl, reverse_dns_ttl");
+  CHECK(r.error()[0].message == "unknown key; expected one of: access_log, drain_timeout, log_level, max_sessions, reverse_dns, reverse_dns_failure_ttl, reverse_dns_ttl, workers");
 }
 
 TEST_CASE("ConfigError::to_string leaves out what it does not have", "[conf][loader]") {
@@ -430,6 +455,7 @@ TEST_CASE("ConfigError::to_string leaves out what it does not have", "[conf][loa
 // Field by field; filters by kind and effective settings (a factory has no ==).
 void require_same(const Config& a, const Config& b) {
   CHECK(a.global.max_sessions == b.global.max_sessions);
+  CHECK(a.global.workers == b.global.workers);
   CHECK(a.global.drain_timeout == b.global.drain_timeout);
   CHECK(a.global.log_level == b.global.log_level);
   REQUIRE(a.listeners.size() == b.listeners.size());

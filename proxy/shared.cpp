@@ -1,0 +1,194 @@
+#include "shared.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+
+namespace isoproxy {
+
+AccessLog::~AccessLog() {
+  if (file_ && file_ != stderr) std::fclose(file_);
+  if (journal_fd_ >= 0) ::close(journal_fd_);
+}
+
+std::optional<std::string> AccessLog::configure(const std::string& want) {
+  std::lock_guard lock(mutex_);
+  if (want == path_) return std::nullopt;
+  std::FILE* file = nullptr;
+  int journal = -1;
+  if (want == "stderr") {
+    file = stderr;
+  } else if (want == "journal") {
+    journal = open_journal_socket();
+    if (journal < 0) return "access_log journal: cannot reach journald at " + std::string(kJournalSocket) + ": " + std::strerror(-journal);
+  } else if (want != "off") {
+    file = std::fopen(want.c_str(), "ae");
+    if (!file) return "access_log " + want + ": " + std::strerror(errno);
+  }
+  if (file_ && file_ != stderr) std::fclose(file_);
+  if (journal_fd_ >= 0) ::close(journal_fd_);
+  file_ = file;
+  journal_fd_ = journal;
+  path_ = want;
+  enabled_ = want != "off";
+  return std::nullopt;
+}
+
+void AccessLog::reopen() {
+  std::lock_guard lock(mutex_);
+  if (file_ == nullptr || file_ == stderr) {
+    spdlog::info("SIGUSR1: no access-log file to reopen (access_log = \"{}\")", path_.empty() ? "off" : path_);
+    return;
+  }
+  // The new file first: if it cannot be opened, lines keep going to the old one.
+  std::FILE* file = std::fopen(path_.c_str(), "ae");
+  if (file == nullptr) {
+    spdlog::error("SIGUSR1: cannot reopen access_log {}: {}; still writing to the file opened before", path_,
+                  std::strerror(errno));
+    return;
+  }
+  std::fclose(file_);
+  file_ = file;
+  spdlog::info("SIGUSR1: reopened access log {}", path_);
+}
+
+void AccessLog::write(const std::string& text) {
+  std::lock_guard lock(mutex_);
+  if (path_ == "journal") {
+    // The journal's fields come from the parsed record (only in this mode).
+    journal(nlohmann::json::parse(text, nullptr, false), text);
+  } else if (file_) {
+    const std::string line = text + "\n";
+    // One write per line, flushed, so that a line is never split between writers.
+    if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
+      spdlog::warn("access log {}: write failed: {}", path_, std::strerror(errno));
+    }
+  }
+}
+
+int AccessLog::open_journal_socket() {
+  // Our own non-blocking datagram socket in journald's native protocol, not
+  // sd_journal_send(): libsystemd's socket blocks when journald's queue is
+  // full, and a stalled journal must never stall the relay.
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -errno;
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", kJournalSocket);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return -err;
+  }
+  // Room for a burst of closes while journald catches up.
+  const int size = 4 * 1024 * 1024;
+  (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+  return fd;
+}
+
+void AccessLog::journal(const nlohmann::json& snapshot, const std::string& text_line) {
+  // The JSON line as MESSAGE, and the fields operators filter on as journal
+  // fields: journalctl -t isoproxy-access ISOPROXY_CLOSE_REASON=connect-refused
+  auto text = [&](const char* key) -> std::string {
+    const auto it = snapshot.find(key);
+    if (it == snapshot.end() || it->is_null()) return "";
+    return it->is_string() ? it->get<std::string>() : it->dump();
+  };
+  auto tsap = [&](const char* key) -> std::string {
+    const auto it = snapshot.find(key);
+    if (it == snapshot.end() || !it->is_object()) return "";
+    const auto& a = (*it)["ascii"];
+    return a.is_string() ? a.get<std::string>() : (*it)["hex"].get<std::string>();
+  };
+  // KEY=VALUE lines; a value never holds a newline (compact JSON escapes
+  // them, TSAPs are printable, the rest are addresses and names).
+  std::string d;
+  auto field = [&](const char* key, std::string value) {
+    std::replace(value.begin(), value.end(), '\n', ' ');
+    d += key;
+    d += '=';
+    d += value;
+    d += '\n';
+  };
+  field("MESSAGE", text_line);
+  field("PRIORITY", "6");
+  field("SYSLOG_IDENTIFIER", "isoproxy-access");
+  field("ISOPROXY_SESSION", text("id"));
+  field("ISOPROXY_LISTENER", text("listener"));
+  field("ISOPROXY_CLIENT", text("client"));
+  field("ISOPROXY_UPSTREAM", text("upstream"));
+  field("ISOPROXY_CALLING_TSAP", tsap("calling_tsap"));
+  field("ISOPROXY_CALLED_TSAP", tsap("called_tsap"));
+  field("ISOPROXY_CLOSE_REASON", text("close_reason"));
+  ssize_t n = ::send(journal_fd_, d.data(), d.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n < 0 && errno == ECONNREFUSED) {
+    // journald restarted and made a new socket: connect again, once.
+    if (const int fd = open_journal_socket(); fd >= 0) {
+      ::close(journal_fd_);
+      journal_fd_ = fd;
+      n = ::send(journal_fd_, d.data(), d.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+  }
+  if (n < 0) {
+    ++dropped_;
+    // Once per failure streak: a journal that is down must not flood stderr.
+    if (!journal_failing_) {
+      spdlog::warn("access log journal: line dropped: {}{}", std::strerror(errno),
+                   errno == EAGAIN ? " (journald is not keeping up; counted in access_log_dropped)" : "");
+    }
+    journal_failing_ = true;
+  } else {
+    journal_failing_ = false;
+  }
+}
+
+void OutboundRegistry::opened(const std::string& key, Owner owner) {
+  std::lock_guard lock(mutex_);
+  if (by_key_.emplace(key, owner.session).second) ++sources_[key.substr(0, key.find('>'))];
+  else by_key_[key] = owner.session;
+  by_session_[owner.session] = std::move(owner);
+}
+
+bool OutboundRegistry::has_source(const std::string& source) const {
+  std::lock_guard lock(mutex_);
+  return sources_.count(source) != 0;
+}
+
+void OutboundRegistry::closed(const std::string& key) {
+  std::lock_guard lock(mutex_);
+  const auto it = by_key_.find(key);
+  if (it == by_key_.end()) return;
+  if (const auto src = sources_.find(key.substr(0, key.find('>'))); src != sources_.end() && --src->second == 0) {
+    sources_.erase(src);
+  }
+  by_session_.erase(it->second);
+  by_key_.erase(it);
+}
+
+std::optional<std::uint64_t> OutboundRegistry::owner(const std::string& key) const {
+  std::lock_guard lock(mutex_);
+  const auto it = by_key_.find(key);
+  if (it == by_key_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<OutboundRegistry::Owner> OutboundRegistry::chain(std::uint64_t first, std::size_t max) const {
+  std::lock_guard lock(mutex_);
+  std::vector<Owner> out;
+  for (std::uint64_t cur = first; cur != 0 && out.size() <= max;) {
+    const auto it = by_session_.find(cur);
+    if (it == by_session_.end()) break;
+    out.push_back(it->second);
+    cur = it->second.parent;
+  }
+  return out;
+}
+
+}  // namespace isoproxy

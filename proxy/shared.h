@@ -1,0 +1,103 @@
+// What the workers (one event loop each, `workers = N`) share: the session
+// id counter, the process-wide session count that max_sessions limits, the
+// access log, and the registry of outbound connections that recognises a
+// relay loop whichever worker accepts the looped connection. Everything here
+// is safe to use from any thread; the rest of a worker's state is its own.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace isoproxy {
+
+class Server;
+
+// access_log = "off" | "stderr" | "journal" | FILE, written by every worker:
+// a line is written whole under the mutex, so lines never interleave, and
+// SIGUSR1 swaps the file under the same mutex.
+class AccessLog {
+ public:
+  AccessLog() = default;
+  ~AccessLog();
+  AccessLog(const AccessLog&) = delete;
+  AccessLog& operator=(const AccessLog&) = delete;
+
+  // Switches to `want` if it differs; the error text if it cannot (the log
+  // then stays as it was).
+  std::optional<std::string> configure(const std::string& want);
+  // SIGUSR1, after logrotate renamed the file.
+  void reopen();
+  bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
+  // One session's JSON record (compact, one line).
+  void write(const std::string& text);
+  std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+
+ private:
+  void journal(const nlohmann::json& snapshot, const std::string& text_line);
+  static int open_journal_socket();  // a connected fd, or -errno
+  static constexpr const char* kJournalSocket = "/run/systemd/journal/socket";
+
+  std::mutex mutex_;
+  std::FILE* file_ = nullptr;  // stderr or an opened file; nullptr when off
+  std::string path_;           // "off", "stderr", "journal" or the file
+  int journal_fd_ = -1;
+  bool journal_failing_ = false;
+  std::atomic<bool> enabled_{false};
+  std::atomic<std::uint64_t> dropped_{0};  // lines the journal did not take
+};
+
+// Outbound connections by "source>destination", with what a loop check needs
+// of the session that owns each (DESIGN.md §5: ids, not pointers).
+class OutboundRegistry {
+ public:
+  struct Owner {
+    std::uint64_t session = 0;
+    std::uint64_t parent = 0;  // the session whose upstream connection this one's client is
+    std::string listener;
+    unsigned worker = 0;
+  };
+  void opened(const std::string& key, Owner owner);
+  void closed(const std::string& key);
+  std::optional<std::uint64_t> owner(const std::string& key) const;
+  // Whether an outbound connection has this "source" (the part before '>').
+  bool has_source(const std::string& source) const;
+  // The chain of sessions from `first` up through their parents (at most `max` + 1).
+  std::vector<Owner> chain(std::uint64_t first, std::size_t max) const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, std::uint64_t> by_key_;
+  std::unordered_map<std::uint64_t, Owner> by_session_;
+  std::unordered_map<std::string, std::uint32_t> sources_;  // the source part of by_key_'s keys
+};
+
+struct Shared {
+  std::atomic<std::uint64_t> next_session_id{1};
+  std::atomic<std::uint64_t> next_close_seq{1};  // orders closed sessions across workers
+  std::atomic<std::uint32_t> active_sessions{0};  // every worker's, against global.max_sessions
+  AccessLog access_log;
+  OutboundRegistry outbound;
+  // Runs `fn` on worker `index`'s loop (set by the Supervisor).
+  std::function<void(unsigned index, std::function<void(Server&)> fn)> post;
+
+  // Takes a slot under `limit`; false if every slot is taken.
+  bool reserve_session(std::uint32_t limit) {
+    std::uint32_t n = active_sessions.load(std::memory_order_relaxed);
+    while (n < limit) {
+      if (active_sessions.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
+    }
+    return false;
+  }
+  void release_session() { active_sessions.fetch_sub(1, std::memory_order_relaxed); }
+};
+
+}  // namespace isoproxy

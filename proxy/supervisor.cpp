@@ -1,0 +1,325 @@
+#include "supervisor.h"
+
+#include <algorithm>
+#include <csignal>
+#include <map>
+
+#include <unistd.h>
+
+#include "conf/loader.h"
+#include "listener.h"
+#include "log.h"
+#include "notify.h"
+#include "tls.h"
+#include "upstream.h"
+
+namespace isoproxy {
+
+Supervisor::Supervisor(std::shared_ptr<const conf::Config> config) : config_(std::move(config)) {
+  uv_loop_init(&loop_);
+  const unsigned n = std::max<unsigned>(1, config_->global.workers);
+  for (unsigned i = 0; i < n; ++i) servers_.push_back(std::make_unique<Server>(config_, shared_, i));
+  loop_close_results_.assign(n, 0);
+  shared_.post = [this](unsigned index, std::function<void(Server&)> fn) {
+    if (index < servers_.size()) (void)servers_[index]->post(std::move(fn));
+  };
+}
+
+Supervisor::~Supervisor() {
+  log::defer(false);
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  servers_.clear();  // a Server that never ran closes its loop itself
+  if (!handles_closed_) {
+    uv_walk(&loop_, [](uv_handle_t* h, void*) noexcept {
+      if (!uv_is_closing(h)) uv_close(h, nullptr);
+    }, nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+  }
+}
+
+Result<std::vector<Server::Sockets>> Supervisor::prepare(const conf::Config& config, const conf::Config* current) {
+  // Host checks first, so that a config this host cannot serve changes nothing.
+  for (const auto& l : config.listeners) {
+    if (l.source.mode == conf::SourceMode::kFixed && l.source.address) {
+      if (auto ok = check_source_is_local(*l.source.address); !ok) {
+        return unexpected(Error{ok.error().kind, "listener " + l.name + ": source_address " + ok.error().message +
+                                                     " (outbound connections could not be bound to it)"});
+      }
+    }
+  }
+  // Listeners whose sockets are unchanged keep them; the others get new
+  // ones, bound here for every worker before anything changes: if one
+  // fails, the running configuration stays in force on every worker.
+  std::vector<Server::Sockets> out(servers_.size());
+  std::vector<std::pair<std::string, std::vector<std::string>>> announced;
+  for (const auto& lc : config.listeners) {
+    const bool kept = current && std::any_of(current->listeners.begin(), current->listeners.end(), [&](const auto& c) {
+                        return c.name == lc.name && same_sockets(c, lc);
+                      });
+    if (kept) continue;
+    std::vector<std::string> bound;
+    auto fds = bind_listener(lc, workers(), &bound);
+    if (!fds) {
+      for (auto& per_worker : out) {
+        for (auto& [name, list] : per_worker) {
+          for (int fd : list) ::close(fd);
+        }
+      }
+      return unexpected(fds.error());
+    }
+    for (unsigned w = 0; w < workers(); ++w) out[w][lc.name] = std::move((*fds)[w]);
+    for (const auto& b : bound) {
+      spdlog::info("listening on {} (listener {}{})", b, lc.name, lc.transparent ? ", transparent" : "");
+    }
+  }
+  return out;
+}
+
+void Supervisor::log_config(const conf::Config& config) {
+  log::set_level(config.global.log_level);
+  // What the TLS settings in force present and trust, and what they do not
+  // check, at every start and reload.
+  for (const auto& w : config.warnings) spdlog::warn("{}", w);
+  for (const auto& l : config.listeners) {
+    if (l.tls && l.tls->context && l.tls->context->own_certificate()) {
+      const auto& own = *l.tls->context->own_certificate();
+      spdlog::info("listener {}: TLS certificate {} (issuer {}), valid until {}; client certificates {}", l.name,
+                   log::quote(own.subject), log::quote(own.issuer), own.not_after, l.tls->verify_client);
+    }
+  }
+}
+
+Status<> Supervisor::start() {
+  // Log lines go out once per loop iteration, just before a loop waits:
+  // this loop's and each worker's (Server) flush what is pending.
+  uv_prepare_init(&loop_, &log_flush_);
+  uv_prepare_start(&log_flush_, [](uv_prepare_t*) noexcept { log::flush(); });
+  log::defer(true);
+  for (auto [sig, h] : {std::pair{SIGTERM, &sigterm_}, std::pair{SIGINT, &sigint_}, std::pair{SIGHUP, &sighup_},
+                        std::pair{SIGUSR1, &sigusr1_}}) {
+    uv_signal_init(&loop_, h);
+    h->data = this;
+    uv_signal_start(h, [](uv_signal_t* s, int signum) noexcept { static_cast<Supervisor*>(s->data)->on_signal(signum); }, sig);
+  }
+  uv_async_init(&loop_, &done_async_, [](uv_async_t* a) noexcept { static_cast<Supervisor*>(a->data)->on_worker_done(); });
+  done_async_.data = this;
+  uv_timer_init(&loop_, &stop_timer_);
+  stop_timer_.data = this;
+  // A peer that resets while we write must not kill the process.
+  std::signal(SIGPIPE, SIG_IGN);
+  // The admin endpoint first, so that it is up when the listeners announce themselves.
+  if (config_->admin.enabled) {
+    admin_http_ = std::make_unique<AdminHttpServer>(&loop_, admin_);
+    auto listening = admin_http_->listen(config_->admin.listen);
+    if (!listening) {
+      begin_drain();
+      return unexpected(Error{"admin", "admin endpoint: cannot listen on " + config_->admin.listen + ": " +
+                                           listening.error().message + " (set [admin] listen, or \"off\")"});
+    }
+    spdlog::info("admin endpoint on {}{}", admin_http_->bound(),
+                 config_->admin.token.empty() ? " (read-only: no admin.token)" : "");
+  }
+  auto sockets = prepare(*config_, nullptr);
+  if (!sockets) {
+    begin_drain();
+    return unexpected(sockets.error());
+  }
+  // The access log is an error at start-up (on reload: logged, kept as it was).
+  if (auto failed = shared_.access_log.configure(config_->global.access_log)) {
+    for (auto& per_worker : *sockets) {
+      for (auto& [name, list] : per_worker) {
+        for (int fd : list) ::close(fd);
+      }
+    }
+    begin_drain();
+    return unexpected(Error{"access-log", *failed});
+  }
+  log_config(*config_);
+  // No worker thread runs yet: each takes its sockets from here.
+  for (unsigned w = 0; w < workers(); ++w) servers_[w]->apply(config_, std::move((*sockets)[w]), true);
+  const auto n = config_->listeners.size();
+  spdlog::info("isoproxy ready: {} listener{}, config {}{}", n, n == 1 ? "" : "s", config_->path,
+               workers() > 1 ? " (" + std::to_string(workers()) + " workers)" : std::string());
+  return Ok{};
+}
+
+int Supervisor::run() {
+  if (draining_) {
+    // Failed start or privileges not dropped: nothing is served. Each
+    // worker's loop runs its drain here, on this thread.
+    for (auto& s : servers_) s->begin_drain();
+    for (std::size_t i = 0; i < servers_.size(); ++i) {
+      loop_close_results_[i] = servers_[i]->run();
+      on_worker_done();
+    }
+  } else {
+    started_threads_ = true;
+    for (std::size_t i = 0; i < servers_.size(); ++i) {
+      threads_.emplace_back([this, i] {
+        const int r = servers_[i]->run();
+        std::lock_guard lock(done_mutex_);
+        loop_close_results_[i] = r;
+        ++workers_done_;
+        uv_async_send(&done_async_);
+      });
+    }
+  }
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  for (auto& t : threads_) t.join();
+  log::defer(false);  // every loop has ended: each line at once from here on
+  handles_closed_ = true;
+  int status = 0;
+  if (const int r = uv_loop_close(&loop_); r != 0) {
+    spdlog::error("event loop closed with handles still open: {}", uv_strerror(r));
+    status = 1;
+  }
+  for (std::size_t i = 0; i < loop_close_results_.size(); ++i) {
+    if (loop_close_results_[i] != 0) {
+      spdlog::error("worker {}: event loop closed with handles still open: {}", i, uv_strerror(loop_close_results_[i]));
+      status = 1;
+    }
+  }
+  if (status != 0) return status;
+  // The process-wide totals, so that a run's filter actions and close
+  // reasons can be read from its log without the admin endpoint. Every
+  // thread has ended: the workers' stats are ours to read.
+  GlobalStats total;
+  auto add = [](std::map<std::string, std::uint64_t>& to, const std::map<std::string, std::uint64_t>& from) {
+    for (const auto& [k, v] : from) to[k] += v;
+  };
+  for (const auto& s : servers_) {
+    const GlobalStats& g = s->stats();
+    total.closed += g.closed;
+    total.refused += g.refused;
+    add(total.filter_actions, g.filter_actions);
+    add(total.close_reasons, g.close_reasons);
+    add(total.connect_failures, g.connect_failures);
+  }
+  auto join = [](const std::map<std::string, std::uint64_t>& m) {
+    std::string out;
+    for (const auto& [k, v] : m) out += (out.empty() ? "" : ",") + k + "=" + std::to_string(v);
+    return out.empty() ? std::string("-") : out;
+  };
+  spdlog::info("stopped: {} sessions served, {} refused; filters={} close_reasons={} connect_failures={}", total.closed,
+               total.refused, join(total.filter_actions), join(total.close_reasons), join(total.connect_failures));
+  return 0;
+}
+
+void Supervisor::on_signal(int signum) {
+  if (signum == SIGHUP) {
+    // Shutting down: re-reading would bind the listeners again and the
+    // process would never finish.
+    if (draining_) {
+      spdlog::warn("SIGHUP while shutting down: ignored");
+      return;
+    }
+    reload();
+    return;
+  }
+  if (signum == SIGUSR1) {
+    shared_.access_log.reopen();
+    return;
+  }
+  const std::uint32_t active = shared_.active_sessions.load();
+  if (draining_) {
+    spdlog::warn("{} again: closing {} sessions now", signum == SIGINT ? "SIGINT" : "SIGTERM", active);
+    for (auto& s : servers_) (void)s->post([](Server& w) { w.close_all("shutdown"); });
+    return;
+  }
+  spdlog::info("{}: draining {} session{} (deadline {})", signum == SIGINT ? "SIGINT" : "SIGTERM", active,
+               active == 1 ? "" : "s", conf::format_duration(config_->global.drain_timeout));
+  begin_drain();
+}
+
+void Supervisor::begin_drain() {
+  if (draining_) return;
+  draining_ = true;
+  const std::uint32_t active = shared_.active_sessions.load();
+  notify::stopping("draining " + std::to_string(active) + (active == 1 ? " session" : " sessions"));
+  if (admin_http_) admin_http_->stop();
+  if (started_threads_) {
+    for (auto& s : servers_) (void)s->post([](Server& w) { w.begin_drain(); });
+  }
+  maybe_stop();
+}
+
+void Supervisor::on_worker_done() {
+  if (!started_threads_) {
+    std::lock_guard lock(done_mutex_);
+    ++workers_done_;
+  }
+  maybe_stop();
+}
+
+void Supervisor::maybe_stop() {
+  if (!draining_ || stopping_) return;
+  {
+    std::lock_guard lock(done_mutex_);
+    if (workers_done_ < servers_.size()) return;  // on_worker_done() comes back here
+  }
+  if (admin_http_ && !admin_http_->closed()) {
+    // Look again shortly: its connections are closing.
+    uv_timer_start(&stop_timer_, [](uv_timer_t* t) noexcept { static_cast<Supervisor*>(t->data)->maybe_stop(); }, 10, 0);
+    return;
+  }
+  // Nothing is left to serve: close our own handles and let the loop end.
+  stopping_ = true;
+  for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
+                         reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&sigusr1_),
+                         reinterpret_cast<uv_handle_t*>(&done_async_), reinterpret_cast<uv_handle_t*>(&stop_timer_),
+                         reinterpret_cast<uv_handle_t*>(&log_flush_)}) {
+    if (!uv_is_closing(h)) uv_close(h, nullptr);
+  }
+}
+
+void Supervisor::reload() {
+  spdlog::info("SIGHUP: reloading {}", config_->path);
+  // RELOADING=1 now and READY=1 however the reload ends.
+  const notify::Reload reloading("reloading " + config_->path, [this] {
+    const auto n = config_->listeners.size();
+    return "serving " + std::to_string(n) + " listener" + (n == 1 ? "" : "s");
+  });
+  auto loaded = conf::load_config_file(config_->path);
+  if (!loaded) {
+    for (const auto& e : loaded.error()) spdlog::error("reload: {}", e.to_string());
+    spdlog::error("reload failed: {} error{}; the running configuration stays in force", loaded.error().size(),
+                  loaded.error().size() == 1 ? "" : "s");
+    return;
+  }
+  auto cfg = std::make_shared<const conf::Config>(std::move(*loaded));
+  if (cfg->global.workers != workers()) {
+    spdlog::warn("reload: workers = {} takes effect at the next start; {} worker{} keep running", cfg->global.workers,
+                 workers(), workers() == 1 ? "" : "s");
+  }
+  auto sockets = prepare(*cfg, config_.get());
+  if (!sockets) {
+    std::string msg = sockets.error().message;
+    if (workers() == 1) msg += " (a listener that keeps an address while changing others must be renamed, or restart isoproxy)";
+    spdlog::error("reload failed: {}; the running configuration stays in force", msg);
+    return;
+  }
+  if (auto failed = shared_.access_log.configure(cfg->global.access_log)) {
+    spdlog::error("reload: {}; the access log stays as it was", *failed);
+  }
+  config_ = cfg;
+  log_config(*config_);
+  // Parsed and bound once; each worker takes it on its own loop. Waited
+  // for, so that "reloaded" means every worker serves the new configuration.
+  std::vector<Server::Sockets> per_worker = std::move(*sockets);
+  std::vector<std::shared_ptr<Server::Sockets>> parts;
+  for (auto& p : per_worker) parts.push_back(std::make_shared<Server::Sockets>(std::move(p)));
+  const auto answers = gather<bool>([cfg, parts](Server& s) {
+    s.apply(cfg, std::move(*parts[s.index()]), false);
+    return true;
+  });
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    if (!answers[i]) spdlog::warn("reload: worker {} did not confirm within {}ms", i, kWorkerAnswer.count());
+  }
+  spdlog::info("reloaded {}: {} listener{}; established sessions keep their configuration", config_->path,
+               config_->listeners.size(), config_->listeners.size() == 1 ? "" : "s");
+}
+
+}  // namespace isoproxy
