@@ -146,8 +146,11 @@ TEST_CASE("run --user: binds port 102 as root, serves as the user with CAP_NET_B
   const std::string upstream = "upstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n";
   // A fixed source: its start-up PTR check runs on libuv's thread pool,
   // whose threads must start after the drop (each thread has its own sets).
-  const std::string first = "[[listener]]\nname = \"mta\"\nlisten = \"" + ip + ":102\"\n" + upstream +
-                            "source = \"fixed\"\nsource_address = \"127.0.0.1\"\n";
+  // With two workers too: their threads start after the drop, with the reduced sets.
+  const int workers = GENERATE(1, 2);
+  INFO("workers = " << workers);
+  const std::string first = "[global]\nworkers = " + std::to_string(workers) + "\n[[listener]]\nname = \"mta\"\nlisten = \"" +
+                            ip + ":102\"\n" + upstream + "source = \"fixed\"\nsource_address = \"127.0.0.1\"\n";
   ProxyProcess proxy(first, {"--user", "nobody"});
   REQUIRE(proxy.started());
   let_user_read(proxy);
@@ -159,6 +162,9 @@ TEST_CASE("run --user: binds port 102 as root, serves as the user with CAP_NET_B
                               10s));
   REQUIRE(proxy.wait_for_line(std::regex("source_address 127\\.0\\.0\\.1 (is|has no)"), 10s));
   check_credentials(proxy.pid(), user, kNetBindService);
+  // The main thread and one per worker (libuv's pool may add more).
+  CHECK(std::distance(fs::directory_iterator("/proc/" + std::to_string(proxy.pid()) + "/task"), fs::directory_iterator{}) >=
+        1 + workers);
   relays(ip, 102, "relayed by nobody on port 102");
 
   // A reload re-reads the file as the user and binds another port 102 with
