@@ -237,7 +237,11 @@ void Session::on_connect(int status) {
   server_.stats().sessions_by_upstream[upstream_addr_]++;
   const auto& c = rt_->cfg;
   uv_tcp_nodelay(&upstream_.tcp, 1);
-  if (c.keepalive) uv_tcp_keepalive(&upstream_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
+  // Keepalive on the upstream leg from kKeepaliveAfterMs on (arm_timer):
+  // a session shorter than that never needs it, and the first probe comes
+  // keepalive_interval (>= 1 s) after the last byte anyway. Four system
+  // calls fewer per short connection.
+  if (c.keepalive) keepalive_at_ms_ = server_.now_ms() + kKeepaliveAfterMs;
   if (state_ == SessionState::kConnecting) state_ = SessionState::kAwaitingCc;
   spdlog::debug("[S{}] connected upstream={} source={}", id_, upstream_addr_, source_addr_);
   update_reading(upstream_);
@@ -913,6 +917,7 @@ void Session::arm_timer() {
     server_.timers().set(*this, lingering_ ? linger_start_ms_ + kLingerMs : flush_start_ms_ + kFlushMs);
     return;
   }
+  if (keepalive_at_ms_ != 0) deadline = keepalive_at_ms_;
   if (upstream_.initialised && !upstream_.connected) {
     deadline = std::min<std::uint64_t>(deadline, connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count()));
   }
@@ -932,6 +937,10 @@ void Session::on_timer() {
   if (closing_) return;
   const auto& c = rt_->cfg;
   const std::uint64_t now = server_.now_ms();
+  if (keepalive_at_ms_ != 0 && now >= keepalive_at_ms_) {
+    keepalive_at_ms_ = 0;
+    uv_tcp_keepalive(&upstream_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
+  }
   if (lingering_ || close_after_flush_) {
     // The peers did not close within kLingerMs of our FIN, or did not read
     // what was queued for them within kFlushMs: close anyway.

@@ -209,6 +209,8 @@ class Session final : public filters::FilterContext {
   std::uint64_t flush_start_ms_ = 0;      // close_after_flush: when it began
   static constexpr std::uint64_t kFlushMs = 5000;  // a peer that will not read does not hold the slot
   std::uint64_t linger_start_ms_ = 0;
+  std::uint64_t keepalive_at_ms_ = 0;  // when the upstream leg's keepalive goes on (0: done or off)
+  static constexpr std::uint64_t kKeepaliveAfterMs = 1000;
   static constexpr std::uint64_t kLingerMs = 2000;
   bool non_rfc1006_ = false;
   std::string pending_close_reason_;

@@ -41,6 +41,7 @@
 #include "codec/tpkt.h"
 #include "codec/x224.h"
 #include "support/peers.h"
+#include "support/process.h"
 #include "support/proxy_process.h"
 
 namespace t = isoproxy::test;
@@ -1405,4 +1406,72 @@ TEST_CASE("relay-life: a second SIGTERM during the drain closes every session at
     CHECK(count_close_lines(*proxy, a) == 1);
   }
   CHECK(c1.wait_eof(2000ms));
+}
+
+namespace {
+
+// The time left on the keepalive timer of the socket matching an `ss`
+// filter, in seconds; nullopt when it has none (or no such socket). Debian
+// 12's ss prints 7 s as "6.996ms" (its unit suffix is not to be trusted), so
+// the number is read as seconds whatever follows it.
+std::optional<double> keepalive_seconds(const std::string& filter) {
+  const auto r = t::run_process({"/usr/bin/env", "ss", "-tnoH", "state", "established", filter});
+  if (r.exit_code != 0) return std::nullopt;
+  std::smatch m;
+  static const std::regex kTimer(R"(timer:\(keepalive,([0-9.]+))");
+  if (!std::regex_search(r.out, m, kTimer)) return std::nullopt;
+  return std::stod(m[1].str());
+}
+
+// Polls `ss` (no event announces a socket option), bounded.
+std::optional<double> wait_keepalive(const std::string& filter, Millis within) {
+  const auto until = Clock::now() + within;
+  for (;;) {
+    if (auto k = keepalive_seconds(filter)) return k;
+    if (Clock::now() >= until) return std::nullopt;
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+}  // namespace
+
+// The client leg inherits keepalive from the listening socket; the upstream
+// leg gets it once the session has lived a second (a shorter one never needs
+// it: the first probe comes keepalive_interval after the last byte anyway).
+TEST_CASE("relay-life: keepalive on both legs with the configured interval, and none when off",
+          "[relay-life][keepalive]") {
+  if (!t::on_path("ss")) {
+    WARN("ss (iproute2) is not installed: keepalive not checked");
+    return;
+  }
+  TestServer upstream(t::responder_handler());
+  REQUIRE(upstream.ok());
+  const bool on = GENERATE(true, false);
+  INFO("keepalive = " << on);
+  auto proxy = start_proxy(listener_toml("ka", upstream.port(),
+                                         std::string("keepalive = ") + (on ? "true" : "false") +
+                                             "\nkeepalive_interval = \"7s\"\n"));
+  const std::uint16_t port = port_of(*proxy, "ka");
+  Conn c = t::connect_to(kLocal, port);
+  REQUIRE(c.valid());
+  REQUIRE(c.send_all(codec::Bytes(test_cr())));
+  REQUIRE(c.recv_frame());  // the CC: both legs are up
+  // The proxy's end of the client leg has the listener's port; its end of the
+  // upstream leg has the upstream's port as its peer.
+  const std::string client_leg = "sport = :" + std::to_string(port);
+  const std::string upstream_leg = "dport = :" + std::to_string(upstream.port());
+  if (on) {
+    const auto client_ka = keepalive_seconds(client_leg);
+    REQUIRE(client_ka);
+    CHECK(*client_ka <= 7.0);
+    CHECK(*client_ka > 5.0);
+    const auto upstream_ka = wait_keepalive(upstream_leg, 5000ms);
+    REQUIRE(upstream_ka);
+    CHECK(*upstream_ka <= 7.0);
+    CHECK(*upstream_ka > 5.0);
+  } else {
+    CHECK_FALSE(keepalive_seconds(client_leg));
+    // Longer than the upstream leg's one second: still none.
+    CHECK_FALSE(wait_keepalive(upstream_leg, 1500ms));
+  }
 }
