@@ -219,6 +219,7 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
       server_.outbound_opened(outbound_key_, id_);
     }
   }
+  update_reading(upstream_);
   arm_timer();  // the connect deadline starts now (a routed session connects late)
 }
 
@@ -254,6 +255,8 @@ void Session::on_connect(int status) {
     send_owned(upstream_, std::move(held));
     if (closing_) return;
     update_reading(client_);
+    // The session is closing after a flush: what waited goes, then our FIN.
+    if (lingering_ || close_after_flush_) upstream_.shutdown_wanted = true;
   }
   if (upstream_.tls) {
     // The ClientHello; what the client sent meanwhile waits for the handshake.
@@ -269,10 +272,14 @@ void Session::on_connect(int status) {
   maybe_shutdown(upstream_);  // the client may have sent FIN while we were connecting
   arm_timer();
   if (draining_) drain();
+  if (!closing_) maybe_finish();  // a close after flush may be complete now that held bytes went out
 }
 
 void Session::update_reading(Leg& l) {
-  if (!l.initialised || !l.connected) return;
+  // An upstream still connecting may be read already: libuv reports the
+  // connect first, and one epoll registration then serves both (the connect
+  // watcher's removal and a new one for reading cost two more system calls).
+  if (!l.initialised || (!l.connected && l.side == Side::kClient)) return;
   const Leg& o = other(l);
   const bool held_back = l.side == Side::kClient && pending_up_.size() > rt_->cfg.high_water;
   // A TLS handshake in progress is read whatever the other leg's queue: it
@@ -792,10 +799,10 @@ void Session::maybe_shutdown(Leg& l) {
   if (l.queued == 0 && uv_stream_get_write_queue_size(stream) == 0) {
     // Nothing waits to be written: FIN now, without uv_shutdown's round
     // through the loop for a writable socket. A peer that already sent its
-    // own FIN, when the other one has too, gets ours from close(), which
-    // follows at once (maybe_finish).
+    // own FIN, when the other one has too and has had ours, gets ours from
+    // close(), which follows at once (maybe_finish).
     l.shutdown_done = true;
-    if (l.eof && other(l).eof) return;
+    if (l.eof && other(l).eof && other(l).shutdown_done) return;
     uv_os_fd_t fd;
     if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&l.tcp), &fd) == 0 && ::shutdown(fd, SHUT_WR) != 0) {
       spdlog::debug("[S{}] shutdown toward {}: {}", id_, side_name(l.side), std::strerror(errno));
@@ -835,7 +842,8 @@ void Session::maybe_finish() {
     return;
   }
   if (lingering_) return;
-  const bool flushed = client_.queued == 0 && upstream_.queued == 0;
+  // Bytes held for an upstream still connecting are not flushed yet either.
+  const bool flushed = client_.queued == 0 && upstream_.queued == 0 && pending_up_.empty();
   if (close_after_flush_ && flushed) {
     linger(pending_close_reason_);
     return;
@@ -865,7 +873,9 @@ void Session::linger(std::string reason) {
 void Session::check_linger_done() {
   if (!lingering_ || closing_) return;
   const bool client_done = !client_.connected || client_.eof;
-  const bool upstream_done = !upstream_.connected || upstream_.eof;
+  // An upstream still connecting with bytes to deliver is not done: they go
+  // out (with our FIN) once it is up, or the linger deadline ends it.
+  const bool upstream_done = (!upstream_.connected && pending_up_.empty()) || upstream_.eof;
   if (client_done && upstream_done) close(pending_close_reason_);
 }
 

@@ -2,6 +2,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <catch2/catch.hpp>
 #include <regex>
 #include <thread>
@@ -238,4 +240,58 @@ TEST_CASE("SIGHUP adds and removes listeners as configured", "[reload][integrati
 
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
+}
+
+// A CR and a broken frame in one segment, with the upstream chosen by the CR:
+// the CR waits in isoproxy while the upstream connects, and the broken frame
+// ends the session "after flush". The CR must still reach the upstream, then
+// isoproxy's FIN (malformed = "close": the good frames before it go out),
+// however the client's own FIN and the connect are ordered.
+TEST_CASE("tsap-route: a CR held while the upstream connects still goes out when the next frame is malformed",
+          "[route][integration][malformed]") {
+  struct Seen {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<ByteVec> frames;
+    bool eof = false, done = false;
+  } seen;
+  TestServer upstream([&](Conn& c) {
+    std::vector<ByteVec> got;
+    while (auto f = c.recv_frame(5000ms)) got.push_back(*f);
+    std::lock_guard<std::mutex> lk(seen.mu);
+    seen.frames = std::move(got);
+    seen.eof = c.eof_seen();
+    seen.done = true;
+    seen.cv.notify_all();
+  });
+  REQUIRE(upstream.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"routed\"\nlisten = \"127.0.0.1:0\"\nfilters = [\"route\"]\n"
+                     "malformed = \"close\"\n\n"
+                     "[filter.route]\nkind = \"tsap-route\"\n"
+                     "[[filter.route.route]]\nname = \"only\"\ncalled = \"EXCHANGETSAP1\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(upstream.port()) + "\"\n");
+  REQUIRE(proxy.started());
+  auto port = proxy.listen_port("routed", 10s);
+  REQUIRE(port);
+  Conn c = connect_to("127.0.0.1", *port);
+  REQUIRE(c.valid());
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  ByteVec segment = cr;
+  const ByteVec broken = {0x05, 0x00, 0x00, 0x07, 0x02, 0xF0, 0x80};  // TPKT version 5
+  segment.insert(segment.end(), broken.begin(), broken.end());
+  REQUIRE(c.send_all(segment));
+  // The client answers isoproxy's FIN with its own at once, as MTAs do: the
+  // session must not end before the held CR went out (on loopback the
+  // connect usually wins that race; the outcome checked is the same).
+  CHECK_FALSE(c.recv_frame(10s));
+  CHECK(c.eof_seen());
+  c.shutdown_write();
+  {
+    std::unique_lock<std::mutex> lk(seen.mu);
+    REQUIRE(seen.cv.wait_for(lk, 10s, [&] { return seen.done; }));
+    REQUIRE(seen.frames.size() == 1);
+    CHECK(seen.frames[0] == cr);
+    CHECK(seen.eof);  // isoproxy's FIN after the CR, not a reset
+  }
+  CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame)"), 10s));
 }
