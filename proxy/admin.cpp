@@ -334,7 +334,7 @@ AdminResponse Admin::action(const AdminRequest& r) {
   if (r.path.rfind(prefix, 0) == 0 && r.path.size() > prefix.size() + suffix.size() &&
       r.path.compare(r.path.size() - suffix.size(), suffix.size(), suffix) == 0) {
     auto id = parse_id(std::string_view(r.path).substr(prefix.size(), r.path.size() - prefix.size() - suffix.size()));
-    bool closed = false;
+    bool closed = false, missing = false;
     if (id) {
       for (const auto& p : server_.gather<bool>([id = *id](Server& w) {
              Session* s = w.find_session(id);
@@ -343,8 +343,11 @@ AdminResponse Admin::action(const AdminRequest& r) {
              return true;
            })) {
         closed = closed || p.value_or(false);
+        missing = missing || !p;
       }
     }
+    // A worker that did not answer in time may still hold (and close) it.
+    if (!closed && missing) return error_response(503, "a worker did not answer in time: session " + r.path.substr(prefix.size()) + " may still close; look again");
     if (!closed) return error_response(404, "no active session at " + r.path);
     return json_response(200, {{"closed", *id}});
   }

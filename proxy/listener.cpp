@@ -13,7 +13,8 @@
 
 namespace isoproxy {
 
-Listener::Listener(Server& server, std::shared_ptr<const ListenerRuntime> rt) : server_(server), rt_(std::move(rt)) {}
+Listener::Listener(Server& server, std::shared_ptr<const ListenerRuntime> rt)
+    : server_(server), rt_(std::move(rt)), shared_active_(&server_.shared().listener_sessions(rt_->cfg.name)) {}
 
 Listener::~Listener() = default;
 
@@ -103,6 +104,7 @@ void Listener::adopt(const std::vector<int>& fds) {
     sockets_.push_back(std::move(s));
     // Bound and listening already; libuv takes the fd and watches it.
     int r = uv_tcp_open(h, fds[i]);
+    if (r != 0) ::close(fds[i]);  // the handle did not take it
     if (r == 0) {
       r = uv_listen(reinterpret_cast<uv_stream_t*>(h), 511, [](uv_stream_t* st, int status) noexcept {
         auto* sock = static_cast<Socket*>(st->data);
@@ -177,11 +179,13 @@ void Listener::on_connection(Socket& s, int status) {
     refuse(stream, "shutting down");
     return;
   }
-  if (rt_->cfg.max_sessions != 0 && active_ >= rt_->cfg.max_sessions) {
+  // The listener's limit counts its sessions on every worker.
+  if (!Shared::reserve(*shared_active_, rt_->cfg.max_sessions)) {
     refuse(stream, "listener limit of " + std::to_string(rt_->cfg.max_sessions) + " sessions reached");
     return;
   }
   if (!server_.reserve_session()) {
+    shared_active_->fetch_sub(1, std::memory_order_relaxed);
     refuse(stream, "global limit of " + std::to_string(server_.config().global.max_sessions) + " sessions reached");
     return;
   }

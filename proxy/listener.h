@@ -5,6 +5,8 @@
 
 #include <uv.h>
 
+#include <atomic>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -50,7 +52,10 @@ class Listener {
     ++accepted_;
   }
   std::uint64_t accepted() const { return accepted_; }
-  void session_ended() { --active_; }
+  void session_ended() {
+    --active_;
+    shared_active_->fetch_sub(1, std::memory_order_relaxed);
+  }
   std::uint64_t refused() const { return refused_; }
   // The addresses actually bound (port 0 resolved).
   const std::vector<std::string>& bound() const { return bound_; }
@@ -73,7 +78,8 @@ class Listener {
   std::vector<std::unique_ptr<Socket>> sockets_;
   std::vector<std::string> bound_;
   int open_sockets_ = 0;
-  std::uint32_t active_ = 0;
+  std::uint32_t active_ = 0;  // this worker's sessions of the listener
+  std::atomic<std::uint32_t>* shared_active_;  // every worker's, against max_sessions (Shared)
   std::uint64_t accepted_ = 0;
   std::uint64_t refused_ = 0;
   std::uint64_t last_refusal_log_ms_ = 0;

@@ -100,6 +100,7 @@ class Server {
   std::uint8_t* tls_buffer() { return tls_buffer_.data(); }
   // Takes one of the process-wide max_sessions slots; false at the limit.
   bool reserve_session() { return shared_.reserve_session(config_->global.max_sessions); }
+  Shared& shared() { return shared_; }
   // Registers a new session (its slot reserved) and returns it.
   Session* new_session(Listener& l, const std::shared_ptr<const ListenerRuntime>& rt);
   void session_closed(std::uint64_t id);

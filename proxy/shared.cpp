@@ -151,8 +151,14 @@ void AccessLog::journal(const nlohmann::json& snapshot, const std::string& text_
 
 void OutboundRegistry::opened(const std::string& key, Owner owner) {
   std::lock_guard lock(mutex_);
-  if (by_key_.emplace(key, owner.session).second) ++sources_[key.substr(0, key.find('>'))];
-  else by_key_[key] = owner.session;
+  const auto [it, added] = by_key_.emplace(key, owner.session);
+  if (added) {
+    ++sources_[key.substr(0, key.find('>'))];
+  } else {
+    // The key's previous owner is gone from the registry with it.
+    by_session_.erase(it->second);
+    it->second = owner.session;
+  }
   by_session_[owner.session] = std::move(owner);
 }
 

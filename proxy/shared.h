@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -98,6 +99,32 @@ struct Shared {
     return false;
   }
   void release_session() { active_sessions.fetch_sub(1, std::memory_order_relaxed); }
+
+  // Sessions of one listener (by name) across every worker, against its
+  // max_sessions. The counter lives as long as the process, so a reload
+  // that keeps the listener keeps its count.
+  std::atomic<std::uint32_t>& listener_sessions(const std::string& name) {
+    std::lock_guard lock(listener_sessions_mutex_);
+    auto& slot = listener_sessions_[name];
+    if (!slot) slot = std::make_unique<std::atomic<std::uint32_t>>(0);
+    return *slot;
+  }
+  // Takes one of `n`'s slots under `limit` (0: no limit); false at the limit.
+  static bool reserve(std::atomic<std::uint32_t>& n, std::uint32_t limit) {
+    if (limit == 0) {
+      n.fetch_add(1, std::memory_order_relaxed);
+      return true;
+    }
+    std::uint32_t v = n.load(std::memory_order_relaxed);
+    while (v < limit) {
+      if (n.compare_exchange_weak(v, v + 1, std::memory_order_relaxed)) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::mutex listener_sessions_mutex_;
+  std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint32_t>>> listener_sessions_;
 };
 
 }  // namespace isoproxy

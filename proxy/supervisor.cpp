@@ -315,8 +315,17 @@ void Supervisor::reload() {
     s.apply(cfg, std::move(*parts[s.index()]), false);
     return true;
   });
+  std::string pending;
   for (std::size_t i = 0; i < answers.size(); ++i) {
-    if (!answers[i]) spdlog::warn("reload: worker {} did not confirm within {}ms", i, kWorkerAnswer.count());
+    if (!answers[i]) pending += (pending.empty() ? "" : ", ") + std::to_string(i);
+  }
+  if (!pending.empty()) {
+    // Not "reloaded": a deploy script must not read success while a worker
+    // still serves the old configuration (it takes the new one when its
+    // loop gets to it).
+    spdlog::warn("reload incomplete: worker {} did not confirm within {}ms; it applies {} when its loop is free",
+                 pending, kWorkerAnswer.count(), config_->path);
+    return;
   }
   spdlog::info("reloaded {}: {} listener{}; established sessions keep their configuration", config_->path,
                config_->listeners.size(), config_->listeners.size() == 1 ? "" : "s");

@@ -162,6 +162,40 @@ TEST_CASE("workers: max_sessions is one limit for the whole process", "[workers]
   CHECK(proxy.wait_exit(10s) == 0);
 }
 
+TEST_CASE("workers: a listener's max_sessions counts its sessions on every worker", "[workers][integration][limits]") {
+  TestServer up(responder_handler());
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[global]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+                     "[[listener]]\nname = \"w\"\nlisten = \"127.0.0.1:0\"\nmax_sessions = 3\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\n");
+  auto port = proxy.listen_port("w", 10s);
+  auto aport = admin_port(proxy);
+  REQUIRE(port);
+  REQUIRE(aport);
+  std::vector<Conn> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(connect_to("127.0.0.1", *port));
+    REQUIRE(relay_one(held.back(), i));
+  }
+  // Refused whichever worker takes it: a limit per worker would let up to 3
+  // more through on the other one.
+  for (int i = 0; i < kConns; ++i) {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c);
+    CHECK(c.wait_eof(5s));
+  }
+  json st = get_json(*aport, "/stats");
+  CHECK(st["sessions"]["active"] == 3);
+  CHECK(st["listeners"][0]["refused"] == kConns);
+  // A slot freed on one worker is free for both.
+  held.pop_back();
+  REQUIRE(proxy.wait_for_line(std::regex(R"(close reason=client-closed)"), 10s));
+  Conn again = connect_to("127.0.0.1", *port);
+  REQUIRE(relay_one(again, 9));
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
 TEST_CASE("workers: a reload reaches every worker; a bind failure keeps the old config on all",
           "[workers][integration][reload]") {
   TestServer old_up(responder_handler());
