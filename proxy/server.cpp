@@ -198,6 +198,9 @@ Status<> Server::start() {
   drain_timer_.data = this;
   uv_timer_init(&loop_, &dns_check_timer_);
   dns_check_timer_.data = this;
+  splice_.start([this](std::uint64_t id) {
+    if (Session* s = find_session(id)) s->enter_passthrough();
+  });
   for (auto [sig, h] : {std::pair{SIGTERM, &sigterm_}, std::pair{SIGINT, &sigint_}, std::pair{SIGHUP, &sighup_},
                         std::pair{SIGUSR1, &sigusr1_}}) {
     uv_signal_init(&loop_, h);
@@ -345,6 +348,7 @@ void Server::maybe_stop() {
     return;
   }
   // Nothing is left to serve: close our own handles and let the loop end.
+  splice_.close();
   for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
                          reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&sigusr1_),
                          reinterpret_cast<uv_handle_t*>(&drain_timer_), reinterpret_cast<uv_handle_t*>(&dns_check_timer_),

@@ -23,6 +23,7 @@
 #include "listener.h"
 #include "rdns.h"
 #include "session.h"
+#include "splice.h"
 
 namespace isoproxy {
 
@@ -115,6 +116,8 @@ class Server {
     if (it == outbound_.end()) return std::nullopt;
     return it->second;
   }
+  // Pipes and the deferred take-over for sessions in pass-through (splice.h).
+  SpliceSupport& splice() { return splice_; }
   // Stops serving as SIGTERM does (run() then returns once drained).
   void shutdown() { begin_drain(); }
 
@@ -157,6 +160,7 @@ class Server {
   ReverseDns rdns_{&loop_};
   std::unordered_map<std::string, std::uint64_t> outbound_;
   std::array<std::uint8_t, kTlsBufferSize> tls_buffer_{};
+  SpliceSupport splice_{&loop_};
 };
 
 }  // namespace isoproxy
