@@ -78,6 +78,7 @@ struct Session::Passthrough {
   bool entered = false;      // was active at some time (stats)
   bool refused = false;      // could not start: the session stays framed
   bool leaving = false;      // no pipe to be had: flushing, then raw through libuv
+  bool attached = false;     // counted in SpliceSupport's users (spare pipes kept for it)
   ~Passthrough() {
     for (auto& d : dir) {
       if (d.pipe.rd >= 0) ::close(d.pipe.rd);
@@ -1054,6 +1055,8 @@ void Session::close(std::string reason, bool reset_peers) {
       else server_.splice().discard(d.pipe);
     }
     pt_->active = false;
+    if (pt_->attached) server_.splice().detach();
+    pt_->attached = false;
   }
   for (Leg* l : {&client_, &upstream_}) {
     if (!l->initialised) continue;
@@ -1153,9 +1156,13 @@ void Session::enter_passthrough() {
   if (pt_->active || pt_->refused || !passthrough_eligible()) return;  // framed until the next boundary
   auto refuse = [this](const std::string& why) {
     pt_->refused = true;
+    if (pt_->attached) server_.splice().detach();
+    pt_->attached = false;
     spdlog::debug("[S{}] pass-through not possible: {}; relaying framed", id_, why);
   };
   // A session that cannot get a pipe now stays framed (the fd limit).
+  server_.splice().attach();
+  pt_->attached = true;
   std::string why;
   SpliceSupport::Pipe probe = server_.splice().acquire(why);
   if (!probe.valid()) {
@@ -1381,6 +1388,8 @@ void Session::leave_passthrough() {
   }
   pt_->active = false;
   pt_->refused = true;  // once out, the session stays out
+  if (pt_->attached) server_.splice().detach();
+  pt_->attached = false;
 }
 
 std::string Session::local_destination_hint() const {

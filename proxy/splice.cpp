@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -53,12 +54,20 @@ SpliceSupport::Pipe SpliceSupport::acquire(std::string& why) {
 
 void SpliceSupport::release(Pipe& p) {
   if (!p.valid()) return;
-  if (closed_ || spare_.size() >= kMaxSpare) {
+  if (closed_ || spare_.size() >= std::min(kMaxSpare, users_)) {
     discard(p);
   } else {
     spare_.push_back(p);
   }
   p = Pipe{};
+}
+
+void SpliceSupport::detach() {
+  if (users_ > 0) --users_;
+  while (spare_.size() > std::min(kMaxSpare, users_)) {
+    discard(spare_.back());
+    spare_.pop_back();
+  }
 }
 
 void SpliceSupport::discard(Pipe& p) {

@@ -44,6 +44,11 @@ class SpliceSupport {
   // A pipe that may still hold bytes: closed.
   void discard(Pipe& p);
 
+  // Sessions in pass-through: spare pipes are kept for at most this many
+  // (and kMaxSpare), so that once none is left no pipe stays open.
+  void attach() { ++users_; }
+  void detach();
+
   // Calls run(id) once from the idle phase, where no libuv stream callback
   // is on the stack.
   void defer(std::uint64_t id);
@@ -60,6 +65,7 @@ class SpliceSupport {
   std::vector<std::uint64_t> pending_;
   std::vector<Pipe> spare_;
   std::uint64_t open_ = 0;  // pipes in use or spare
+  std::size_t users_ = 0;
   static void close_fds(Pipe& p);
 };
 
