@@ -1142,6 +1142,10 @@ bool Session::passthrough_eligible() const {
 
 void Session::maybe_passthrough() {
   if (pt_ && (pt_->active || pt_->scheduled || pt_->refused)) return;
+  // Not before the data phase has begun (a DT, or raw bytes): a session that
+  // exchanged CR and CC and idles never allocates the pass-through state.
+  const auto dt = static_cast<std::size_t>(codec::TpduType::kDT);
+  if (to_upstream_.stats.tpdus[dt] + to_client_.stats.tpdus[dt] == 0 && !to_upstream_.raw && !to_client_.raw) return;
   if (!passthrough_eligible()) return;
   if (!pt_) pt_ = std::make_unique<Passthrough>();
   pt_->scheduled = true;
