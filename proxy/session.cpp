@@ -309,7 +309,8 @@ void Session::on_connect(int status) {
 
 void Session::update_reading(Leg& l) {
   if (!l.initialised || !l.connected) return;
-  if (in_passthrough()) return;  // the polls read the sockets
+  // The polls read the sockets; or a take-over waits for the idle phase.
+  if (in_passthrough() || (pt_ && pt_->scheduled)) return;
   const Leg& o = other(l);
   const bool held_back = l.side == Side::kClient && pending_up_.size() > rt_->cfg.high_water;
   // A TLS handshake in progress is read whatever the other leg's queue: it
@@ -1150,19 +1151,35 @@ void Session::maybe_passthrough() {
   if (!pt_) pt_ = std::make_unique<Passthrough>();
   pt_->scheduled = true;
   // Not now: this runs inside libuv's callback for one of the sockets, which
-  // touches that socket's watcher again after we return.
+  // touches that socket's watcher again after we return. But nothing more is
+  // read meanwhile, so that the boundary found here is still the boundary
+  // then (a busy stream would otherwise rarely be found at one twice).
+  for (Leg* l : {&client_, &upstream_}) {
+    if (l->reading) uv_read_stop(reinterpret_cast<uv_stream_t*>(&l->tcp));
+    l->reading = false;
+  }
   server_.splice().defer(id_);
 }
 
 void Session::enter_passthrough() {
-  if (!pt_) return;
+  if (!pt_ || !pt_->scheduled) return;
   pt_->scheduled = false;
-  if (pt_->active || pt_->refused || !passthrough_eligible()) return;  // framed until the next boundary
-  auto refuse = [this](const std::string& why) {
+  if (closing_) return;
+  // Reading stopped when this was scheduled: framed again, it resumes.
+  auto resume = [this] {
+    update_reading(client_);
+    update_reading(upstream_);
+  };
+  if (pt_->active || pt_->refused || !passthrough_eligible()) {
+    resume();  // framed until the next boundary
+    return;
+  }
+  auto refuse = [this, &resume](const std::string& why) {
     pt_->refused = true;
     if (pt_->attached) server_.splice().detach();
     pt_->attached = false;
     spdlog::debug("[S{}] pass-through not possible: {}; relaying framed", id_, why);
+    resume();
   };
   // A session that cannot get a pipe now stays framed (the fd limit).
   server_.splice().attach();
@@ -1200,8 +1217,6 @@ void Session::enter_passthrough() {
         }
       }
       refuse(std::string("uv_poll_init: ") + uv_error_text(r));
-      update_reading(client_);
-      update_reading(upstream_);
       return;
     }
     p.handle.data = l;
