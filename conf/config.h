@@ -137,6 +137,7 @@ struct ListenerConfig {
   std::uint64_t low_water = 64 * 1024;    // resume below this
   bool keepalive = true;
   Duration keepalive_interval{60000};
+  bool passthrough = true;                // splice(2) the data phase when no filter needs it
   std::shared_ptr<const TlsServerConfig> tls;           // null: plaintext from clients
   std::shared_ptr<const TlsClientConfig> upstream_tls;  // null: plaintext to the upstream
 };

@@ -416,6 +416,8 @@ class Loader {
                                         format_duration(l.keepalive_interval) + ")");
     }
 
+    l.passthrough = r.boolean("passthrough", l.passthrough);
+
     // TLS toward clients and toward the upstream ([listener.tls], [listener.upstream_tls]).
     l.tls = read_tls_server(r, "tls");
     bool tls_ok = true;
@@ -602,6 +604,7 @@ std::string effective_config_toml(const Config& c) {
     o << "low_water = " << toml_size(l.low_water) << "\n";
     o << "keepalive = " << (l.keepalive ? "true" : "false") << "\n";
     o << "keepalive_interval = " << toml_string(format_duration(l.keepalive_interval)) << "\n";
+    o << "passthrough = " << (l.passthrough ? "true" : "false") << "\n";
     if (l.tls) o << "\n" << tls_server_toml(*l.tls, "listener.tls");
     if (l.upstream_tls) o << "\n" << tls_client_toml(*l.upstream_tls, "listener.upstream_tls");
   }

@@ -61,9 +61,14 @@ class TpktReservedFactory final : public FilterFactory {
   TpktReservedFactory(std::string name, ReservedSettings s) : FilterFactory(std::move(name)), s_(std::move(s)) {}
   std::string_view kind() const override { return "tpkt-reserved"; }
   std::unique_ptr<Filter> create() const override { return std::make_unique<TpktReserved>(name(), s_); }
-  // A vendor that stamps the byte on DTs too needs "any", which needs the data phase.
+  // Only CR and CC belong to the connection phase: any other type (a DT, or
+  // a DR or ER after the CC) can only be repaired while the relay frames.
   bool needs_data_phase() const override {
-    return s_.types[static_cast<std::size_t>(codec::TpduType::kDT)] || s_.types[static_cast<std::size_t>(codec::TpduType::kED)];
+    for (std::size_t nib = 0; nib < s_.types.size(); ++nib) {
+      const auto type = static_cast<codec::TpduType>(nib);
+      if (s_.types[nib] && type != codec::TpduType::kCR && type != codec::TpduType::kCC) return true;
+    }
+    return false;
   }
   std::string settings_toml() const override {
     std::string out = "tpdu = [";

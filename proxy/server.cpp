@@ -40,6 +40,9 @@ Server::Server(std::shared_ptr<const conf::Config> config, Shared& shared, unsig
   uv_idle_init(&loop_, &reaper_);
   reaper_.data = this;
   timers_.init(&loop_);
+  splice_.start([this](std::uint64_t id) {
+    if (Session* s = find_session(id)) s->enter_passthrough();
+  });
   // Log lines go out once per loop iteration, just before the loop waits.
   uv_prepare_init(&loop_, &log_flush_);
   uv_prepare_start(&log_flush_, [](uv_prepare_t*) noexcept { log::flush(); });
@@ -247,6 +250,7 @@ void Server::maybe_stop() {
     mail_open_ = false;
   }
   on_mail();  // what came before the door closed
+  splice_.close();
   for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&drain_timer_), reinterpret_cast<uv_handle_t*>(&dns_check_timer_),
                          reinterpret_cast<uv_handle_t*>(&reaper_), reinterpret_cast<uv_handle_t*>(&mail_),
                          reinterpret_cast<uv_handle_t*>(&log_flush_), timers_.handle()}) {

@@ -28,6 +28,7 @@
 #include "session.h"
 #include "session_timers.h"
 #include "shared.h"
+#include "splice.h"
 
 namespace isoproxy {
 
@@ -145,6 +146,8 @@ class Server {
   void begin_drain();
   // A second SIGTERM: close every session now.
   void close_all(const std::string& reason);
+  // Pipes and the deferred take-over for sessions in pass-through (splice.h).
+  SpliceSupport& splice() { return splice_; }
 
  private:
   void maybe_stop();
@@ -177,6 +180,7 @@ class Server {
   std::array<char, 65536> read_buffer_{};
   ReverseDns rdns_{&loop_};
   std::array<std::uint8_t, kTlsBufferSize> tls_buffer_{};
+  SpliceSupport splice_{&loop_};
 };
 
 }  // namespace isoproxy

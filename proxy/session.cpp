@@ -1,8 +1,11 @@
 #include "session.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -58,6 +61,37 @@ constexpr filters::Direction dir_from(Session::Side from) {
   return from == Session::Side::kClient ? filters::Direction::kToUpstream : filters::Direction::kToClient;
 }
 
+}  // namespace
+
+struct Session::Passthrough {
+  struct Poll {
+    uv_poll_t handle{};
+    bool initialised = false;
+    int events = 0;  // as last started; 0 = stopped
+  };
+  struct Dir {
+    SpliceSupport::Pipe pipe;  // held only while bytes are in it
+    std::size_t in_pipe = 0;
+  };
+  std::array<Poll, 2> poll;  // by leg: client, upstream
+  std::array<Dir, 2> dir;    // by source leg: client -> upstream, upstream -> client
+  bool scheduled = false;    // the take-over waits for the idle phase
+  bool active = false;       // the polls own the sockets
+  bool entered = false;      // was active at some time (stats)
+  bool refused = false;      // could not start: the session stays framed
+  bool leaving = false;      // no pipe to be had: flushing, then raw through libuv
+  bool attached = false;     // counted in SpliceSupport's users (spare pipes kept for it)
+  ~Passthrough() {
+    for (auto& d : dir) {
+      if (d.pipe.rd >= 0) ::close(d.pipe.rd);
+      if (d.pipe.wr >= 0) ::close(d.pipe.wr);
+    }
+  }
+};
+
+namespace {
+constexpr std::size_t leg_index(Session::Side s) { return s == Session::Side::kClient ? 0 : 1; }
+constexpr int kPumpRounds = 16;  // splice rounds per event, so that one session does not starve the others
 }  // namespace
 
 std::string_view session_state_name(SessionState s) {
@@ -280,6 +314,8 @@ void Session::update_reading(Leg& l) {
   // connect first, and one epoll registration then serves both (the connect
   // watcher's removal and a new one for reading cost two more system calls).
   if (!l.initialised || (!l.connected && l.side == Side::kClient)) return;
+  // The polls read the sockets; or a take-over waits for the idle phase.
+  if (in_passthrough() || (pt_ && pt_->scheduled)) return;
   const Leg& o = other(l);
   const bool held_back = l.side == Side::kClient && pending_up_.size() > rt_->cfg.high_water;
   // A TLS handshake in progress is read whatever the other leg's queue: it
@@ -346,6 +382,8 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
     on_tls_data(from, reinterpret_cast<const std::uint8_t*>(buf->base), static_cast<std::size_t>(nread));
   } else {
     process(from, codec::MutableBytes(reinterpret_cast<std::uint8_t*>(buf->base), static_cast<std::size_t>(nread)));
+    // At a frame boundary with nothing queued, the data phase may go on spliced.
+    maybe_passthrough();
   }
   if (draining_ && !closing_) {
     Flow& f = flow_from(from.side);
@@ -562,6 +600,12 @@ void Session::send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes fra
 
 void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
   if (closing_ || to.shutdown_sent) return;
+  if (in_passthrough()) {
+    // Nothing frames in pass-through, so nothing should be sent; a uv_write
+    // now would fight the poll that owns the socket.
+    spdlog::warn("[S{}] frame toward {} in pass-through dropped", id_, side_name(to.side));
+    return;
+  }
   std::size_t total = 0;
   for (unsigned i = 0; i < n; ++i) total += bufs[i].len;
   if (total == 0) return;
@@ -761,6 +805,7 @@ void Session::on_write_done(Leg& to, std::size_t len, int status) {
   }
   check_low_water(to);
   maybe_finish();
+  if (to.queued == 0) maybe_passthrough();
 }
 
 void Session::on_eof(Leg& from) {
@@ -787,6 +832,11 @@ void Session::on_eof(Leg& from) {
 
 void Session::maybe_shutdown(Leg& l) {
   if (!l.shutdown_wanted || l.shutdown_sent || !l.connected || closing_) return;
+  if (in_passthrough()) {
+    // FIN once the pipe toward it is empty (pump() sends it then).
+    if (pt_->dir[leg_index(other(l).side)].in_pipe == 0) fin_toward(l);
+    return;
+  }
   if (l.tls) {
     // FIN after the handshake and what it held back, behind a close_notify;
     // a session closing anyway does not wait for a handshake.
@@ -842,8 +892,9 @@ void Session::maybe_finish() {
     return;
   }
   if (lingering_) return;
-  // Bytes held for an upstream still connecting are not flushed yet either.
-  const bool flushed = client_.queued == 0 && upstream_.queued == 0 && pending_up_.empty();
+  // Bytes held for an upstream still connecting, or in a pass-through pipe,
+  // are not flushed yet either.
+  const bool flushed = client_.queued == 0 && upstream_.queued == 0 && pending_up_.empty() && pipes_empty();
   if (close_after_flush_ && flushed) {
     linger(pending_close_reason_);
     return;
@@ -857,6 +908,7 @@ void Session::maybe_finish() {
 
 void Session::linger(std::string reason) {
   if (closing_ || lingering_) return;
+  leave_passthrough();  // libuv's FIN and read-and-discard from here on
   lingering_ = true;
   pending_close_reason_ = std::move(reason);
   linger_start_ms_ = server_.now_ms();
@@ -903,6 +955,12 @@ void Session::drain() {
   draining_ = true;
   if (!upstream_.connected) {
     close("drain");
+    return;
+  }
+  if (in_passthrough()) {
+    check_drain_quiet();
+    update_polls();
+    maybe_finish();
     return;
   }
   for (Leg* l : {&client_, &upstream_}) {
@@ -1014,6 +1072,21 @@ void Session::close(std::string reason, bool reset_peers) {
 
   server_.timers().set(*this, UINT64_MAX);
   auto on_closed = [](uv_handle_t* h) noexcept { static_cast<Leg*>(h->data)->session->on_handle_closed(); };
+  if (pt_) {
+    // The polls before the tcp handles: each owns its socket until closed.
+    for (auto& p : pt_->poll) {
+      if (p.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&p.handle))) {
+        uv_close(reinterpret_cast<uv_handle_t*>(&p.handle), on_closed);
+      }
+    }
+    for (auto& d : pt_->dir) {
+      if (d.in_pipe == 0) server_.splice().release(d.pipe);
+      else server_.splice().discard(d.pipe);
+    }
+    pt_->active = false;
+    if (pt_->attached) server_.splice().detach();
+    pt_->attached = false;
+  }
   for (Leg* l : {&client_, &upstream_}) {
     if (!l->initialised) continue;
     auto* h = reinterpret_cast<uv_handle_t*>(&l->tcp);
@@ -1055,6 +1128,315 @@ void Session::inject(filters::Direction toward, std::vector<std::uint8_t> frame)
 void Session::end_session(std::string reason) { pending_close_reason_ = std::move(reason); }
 
 void Session::log(std::string_view message) { spdlog::info("[S{}] {}", id_, message); }
+
+// ---------------------------------------------------------------------------
+// Pass-through (issue 7). Once the handshake is over and no filter needs the
+// data phase, the bytes go socket -> pipe -> socket with splice(2) and never
+// through user space. libuv 1.44 has no splice, so the session stops libuv
+// reading its sockets and drives them with one uv_poll_t per leg; while a
+// poll owns a socket, nothing calls uv_write/uv_read_start/uv_shutdown on
+// its tcp handle (libuv's own watcher for the fd is fully stopped: no read,
+// no write request in flight, no shutdown). Leaving (linger) closes the
+// polls first; then libuv's stream functions work again.
+
+bool Session::in_passthrough() const { return pt_ && pt_->active; }
+
+bool Session::pipes_empty() const {
+  if (!pt_) return true;
+  return pt_->dir[0].in_pipe == 0 && pt_->dir[1].in_pipe == 0;
+}
+
+bool Session::passthrough_eligible() const {
+  // malformed = "close" polices every frame of the data phase: it needs framing.
+  if (!rt_->cfg.passthrough || chain_.needs_data_phase() || rt_->cfg.malformed != conf::MalformedPolicy::kPass) {
+    return false;
+  }
+  if (closing_ || draining_ || lingering_ || close_after_flush_ || awaiting_route_ || awaiting_client_tls_) return false;
+  if (!injected_.empty() || !pending_up_.empty()) return false;
+  for (const Leg* l : {&client_, &upstream_}) {
+    if (l->tls || !l->initialised || !l->connected || l->eof || l->shutdown_sent || l->shutdown_wanted ||
+        l->drain_stopped || l->queued != 0) {
+      return false;
+    }
+  }
+  // Each direction at a frame boundary once the CC has been relayed; a
+  // direction already passing raw bytes has no boundary to wait for.
+  for (const Flow* f : {&to_upstream_, &to_client_}) {
+    if (f->raw) continue;
+    if (state_ != SessionState::kEstablished || f->framer.held() != 0) return false;
+  }
+  return true;
+}
+
+void Session::maybe_passthrough() {
+  if (pt_ && (pt_->active || pt_->scheduled || pt_->refused)) return;
+  // Not before the data phase has begun (a DT, or raw bytes): a session that
+  // exchanged CR and CC and idles never allocates the pass-through state.
+  const auto dt = static_cast<std::size_t>(codec::TpduType::kDT);
+  if (to_upstream_.stats.tpdu(dt) + to_client_.stats.tpdu(dt) == 0 && !to_upstream_.raw && !to_client_.raw) return;
+  if (!passthrough_eligible()) return;
+  if (!pt_) pt_ = std::make_unique<Passthrough>();
+  pt_->scheduled = true;
+  // Not now: this runs inside libuv's callback for one of the sockets, which
+  // touches that socket's watcher again after we return. But nothing more is
+  // read meanwhile, so that the boundary found here is still the boundary
+  // then (a busy stream would otherwise rarely be found at one twice).
+  for (Leg* l : {&client_, &upstream_}) {
+    if (l->reading) uv_read_stop(reinterpret_cast<uv_stream_t*>(&l->tcp));
+    l->reading = false;
+  }
+  server_.splice().defer(id_);
+}
+
+void Session::enter_passthrough() {
+  if (!pt_ || !pt_->scheduled) return;
+  pt_->scheduled = false;
+  if (closing_) return;
+  // Reading stopped when this was scheduled: framed again, it resumes.
+  auto resume = [this] {
+    update_reading(client_);
+    update_reading(upstream_);
+  };
+  if (pt_->active || pt_->refused || !passthrough_eligible()) {
+    resume();  // framed until the next boundary
+    return;
+  }
+  auto refuse = [this, &resume](const std::string& why) {
+    pt_->refused = true;
+    if (pt_->attached) server_.splice().detach();
+    pt_->attached = false;
+    spdlog::debug("[S{}] pass-through not possible: {}; relaying framed", id_, why);
+    resume();
+  };
+  // A session that cannot get a pipe now stays framed (the fd limit).
+  server_.splice().attach();
+  pt_->attached = true;
+  std::string why;
+  SpliceSupport::Pipe probe = server_.splice().acquire(why);
+  if (!probe.valid()) {
+    refuse(why);
+    return;
+  }
+  server_.splice().release(probe);
+  std::array<uv_os_fd_t, 2> fds{};
+  for (Leg* l : {&client_, &upstream_}) {
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&l->tcp), &fds[leg_index(l->side)]) != 0) {
+      refuse("no file descriptor");
+      return;
+    }
+  }
+  // libuv's watcher for each socket stops entirely: no read (stopped here),
+  // no write in flight (queued == 0), no shutdown (eligibility).
+  for (Leg* l : {&client_, &upstream_}) {
+    if (l->reading) uv_read_stop(reinterpret_cast<uv_stream_t*>(&l->tcp));
+    l->reading = false;
+  }
+  for (Leg* l : {&client_, &upstream_}) {
+    auto& p = pt_->poll[leg_index(l->side)];
+    const int r = uv_poll_init_socket(server_.loop(), &p.handle, fds[leg_index(l->side)]);
+    if (r < 0) {
+      // UV_EEXIST: libuv still watches the fd. Give it back and stay framed.
+      for (auto& q : pt_->poll) {
+        if (q.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&q.handle))) {
+          uv_close(reinterpret_cast<uv_handle_t*>(&q.handle), [](uv_handle_t* h) noexcept {
+            static_cast<Leg*>(h->data)->session->on_handle_closed();
+          });
+        }
+      }
+      refuse(std::string("uv_poll_init: ") + uv_error_text(r));
+      return;
+    }
+    p.handle.data = l;
+    p.initialised = true;
+    ++open_handles_;
+  }
+  pt_->active = pt_->entered = true;
+  spdlog::debug("[S{}] pass-through: splicing both directions", id_);
+  update_polls();
+}
+
+void Session::update_polls() {
+  if (!in_passthrough() || closing_) return;
+  for (Leg* l : {&client_, &upstream_}) {
+    auto& p = pt_->poll[leg_index(l->side)];
+    const auto& from_here = pt_->dir[leg_index(l->side)];
+    const auto& to_here = pt_->dir[leg_index(other(*l).side)];
+    // Read while the pipe of this direction is empty (the pipe is the
+    // buffer: bytes still in it wait for the other socket); write while
+    // bytes wait for this socket.
+    const bool read = !l->eof && !l->drain_stopped && !pt_->leaving && from_here.in_pipe == 0;
+    const bool write = to_here.in_pipe > 0;
+    const int events = (read ? UV_READABLE : 0) | (write ? UV_WRITABLE : 0);
+    if (events == p.events) continue;
+    p.events = events;
+    if (events == 0) {
+      uv_poll_stop(&p.handle);
+    } else {
+      uv_poll_start(&p.handle, events, [](uv_poll_t* h, int status, int ev) noexcept {
+        auto* leg = static_cast<Leg*>(h->data);
+        leg->session->on_poll(*leg, status, ev);
+      });
+    }
+  }
+}
+
+void Session::on_poll(Leg& l, int status, int events) {
+  if (closing_ || !in_passthrough()) return;
+  Leg& o = other(l);
+  if (status < 0) {
+    // POLLERR: libuv stopped the poll. Splicing says what happened (a
+    // reset, with the close reason the framed path gives).
+    pt_->poll[leg_index(l.side)].events = 0;
+    pump(l);
+    if (!closing_) pump(o);
+    if (!closing_) {
+      int err = 0;
+      socklen_t len = sizeof err;
+      uv_os_fd_t fd;
+      if (uv_fileno(reinterpret_cast<uv_handle_t*>(&l.tcp), &fd) == 0) ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err == 0 || err == ECONNRESET || err == EPIPE) {
+        close(std::string(side_name(l.side)) + "-reset", true);
+      } else {
+        close(std::string(side_name(l.side)) + "-read-error: " + uv_error_text(-err), true);
+      }
+      return;
+    }
+  } else {
+    // Toward this socket first: room there lets the other direction read again.
+    if ((events & UV_WRITABLE) || events == 0) pump(o);
+    if (!closing_ && ((events & UV_READABLE) || events == 0)) pump(l);
+  }
+  if (closing_) return;
+  if (pt_->leaving && pipes_empty()) {
+    // No pipe to be had (fd limit): the rest of the session goes through
+    // user space, unframed, as libuv relays it.
+    leave_passthrough();
+    to_raw(client_, to_upstream_, "pass-through ended (no pipe)");
+    to_raw(upstream_, to_client_, "pass-through ended (no pipe)");
+    update_reading(client_);
+    update_reading(upstream_);
+    return;
+  }
+  if (draining_) check_drain_quiet();
+  update_polls();
+  maybe_finish();
+}
+
+void Session::pump(Leg& from) {
+  Leg& to = other(from);
+  auto& d = pt_->dir[leg_index(from.side)];
+  Flow& f = flow_from(from.side);
+  uv_os_fd_t in_fd, out_fd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&from.tcp), &in_fd) != 0 ||
+      uv_fileno(reinterpret_cast<uv_handle_t*>(&to.tcp), &out_fd) != 0) {
+    return;
+  }
+  auto& global = to.side == Side::kUpstream ? server_.stats().bytes_to_upstream : server_.stats().bytes_to_client;
+  for (int round = 0; round < kPumpRounds; ++round) {
+    if (d.in_pipe > 0) {
+      const ssize_t k = ::splice(d.pipe.rd, nullptr, out_fd, nullptr, d.in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0 && errno == EAGAIN) break;  // the peer's window is full: wait for POLLOUT
+      if (k <= 0) {
+        const int err = k < 0 ? errno : EPIPE;
+        close(std::string(side_name(to.side)) + (err == EPIPE || err == ECONNRESET ? "-reset" : "-write-error") + ": " +
+                  uv_error_text(-err),
+              true);
+        return;
+      }
+      const auto n = static_cast<std::size_t>(k);
+      d.in_pipe -= n;
+      f.stats.bytes += n;
+      f.stats.passthrough_bytes += n;
+      global += n;
+      if (d.in_pipe > 0) break;  // partly taken: the socket is full
+    }
+    // The pipe is empty.
+    if (d.pipe.valid()) server_.splice().release(d.pipe);
+    if (from.eof) {
+      fin_toward(to);
+      break;
+    }
+    if (from.drain_stopped || pt_->leaving) break;
+    std::string why;
+    d.pipe = server_.splice().acquire(why);
+    if (!d.pipe.valid()) {
+      if (!pt_->leaving) spdlog::debug("[S{}] pass-through: {}; leaving pass-through", id_, why);
+      pt_->leaving = true;
+      break;
+    }
+    const ssize_t k = ::splice(in_fd, nullptr, d.pipe.wr, nullptr, d.pipe.capacity, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (k > 0) {
+      d.in_pipe = static_cast<std::size_t>(k);
+      last_activity_ms_ = server_.now_ms();
+      continue;
+    }
+    if (k == 0) {
+      // FIN (or a reset right behind the last data, as on_read checks).
+      if (peer_reset(from)) {
+        on_read_error(from, UV_ECONNRESET);
+        return;
+      }
+      from.eof = true;
+      if (!first_fin_) first_fin_ = from.side == Side::kClient ? "client" : "upstream";
+      to.shutdown_wanted = true;
+      continue;  // the pipe is empty: FIN toward the other peer next round
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) break;  // nothing more to read
+    on_read_error(from, -errno);
+    return;
+  }
+  if (d.in_pipe == 0 && d.pipe.valid()) server_.splice().release(d.pipe);
+}
+
+void Session::fin_toward(Leg& to) {
+  if (to.shutdown_sent) return;
+  to.shutdown_wanted = true;
+  to.shutdown_sent = true;
+  to.shutdown_done = true;
+  uv_os_fd_t fd;
+  // The pipe is empty: FIN goes after the last byte, as uv_shutdown would.
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&to.tcp), &fd) == 0 && ::shutdown(fd, SHUT_WR) != 0) {
+    spdlog::debug("[S{}] shutdown toward {}: {}", id_, side_name(to.side), std::strerror(errno));
+  }
+}
+
+void Session::check_drain_quiet() {
+  // Frame boundaries are not known here: a direction stops at its first
+  // quiet point, the pipe empty and nothing unread at the source.
+  for (Leg* l : {&client_, &upstream_}) {
+    if (l->drain_stopped || l->eof || pt_->dir[leg_index(l->side)].in_pipe > 0) continue;
+    uv_os_fd_t fd;
+    int unread = 0;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&l->tcp), &fd) == 0 && ::ioctl(fd, FIONREAD, &unread) == 0 && unread == 0) {
+      l->drain_stopped = true;
+    }
+  }
+}
+
+void Session::leave_passthrough() {
+  if (!in_passthrough()) return;
+  // The polls go first (closing one removes the fd from epoll); then the tcp
+  // handles are libuv's again.
+  for (auto& p : pt_->poll) {
+    if (p.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&p.handle))) {
+      uv_close(reinterpret_cast<uv_handle_t*>(&p.handle), [](uv_handle_t* h) noexcept {
+        static_cast<Leg*>(h->data)->session->on_handle_closed();
+      });
+    }
+    p.events = 0;
+  }
+  for (auto& d : pt_->dir) {
+    if (d.in_pipe == 0) server_.splice().release(d.pipe);
+    else server_.splice().discard(d.pipe);
+    d.in_pipe = 0;
+  }
+  pt_->active = false;
+  pt_->refused = true;  // once out, the session stays out
+  if (pt_->attached) server_.splice().detach();
+  pt_->attached = false;
+}
 
 std::string Session::local_destination_hint() const {
   if (!rt_->cfg.transparent) return {};
@@ -1103,6 +1485,7 @@ std::string Session::close_line() const {
   if (errors) s += " decode_errors=" + std::to_string(errors);
   const auto discarded = to_upstream_.drain_discarded + to_client_.drain_discarded;
   if (discarded) s += " drain_discarded=" + std::to_string(discarded);
+  if (pt_ && pt_->entered) s += " passthrough=1";
   if (non_rfc1006_) s += " non_rfc1006=1";
   else if (to_upstream_.raw || to_client_.raw) s += " raw=1";
   for (const Leg* l : {&client_, &upstream_}) {
@@ -1169,6 +1552,7 @@ void direction_text_json(json_text::Writer& w, const DirectionStats& d) {
   w.key("bytes").value(d.bytes);
   w.key("decode_errors").value(d.decode_errors);
   w.key("frames").value(d.frames);
+  w.key("passthrough_bytes").value(d.passthrough_bytes);
   w.key("raw_bytes").value(d.raw_bytes);
   // By name, as a JSON object's members are listed everywhere else.
   std::array<std::pair<std::string_view, std::uint64_t>, 16> types;
@@ -1287,6 +1671,7 @@ std::string Session::snapshot_text() const {
   w.key("id").value(id_);
   w.key("listener").value(rt_->cfg.name);
   w.key("non_rfc1006").value(non_rfc1006_);
+  w.key("passthrough").value(pt_ != nullptr && pt_->entered);
   w.key("raw").value(to_upstream_.raw || to_client_.raw);
   opt_string("route", route_name_);
   opt_string("source", source_addr_);

@@ -59,6 +59,7 @@ struct DirectionStats {
     else if (tpdus[type] != UINT32_MAX) ++tpdus[type];
   }
   std::uint64_t tpdu(std::size_t type) const { return type == kDt ? dt : tpdus[type]; }
+  std::uint64_t passthrough_bytes = 0;    // spliced in pass-through (not framed; also in `bytes`)
 };
 
 class Session final : public filters::FilterContext {
@@ -77,6 +78,10 @@ class Session final : public filters::FilterContext {
   void drain();
   // Closes now, exactly once; `reason` is the named close reason.
   void close(std::string reason, bool reset_peers = false);
+  // Pass-through (issue 7): takes both sockets over from libuv and splices
+  // the data phase, if the session is still eligible. Called by the Server
+  // from the loop's idle phase, never from a libuv stream callback.
+  void enter_passthrough();
 
   std::uint64_t id() const { return id_; }
   // Everything the session knows of itself, as the admin endpoint shows it
@@ -185,6 +190,18 @@ class Session final : public filters::FilterContext {
   void on_timer();
   void on_handle_closed();
   void send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame);
+  // Pass-through: state allocated only for sessions that enter it.
+  struct Passthrough;
+  bool passthrough_eligible() const;
+  void maybe_passthrough();
+  bool in_passthrough() const;
+  void on_poll(Leg& l, int status, int events);
+  void pump(Leg& from);
+  void update_polls();
+  void fin_toward(Leg& to);
+  void check_drain_quiet();
+  bool pipes_empty() const;
+  void leave_passthrough();
   std::string close_line() const;
   const char* dr_from_text() const;
   std::string local_destination_hint() const;
@@ -233,6 +250,7 @@ class Session final : public filters::FilterContext {
   filters::SessionAnnotations ann_;
   std::vector<std::pair<std::string, std::uint64_t>> counters_;  // "<filter>.<action>"
   std::vector<std::pair<filters::Direction, std::vector<std::uint8_t>>> injected_;
+  std::unique_ptr<Passthrough> pt_;  // null unless the session became eligible for pass-through
 
   friend class Server;
   friend class Listener;

@@ -419,8 +419,10 @@ TEST_CASE("admin page: headless Chromium shows live and closed sessions, recover
   }
   TestServer up(page_upstream());
   REQUIRE(up.ok());
+  // Framed through the data phase (passthrough = false): the page shows the
+  // DT counts and the DR a client sends mid-session, which pass-through does not decode.
   ProxyProcess proxy("[[listener]]\nname = \"page\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
+                     std::to_string(up.port()) + "\"\npassthrough = false\nfilters = [\"annotate\", \"reserved\"]\n\n"
                      "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
   auto port = proxy.listen_port("page", 10s);
   auto aport = admin_port(proxy);

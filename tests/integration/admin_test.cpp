@@ -63,7 +63,8 @@ TEST_CASE("admin: counters move while a session streams; closed sessions keep re
   TestServer up(responder_handler({.reserved = 0x11}));
   REQUIRE(up.ok());
   ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-test\"\nallowed_hosts = [\"Proxy1.example.net\"]\n\n[[listener]]\nname = \"live\"\n"
-                     "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     // Framed through the data phase: DT counts and the DR are what this watches.
+                     "passthrough = false\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
                      std::to_string(up.port()) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
                      "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
   auto port = proxy.listen_port("live", 10s);

@@ -79,9 +79,11 @@ bool has_control_bytes(const std::string& text) {
   return false;
 }
 
+// Framed through the data phase (passthrough = false): the views show DT
+// frame counts and a DR sent mid-session, which pass-through does not decode.
 std::string proxy_toml(std::uint16_t upstream, const std::string& admin = "127.0.0.1:0") {
   return "[admin]\nlisten = \"" + admin + "\"\n\n[[listener]]\nname = \"stats\"\nlisten = \"127.0.0.1:0\"\n"
-         "upstream = \"127.0.0.1:" + std::to_string(upstream) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
+         "passthrough = false\nupstream = \"127.0.0.1:" + std::to_string(upstream) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
          "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n";
 }
 

@@ -112,6 +112,7 @@ upstream = "192.0.2.10"
   CHECK(l.low_water == 64 * 1024);
   CHECK(l.keepalive);
   CHECK(l.keepalive_interval == 60s);
+  CHECK(l.passthrough);
 }
 
 TEST_CASE("every key is read into the config", "[conf][loader]") {
@@ -139,6 +140,7 @@ high_water = "1MiB"
 low_water = 1000
 keepalive = false
 keepalive_interval = "2m"
+passthrough = false
 
 [[listener]]
 listen = "0.0.0.0:10102"
@@ -181,6 +183,7 @@ directions = ["to-client"]
   CHECK(l.low_water == 1000);
   CHECK_FALSE(l.keepalive);
   CHECK(l.keepalive_interval == 2min);
+  CHECK_FALSE(l.passthrough);
   const ListenerConfig& t = c.listeners[1];
   CHECK(t.name == "listener-1");
   CHECK(t.transparent);
@@ -190,7 +193,7 @@ directions = ["to-client"]
   CHECK(c.filters.at("a").kind == "tsap-annotate");
   CHECK(c.filters.at("a").name == "a");
   CHECK(c.filters.at("b").kind == "tpkt-reserved");
-  CHECK(c.filters.at("b").line == 34);
+  CHECK(c.filters.at("b").line == 35);
   CHECK(c.filters.at("b").column == 1);
   REQUIRE(c.filters.at("b").factory);
   CHECK(c.filters.at("b").factory->name() == "b");
@@ -495,6 +498,7 @@ void require_same(const Config& a, const Config& b) {
     CHECK(x.low_water == y.low_water);
     CHECK(x.keepalive == y.keepalive);
     CHECK(x.keepalive_interval == y.keepalive_interval);
+    CHECK(x.passthrough == y.passthrough);
   }
   REQUIRE(a.filters.size() == b.filters.size());
   for (const auto& [name, f] : a.filters) {
