@@ -684,3 +684,40 @@ TEST_CASE("passthrough: backpressure: a reader that stops reading stops the sour
   CHECK(field(f, "c2u_bytes") ==
         std::to_string(t::make_cr("SWISSLIFETSAP", "EXCHANGETSAP1").size() + Rig::first_dt().size() + a.size()));
 }
+
+TEST_CASE("passthrough: a session that exchanged only CR and CC stays framed; its first DT starts pass-through",
+          "[passthrough]") {
+  Rig rig;
+  REQUIRE_RIG(rig);
+  auto p = rig.open(/*handshake=*/false);
+  const ByteVec cr = t::make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  REQUIRE(p.client.send_all(codec::Bytes(cr)));
+  REQUIRE(p.up->recv_exact(cr.size()));
+  REQUIRE(p.up->send_all(codec::Bytes(t::vendor_cc())));
+  REQUIRE(p.client.recv_exact(t::vendor_cc_repaired().size()));
+  // Established and idle: no pass-through state (nothing to wait for: it
+  // starts only after a read that carried a DT, and none was sent).
+  const auto idle = rig.wait_session(p.client_addr, [](const json& j) { return j["state"] == "established"; });
+  REQUIRE(idle);
+  CHECK((*idle)["passthrough"] == false);
+  const ByteVec dt = t::make_dt("first", true);
+  REQUIRE(p.client.send_all(codec::Bytes(dt)));
+  const auto got = p.up->recv_exact(dt.size());
+  REQUIRE(got);
+  CHECK(*got == dt);
+  const auto s = rig.wait_session(p.client_addr, in_passthrough);
+  REQUIRE(s);
+  CHECK(in_passthrough(*s));
+  CHECK((*s)["to_upstream"]["frames"] == 2);  // the CR and the DT, framed; nothing since
+  // And it relays on, spliced.
+  const ByteVec a = dt_stream(15, 1u << 20);
+  const auto [at_up, at_client] = exchange(p, a, a, 81);
+  CHECK(mismatch(at_up, a) == "");
+  CHECK(mismatch(at_client, a) == "");
+  const auto after = rig.wait_session(p.client_addr, [&](const json& j) {
+    return j["to_upstream"]["passthrough_bytes"] == a.size() && j["to_client"]["passthrough_bytes"] == a.size();
+  });
+  REQUIRE(after);
+  CHECK((*after)["to_upstream"]["frames"] == 2);
+  CHECK((*after)["to_client"]["frames"] == 1);
+}
