@@ -4,6 +4,7 @@
 // (libiec61850, signature engines matching "03 00") refuse anything else.
 // Nothing else in the frame changes, so no length is touched.
 #include <array>
+#include <bitset>
 #include <cstdio>
 
 #include "conf/toml_reader.h"
@@ -53,7 +54,7 @@ class TpktReserved final : public Filter {
  private:
   const std::string& name_;
   const ReservedSettings& s_;
-  std::array<bool, 256> logged_values_{};
+  std::bitset<256> logged_values_;  // one bit per value: every session of the default config has one
 };
 
 class TpktReservedFactory final : public FilterFactory {
