@@ -94,7 +94,7 @@ class FilterContext {
   virtual std::uint64_t session_id() const = 0;
   virtual std::string_view listener() const = 0;
   virtual const std::string& client_address() const = 0;  // "ip:port"
-  virtual const sockaddr_storage& client_sockaddr() const = 0;
+  virtual const sockaddr* client_sockaddr() const = 0;  // sockaddr_in or sockaddr_in6
   // The upstream's "ip:port" once chosen (configured, original destination, or
   // routed); empty while a routing filter has not chosen yet.
   virtual const std::string& upstream_address() const = 0;

@@ -83,17 +83,17 @@ struct IpPort {
 
 constexpr std::uint8_t kV4MappedPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
-std::optional<IpPort> from_sockaddr(const sockaddr_storage& ss) {
+std::optional<IpPort> from_sockaddr(const sockaddr& sa) {
   IpPort a;
-  if (ss.ss_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+  if (sa.sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&sa);
     a.family = AF_INET;
     std::memcpy(a.bytes, &in->sin_addr, 4);
     a.port = ntohs(in->sin_port);
     return a;
   }
-  if (ss.ss_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+  if (sa.sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&sa);
     a.family = AF_INET6;
     std::memcpy(a.bytes, &in6->sin6_addr, 16);
     a.port = ntohs(in6->sin6_port);
@@ -111,7 +111,7 @@ std::optional<IpPort> parse_ip_port(std::string text) {
   }
   auto parsed = conf::parse_socket_address(text, 102, true);
   if (!parsed) return std::nullopt;
-  return from_sockaddr(parsed->storage);
+  return from_sockaddr(*reinterpret_cast<const sockaddr*>(&parsed->storage));
 }
 
 bool is_v4_mapped(const IpPort& a) {
@@ -397,7 +397,7 @@ class Trace final : public Filter {
     std::uint64_t session_id() const override { return 0; }
     std::string_view listener() const override { return {}; }
     const std::string& client_address() const override { return empty_; }
-    const sockaddr_storage& client_sockaddr() const override { return ss_; }
+    const sockaddr* client_sockaddr() const override { return reinterpret_cast<const sockaddr*>(&ss_); }
     const std::string& upstream_address() const override { return empty_; }
     void set_route(Route) override {}
     SessionAnnotations& annotations() override { return ann_; }
@@ -415,7 +415,7 @@ class Trace final : public Filter {
   void decide(FilterContext& ctx, ChainFrame& frame) {
     const TraceSettings& s = sink_->settings();
     if (!s.clients.empty()) {
-      const auto* sa = reinterpret_cast<const sockaddr*>(&ctx.client_sockaddr());
+      const auto* sa = ctx.client_sockaddr();
       if (std::none_of(s.clients.begin(), s.clients.end(), [&](const conf::Cidr& c) { return c.contains(sa); })) {
         state_ = State::kOff;
         return;
@@ -451,7 +451,7 @@ class Trace final : public Filter {
       if (!client_known_) {
         handle_.listener = std::string(ctx.listener());
         auto c = parse_ip_port(ctx.client_address());
-        if (!c) c = from_sockaddr(ctx.client_sockaddr());
+        if (!c) c = from_sockaddr(*ctx.client_sockaddr());
         if (!c) c = IpPort{AF_INET, {}, 0};
         client_ = *c;
         client_known_ = true;

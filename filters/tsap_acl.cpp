@@ -74,7 +74,7 @@ class TsapAcl final : public Filter {
     if (denied_) return frame.direction() == Direction::kToUpstream ? Verdict::kDrop : Verdict::kContinue;
     if (frame.type() != codec::TpduType::kCR || frame.direction() != Direction::kToUpstream) return Verdict::kContinue;
     const codec::Tpdu& t = frame.decoded().tpdu;
-    const auto* client = reinterpret_cast<const sockaddr*>(&ctx.client_sockaddr());
+    const auto* client = ctx.client_sockaddr();
     std::optional<std::size_t> hit;
     for (std::size_t i = 0; i < s_.rules.size() && !hit; ++i) {
       if (rule_matches(s_.rules[i], t, client)) hit = i;

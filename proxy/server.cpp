@@ -258,21 +258,21 @@ void Server::maybe_stop() {
   }
 }
 
-void Server::outbound_opened(const std::string& source, std::uint64_t session) {
+void Server::outbound_opened(const EndpointPair& key, std::uint64_t session) {
   OutboundRegistry::Owner o;
   o.session = session;
   o.worker = index_;
   if (Session* s = find_session(session)) {
     o.parent = s->parent_;
-    o.listener = s->rt_->cfg.name;
+    o.listener = std::shared_ptr<const std::string>(s->rt_, &s->rt_->cfg.name);  // no copy: shares the runtime
   }
-  shared_.outbound.opened(source, std::move(o));
+  shared_.outbound.opened(key, std::move(o));
 }
 
 bool Server::close_if_loop(Session& s, std::uint64_t owner, std::size_t max) {
   const auto chain = shared_.outbound.chain(owner, max);
   const bool looped = chain.size() > max || std::any_of(chain.begin(), chain.end(), [&](const auto& o) {
-    return o.listener == s.rt_->cfg.name;
+    return o.listener && *o.listener == s.rt_->cfg.name;
   });
   if (!looped) return false;
   const std::string why = "loop: the upstream connection of session S" + std::to_string(owner) +

@@ -127,15 +127,15 @@ class Server {
   SessionTimers& timers() { return timers_; }
   // Whether any upstream connection of ours has this source endpoint: when
   // none has, a new client cannot be one (no need to ask for its local end).
-  bool outbound_source(const std::string& source) const { return shared_.outbound.has_source(source); }
+  bool outbound_source(const Endpoint& source) const { return shared_.outbound.has_source(source); }
   // Outbound connections by "source>destination", process-wide: a new client
   // whose "peer>local" is one of them is isoproxy's own upstream connection
   // come back (a loop), whichever worker accepted it. Both ends: ephemeral
   // source ports are reused toward other destinations, so a source alone
   // would mistake a stranger for a loop.
-  void outbound_opened(const std::string& source, std::uint64_t session);
-  void outbound_closed(const std::string& source) { shared_.outbound.closed(source); }
-  std::optional<std::uint64_t> outbound_owner(const std::string& peer) const { return shared_.outbound.owner(peer); }
+  void outbound_opened(const EndpointPair& key, std::uint64_t session);
+  void outbound_closed(const EndpointPair& key) { shared_.outbound.closed(key); }
+  std::optional<std::uint64_t> outbound_owner(const EndpointPair& key) const { return shared_.outbound.owner(key); }
   // The new session `s` is the upstream connection of session `owner` come
   // back: if the chain of sessions it closes passes `s`'s listener again (or
   // is longer than `max`), every session of the chain is closed with `why`

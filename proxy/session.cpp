@@ -136,18 +136,23 @@ void Session::start(uv_stream_t* server_stream) {
     return;
   }
   client_.connected = true;
-  int len = sizeof client_ss_;
-  client_addr_ = uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&client_ss_), &len) == 0
-                     ? address_text(reinterpret_cast<const sockaddr*>(&client_ss_))
-                     : std::string("?");
+  sockaddr_storage peer_ss{};
+  int len = sizeof peer_ss;
+  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer_ss), &len) == 0 &&
+      static_cast<std::size_t>(len) <= sizeof client_ss_) {
+    std::memcpy(&client_ss_, &peer_ss, static_cast<std::size_t>(len));
+    client_addr_ = address_text(&client_ss_.sa);
+  } else {
+    client_addr_ = "?";
+  }
   // A connection is known by both its ends: an ephemeral port is reused for
   // connections to other destinations, so the source alone is not unique.
   std::optional<std::uint64_t> owner;
-  if (std::string peer = endpoint_key(reinterpret_cast<const sockaddr*>(&client_ss_)); server_.outbound_source(peer)) {
+  if (const Endpoint peer = Endpoint::of(&client_ss_.sa); server_.outbound_source(peer)) {
     sockaddr_storage local{};
     int local_len = sizeof local;
     uv_tcp_getsockname(&client_.tcp, reinterpret_cast<sockaddr*>(&local), &local_len);
-    owner = server_.outbound_owner(peer + ">" + endpoint_key(reinterpret_cast<const sockaddr*>(&local)));
+    owner = server_.outbound_owner({peer, Endpoint::of(reinterpret_cast<const sockaddr*>(&local))});
   }
   if (owner) {
     // One of our own upstream connections: listeners may be chained on
@@ -157,7 +162,7 @@ void Session::start(uv_stream_t* server_stream) {
     parent_ = *owner;
     if (server_.close_if_loop(*this, *owner, kMaxChain)) return;
   }
-  server_.rdns().want(reinterpret_cast<const sockaddr*>(&client_ss_));
+  server_.rdns().want(&client_ss_.sa);
   const auto& c = rt_->cfg;
   // TCP_NODELAY and keepalive came with the connection from the listening
   // socket (Listener::apply_socket_options).
@@ -200,7 +205,7 @@ void Session::set_route(filters::Route route) {
 void Session::connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source,
                                std::shared_ptr<const conf::TlsClientConfig> tls) {
   upstream_addr_ = target.text;
-  upstream_ss_ = target.storage;
+  std::memcpy(&upstream_ss_, &target.storage, target.family() == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
   server_.rdns().want(target.sa());
   connect_start_ms_ = server_.now_ms();
   uv_tcp_t* h = &upstream_.tcp;
@@ -249,7 +254,8 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
       // connect() chose the source address and port already: this is the
       // source the stats show once connected.
       source_addr_ = address_text(reinterpret_cast<const sockaddr*>(&ss));
-      outbound_key_ = endpoint_key(reinterpret_cast<const sockaddr*>(&ss)) + ">" + endpoint_key(target.sa());
+      outbound_key_ = {Endpoint::of(reinterpret_cast<const sockaddr*>(&ss)), Endpoint::of(target.sa())};
+      outbound_registered_ = true;
       server_.outbound_opened(outbound_key_, id_);
     }
   }
@@ -1052,7 +1058,7 @@ void Session::on_read_error(Leg& from, int err) {
 void Session::close(std::string reason, bool reset_peers) {
   if (closing_) return;
   closing_ = true;
-  if (!outbound_key_.empty()) server_.outbound_closed(outbound_key_);
+  if (outbound_registered_) server_.outbound_closed(outbound_key_);
   if (!upstream_.connected) source_addr_.clear();  // "source" names a connection made, not one tried
   close_reason_ = std::move(reason);
   const SessionState was = state_;
@@ -1443,8 +1449,9 @@ std::string Session::local_destination_hint() const {
   // A diverted connection to this host's own address that nothing here
   // serves: most likely the TPROXY rule diverts local destinations too.
   conf::IpAddress dst;
-  std::memcpy(&dst.storage, &upstream_ss_, sizeof dst.storage);
-  dst.length = upstream_ss_.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  dst.storage = {};
+  std::memcpy(&dst.storage, &upstream_ss_, sizeof upstream_ss_);
+  dst.length = upstream_ss_.sa.sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
   if (dst.storage.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&dst.storage)->sin_port = 0;
   if (dst.storage.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&dst.storage)->sin6_port = 0;
   dst.text = upstream_addr_;
@@ -1462,9 +1469,9 @@ std::string Session::close_line() const {
   std::string s = "reason=" + log::quote(close_reason_);
   s += " listener=" + log::quote(rt_->cfg.name);
   s += " client=" + log::quote(client_addr_);
-  if (auto n = server_.rdns().name(reinterpret_cast<const sockaddr*>(&client_ss_))) s += " client_name=" + log::quote(*n);
+  if (auto n = server_.rdns().name(&client_ss_.sa)) s += " client_name=" + log::quote(*n);
   s += " upstream=" + log::quote(upstream_addr_.empty() ? "-" : upstream_addr_);
-  if (auto n = server_.rdns().name(reinterpret_cast<const sockaddr*>(&upstream_ss_))) s += " upstream_name=" + log::quote(*n);
+  if (auto n = server_.rdns().name(&upstream_ss_.sa)) s += " upstream_name=" + log::quote(*n);
   if (!route_name_.empty()) s += " route=" + log::quote(route_name_);
   s += " source=" + log::quote(source_addr_.empty() ? "-" : source_addr_);
   auto tsap = [](const std::optional<std::vector<std::uint8_t>>& t) {
@@ -1607,9 +1614,9 @@ std::string Session::snapshot_text() const {
     if (v.empty()) w.null();
     else w.value(v);
   };
-  auto opt_name = [&](const char* k, const sockaddr_storage& ss) {
+  auto opt_name = [&](const char* k, const sockaddr& sa) {
     w.key(k);
-    if (auto n = server_.rdns().name(reinterpret_cast<const sockaddr*>(&ss))) w.value(*n);
+    if (auto n = server_.rdns().name(&sa)) w.value(*n);
     else w.null();
   };
   auto opt_number = [&](const char* k, auto v) {
@@ -1630,7 +1637,7 @@ std::string Session::snapshot_text() const {
   tsap_text_json(w, ann_.calling_tsap);
   opt_number("class", ann_.class_cc ? ann_.class_cc : ann_.class_cr);
   w.key("client").value(client_addr_);
-  opt_name("client_name", client_ss_);
+  opt_name("client_name", client_ss_.sa);
   w.key("client_tls");
   tls_text_json(w, client_.tls.get());
   opt_string("close_reason", close_reason_);
@@ -1684,7 +1691,7 @@ std::string Session::snapshot_text() const {
   opt_number("tpdu_size", size_of(ann_.tpdu_size_code_cc));
   opt_number("tpdu_size_proposed", size_of(ann_.tpdu_size_code_cr));
   opt_string("upstream", upstream_addr_);
-  opt_name("upstream_name", upstream_ss_);
+  opt_name("upstream_name", upstream_ss_.sa);
   w.key("upstream_tls");
   tls_text_json(w, upstream_.tls.get());
   w.end_object();

@@ -8,6 +8,7 @@
 // close callbacks ran. Writes own their bytes.
 #pragma once
 
+#include <netinet/in.h>
 #include <uv.h>
 
 #include <array>
@@ -22,6 +23,7 @@
 #include "codec/tpkt.h"
 #include "conf/config.h"
 #include "filters/chain.h"
+#include "shared.h"
 #include "tls.h"
 
 namespace isoproxy {
@@ -106,7 +108,7 @@ class Session final : public filters::FilterContext {
   std::uint64_t session_id() const override { return id_; }
   std::string_view listener() const override { return rt_->cfg.name; }
   const std::string& client_address() const override { return client_addr_; }
-  const sockaddr_storage& client_sockaddr() const override { return client_ss_; }
+  const sockaddr* client_sockaddr() const override { return &client_ss_.sa; }
   const std::string& upstream_address() const override { return upstream_addr_; }
   void set_route(filters::Route route) override;
   filters::SessionAnnotations& annotations() override { return ann_; }
@@ -234,8 +236,14 @@ class Session final : public filters::FilterContext {
   std::string close_reason_;
   const char* first_fin_ = nullptr;  // "client" or "upstream": who closed first
   std::string client_addr_, upstream_addr_, source_addr_, route_name_;
-  sockaddr_storage client_ss_{};
-  sockaddr_storage upstream_ss_{};  // family 0 until an upstream is chosen
+  // An IPv4 or IPv6 address and port, in 28 bytes (sockaddr_storage has 128).
+  union SockAddr {
+    sockaddr sa;
+    sockaddr_in in;
+    sockaddr_in6 in6;
+  };
+  SockAddr client_ss_{};
+  SockAddr upstream_ss_{};  // family 0 until an upstream is chosen
   bool awaiting_route_ = false;              // a routing filter chooses the upstream from the CR
   bool awaiting_client_tls_ = false;         // the upstream is connected once the client's TLS handshake is done
   std::vector<std::uint8_t> pending_up_;     // bytes for the upstream before its socket exists
@@ -244,7 +252,8 @@ class Session final : public filters::FilterContext {
   std::uint64_t start_ns_ = 0;  // uv_hrtime, for the duration in the close line
   std::int64_t start_unix_ms_ = 0;  // wall clock, for "started" in the stats
   bool dr_injected_ = false;
-  std::string outbound_key_;  // the upstream leg's source endpoint, registered with the Server
+  EndpointPair outbound_key_{};  // the upstream connection, registered with the Server (loop check)
+  bool outbound_registered_ = false;
   std::uint64_t parent_ = 0;  // the session whose upstream connection this one's client is (chained listeners)
   static constexpr std::size_t kMaxChain = 16;  // longer chains of listeners count as a loop  // the last DR was isoproxy's own (a filter's refusal)
   filters::SessionAnnotations ann_;

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include <nlohmann/json.hpp>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -149,11 +150,48 @@ void AccessLog::journal(const nlohmann::json& snapshot, const std::string& text_
   }
 }
 
-void OutboundRegistry::opened(const std::string& key, Owner owner) {
+Endpoint Endpoint::of(const sockaddr* sa) {
+  Endpoint e;
+  if (sa->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    e.family = 4;
+    std::memcpy(e.addr.data(), &in->sin_addr, 4);
+    e.port = ntohs(in->sin_port);
+  } else if (sa->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    e.port = ntohs(in6->sin6_port);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+      // A dual-stack listener's IPv4 peer is the IPv4 socket it came from.
+      e.family = 4;
+      std::memcpy(e.addr.data(), &in6->sin6_addr.s6_addr[12], 4);
+    } else {
+      e.family = 6;
+      std::memcpy(e.addr.data(), &in6->sin6_addr, 16);
+    }
+  }
+  return e;
+}
+
+std::size_t EndpointHash::operator()(const Endpoint& e) const {
+  // FNV-1a over the bytes that matter.
+  std::uint64_t h = 1469598103934665603ULL;
+  auto mix = [&](std::uint8_t b) { h = (h ^ b) * 1099511628211ULL; };
+  for (std::size_t i = 0; i < (e.family == 6 ? 16u : 4u); ++i) mix(e.addr[i]);
+  mix(static_cast<std::uint8_t>(e.port >> 8));
+  mix(static_cast<std::uint8_t>(e.port));
+  mix(e.family);
+  return static_cast<std::size_t>(h);
+}
+
+std::size_t EndpointHash::operator()(const EndpointPair& p) const {
+  return (*this)(p.source) * 31 + (*this)(p.destination);
+}
+
+void OutboundRegistry::opened(const EndpointPair& key, Owner owner) {
   std::lock_guard lock(mutex_);
   const auto [it, added] = by_key_.emplace(key, owner.session);
   if (added) {
-    ++sources_[key.substr(0, key.find('>'))];
+    ++sources_[key.source];
   } else {
     // The key's previous owner is gone from the registry with it.
     by_session_.erase(it->second);
@@ -162,23 +200,21 @@ void OutboundRegistry::opened(const std::string& key, Owner owner) {
   by_session_[owner.session] = std::move(owner);
 }
 
-bool OutboundRegistry::has_source(const std::string& source) const {
+bool OutboundRegistry::has_source(const Endpoint& source) const {
   std::lock_guard lock(mutex_);
   return sources_.count(source) != 0;
 }
 
-void OutboundRegistry::closed(const std::string& key) {
+void OutboundRegistry::closed(const EndpointPair& key) {
   std::lock_guard lock(mutex_);
   const auto it = by_key_.find(key);
   if (it == by_key_.end()) return;
-  if (const auto src = sources_.find(key.substr(0, key.find('>'))); src != sources_.end() && --src->second == 0) {
-    sources_.erase(src);
-  }
+  if (const auto src = sources_.find(key.source); src != sources_.end() && --src->second == 0) sources_.erase(src);
   by_session_.erase(it->second);
   by_key_.erase(it);
 }
 
-std::optional<std::uint64_t> OutboundRegistry::owner(const std::string& key) const {
+std::optional<std::uint64_t> OutboundRegistry::owner(const EndpointPair& key) const {
   std::lock_guard lock(mutex_);
   const auto it = by_key_.find(key);
   if (it == by_key_.end()) return std::nullopt;

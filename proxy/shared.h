@@ -5,6 +5,9 @@
 // is safe to use from any thread; the rest of a worker's state is its own.
 #pragma once
 
+#include <sys/socket.h>
+
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -56,29 +59,50 @@ class AccessLog {
   std::atomic<std::uint64_t> dropped_{0};  // lines the journal did not take
 };
 
-// Outbound connections by "source>destination", with what a loop check needs
-// of the session that owns each (DESIGN.md §5: ids, not pointers).
+// One end of a TCP connection in 20 bytes: an IPv4 address (also as a
+// v4-mapped IPv6 one, the same endpoint) or an IPv6 address, and the port.
+struct Endpoint {
+  std::array<std::uint8_t, 16> addr{};  // IPv4 in the first 4 octets
+  std::uint16_t port = 0;
+  std::uint8_t family = 0;  // 4, 6, or 0 for none
+  static Endpoint of(const sockaddr* sa);
+  bool operator==(const Endpoint&) const = default;
+};
+// A connection as "source>destination".
+struct EndpointPair {
+  Endpoint source, destination;
+  bool operator==(const EndpointPair&) const = default;
+};
+struct EndpointHash {
+  std::size_t operator()(const Endpoint& e) const;
+  std::size_t operator()(const EndpointPair& p) const;
+};
+
+// Outbound connections by source and destination, with what a loop check
+// needs of the session that owns each (DESIGN.md §5: ids, not pointers).
+// Binary keys: every live session has an entry, so its size is per-session
+// memory (issue 7).
 class OutboundRegistry {
  public:
   struct Owner {
     std::uint64_t session = 0;
     std::uint64_t parent = 0;  // the session whose upstream connection this one's client is
-    std::string listener;
+    std::shared_ptr<const std::string> listener;  // the owner's listener name (shares its runtime)
     unsigned worker = 0;
   };
-  void opened(const std::string& key, Owner owner);
-  void closed(const std::string& key);
-  std::optional<std::uint64_t> owner(const std::string& key) const;
-  // Whether an outbound connection has this "source" (the part before '>').
-  bool has_source(const std::string& source) const;
+  void opened(const EndpointPair& key, Owner owner);
+  void closed(const EndpointPair& key);
+  std::optional<std::uint64_t> owner(const EndpointPair& key) const;
+  // Whether an outbound connection has this source endpoint.
+  bool has_source(const Endpoint& source) const;
   // The chain of sessions from `first` up through their parents (at most `max` + 1).
   std::vector<Owner> chain(std::uint64_t first, std::size_t max) const;
 
  private:
   mutable std::mutex mutex_;
-  std::unordered_map<std::string, std::uint64_t> by_key_;
+  std::unordered_map<EndpointPair, std::uint64_t, EndpointHash> by_key_;
   std::unordered_map<std::uint64_t, Owner> by_session_;
-  std::unordered_map<std::string, std::uint32_t> sources_;  // the source part of by_key_'s keys
+  std::unordered_map<Endpoint, std::uint32_t, EndpointHash> sources_;  // by_key_'s sources, counted
 };
 
 struct Shared {
