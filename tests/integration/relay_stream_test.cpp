@@ -312,13 +312,7 @@ struct Rig {
 
   // The close line of the session whose client had `client_addr`, as fields.
   std::map<std::string, std::string> close_fields(const std::string& client_addr, Millis timeout = kWait) {
-    std::string re = R"(\[S\d+\] close reason=.* client=)";
-    for (const char c : client_addr) {
-      if (c == '.' || c == '[' || c == ']') re += '\\';
-      re += c;
-    }
-    re += ' ';
-    const auto line = proxy->wait_for_line(std::regex(re), timeout);
+    const auto line = proxy->wait_for_line(t::close_line_of(client_addr), timeout);
     INFO(log());
     REQUIRE(line);
     UNSCOPED_INFO("close line: " << *line);

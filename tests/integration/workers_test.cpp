@@ -27,11 +27,12 @@ namespace {
 // one of two workers except with probability 2^-(kConns-1).
 constexpr int kConns = 24;
 
-std::string config(std::uint16_t upstream, int workers, const std::string& extra_global = "") {
+std::string config(std::uint16_t upstream, int workers, const std::string& extra_global = "",
+                   const std::string& extra_listener = "") {
   return "[global]\nworkers = " + std::to_string(workers) + "\n" + extra_global +
          "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-test\"\n"
          "[[listener]]\nname = \"w\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-         std::to_string(upstream) + "\"\n";
+         std::to_string(upstream) + "\"\n" + extra_listener;
 }
 
 // CR/CC through the proxy, then one DT whose payload must come back unchanged.
@@ -134,64 +135,41 @@ TEST_CASE("workers: two loops relay byte-exact, both get connections, the admin 
   CHECK(proxy.wait_for_line(std::regex("stopped: " + std::to_string(kConns) + " sessions served"), 5s));
 }
 
-TEST_CASE("workers: max_sessions is one limit for the whole process", "[workers][integration][limits]") {
+TEST_CASE("workers: max_sessions, global and per listener, is one limit for the whole process",
+          "[workers][integration][limits]") {
   TestServer up(responder_handler());
   REQUIRE(up.ok());
-  ProxyProcess proxy(config(up.port(), 2, "max_sessions = 5\n"));
+  const bool global = GENERATE(true, false);
+  const int limit = global ? 5 : 3;
+  INFO((global ? "[global] max_sessions = " : "[[listener]] max_sessions = ") << limit);
+  ProxyProcess proxy(global ? config(up.port(), 2, "max_sessions = 5\n")
+                            : config(up.port(), 2, "", "max_sessions = 3\n"));
   auto port = proxy.listen_port("w", 10s);
   auto aport = admin_port(proxy);
   REQUIRE(port);
   REQUIRE(aport);
   std::vector<Conn> held;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < limit; ++i) {
     held.push_back(connect_to("127.0.0.1", *port));
     REQUIRE(relay_one(held.back(), i));
   }
   // Every further connection is refused (accepted and closed at once),
-  // whichever worker the kernel hands it to.
-  for (int i = 0; i < kConns; ++i) {
-    Conn c = connect_to("127.0.0.1", *port);
-    REQUIRE(c);
-    CHECK(c.wait_eof(5s));
-  }
-  const json st = get_json(*aport, "/stats");
-  CHECK(st["sessions"]["active"] == 5);
-  CHECK(st["sessions"]["refused"] == kConns);
-  CHECK(st["listeners"][0]["refused"] == kConns);
-  REQUIRE(proxy.signal(SIGTERM));
-  CHECK(proxy.wait_exit(10s) == 0);
-}
-
-TEST_CASE("workers: a listener's max_sessions counts its sessions on every worker", "[workers][integration][limits]") {
-  TestServer up(responder_handler());
-  REQUIRE(up.ok());
-  ProxyProcess proxy("[global]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-                     "[[listener]]\nname = \"w\"\nlisten = \"127.0.0.1:0\"\nmax_sessions = 3\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\n");
-  auto port = proxy.listen_port("w", 10s);
-  auto aport = admin_port(proxy);
-  REQUIRE(port);
-  REQUIRE(aport);
-  std::vector<Conn> held;
-  for (int i = 0; i < 3; ++i) {
-    held.push_back(connect_to("127.0.0.1", *port));
-    REQUIRE(relay_one(held.back(), i));
-  }
-  // Refused whichever worker takes it: a limit per worker would let up to 3
+  // whichever worker the kernel hands it to: a limit per worker would let
   // more through on the other one.
   for (int i = 0; i < kConns; ++i) {
     Conn c = connect_to("127.0.0.1", *port);
     REQUIRE(c);
     CHECK(c.wait_eof(5s));
   }
-  json st = get_json(*aport, "/stats");
-  CHECK(st["sessions"]["active"] == 3);
+  const json st = get_json(*aport, "/stats");
+  CHECK(st["sessions"]["active"] == limit);
+  CHECK(st["sessions"]["refused"] == kConns);
   CHECK(st["listeners"][0]["refused"] == kConns);
   // A slot freed on one worker is free for both.
   held.pop_back();
   REQUIRE(proxy.wait_for_line(std::regex(R"(close reason=client-closed)"), 10s));
   Conn again = connect_to("127.0.0.1", *port);
-  REQUIRE(relay_one(again, 9));
+  REQUIRE(relay_one(again, 99));
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
 }

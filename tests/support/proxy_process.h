@@ -619,4 +619,16 @@ class ProxyProcess {
   std::unique_ptr<BackgroundProcess> proc_;
 };
 
+// The regex of the close line of the session whose client had `client_addr`
+// ("127.0.0.1:40000" or "[::1]:40000"), for ProxyProcess::wait_for_line.
+inline std::regex close_line_of(const std::string& client_addr) {
+  std::string re = R"(\[S\d+\] close reason=.* client=)";
+  for (const char c : client_addr) {
+    if (c == '.' || c == '[' || c == ']') re += '\\';
+    re += c;
+  }
+  re += ' ';
+  return std::regex(re);
+}
+
 }  // namespace isoproxy::test
