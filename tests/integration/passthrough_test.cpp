@@ -92,27 +92,7 @@ ByteVec dt_stream(std::uint32_t seed, std::size_t total, std::size_t max_payload
 // Writes all of `data` in chunks of random size (1 octet to 150 KB), each its own send().
 bool send_split(int fd, const ByteVec& data, std::uint32_t seed, Clock::time_point deadline) {
   std::mt19937 rng(seed);
-  std::size_t off = 0;
-  while (off < data.size()) {
-    const unsigned pick = rng() % 100;
-    const std::size_t cap = pick < 30 ? 1 + rng() % 16 : pick < 80 ? 17 + rng() % 8192 : 1 + rng() % 150000;
-    const std::size_t want = std::min(cap, data.size() - off);
-    const ssize_t n = ::send(fd, data.data() + off, want, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      off += static_cast<std::size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-      if (left <= 0) return false;
-      pollfd p{fd, POLLOUT, 0};
-      ::poll(&p, 1, static_cast<int>(left));
-      continue;
-    }
-    return false;
-  }
-  return true;
+  return t::send_raw(fd, codec::Bytes(data), deadline, &rng);
 }
 
 // Reads until `n` octets have arrived (or EOF/error/deadline).

@@ -83,37 +83,6 @@ std::string mismatch(const ByteVec& got, const ByteVec& want) {
   return s.str();
 }
 
-// Sends every byte of `data` on a blocking or non-blocking socket before the
-// deadline, in chunks of random size when `rng` is given (each chunk its own
-// send(): with TCP_NODELAY, its own segment). Safe to call from any thread.
-bool send_raw(int fd, codec::Bytes data, Clock::time_point deadline, std::mt19937* rng = nullptr) {
-  std::size_t off = 0;
-  while (off < data.size()) {
-    std::size_t want = data.size() - off;
-    if (rng != nullptr) {
-      // Mostly tiny chunks (splits inside headers), some medium, a few huge (coalescing).
-      const unsigned pick = (*rng)() % 100;
-      const std::size_t cap = pick < 50 ? 1 + (*rng)() % 16 : pick < 90 ? 17 + (*rng)() % 4096 : 1 + (*rng)() % 150000;
-      want = std::min(want, cap);
-    }
-    const ssize_t n = ::send(fd, data.data() + off, want, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      off += static_cast<std::size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      const int left = static_cast<int>(std::chrono::duration_cast<Millis>(deadline - Clock::now()).count());
-      if (left <= 0) return false;
-      pollfd p{fd, POLLOUT, 0};
-      ::poll(&p, 1, left);
-      continue;
-    }
-    return false;
-  }
-  return true;
-}
-
 void set_nodelay(int fd) {
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -155,7 +124,7 @@ class UpConn {
     return cv_.wait_for(lk, timeout, [&] { return eof_; });
   }
   bool send(const ByteVec& b, Millis timeout = kWait, std::mt19937* rng = nullptr) {
-    return send_raw(fd_, codec::Bytes(b), Clock::now() + timeout, rng);
+    return t::send_raw(fd_, codec::Bytes(b), Clock::now() + timeout, rng);
   }
   void shutdown_write() { ::shutdown(fd_, SHUT_WR); }
 
@@ -483,7 +452,7 @@ TEST_CASE("relay-stream: a healthy session passes byte-exact both ways under ran
   {
     std::jthread client_writer([&] {
       std::mt19937 rng(seed + 1);
-      client_sent = send_raw(s.client.fd(), codec::Bytes(c2u), Clock::now() + kBulkWait, &rng);
+      client_sent = t::send_raw(s.client.fd(), codec::Bytes(c2u), Clock::now() + kBulkWait, &rng);
     });
     std::jthread upstream_writer([&] {
       if (!s.up->wait_bytes(cr.size(), kBulkWait)) return;  // answer the CR, as a responder does

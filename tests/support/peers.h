@@ -36,6 +36,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -159,6 +160,38 @@ inline int poll_until(int fd, short events, std::chrono::steady_clock::time_poin
 }
 
 }  // namespace detail
+
+// Sends every byte of `data` on a blocking or non-blocking socket before the
+// deadline, in chunks of random size when `rng` is given (each chunk its own
+// send(): with TCP_NODELAY, its own segment). Safe to call from any thread.
+inline bool send_raw(int fd, codec::Bytes data, std::chrono::steady_clock::time_point deadline,
+                     std::mt19937* rng = nullptr) {
+  std::size_t off = 0;
+  while (off < data.size()) {
+    std::size_t want = data.size() - off;
+    if (rng != nullptr) {
+      // Mostly tiny chunks (splits inside headers), some medium, a few huge (coalescing).
+      const unsigned pick = (*rng)() % 100;
+      const std::size_t cap = pick < 50 ? 1 + (*rng)() % 16 : pick < 90 ? 17 + (*rng)() % 4096 : 1 + (*rng)() % 150000;
+      want = std::min(want, cap);
+    }
+    const ssize_t n = ::send(fd, data.data() + off, want, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      off += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      const int left = static_cast<int>(std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now()).count());
+      if (left <= 0) return false;
+      pollfd p{fd, POLLOUT, 0};
+      ::poll(&p, 1, left);
+      continue;
+    }
+    return false;
+  }
+  return true;
+}
 
 // ---------------------------------------------------------------------------
 // Conn: one connected TCP socket, blocking, every wait bounded by poll.
