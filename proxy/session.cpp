@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <nlohmann/json.hpp>
 
 #include "codec/encode.h"
 #include "codec/text.h"
@@ -1178,8 +1177,7 @@ void Session::maybe_passthrough() {
   if (pt_ && (pt_->active || pt_->scheduled || pt_->refused)) return;
   // Not before the data phase has begun (a DT, or raw bytes): a session that
   // exchanged CR and CC and idles never allocates the pass-through state.
-  const auto dt = static_cast<std::size_t>(codec::TpduType::kDT);
-  if (to_upstream_.stats.tpdu(dt) + to_client_.stats.tpdu(dt) == 0 && !to_upstream_.raw && !to_client_.raw) return;
+  if (to_upstream_.stats.dt + to_client_.stats.dt == 0 && !to_upstream_.raw && !to_client_.raw) return;
   if (!passthrough_eligible()) return;
   if (!pt_) pt_ = std::make_unique<Passthrough>();
   pt_->scheduled = true;
@@ -1703,8 +1701,6 @@ std::string Session::snapshot_text() const {
   w.end_object();
   return out;
 }
-
-nlohmann::json Session::snapshot() const { return nlohmann::json::parse(snapshot_text()); }
 
 ClosedSession Session::closed_record() const {
   ClosedSession c;

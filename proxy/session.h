@@ -18,8 +18,6 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
-
 #include "codec/tpkt.h"
 #include "conf/config.h"
 #include "filters/chain.h"
@@ -55,7 +53,7 @@ struct DirectionStats {
   std::array<std::uint32_t, 16> tpdus{};  // the other types, by TPDU type nibble
   std::uint32_t decode_errors = 0;
 
-  static constexpr std::size_t kDt = 0xF;  // DT's type nibble
+  static constexpr auto kDt = static_cast<std::size_t>(codec::TpduType::kDT);
   void count_tpdu(std::size_t type) {
     if (type == kDt) ++dt;
     else if (tpdus[type] != UINT32_MAX) ++tpdus[type];
@@ -87,10 +85,9 @@ class Session final : public filters::FilterContext {
 
   std::uint64_t id() const { return id_; }
   // Everything the session knows of itself, as the admin endpoint shows it
-  // (field names documented in the README's stats section).
-  nlohmann::json snapshot() const;
-  // The same as compact JSON text, written directly (no tree): what the
-  // close record and /sessions print.
+  // (field names documented in the README's stats section), as compact JSON
+  // text written directly (no tree): what /sessions, the close record and the
+  // access log print.
   std::string snapshot_text() const;
   // What the closed-session list and the access log keep of it.
   ClosedSession closed_record() const;

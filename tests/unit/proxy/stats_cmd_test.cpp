@@ -42,7 +42,7 @@ std::size_t widest_line(const std::vector<std::string>& lines) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-// A session object as the admin endpoint writes it (proxy/session.cpp snapshot()).
+// A session object as the admin endpoint writes it (proxy/session.cpp snapshot_text()).
 json session(std::uint64_t id, const std::string& state, json calling, json called) {
   return {{"id", id},
           {"listener", "x400-inbound"},
