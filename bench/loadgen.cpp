@@ -1241,7 +1241,7 @@ bool open_held(Loop& loop, Cycler& c, std::uint64_t n, int concurrency, double s
   return loop.run([&] { return c.established + c.errors >= n; }, end, refill) && c.errors == 0;
 }
 
-int run_idle(const Common& o, const Setup& st, std::uint64_t n, int concurrency) {
+int run_idle(const Common& o, const Setup& st, std::uint64_t n, int concurrency, double hold_s) {
   if (file_limit() < 2 * n + 100) {
     note("idle: the file limit is " + std::to_string(file_limit()) + ", too low for " + std::to_string(n) +
          " sessions (both ends live here: 2 per session)");
@@ -1273,6 +1273,11 @@ int run_idle(const Common& o, const Setup& st, std::uint64_t n, int concurrency)
   r.add("rss_kib_per_session", static_cast<double>(m1.rss_kib - m0.rss_kib) / static_cast<double>(n), 2);
   r.add("pss_kib_per_session", static_cast<double>(m1.pss_kib - m0.pss_kib) / static_cast<double>(n), 2);
   r.print();
+  if (hold_s > 0) {
+    // For a look at the relay meanwhile (heaptrack, gdb, /proc/PID/smaps).
+    note("idle: holding the sessions for " + std::to_string(hold_s) + " s");
+    loop.run_for(hold_s);
+  }
   c.conns().close_all();
   loop.run([&] { return resp.open() == 0; }, deadline_in(20));
   return kExitOk;
@@ -1569,10 +1574,13 @@ int main(int argc, char** argv) {
 
   std::uint64_t idle_n = 9000;
   int idle_conc = 200;
+  double idle_hold = 0;
   auto* id = app.add_subcommand("idle", "Hold N idle relayed sessions: relay memory per session");
   common(id);
   id->add_option("--sessions", idle_n, "Sessions held")->capture_default_str();
   id->add_option("--concurrency", idle_conc, "Handshakes in progress at once")->capture_default_str()->check(CLI::Range(1, 4096));
+  id->add_option("--hold", idle_hold, "Keep the sessions open this long after the measurement (s), to inspect the relay")
+      ->capture_default_str()->check(CLI::Range(0.0, 3600.0));
 
   LivestatsOptions lo;
   auto* ls = app.add_subcommand("livestats", "Admin endpoint latency with N sessions, and a stream's throughput under polling");
@@ -1615,7 +1623,7 @@ int main(int argc, char** argv) {
   if (*tp) return run_throughput(o, st, conns, bytes, frame);
   if (*pp) return run_pingpong(o, st, count, warmup, size);
   if (*cr) return run_connrate(o, st, sessions, concurrency);
-  if (*id) return run_idle(o, st, idle_n, idle_conc);
+  if (*id) return run_idle(o, st, idle_n, idle_conc, idle_hold);
   if (*ls) return run_livestats(o, st, lo);
   if (*sv) return run_serve(st, serve_s);
   return kExitUsage;
