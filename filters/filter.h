@@ -7,7 +7,9 @@
 // `<filter>.<action>` per session and globally.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,10 +32,65 @@ inline std::string_view direction_name(Direction d) {
   return d == Direction::kToUpstream ? "client-to-upstream" : "upstream-to-client";
 }
 
+// A TSAP as a session keeps it: absent until set; up to 30 octets (every
+// TSAP seen in practice) inline, longer ones (up to 255) on the heap. An
+// idle session holds two: inline, they cost no allocation and no memory
+// beyond these 32 bytes.
+class TsapValue {
+ public:
+  TsapValue() = default;
+  TsapValue(const TsapValue& o) { assign(o ? *o : codec::Bytes{}, static_cast<bool>(o)); }
+  TsapValue& operator=(const TsapValue& o) {
+    if (this != &o) assign(o ? *o : codec::Bytes{}, static_cast<bool>(o));
+    return *this;
+  }
+  ~TsapValue() { release(); }
+  TsapValue& operator=(codec::Bytes b) {
+    assign(b, true);
+    return *this;
+  }
+  explicit operator bool() const { return state_ != kAbsent; }
+  // The octets (empty when absent).
+  codec::Bytes operator*() const { return {data(), len_}; }
+  void reset() { release(); }
+
+ private:
+  static constexpr std::uint8_t kAbsent = 0, kInline = 1, kHeap = 2;
+  static constexpr std::size_t kInlineMax = 30;
+  const std::uint8_t* data() const {
+    if (state_ != kHeap) return buf_;
+    const std::uint8_t* p;
+    std::memcpy(&p, buf_, sizeof p);
+    return p;
+  }
+  void release() {
+    if (state_ == kHeap) delete[] data();
+    state_ = kAbsent;
+    len_ = 0;
+  }
+  void assign(codec::Bytes b, bool present) {
+    release();
+    if (!present) return;
+    len_ = static_cast<std::uint8_t>(std::min<std::size_t>(b.size(), 255));
+    if (len_ <= kInlineMax) {
+      if (len_ != 0) std::memcpy(buf_, b.data(), len_);
+      state_ = kInline;
+      return;
+    }
+    auto* p = new std::uint8_t[len_];
+    std::memcpy(p, b.data(), len_);
+    std::memcpy(buf_, &p, sizeof p);
+    state_ = kHeap;
+  }
+  std::uint8_t buf_[kInlineMax]{};
+  std::uint8_t len_ = 0;
+  std::uint8_t state_ = kAbsent;
+};
+
 // What the session knows of itself, annotated as frames pass (tsap-annotate
 // fills the connection fields; stats and the close line read them).
 struct SessionAnnotations {
-  std::optional<std::vector<std::uint8_t>> calling_tsap, called_tsap;
+  TsapValue calling_tsap, called_tsap;
   std::optional<std::uint8_t> tpdu_size_code_cr, tpdu_size_code_cc;  // proposed, confirmed
   std::optional<std::uint8_t> class_cr, class_cc;
   std::optional<std::uint16_t> initiator_ref, responder_ref;
@@ -93,7 +150,7 @@ class FilterContext {
   virtual ~FilterContext() = default;
   virtual std::uint64_t session_id() const = 0;
   virtual std::string_view listener() const = 0;
-  virtual const std::string& client_address() const = 0;  // "ip:port"
+  virtual std::string client_address() const = 0;  // "ip:port"
   virtual const sockaddr* client_sockaddr() const = 0;  // sockaddr_in or sockaddr_in6
   // The upstream's "ip:port" once chosen (configured, original destination, or
   // routed); empty while a routing filter has not chosen yet.

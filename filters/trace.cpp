@@ -396,7 +396,7 @@ class Trace final : public Filter {
    public:
     std::uint64_t session_id() const override { return 0; }
     std::string_view listener() const override { return {}; }
-    const std::string& client_address() const override { return empty_; }
+    std::string client_address() const override { return empty_; }
     const sockaddr* client_sockaddr() const override { return reinterpret_cast<const sockaddr*>(&ss_); }
     const std::string& upstream_address() const override { return empty_; }
     void set_route(Route) override {}

@@ -9,7 +9,6 @@ namespace isoproxy::filters {
 
 namespace {
 
-std::vector<std::uint8_t> copy(codec::Bytes b) { return {b.begin(), b.end()}; }
 
 class TsapAnnotate final : public Filter {
  public:
@@ -20,8 +19,8 @@ class TsapAnnotate final : public Filter {
     SessionAnnotations& a = ctx.annotations();
     switch (t.type) {
       case codec::TpduType::kCR:
-        if (auto c = t.calling_tsap()) a.calling_tsap = copy(*c);
-        if (auto c = t.called_tsap()) a.called_tsap = copy(*c);
+        if (auto c = t.calling_tsap()) a.calling_tsap = *c;
+        if (auto c = t.called_tsap()) a.called_tsap = *c;
         a.tpdu_size_code_cr = t.tpdu_size_code();
         a.class_cr = t.preferred_class();
         a.initiator_ref = t.src_ref;
@@ -29,8 +28,8 @@ class TsapAnnotate final : public Filter {
         break;
       case codec::TpduType::kCC:
         // CC echoes the CR's TSAPs (protocol.md §3.2); keep the CR's if both exist.
-        if (auto c = t.calling_tsap(); c && !a.calling_tsap) a.calling_tsap = copy(*c);
-        if (auto c = t.called_tsap(); c && !a.called_tsap) a.called_tsap = copy(*c);
+        if (auto c = t.calling_tsap(); c && !a.calling_tsap) a.calling_tsap = *c;
+        if (auto c = t.called_tsap(); c && !a.called_tsap) a.called_tsap = *c;
         a.tpdu_size_code_cc = t.tpdu_size_code();
         a.class_cc = t.preferred_class();
         a.responder_ref = t.src_ref;

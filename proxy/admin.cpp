@@ -106,6 +106,7 @@ Totals totals(Supervisor& sup) {
     out.g.closed += p.g.closed;
     out.g.bytes_to_upstream += p.g.bytes_to_upstream;
     out.g.bytes_to_client += p.g.bytes_to_client;
+    out.g.parked += p.g.parked;
     add_map(out.g.connect_failures, p.g.connect_failures);
     add_map(out.g.decode_errors, p.g.decode_errors);
     add_map(out.g.filter_actions, p.g.filter_actions);
@@ -361,7 +362,7 @@ AdminResponse Admin::stats() {
   for (const ListenerRow& l : t.listeners) {
     listeners.push_back({{"name", l.name}, {"addresses", l.addresses}, {"accepted", l.accepted}, {"active", l.active}, {"refused", l.refused}});
   }
-  return json_response(200, {{"sessions", {{"accepted", g.accepted}, {"active", t.active}, {"refused", g.refused}, {"closed", g.closed}}},
+  return json_response(200, {{"sessions", {{"accepted", g.accepted}, {"active", t.active}, {"parked", g.parked}, {"refused", g.refused}, {"closed", g.closed}}},
                              {"bytes", {{"to_upstream", g.bytes_to_upstream}, {"to_client", g.bytes_to_client}}},
                              {"listeners", listeners},
                              {"workers", t.workers},
@@ -393,6 +394,8 @@ std::string render_metrics(Supervisor& server) {
   for (const ListenerRow& l : t.listeners) {
     out += "isoproxy_sessions_active{listener=\"" + label(l.name) + "\"} " + std::to_string(l.active) + "\n";
   }
+  family(out, "isoproxy_sessions_parked", "gauge", "Idle sessions parked now (their I/O state released; listener.park_after).");
+  out += "isoproxy_sessions_parked " + std::to_string(g.parked) + "\n";
   family(out, "isoproxy_sessions_refused_total", "counter", "Connections refused at accept (limits, shutdown), by listener.");
   for (const ListenerRow& l : t.listeners) {
     out += "isoproxy_sessions_refused_total{listener=\"" + label(l.name) + "\"} " + std::to_string(l.refused) + "\n";

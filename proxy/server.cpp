@@ -1,5 +1,7 @@
 #include "server.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <cctype>
 #include <set>
@@ -37,6 +39,8 @@ Server::Server(std::shared_ptr<const conf::Config> config, Shared& shared, unsig
   drain_timer_.data = this;
   uv_timer_init(&loop_, &dns_check_timer_);
   dns_check_timer_.data = this;
+  uv_timer_init(&loop_, &trim_timer_);
+  trim_timer_.data = this;
   uv_idle_init(&loop_, &reaper_);
   reaper_.data = this;
   timers_.init(&loop_);
@@ -251,11 +255,43 @@ void Server::maybe_stop() {
   }
   on_mail();  // what came before the door closed
   splice_.close();
+  park_.close();
   for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&drain_timer_), reinterpret_cast<uv_handle_t*>(&dns_check_timer_),
+                         reinterpret_cast<uv_handle_t*>(&trim_timer_),
                          reinterpret_cast<uv_handle_t*>(&reaper_), reinterpret_cast<uv_handle_t*>(&mail_),
                          reinterpret_cast<uv_handle_t*>(&log_flush_), timers_.handle()}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }
+}
+
+void Server::session_parked() {
+  // The Io a parked session frees comes from slabs, which go back by
+  // themselves; what its handshake left in malloc's heap (filters, requests)
+  // lies in holes that only malloc_trim returns. Once per burst of parking,
+  // not per session: it walks every arena.
+  if (uv_is_active(reinterpret_cast<uv_handle_t*>(&trim_timer_)) || uv_is_closing(reinterpret_cast<uv_handle_t*>(&trim_timer_))) return;
+  uv_timer_start(&trim_timer_, [](uv_timer_t*) noexcept { ::malloc_trim(0); }, kTrimMs, 0);
+}
+
+std::uint32_t Server::counter_key(std::string_view filter, std::string_view action) {
+  thread_local std::string name;  // no allocation per count once it has grown
+  name.assign(filter).append(".").append(action);
+  if (const auto it = counter_keys_.find(std::string_view(name)); it != counter_keys_.end()) return it->second;
+  const auto key = static_cast<std::uint32_t>(counter_names_.size());
+  counter_names_.push_back(name);
+  counter_keys_.emplace(counter_names_.back(), key);
+  return key;
+}
+
+bool Server::may_come_back(const conf::SocketAddress& target) const {
+  const std::uint16_t port = target.port();
+  for (const auto& l : config_->listeners) {
+    if (l.transparent) return true;
+    for (const auto& a : l.listen) {
+      if (a.port() == port) return true;
+    }
+  }
+  return false;
 }
 
 void Server::outbound_opened(const EndpointPair& key, std::uint64_t session) {

@@ -27,7 +27,9 @@
 #include "rdns.h"
 #include "session.h"
 #include "session_timers.h"
+#include "slab.h"
 #include "shared.h"
+#include "park.h"
 #include "splice.h"
 
 namespace isoproxy {
@@ -42,6 +44,7 @@ struct GlobalStats {
   std::uint64_t closed = 0;
   std::uint64_t bytes_to_upstream = 0;
   std::uint64_t bytes_to_client = 0;
+  std::uint64_t parked = 0;  // sessions parked now (park.h): a gauge, not a counter
   std::map<std::string, std::uint64_t> connect_failures;  // by cause
   std::map<std::string, std::uint64_t> decode_errors;     // by kind
   std::map<std::string, std::uint64_t> filter_actions;    // "<filter>.<action>"
@@ -122,6 +125,11 @@ class Server {
   bool wants_closed_snapshots() const;
   void session_record(ClosedSession record);
   void count_called_tsap(const std::string& display);
+  // Filter counters ("<filter>.<action>") by a small key, so that a session
+  // keeps 16 bytes per counter rather than the name (the names are few: the
+  // configuration's filters times their actions).
+  std::uint32_t counter_key(std::string_view filter, std::string_view action);
+  const std::string& counter_name(std::uint32_t key) const { return counter_names_[key]; }
   ReverseDns& rdns() { return rdns_; }
   const ReverseDns& rdns() const { return rdns_; }
   SessionTimers& timers() { return timers_; }
@@ -134,6 +142,11 @@ class Server {
   // source ports are reused toward other destinations, so a source alone
   // would mistake a stranger for a loop.
   void outbound_opened(const EndpointPair& key, std::uint64_t session);
+  // Whether a connection to `target` could be accepted by one of our
+  // listeners, with `target` as its local end (what the loop check compares):
+  // its port is one we listen on, or a transparent listener (TPROXY) may
+  // take connections to any address.
+  bool may_come_back(const conf::SocketAddress& target) const;
   void outbound_closed(const EndpointPair& key) { shared_.outbound.closed(key); }
   std::optional<std::uint64_t> outbound_owner(const EndpointPair& key) const { return shared_.outbound.owner(key); }
   // The new session `s` is the upstream connection of session `owner` come
@@ -148,6 +161,12 @@ class Server {
   void close_all(const std::string& reason);
   // Pipes and the deferred take-over for sessions in pass-through (splice.h).
   SpliceSupport& splice() { return splice_; }
+  // The sockets of parked sessions (park.h).
+  ParkSet& park() { return park_; }
+  // A session parked (its I/O state freed): soon, malloc's free pages go
+  // back to the kernel, at most every kTrimMs while sessions park.
+  void session_parked();
+  static constexpr std::uint64_t kTrimMs = 250;
 
  private:
   void maybe_stop();
@@ -161,10 +180,16 @@ class Server {
   std::shared_ptr<const conf::Config> config_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Listener>> stopping_listeners_;
-  std::unordered_map<std::uint64_t, std::unique_ptr<Session>> sessions_;
+  // The map's nodes in slabs, as the sessions (slab.h): malloc would keep
+  // them among the holes the handshakes leave, and so keep those.
+  SlabPool session_nodes_{32};
+  using SessionMap = std::unordered_map<std::uint64_t, std::unique_ptr<Session>, std::hash<std::uint64_t>,
+                                        std::equal_to<>, SlabAllocator<std::pair<const std::uint64_t, std::unique_ptr<Session>>>>;
+  SessionMap sessions_{16, std::hash<std::uint64_t>(), std::equal_to<>(), SessionMap::allocator_type(&session_nodes_)};
   std::vector<std::unique_ptr<Session>> finished_;  // destroyed outside their callbacks
   uv_timer_t drain_timer_{};
   uv_timer_t dns_check_timer_{};  // the start-up PTR check runs from the loop
+  uv_timer_t trim_timer_{};       // gives memory that parked sessions freed back (session_parked)
   uv_idle_t reaper_{};  // destroys finished sessions outside their own callbacks
   uv_prepare_t log_flush_{};  // writes the log lines of each loop iteration (log::defer)
   SessionTimers timers_;
@@ -176,11 +201,16 @@ class Server {
   bool draining_ = false;
   bool handles_closed_ = false;
   GlobalStats stats_;
+  std::deque<std::string> counter_names_;  // by counter_key (a deque: references stay valid)
+  std::unordered_map<std::string_view, std::uint32_t> counter_keys_;  // views into counter_names_
   std::deque<ClosedSession> closed_;
   std::array<char, 65536> read_buffer_{};
   ReverseDns rdns_{&loop_};
   std::array<std::uint8_t, kTlsBufferSize> tls_buffer_{};
   SpliceSupport splice_{&loop_};
+  ParkSet park_{&loop_, [this](std::uint64_t id) {
+                  if (Session* s = find_session(id)) s->wake();
+                }};
 };
 
 }  // namespace isoproxy

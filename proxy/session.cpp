@@ -22,6 +22,7 @@
 #include "listener.h"
 #include "log.h"
 #include "server.h"
+#include "slab.h"
 #include "upstream.h"
 
 namespace isoproxy {
@@ -109,40 +110,78 @@ Session::Session(Server& server, Listener& listener, std::uint64_t id, std::shar
       listener_(listener),
       id_(id),
       rt_(std::move(rt)),
-      chain_(rt_->factories),
-      to_upstream_(rt_->cfg.max_frame),
-      to_client_(rt_->cfg.max_frame) {
-  client_.session = this;
-  client_.side = Side::kClient;
-  upstream_.session = this;
-  upstream_.side = Side::kUpstream;
+      io_(std::make_unique<Io>(rt_->cfg.max_frame, rt_->factories)) {
+  init_io();
   start_ms_ = last_activity_ms_ = server_.now_ms();
   start_ns_ = uv_hrtime();
   start_unix_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-Session::~Session() = default;
+Session::~Session() {
+  // A session parked when its worker stops (no close on the way).
+  for (int& fd : park_fd_) {
+    if (fd >= 0) {
+      server_.park().remove(fd);
+      ::close(fd);
+    }
+    fd = -1;
+  }
+}
+
+void Session::init_io() {
+  io_->client.session = this;
+  io_->client.side = Side::kClient;
+  io_->upstream.session = this;
+  io_->upstream.side = Side::kUpstream;
+}
+
+SlabPool& Session::pool() {
+  thread_local SlabPool pool(sizeof(Session));
+  return pool;
+}
+
+void* Session::operator new(std::size_t) {
+  void* p = pool().allocate();
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+void Session::operator delete(void* p) { pool().deallocate(p); }
+
+SlabPool& Session::Io::pool() {
+  thread_local SlabPool pool(sizeof(Io));
+  return pool;
+}
+
+void* Session::Io::operator new(std::size_t) {
+  void* p = pool().allocate();
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+void Session::Io::operator delete(void* p) { pool().deallocate(p); }
+
+Session::Io::Io(std::size_t max_frame, const filters::FactoryList& factories)
+    : chain(factories), framer{codec::TpktFramer(max_frame), codec::TpktFramer(max_frame)} {}
+Session::Io::~Io() = default;
 
 void Session::start(uv_stream_t* server_stream) {
   uv_loop_t* loop = server_.loop();
-  uv_tcp_init(loop, &client_.tcp);
-  client_.tcp.data = &client_;
-  client_.initialised = true;
+  uv_tcp_init(loop, &io_->client.tcp);
+  io_->client.tcp.data = &io_->client;
+  io_->client.initialised = true;
   ++open_handles_;
 
-  if (int r = uv_accept(server_stream, reinterpret_cast<uv_stream_t*>(&client_.tcp)); r < 0) {
+  if (int r = uv_accept(server_stream, reinterpret_cast<uv_stream_t*>(&io_->client.tcp)); r < 0) {
     close("accept-failed: " + uv_error_text(r));
     return;
   }
-  client_.connected = true;
+  io_->client.connected = true;
   sockaddr_storage peer_ss{};
   int len = sizeof peer_ss;
-  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer_ss), &len) == 0 &&
+  if (uv_tcp_getpeername(&io_->client.tcp, reinterpret_cast<sockaddr*>(&peer_ss), &len) == 0 &&
       static_cast<std::size_t>(len) <= sizeof client_ss_) {
     std::memcpy(&client_ss_, &peer_ss, static_cast<std::size_t>(len));
-    client_addr_ = address_text(&client_ss_.sa);
-  } else {
-    client_addr_ = "?";
   }
   // A connection is known by both its ends: an ephemeral port is reused for
   // connections to other destinations, so the source alone is not unique.
@@ -150,7 +189,7 @@ void Session::start(uv_stream_t* server_stream) {
   if (const Endpoint peer = Endpoint::of(&client_ss_.sa); server_.outbound_source(peer)) {
     sockaddr_storage local{};
     int local_len = sizeof local;
-    uv_tcp_getsockname(&client_.tcp, reinterpret_cast<sockaddr*>(&local), &local_len);
+    uv_tcp_getsockname(&io_->client.tcp, reinterpret_cast<sockaddr*>(&local), &local_len);
     owner = server_.outbound_owner({peer, Endpoint::of(reinterpret_cast<const sockaddr*>(&local))});
   }
   if (owner) {
@@ -165,26 +204,26 @@ void Session::start(uv_stream_t* server_stream) {
   const auto& c = rt_->cfg;
   // TCP_NODELAY and keepalive came with the connection from the listening
   // socket (Listener::apply_socket_options).
-  spdlog::debug("[S{}] accepted client={} listener={}", id_, client_addr_, c.name);
+  if (spdlog::should_log(spdlog::level::debug)) spdlog::debug("[S{}] accepted client={} listener={}", id_, client_address(), c.name);
   if (c.tls) {
     // TLS from the client: nothing goes upstream (not even a connection)
     // until the handshake is done and the client's certificate accepted.
-    client_.tls = tls::Channel::accept(c.tls->context);
-    client_.tls_deadline_ms = start_ms_ + static_cast<std::uint64_t>(c.tls->handshake_timeout.count());
+    io_->client.tls = tls::Channel::accept(c.tls->context);
+    io_->client.tls_deadline_ms = start_ms_ + static_cast<std::uint64_t>(c.tls->handshake_timeout.count());
     awaiting_client_tls_ = true;
   }
-  update_reading(client_);
+  update_reading(io_->client);
   if (!awaiting_client_tls_) start_upstream();
   arm_timer();
 }
 
 void Session::start_upstream() {
-  if (chain_.routes()) {
+  if (io_->chain.routes()) {
     // A routing filter picks the upstream from the CR: connect once it has.
     awaiting_route_ = true;
     return;
   }
-  auto target = upstream_target(rt_->cfg, client_.tcp);
+  auto target = upstream_target(rt_->cfg, io_->client.tcp);
   if (!target) {
     close(target.error().kind + ": " + target.error().message);
     return;
@@ -206,23 +245,23 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
   upstream_addr_ = target.text;
   std::memcpy(&upstream_ss_, &target.storage, target.family() == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
   server_.rdns().want(target.sa());
-  connect_start_ms_ = server_.now_ms();
-  uv_tcp_t* h = &upstream_.tcp;
+  io_->connect_start_ms = server_.now_ms();
+  uv_tcp_t* h = &io_->upstream.tcp;
   if (int r = uv_tcp_init_ex(server_.loop(), h, static_cast<unsigned>(target.family())); r < 0) {
     close("upstream-socket: " + uv_error_text(r));
     return;
   }
-  h->data = &upstream_;
-  upstream_.initialised = true;
+  h->data = &io_->upstream;
+  io_->upstream.initialised = true;
   ++open_handles_;
   if (tls) {
-    upstream_.tls = tls::Channel::connect(tls->context, host_of(target.text));
+    io_->upstream.tls = tls::Channel::connect(tls->context, host_of(target.text));
     if (!tls->verify) {
       spdlog::warn("[S{}] upstream {}: TLS certificate not verified (verify = false): the peer may be anyone", id_,
                    target.text);
     }
   }
-  auto bound = bind_source(source, h, client_.tcp, target.family());
+  auto bound = bind_source(source, h, io_->client.tcp, target.family());
   if (!bound) {
     server_.stats().connect_failures[bound.error().kind]++;
     close(bound.error().kind + ": " + bound.error().message);
@@ -246,19 +285,16 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
   }
   // connect() has bound the source port: remember it, so that if this very
   // connection arrives at one of our listeners, it is known for a loop.
-  {
-    sockaddr_storage ss{};
-    int len = sizeof ss;
-    if (uv_tcp_getsockname(h, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-      // connect() chose the source address and port already: this is the
-      // source the stats show once connected.
-      source_addr_ = address_text(reinterpret_cast<const sockaddr*>(&ss));
-      outbound_key_ = {Endpoint::of(reinterpret_cast<const sockaddr*>(&ss)), Endpoint::of(target.sa())};
-      outbound_registered_ = true;
-      server_.outbound_opened(outbound_key_, id_);
-    }
+  // Only a destination one of our listeners could accept can come back so
+  // (Server::may_come_back); the others cost no registry entry (about 200
+  // bytes while the session lives) and no getsockname here.
+  // connect() chose the source address and port already: this is the
+  // source the stats show once connected.
+  if (server_.may_come_back(target) && local_name(io_->upstream, source_ss_)) {
+    outbound_registered_ = true;
+    server_.outbound_opened(outbound_key(), id_);
   }
-  update_reading(upstream_);
+  update_reading(io_->upstream);
   arm_timer();  // the connect deadline starts now (a routed session connects late)
 }
 
@@ -272,43 +308,45 @@ void Session::on_connect(int status) {
     close(cause + ": " + upstream_addr_ + ": " + uv_error_text(status) + local_destination_hint());
     return;
   }
-  upstream_.connected = true;
-  if (source_addr_.empty()) source_addr_ = sock_name(upstream_.tcp);
+  io_->upstream.connected = true;
+  if (source_ss_.sa.sa_family == 0) local_name(io_->upstream, source_ss_);
   server_.stats().sessions_by_upstream[upstream_addr_]++;
   const auto& c = rt_->cfg;
-  uv_tcp_nodelay(&upstream_.tcp, 1);
+  uv_tcp_nodelay(&io_->upstream.tcp, 1);
   // Keepalive on the upstream leg from kKeepaliveAfterMs on (arm_timer):
   // a session shorter than that never needs it, and the first probe comes
   // keepalive_interval (>= 1 s) after the last byte anyway. Four system
   // calls fewer per short connection.
-  if (c.keepalive) keepalive_at_ms_ = server_.now_ms() + kKeepaliveAfterMs;
+  if (c.keepalive) io_->keepalive_at_ms = server_.now_ms() + kKeepaliveAfterMs;
   if (state_ == SessionState::kConnecting) state_ = SessionState::kAwaitingCc;
-  spdlog::debug("[S{}] connected upstream={} source={}", id_, upstream_addr_, source_addr_);
-  update_reading(upstream_);
-  if (!pending_up_.empty()) {
+  if (spdlog::should_log(spdlog::level::debug)) {
+    spdlog::debug("[S{}] connected upstream={} source={}", id_, upstream_addr_, source_text());
+  }
+  update_reading(io_->upstream);
+  if (!io_->pending_up.empty()) {
     // What the client sent while we connected (and before a route was
     // chosen) goes first: written now, at once, rather than queued in libuv
     // before the connection was up (one wake-up and two epoll changes less).
-    auto held = std::move(pending_up_);
-    pending_up_.clear();
-    send_owned(upstream_, std::move(held));
+    auto held = std::move(io_->pending_up);
+    io_->pending_up.clear();
+    send_owned(io_->upstream, std::move(held));
     if (closing_) return;
-    update_reading(client_);
+    update_reading(io_->client);
     // The session is closing after a flush: what waited goes, then our FIN.
-    if (lingering_ || close_after_flush_) upstream_.shutdown_wanted = true;
+    if (lingering_ || close_after_flush_) io_->upstream.shutdown_wanted = true;
   }
-  if (upstream_.tls) {
+  if (io_->upstream.tls) {
     // The ClientHello; what the client sent meanwhile waits for the handshake.
-    upstream_.tls_deadline_ms = server_.now_ms() + static_cast<std::uint64_t>(upstream_.tls->context().handshake_timeout().count());
-    const auto st = upstream_.tls->handshake();
-    flush_tls(upstream_);
+    io_->upstream.tls_deadline_ms = server_.now_ms() + static_cast<std::uint64_t>(io_->upstream.tls->context().handshake_timeout().count());
+    const auto st = io_->upstream.tls->handshake();
+    flush_tls(io_->upstream);
     if (closing_) return;
     if (st == tls::Channel::Status::kError) {
-      tls_failed(upstream_);
+      tls_failed(io_->upstream);
       return;
     }
   }
-  maybe_shutdown(upstream_);  // the client may have sent FIN while we were connecting
+  maybe_shutdown(io_->upstream);  // the client may have sent FIN while we were connecting
   arm_timer();
   if (draining_) drain();
   if (!closing_) maybe_finish();  // a close after flush may be complete now that held bytes went out
@@ -320,9 +358,9 @@ void Session::update_reading(Leg& l) {
   // watcher's removal and a new one for reading cost two more system calls).
   if (!l.initialised || (!l.connected && l.side == Side::kClient)) return;
   // The polls read the sockets; or a take-over waits for the idle phase.
-  if (in_passthrough() || (pt_ && pt_->scheduled)) return;
+  if (in_passthrough() || (io_->pt && io_->pt->scheduled)) return;
   const Leg& o = other(l);
-  const bool held_back = l.side == Side::kClient && pending_up_.size() > rt_->cfg.high_water;
+  const bool held_back = l.side == Side::kClient && io_->pending_up.size() > rt_->cfg.high_water;
   // A TLS handshake in progress is read whatever the other leg's queue: it
   // yields no plaintext, and stopping it could stall both legs.
   const bool handshaking = l.tls && !l.tls->established() && !l.tls->failed();
@@ -359,7 +397,7 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
       update_reading(from);
       check_linger_done();
     } else if (nread < 0) {
-      close(pending_close_reason_);
+      close(io_->pending_close_reason);
     }
     return;
   }
@@ -396,9 +434,9 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
     // frame begun after it is not relayed (counted in the close line), so
     // the peer never receives half a frame.
     if (f.raw || !f.drain_in_flight) {
-      if (!f.raw && f.framer.held() > 0) {
-        f.drain_discarded += f.framer.held();
-        f.framer.discard();
+      if (!f.raw && framer_of(f).held() > 0) {
+        f.drain_discarded += framer_of(f).held();
+        framer_of(f).discard();
       }
       from.drain_stopped = true;
       update_reading(from);
@@ -426,7 +464,7 @@ void Session::process(Leg& from, codec::MutableBytes data) {
   const std::uint8_t* end = data.data() + data.size();
   // After a filter or the malformed policy ends the session, nothing more is relayed.
   while (!closing_ && !f.raw && !close_after_flush_) {
-    auto r = f.framer.next(in);
+    auto r = framer_of(f).next(in);
     if (r.status == codec::TpktFramer::kNeedMore) break;
     if (r.status == codec::TpktFramer::kError) {
       // Not RFC 1006 from the start, or a broken stream mid-session.
@@ -445,7 +483,7 @@ void Session::process(Leg& from, codec::MutableBytes data) {
           // Mid-session: what was relayed before stays relayed; an ER toward
           // the sender if configured (X.224 13.12), then the close.
           if (rt_->cfg.malformed_send_er) {
-            codec::Bytes bad = f.framer.held() > 0 ? f.framer.held_bytes() : in;
+            codec::Bytes bad = framer_of(f).held() > 0 ? framer_of(f).held_bytes() : in;
             send_er(from, codec::DecodeError{codec::DecodeErrorKind::kFramer, 0, what}, bad);
           }
           close_after_flush("malformed-frame: " + what);
@@ -457,7 +495,7 @@ void Session::process(Leg& from, codec::MutableBytes data) {
         return;
       }
       // Pass through raw: what the framer held back, then the rest.
-      codec::Bytes held = f.framer.held_bytes();
+      codec::Bytes held = framer_of(f).held_bytes();
       if (!held.empty()) {
         send_owned(to, std::vector<std::uint8_t>(held.begin(), held.end()));
         f.stats.bytes += held.size();
@@ -468,7 +506,7 @@ void Session::process(Leg& from, codec::MutableBytes data) {
         non_rfc1006_ = true;
         Flow& back = flow_from(other(from).side);
         // What the other side sent so far sits in its framer: pass it on too.
-        codec::Bytes back_held = back.framer.held_bytes();
+        codec::Bytes back_held = framer_of(back).held_bytes();
         if (!back.raw && !back_held.empty()) {
           back.stats.bytes += back_held.size();
           back.stats.raw_bytes += back_held.size();
@@ -496,7 +534,7 @@ void Session::process(Leg& from, codec::MutableBytes data) {
     uv_buf_t b = uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(in.data())), static_cast<unsigned>(in.size()));
     send(to, &b, 1);
   }
-  if (f.framer.held() == 0) f.framer.shrink();
+  if (framer_of(f).held() == 0) framer_of(f).shrink();
 }
 
 void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::vector<uv_buf_t>& out) {
@@ -546,7 +584,7 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
   }
 
   filters::ChainFrame cf(frame, &fr, dir_from(from.side));
-  const filters::Verdict v = chain_.run(*this, cf);
+  const filters::Verdict v = io_->chain.run(*this, cf);
   Leg& to = other(from);
   // kContinue forwards the frame (as changed); kDrop and kEndSession do not.
   if (v == filters::Verdict::kContinue) {
@@ -560,20 +598,20 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
       out.push_back(uv_buf_init(reinterpret_cast<char*>(frame.data()), static_cast<unsigned>(frame.size())));
     }
   }
-  if (!injected_.empty()) {
+  if (!io_->injected.empty()) {
     // Injected frames follow the frame in hand, each toward its own peer.
     if (!out.empty()) send(to, out.data(), static_cast<unsigned>(out.size()));
     out.clear();
-    auto inj = std::move(injected_);
-    injected_.clear();
+    auto inj = std::move(io_->injected);
+    io_->injected.clear();
     for (auto& [toward, bytes] : inj) {
-      send_owned(toward == filters::Direction::kToUpstream ? upstream_ : client_, std::move(bytes));
+      send_owned(toward == filters::Direction::kToUpstream ? io_->upstream : io_->client, std::move(bytes));
     }
   }
   if (v == filters::Verdict::kEndSession) {
     if (!out.empty()) send(to, out.data(), static_cast<unsigned>(out.size()));
     out.clear();
-    close_after_flush(pending_close_reason_.empty() ? "filter" : pending_close_reason_);
+    close_after_flush(io_->pending_close_reason.empty() ? "filter" : io_->pending_close_reason);
   }
 }
 
@@ -618,8 +656,8 @@ void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
     // The upstream is not chosen yet (routing by TSAP) or not connected yet:
     // hold the bytes, and stop reading the client beyond the high water mark.
     if (to.side != Side::kUpstream || (!to.initialised && !awaiting_route_)) return;
-    for (unsigned i = 0; i < n; ++i) pending_up_.insert(pending_up_.end(), bufs[i].base, bufs[i].base + bufs[i].len);
-    if (pending_up_.size() > rt_->cfg.high_water) update_reading(client_);
+    for (unsigned i = 0; i < n; ++i) io_->pending_up.insert(io_->pending_up.end(), bufs[i].base, bufs[i].base + bufs[i].len);
+    if (io_->pending_up.size() > rt_->cfg.high_water) update_reading(io_->client);
     return;
   }
   (to.side == Side::kUpstream ? server_.stats().bytes_to_upstream : server_.stats().bytes_to_client) += total;
@@ -818,11 +856,11 @@ void Session::on_eof(Leg& from) {
   update_reading(from);
   if (!first_fin_) first_fin_ = from.side == Side::kClient ? "client" : "upstream";
   Flow& f = flow_from(from.side);
-  if (!f.raw && f.framer.held() > 0) {
+  if (!f.raw && framer_of(f).held() > 0) {
     // The peer closed mid-frame: relay what it sent (do no harm) and count it.
-    codec::Bytes held = f.framer.held_bytes();
+    codec::Bytes held = framer_of(f).held_bytes();
     spdlog::info("[S{}] {} closed inside a frame ({} octets of {} declared); relayed as they are", id_,
-                 side_name(from.side), held.size(), f.framer.expected());
+                 side_name(from.side), held.size(), framer_of(f).expected());
     f.stats.decode_errors++;
     f.stats.bytes += held.size();
     f.stats.raw_bytes += held.size();
@@ -839,7 +877,7 @@ void Session::maybe_shutdown(Leg& l) {
   if (!l.shutdown_wanted || l.shutdown_sent || !l.connected || closing_) return;
   if (in_passthrough()) {
     // FIN once the pipe toward it is empty (pump() sends it then).
-    if (pt_->dir[leg_index(other(l).side)].in_pipe == 0) fin_toward(l);
+    if (io_->pt->dir[leg_index(other(l).side)].in_pipe == 0) fin_toward(l);
     return;
   }
   if (l.tls) {
@@ -891,7 +929,7 @@ void Session::on_shutdown_done(Leg& l, int status) {
 void Session::maybe_finish() {
   if (closing_) return;
   // Both directions ended with FIN and both FINs delivered: a clean close.
-  const bool fin_done = client_.eof && upstream_.eof && client_.shutdown_done && upstream_.shutdown_done;
+  const bool fin_done = io_->client.eof && io_->upstream.eof && io_->client.shutdown_done && io_->upstream.shutdown_done;
   if (fin_done) {
     close(std::string(first_fin_) + "-closed");
     return;
@@ -899,14 +937,14 @@ void Session::maybe_finish() {
   if (lingering_) return;
   // Bytes held for an upstream still connecting, or in a pass-through pipe,
   // are not flushed yet either.
-  const bool flushed = client_.queued == 0 && upstream_.queued == 0 && pending_up_.empty() && pipes_empty();
+  const bool flushed = io_->client.queued == 0 && io_->upstream.queued == 0 && io_->pending_up.empty() && pipes_empty();
   if (close_after_flush_ && flushed) {
-    linger(pending_close_reason_);
+    linger(io_->pending_close_reason);
     return;
   }
   if (draining_ && flushed) {
-    const bool client_done = client_.drain_stopped || client_.eof;
-    const bool upstream_done = !upstream_.connected || upstream_.drain_stopped || upstream_.eof;
+    const bool client_done = io_->client.drain_stopped || io_->client.eof;
+    const bool upstream_done = !io_->upstream.connected || io_->upstream.drain_stopped || io_->upstream.eof;
     if (client_done && upstream_done) linger("drain");
   }
 }
@@ -915,9 +953,9 @@ void Session::linger(std::string reason) {
   if (closing_ || lingering_) return;
   leave_passthrough();  // libuv's FIN and read-and-discard from here on
   lingering_ = true;
-  pending_close_reason_ = std::move(reason);
-  linger_start_ms_ = server_.now_ms();
-  for (Leg* l : {&client_, &upstream_}) {
+  io_->pending_close_reason = std::move(reason);
+  io_->linger_start_ms = server_.now_ms();
+  for (Leg* l : {&io_->client, &io_->upstream}) {
     if (!l->connected) continue;
     l->shutdown_wanted = true;
     maybe_shutdown(*l);
@@ -929,11 +967,11 @@ void Session::linger(std::string reason) {
 
 void Session::check_linger_done() {
   if (!lingering_ || closing_) return;
-  const bool client_done = !client_.connected || client_.eof;
+  const bool client_done = !io_->client.connected || io_->client.eof;
   // An upstream still connecting with bytes to deliver is not done: they go
   // out (with our FIN) once it is up, or the linger deadline ends it.
-  const bool upstream_done = (!upstream_.connected && pending_up_.empty()) || upstream_.eof;
-  if (client_done && upstream_done) close(pending_close_reason_);
+  const bool upstream_done = (!io_->upstream.connected && io_->pending_up.empty()) || io_->upstream.eof;
+  if (client_done && upstream_done) close(io_->pending_close_reason);
 }
 
 bool Session::peer_reset(Leg& l) {
@@ -947,18 +985,20 @@ bool Session::peer_reset(Leg& l) {
 void Session::close_after_flush(std::string reason) {
   if (closing_ || close_after_flush_) return;
   close_after_flush_ = true;
-  flush_start_ms_ = server_.now_ms();
-  pending_close_reason_ = std::move(reason);
+  io_->flush_start_ms = server_.now_ms();
+  io_->pending_close_reason = std::move(reason);
   arm_timer();
-  update_reading(client_);
-  update_reading(upstream_);
+  update_reading(io_->client);
+  update_reading(io_->upstream);
   maybe_finish();
 }
 
 void Session::drain() {
   if (closing_) return;
+  unpark(false);  // idle: nothing in flight, so it lingers at once (maybe_finish)
+  if (closing_) return;
   draining_ = true;
-  if (!upstream_.connected) {
+  if (!io_->upstream.connected) {
     close("drain");
     return;
   }
@@ -968,9 +1008,9 @@ void Session::drain() {
     maybe_finish();
     return;
   }
-  for (Leg* l : {&client_, &upstream_}) {
+  for (Leg* l : {&io_->client, &io_->upstream}) {
     Flow& f = flow_from(l->side);
-    if (f.raw || f.framer.held() == 0) {
+    if (f.raw || framer_of(f).held() == 0) {
       l->drain_stopped = true;
       update_reading(*l);
     } else {
@@ -987,21 +1027,28 @@ void Session::arm_timer() {
   const auto& c = rt_->cfg;
   std::uint64_t deadline = UINT64_MAX;
   if (lingering_ || close_after_flush_) {
-    server_.timers().set(*this, lingering_ ? linger_start_ms_ + kLingerMs : flush_start_ms_ + kFlushMs);
+    server_.timers().set(*this, lingering_ ? io_->linger_start_ms + kLingerMs : io_->flush_start_ms + kFlushMs);
     return;
   }
-  if (keepalive_at_ms_ != 0) deadline = keepalive_at_ms_;
-  if (upstream_.initialised && !upstream_.connected) {
-    deadline = std::min<std::uint64_t>(deadline, connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count()));
+  if (c.idle_timeout.count() > 0) {
+    deadline = last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count());
   }
-  for (const Leg* l : {&client_, &upstream_}) {
+  if (!io_) {  // parked: only the idle timeout applies
+    server_.timers().set(*this, deadline);
+    return;
+  }
+  if (io_->keepalive_at_ms != 0) deadline = std::min(deadline, io_->keepalive_at_ms);
+  if (c.park_after.count() > 0 && state_ == SessionState::kEstablished) {
+    deadline = std::min(deadline, std::max(last_activity_ms_ + static_cast<std::uint64_t>(c.park_after.count()), park_retry_ms_));
+  }
+  if (io_->upstream.initialised && !io_->upstream.connected) {
+    deadline = std::min<std::uint64_t>(deadline, io_->connect_start_ms + static_cast<std::uint64_t>(c.connect_timeout.count()));
+  }
+  for (const Leg* l : {&io_->client, &io_->upstream}) {
     if (l->tls && !l->tls->established() && l->tls_deadline_ms != 0) deadline = std::min(deadline, l->tls_deadline_ms);
   }
   if (state_ != SessionState::kEstablished && !non_rfc1006_ && c.handshake_timeout.count() > 0) {
     deadline = std::min<std::uint64_t>(deadline, start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count()));
-  }
-  if (c.idle_timeout.count() > 0) {
-    deadline = std::min<std::uint64_t>(deadline, last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count()));
   }
   server_.timers().set(*this, deadline);  // UINT64_MAX: none
 }
@@ -1010,27 +1057,35 @@ void Session::on_timer() {
   if (closing_) return;
   const auto& c = rt_->cfg;
   const std::uint64_t now = server_.now_ms();
-  if (keepalive_at_ms_ != 0 && now >= keepalive_at_ms_) {
-    keepalive_at_ms_ = 0;
-    uv_tcp_keepalive(&upstream_.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
+  if (!io_) {
+    if (c.idle_timeout.count() > 0 && now >= last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count())) {
+      close("idle-timeout: no byte either way for " + conf::format_duration(c.idle_timeout));
+      return;
+    }
+    arm_timer();
+    return;
+  }
+  if (io_->keepalive_at_ms != 0 && now >= io_->keepalive_at_ms) {
+    io_->keepalive_at_ms = 0;
+    uv_tcp_keepalive(&io_->upstream.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
   }
   if (lingering_ || close_after_flush_) {
     // The peers did not close within kLingerMs of our FIN, or did not read
     // what was queued for them within kFlushMs: close anyway.
-    const std::uint64_t at = lingering_ ? linger_start_ms_ + kLingerMs : flush_start_ms_ + kFlushMs;
-    if (now >= at) close(pending_close_reason_);
+    const std::uint64_t at = lingering_ ? io_->linger_start_ms + kLingerMs : io_->flush_start_ms + kFlushMs;
+    if (now >= at) close(io_->pending_close_reason);
     else arm_timer();
     return;
   }
-  for (const Leg* l : {&client_, &upstream_}) {
+  for (const Leg* l : {&io_->client, &io_->upstream}) {
     if (l->tls && !l->tls->established() && l->tls_deadline_ms != 0 && now >= l->tls_deadline_ms) {
       close("tls-handshake-timeout: " + std::string(side_name(l->side)) + ": no TLS handshake within " +
             conf::format_duration(l->tls->context().handshake_timeout()));
       return;
     }
   }
-  if (upstream_.initialised && !upstream_.connected &&
-      now >= connect_start_ms_ + static_cast<std::uint64_t>(c.connect_timeout.count())) {
+  if (io_->upstream.initialised && !io_->upstream.connected &&
+      now >= io_->connect_start_ms + static_cast<std::uint64_t>(c.connect_timeout.count())) {
     server_.stats().connect_failures["connect-timeout"]++;
     close("connect-timeout: " + upstream_addr_ + " did not answer within " + conf::format_duration(c.connect_timeout) +
           local_destination_hint());
@@ -1046,6 +1101,12 @@ void Session::on_timer() {
     close("idle-timeout: no byte either way for " + conf::format_duration(c.idle_timeout));
     return;
   }
+  const auto park_after = static_cast<std::uint64_t>(c.park_after.count());
+  if (io_ && park_after > 0 && state_ == SessionState::kEstablished && now >= last_activity_ms_ + park_after &&
+      now >= park_retry_ms_) {
+    // Something still in flight (a slow reader, a FIN on its way): look again later.
+    if (!park_eligible() || !park()) park_retry_ms_ = now + park_after;
+  }
   arm_timer();
 }
 
@@ -1056,16 +1117,19 @@ void Session::on_read_error(Leg& from, int err) {
 
 void Session::close(std::string reason, bool reset_peers) {
   if (closing_) return;
+  // A parked session closes through its handles, as any other.
+  unpark(false);
+  if (closing_) return;  // it could not wake (and closed for that)
   closing_ = true;
-  if (outbound_registered_) server_.outbound_closed(outbound_key_);
-  if (!upstream_.connected) source_addr_.clear();  // "source" names a connection made, not one tried
-  close_reason_ = std::move(reason);
+  if (outbound_registered_) server_.outbound_closed(outbound_key());
+  if (!io_->upstream.connected) source_ss_ = {};  // "source" names a connection made, not one tried
+  io_->close_reason = std::move(reason);
   const SessionState was = state_;
   state_ = SessionState::kClosed;
   server_.stats().closed++;
-  const auto colon = close_reason_.find(':');
-  server_.stats().close_reasons[close_reason_.substr(0, colon)]++;
-  for (const auto& [name, n] : counters_) server_.stats().filter_actions[name] += n;
+  const auto colon = io_->close_reason.find(':');
+  server_.stats().close_reasons[io_->close_reason.substr(0, colon)]++;
+  for (const auto& [key, n] : counters_.entries()) server_.stats().filter_actions[server_.counter_name(key)] += n;
   // Built only when something keeps it (most of a close's cost otherwise).
   // Before the close line: with several workers, whoever reads the close
   // line (a test, then SIGUSR1 from logrotate) finds the access-log line written.
@@ -1077,22 +1141,22 @@ void Session::close(std::string reason, bool reset_peers) {
 
   server_.timers().set(*this, UINT64_MAX);
   auto on_closed = [](uv_handle_t* h) noexcept { static_cast<Leg*>(h->data)->session->on_handle_closed(); };
-  if (pt_) {
+  if (io_->pt) {
     // The polls before the tcp handles: each owns its socket until closed.
-    for (auto& p : pt_->poll) {
+    for (auto& p : io_->pt->poll) {
       if (p.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&p.handle))) {
         uv_close(reinterpret_cast<uv_handle_t*>(&p.handle), on_closed);
       }
     }
-    for (auto& d : pt_->dir) {
+    for (auto& d : io_->pt->dir) {
       if (d.in_pipe == 0) server_.splice().release(d.pipe);
       else server_.splice().discard(d.pipe);
     }
-    pt_->active = false;
-    if (pt_->attached) server_.splice().detach();
-    pt_->attached = false;
+    io_->pt->active = false;
+    if (io_->pt->attached) server_.splice().detach();
+    io_->pt->attached = false;
   }
-  for (Leg* l : {&client_, &upstream_}) {
+  for (Leg* l : {&io_->client, &io_->upstream}) {
     if (!l->initialised) continue;
     auto* h = reinterpret_cast<uv_handle_t*>(&l->tcp);
     if (uv_is_closing(h)) continue;
@@ -1108,16 +1172,7 @@ void Session::on_handle_closed() {
 }
 
 void Session::count(std::string_view filter, std::string_view action, std::uint64_t n) {
-  std::string key;
-  key.reserve(filter.size() + 1 + action.size());
-  key.append(filter).append(".").append(action);
-  for (auto& [k, v] : counters_) {
-    if (k == key) {
-      v += n;
-      return;
-    }
-  }
-  counters_.emplace_back(std::move(key), n);
+  counters_.add(server_.counter_key(filter, action), n);
 }
 
 void Session::inject(filters::Direction toward, std::vector<std::uint8_t> frame) {
@@ -1127,10 +1182,10 @@ void Session::inject(filters::Direction toward, std::vector<std::uint8_t> frame)
     ann_.dr_reason = *f->tpdu.reason;
     dr_injected_ = true;
   }
-  injected_.emplace_back(toward, std::move(frame));
+  io_->injected.emplace_back(toward, std::move(frame));
 }
 
-void Session::end_session(std::string reason) { pending_close_reason_ = std::move(reason); }
+void Session::end_session(std::string reason) { io_->pending_close_reason = std::move(reason); }
 
 void Session::log(std::string_view message) { spdlog::info("[S{}] {}", id_, message); }
 
@@ -1144,21 +1199,21 @@ void Session::log(std::string_view message) { spdlog::info("[S{}] {}", id_, mess
 // no write request in flight, no shutdown). Leaving (linger) closes the
 // polls first; then libuv's stream functions work again.
 
-bool Session::in_passthrough() const { return pt_ && pt_->active; }
+bool Session::in_passthrough() const { return io_ && io_->pt && io_->pt->active; }
 
 bool Session::pipes_empty() const {
-  if (!pt_) return true;
-  return pt_->dir[0].in_pipe == 0 && pt_->dir[1].in_pipe == 0;
+  if (!io_ || !io_->pt) return true;
+  return io_->pt->dir[0].in_pipe == 0 && io_->pt->dir[1].in_pipe == 0;
 }
 
 bool Session::passthrough_eligible() const {
   // malformed = "close" polices every frame of the data phase: it needs framing.
-  if (!rt_->cfg.passthrough || chain_.needs_data_phase() || rt_->cfg.malformed != conf::MalformedPolicy::kPass) {
+  if (!rt_->cfg.passthrough || io_->chain.needs_data_phase() || rt_->cfg.malformed != conf::MalformedPolicy::kPass) {
     return false;
   }
   if (closing_ || draining_ || lingering_ || close_after_flush_ || awaiting_route_ || awaiting_client_tls_) return false;
-  if (!injected_.empty() || !pending_up_.empty()) return false;
-  for (const Leg* l : {&client_, &upstream_}) {
+  if (!io_->injected.empty() || !io_->pending_up.empty()) return false;
+  for (const Leg* l : {&io_->client, &io_->upstream}) {
     if (l->tls || !l->initialised || !l->connected || l->eof || l->shutdown_sent || l->shutdown_wanted ||
         l->drain_stopped || l->queued != 0) {
       return false;
@@ -1168,24 +1223,24 @@ bool Session::passthrough_eligible() const {
   // direction already passing raw bytes has no boundary to wait for.
   for (const Flow* f : {&to_upstream_, &to_client_}) {
     if (f->raw) continue;
-    if (state_ != SessionState::kEstablished || f->framer.held() != 0) return false;
+    if (state_ != SessionState::kEstablished || framer_of(*f).held() != 0) return false;
   }
   return true;
 }
 
 void Session::maybe_passthrough() {
-  if (pt_ && (pt_->active || pt_->scheduled || pt_->refused)) return;
+  if (io_->pt && (io_->pt->active || io_->pt->scheduled || io_->pt->refused)) return;
   // Not before the data phase has begun (a DT, or raw bytes): a session that
   // exchanged CR and CC and idles never allocates the pass-through state.
   if (to_upstream_.stats.dt + to_client_.stats.dt == 0 && !to_upstream_.raw && !to_client_.raw) return;
   if (!passthrough_eligible()) return;
-  if (!pt_) pt_ = std::make_unique<Passthrough>();
-  pt_->scheduled = true;
+  if (!io_->pt) io_->pt = std::make_unique<Passthrough>();
+  io_->pt->scheduled = true;
   // Not now: this runs inside libuv's callback for one of the sockets, which
   // touches that socket's watcher again after we return. But nothing more is
   // read meanwhile, so that the boundary found here is still the boundary
   // then (a busy stream would otherwise rarely be found at one twice).
-  for (Leg* l : {&client_, &upstream_}) {
+  for (Leg* l : {&io_->client, &io_->upstream}) {
     if (l->reading) uv_read_stop(reinterpret_cast<uv_stream_t*>(&l->tcp));
     l->reading = false;
   }
@@ -1193,28 +1248,28 @@ void Session::maybe_passthrough() {
 }
 
 void Session::enter_passthrough() {
-  if (!pt_ || !pt_->scheduled) return;
-  pt_->scheduled = false;
+  if (!io_ || !io_->pt || !io_->pt->scheduled) return;
+  io_->pt->scheduled = false;
   if (closing_) return;
   // Reading stopped when this was scheduled: framed again, it resumes.
   auto resume = [this] {
-    update_reading(client_);
-    update_reading(upstream_);
+    update_reading(io_->client);
+    update_reading(io_->upstream);
   };
-  if (pt_->active || pt_->refused || !passthrough_eligible()) {
+  if (io_->pt->active || io_->pt->refused || !passthrough_eligible()) {
     resume();  // framed until the next boundary
     return;
   }
   auto refuse = [this, &resume](const std::string& why) {
-    pt_->refused = true;
-    if (pt_->attached) server_.splice().detach();
-    pt_->attached = false;
+    io_->pt->refused = true;
+    if (io_->pt->attached) server_.splice().detach();
+    io_->pt->attached = false;
     spdlog::debug("[S{}] pass-through not possible: {}; relaying framed", id_, why);
     resume();
   };
   // A session that cannot get a pipe now stays framed (the fd limit).
   server_.splice().attach();
-  pt_->attached = true;
+  io_->pt->attached = true;
   std::string why;
   SpliceSupport::Pipe probe = server_.splice().acquire(why);
   if (!probe.valid()) {
@@ -1223,7 +1278,7 @@ void Session::enter_passthrough() {
   }
   server_.splice().release(probe);
   std::array<uv_os_fd_t, 2> fds{};
-  for (Leg* l : {&client_, &upstream_}) {
+  for (Leg* l : {&io_->client, &io_->upstream}) {
     if (uv_fileno(reinterpret_cast<uv_handle_t*>(&l->tcp), &fds[leg_index(l->side)]) != 0) {
       refuse("no file descriptor");
       return;
@@ -1231,16 +1286,16 @@ void Session::enter_passthrough() {
   }
   // libuv's watcher for each socket stops entirely: no read (stopped here),
   // no write in flight (queued == 0), no shutdown (eligibility).
-  for (Leg* l : {&client_, &upstream_}) {
+  for (Leg* l : {&io_->client, &io_->upstream}) {
     if (l->reading) uv_read_stop(reinterpret_cast<uv_stream_t*>(&l->tcp));
     l->reading = false;
   }
-  for (Leg* l : {&client_, &upstream_}) {
-    auto& p = pt_->poll[leg_index(l->side)];
+  for (Leg* l : {&io_->client, &io_->upstream}) {
+    auto& p = io_->pt->poll[leg_index(l->side)];
     const int r = uv_poll_init_socket(server_.loop(), &p.handle, fds[leg_index(l->side)]);
     if (r < 0) {
       // UV_EEXIST: libuv still watches the fd. Give it back and stay framed.
-      for (auto& q : pt_->poll) {
+      for (auto& q : io_->pt->poll) {
         if (q.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&q.handle))) {
           uv_close(reinterpret_cast<uv_handle_t*>(&q.handle), [](uv_handle_t* h) noexcept {
             static_cast<Leg*>(h->data)->session->on_handle_closed();
@@ -1254,21 +1309,21 @@ void Session::enter_passthrough() {
     p.initialised = true;
     ++open_handles_;
   }
-  pt_->active = pt_->entered = true;
+  io_->pt->active = io_->pt->entered = passthrough_entered_ = true;
   spdlog::debug("[S{}] pass-through: splicing both directions", id_);
   update_polls();
 }
 
 void Session::update_polls() {
   if (!in_passthrough() || closing_) return;
-  for (Leg* l : {&client_, &upstream_}) {
-    auto& p = pt_->poll[leg_index(l->side)];
-    const auto& from_here = pt_->dir[leg_index(l->side)];
-    const auto& to_here = pt_->dir[leg_index(other(*l).side)];
+  for (Leg* l : {&io_->client, &io_->upstream}) {
+    auto& p = io_->pt->poll[leg_index(l->side)];
+    const auto& from_here = io_->pt->dir[leg_index(l->side)];
+    const auto& to_here = io_->pt->dir[leg_index(other(*l).side)];
     // Read while the pipe of this direction is empty (the pipe is the
     // buffer: bytes still in it wait for the other socket); write while
     // bytes wait for this socket.
-    const bool read = !l->eof && !l->drain_stopped && !pt_->leaving && from_here.in_pipe == 0;
+    const bool read = !l->eof && !l->drain_stopped && !io_->pt->leaving && from_here.in_pipe == 0;
     const bool write = to_here.in_pipe > 0;
     const int events = (read ? UV_READABLE : 0) | (write ? UV_WRITABLE : 0);
     if (events == p.events) continue;
@@ -1290,7 +1345,7 @@ void Session::on_poll(Leg& l, int status, int events) {
   if (status < 0) {
     // POLLERR: libuv stopped the poll. Splicing says what happened (a
     // reset, with the close reason the framed path gives).
-    pt_->poll[leg_index(l.side)].events = 0;
+    io_->pt->poll[leg_index(l.side)].events = 0;
     pump(l);
     if (!closing_) pump(o);
     if (!closing_) {
@@ -1311,14 +1366,14 @@ void Session::on_poll(Leg& l, int status, int events) {
     if (!closing_ && ((events & UV_READABLE) || events == 0)) pump(l);
   }
   if (closing_) return;
-  if (pt_->leaving && pipes_empty()) {
+  if (io_->pt->leaving && pipes_empty()) {
     // No pipe to be had (fd limit): the rest of the session goes through
     // user space, unframed, as libuv relays it.
     leave_passthrough();
-    to_raw(client_, to_upstream_, "pass-through ended (no pipe)");
-    to_raw(upstream_, to_client_, "pass-through ended (no pipe)");
-    update_reading(client_);
-    update_reading(upstream_);
+    to_raw(io_->client, to_upstream_, "pass-through ended (no pipe)");
+    to_raw(io_->upstream, to_client_, "pass-through ended (no pipe)");
+    update_reading(io_->client);
+    update_reading(io_->upstream);
     return;
   }
   if (draining_) check_drain_quiet();
@@ -1328,7 +1383,7 @@ void Session::on_poll(Leg& l, int status, int events) {
 
 void Session::pump(Leg& from) {
   Leg& to = other(from);
-  auto& d = pt_->dir[leg_index(from.side)];
+  auto& d = io_->pt->dir[leg_index(from.side)];
   Flow& f = flow_from(from.side);
   uv_os_fd_t in_fd, out_fd;
   if (uv_fileno(reinterpret_cast<uv_handle_t*>(&from.tcp), &in_fd) != 0 ||
@@ -1366,12 +1421,12 @@ void Session::pump(Leg& from) {
       fin_toward(to);
       break;
     }
-    if (from.drain_stopped || pt_->leaving || drained) break;
+    if (from.drain_stopped || io_->pt->leaving || drained) break;
     std::string why;
     d.pipe = server_.splice().acquire(why);
     if (!d.pipe.valid()) {
-      if (!pt_->leaving) spdlog::debug("[S{}] pass-through: {}; leaving pass-through", id_, why);
-      pt_->leaving = true;
+      if (!io_->pt->leaving) spdlog::debug("[S{}] pass-through: {}; leaving pass-through", id_, why);
+      io_->pt->leaving = true;
       break;
     }
     const ssize_t k = ::splice(in_fd, nullptr, d.pipe.wr, nullptr, d.pipe.capacity, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
@@ -1415,8 +1470,8 @@ void Session::fin_toward(Leg& to) {
 void Session::check_drain_quiet() {
   // Frame boundaries are not known here: a direction stops at its first
   // quiet point, the pipe empty and nothing unread at the source.
-  for (Leg* l : {&client_, &upstream_}) {
-    if (l->drain_stopped || l->eof || pt_->dir[leg_index(l->side)].in_pipe > 0) continue;
+  for (Leg* l : {&io_->client, &io_->upstream}) {
+    if (l->drain_stopped || l->eof || io_->pt->dir[leg_index(l->side)].in_pipe > 0) continue;
     uv_os_fd_t fd;
     int unread = 0;
     if (uv_fileno(reinterpret_cast<uv_handle_t*>(&l->tcp), &fd) == 0 && ::ioctl(fd, FIONREAD, &unread) == 0 && unread == 0) {
@@ -1429,7 +1484,7 @@ void Session::leave_passthrough() {
   if (!in_passthrough()) return;
   // The polls go first (closing one removes the fd from epoll); then the tcp
   // handles are libuv's again.
-  for (auto& p : pt_->poll) {
+  for (auto& p : io_->pt->poll) {
     if (p.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&p.handle))) {
       uv_close(reinterpret_cast<uv_handle_t*>(&p.handle), [](uv_handle_t* h) noexcept {
         static_cast<Leg*>(h->data)->session->on_handle_closed();
@@ -1437,15 +1492,182 @@ void Session::leave_passthrough() {
     }
     p.events = 0;
   }
-  for (auto& d : pt_->dir) {
+  for (auto& d : io_->pt->dir) {
     if (d.in_pipe == 0) server_.splice().release(d.pipe);
     else server_.splice().discard(d.pipe);
     d.in_pipe = 0;
   }
-  pt_->active = false;
-  pt_->refused = true;  // once out, the session stays out
-  if (pt_->attached) server_.splice().detach();
-  pt_->attached = false;
+  io_->pt->active = false;
+  io_->pt->refused = true;  // once out, the session stays out
+  if (io_->pt->attached) server_.splice().detach();
+  io_->pt->attached = false;
+}
+
+// ---------------------------------------------------------------------------
+// Parking (park.h). An idle session's memory is mostly its I/O state: two
+// libuv stream handles, framers, queues, the pass-through polls. Parked, it
+// keeps its stats and its two sockets (duplicated descriptors: a libuv
+// handle closes its own), watched by the worker's ParkSet; woken, it gets a
+// fresh Io on the same sockets. It parks only at a quiet point, so there is
+// nothing in flight to carry over: no queued byte, no partial frame, no FIN,
+// no TLS (whose state lives in the Io), no deadline but the idle timeout.
+
+bool Session::park_eligible() const {
+  if (!io_ || parked_ || closing_ || draining_ || lingering_ || close_after_flush_ || awaiting_route_ ||
+      awaiting_client_tls_) {
+    return false;
+  }
+  if (state_ != SessionState::kEstablished) return false;
+  if (!io_->pending_up.empty() || !io_->injected.empty()) return false;
+  for (const Leg* l : {&io_->client, &io_->upstream}) {
+    if (l->tls || !l->initialised || !l->connected || l->eof || l->shutdown_sent || l->shutdown_wanted ||
+        l->drain_stopped || l->queued != 0 || l->over_high_water) {
+      return false;
+    }
+    if (uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&l->tcp)) != 0) return false;
+  }
+  if (const Passthrough* pt = io_->pt.get()) {
+    if (pt->scheduled || pt->leaving) return false;
+    if (pt->active) return pipes_empty();  // the framers are not used in pass-through
+  }
+  for (const Flow* f : {&to_upstream_, &to_client_}) {
+    if (!f->raw && framer_of(*f).held() != 0) return false;
+  }
+  return true;
+}
+
+bool Session::park() {
+  std::array<int, 2> fds{-1, -1};
+  auto undo = [&] {
+    for (int& fd : fds) {
+      if (fd < 0) continue;
+      server_.park().remove(fd);
+      ::close(fd);
+    }
+  };
+  for (Leg* l : {&io_->client, &io_->upstream}) {
+    uv_os_fd_t fd;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&l->tcp), &fd) != 0) {
+      undo();
+      return false;
+    }
+    const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup >= 0) fds[leg_index(l->side)] = dup;
+    if (dup < 0 || !server_.park().add(dup, id_)) {
+      // The fd limit, most likely: the session stays awake, as it was.
+      spdlog::debug("[S{}] not parked: {}", id_, std::strerror(errno));
+      undo();
+      return false;
+    }
+  }
+  const bool was_passthrough = in_passthrough();
+  if (io_->keepalive_at_ms != 0) {
+    // Due within the second anyway; a parked session has no handle for it.
+    io_->keepalive_at_ms = 0;
+    uv_tcp_keepalive(&io_->upstream.tcp, 1, static_cast<unsigned>(std::max<long>(1, rt_->cfg.keepalive_interval.count() / 1000)));
+  }
+  // The handles close now (each with its own descriptor; the duplicates keep
+  // the connections); the Io goes with the last close callback.
+  Io* old = io_.release();
+  auto closed = [](uv_handle_t* h) noexcept {
+    auto* io = static_cast<Io*>(h->data);
+    if (--io->closing_handles == 0) delete io;
+  };
+  auto close_handle = [&](uv_handle_t* h) {
+    h->data = old;
+    ++old->closing_handles;
+    --open_handles_;
+    uv_close(h, closed);
+  };
+  if (Passthrough* pt = old->pt.get()) {
+    // The polls before the tcp handles, as in close().
+    for (auto& p : pt->poll) {
+      if (p.initialised) close_handle(reinterpret_cast<uv_handle_t*>(&p.handle));
+      p.initialised = false;
+    }
+    for (auto& d : pt->dir) server_.splice().release(d.pipe);  // empty (eligibility)
+    if (pt->attached) server_.splice().detach();
+    pt->attached = pt->active = false;
+  }
+  for (Leg* l : {&old->client, &old->upstream}) close_handle(reinterpret_cast<uv_handle_t*>(&l->tcp));
+  park_fd_ = fds;
+  parked_ = true;
+  park_in_passthrough_ = was_passthrough;
+  ++parks_;
+  ++server_.stats().parked;
+  server_.session_parked();
+  spdlog::debug("[S{}] parked{}", id_, was_passthrough ? " (pass-through)" : "");
+  return true;
+}
+
+void Session::unpark(bool resume) {
+  if (!parked_) return;
+  parked_ = false;
+  --server_.stats().parked;
+  io_ = std::make_unique<Io>(rt_->cfg.max_frame, rt_->factories);
+  init_io();
+  std::string error;
+  for (Leg* l : {&io_->client, &io_->upstream}) {
+    int& fd = park_fd_[leg_index(l->side)];
+    server_.park().remove(fd);
+    uv_tcp_init(server_.loop(), &l->tcp);
+    l->tcp.data = l;
+    l->initialised = true;
+    ++open_handles_;
+    if (const int r = uv_tcp_open(&l->tcp, fd); r < 0) {
+      if (error.empty()) error = std::string(side_name(l->side)) + ": " + uv_error_text(r);
+      ::close(fd);
+    } else {
+      l->connected = true;
+    }
+    fd = -1;
+  }
+  spdlog::debug("[S{}] woken{}", id_, park_in_passthrough_ ? " (pass-through)" : "");
+  if (!error.empty()) {
+    close("unpark-failed: " + error);
+    return;
+  }
+  if (!resume) return;
+  // What woke it (bytes, a FIN) is activity: it parks again only after
+  // park_after more of quiet.
+  last_activity_ms_ = server_.now_ms();
+  if (park_in_passthrough_) {
+    // Straight back to splicing: the stream may be inside a frame, which
+    // the framers (new, at a boundary) must never see.
+    io_->pt = std::make_unique<Passthrough>();
+    io_->pt->scheduled = true;
+    enter_passthrough();  // or framed reading, if it cannot
+  } else {
+    update_reading(io_->client);
+    update_reading(io_->upstream);
+  }
+  if (!closing_) arm_timer();
+}
+
+void Session::wake() {
+  if (!parked_ || closing_) return;
+  unpark(true);
+}
+
+std::string Session::source_text() const {
+  return source_ss_.sa.sa_family == 0 ? std::string() : address_text(&source_ss_.sa);
+}
+
+EndpointPair Session::outbound_key() const { return {Endpoint::of(&source_ss_.sa), Endpoint::of(&upstream_ss_.sa)}; }
+
+bool Session::local_name(const Leg& l, SockAddr& out) {
+  sockaddr_storage ss{};
+  int len = sizeof ss;
+  if (uv_tcp_getsockname(&l.tcp, reinterpret_cast<sockaddr*>(&ss), &len) != 0 || static_cast<std::size_t>(len) > sizeof out) {
+    return false;
+  }
+  out = {};
+  std::memcpy(&out, &ss, static_cast<std::size_t>(len));
+  return true;
+}
+
+std::string Session::client_address() const {
+  return client_ss_.sa.sa_family == 0 ? std::string("?") : address_text(&client_ss_.sa);
 }
 
 std::string Session::local_destination_hint() const {
@@ -1470,15 +1692,16 @@ const char* Session::dr_from_text() const {
 }
 
 std::string Session::close_line() const {
-  std::string s = "reason=" + log::quote(close_reason_);
+  std::string s = "reason=" + log::quote(io_->close_reason);
   s += " listener=" + log::quote(rt_->cfg.name);
-  s += " client=" + log::quote(client_addr_);
+  s += " client=" + log::quote(client_address());
   if (auto n = server_.rdns().name(&client_ss_.sa)) s += " client_name=" + log::quote(*n);
   s += " upstream=" + log::quote(upstream_addr_.empty() ? "-" : upstream_addr_);
   if (auto n = server_.rdns().name(&upstream_ss_.sa)) s += " upstream_name=" + log::quote(*n);
   if (!route_name_.empty()) s += " route=" + log::quote(route_name_);
-  s += " source=" + log::quote(source_addr_.empty() ? "-" : source_addr_);
-  auto tsap = [](const std::optional<std::vector<std::uint8_t>>& t) {
+  const std::string source = source_text();
+  s += " source=" + log::quote(source.empty() ? "-" : source);
+  auto tsap = [](const filters::TsapValue& t) {
     if (!t) return std::string("-");
     return log::quote(codec::tsap_text(*t).display());
   };
@@ -1496,11 +1719,11 @@ std::string Session::close_line() const {
   if (errors) s += " decode_errors=" + std::to_string(errors);
   const auto discarded = to_upstream_.drain_discarded + to_client_.drain_discarded;
   if (discarded) s += " drain_discarded=" + std::to_string(discarded);
-  if (pt_ && pt_->entered) s += " passthrough=1";
+  if (passthrough_entered_) s += " passthrough=1";
   if (non_rfc1006_) s += " non_rfc1006=1";
   else if (to_upstream_.raw || to_client_.raw) s += " raw=1";
-  for (const Leg* l : {&client_, &upstream_}) {
-    if (!l->tls) continue;
+  for (const Leg* l : {io_ ? &io_->client : nullptr, io_ ? &io_->upstream : nullptr}) {
+    if (l == nullptr || !l->tls) continue;
     const tls::Info& i = l->tls->info();
     const std::string p = " " + std::string(side_name(l->side));
     s += p + "_tls=" + (!i.version.empty() ? i.version : l->tls->failed() ? std::string("failed") : std::string("handshake"));
@@ -1509,7 +1732,7 @@ std::string Session::close_line() const {
     if (!i.verify.empty()) s += p + "_verify=" + log::quote(i.verify);
   }
   std::string repairs;
-  for (const auto& [k, v] : counters_) repairs += (repairs.empty() ? "" : ",") + k + "=" + std::to_string(v);
+  for (const auto& [k, v] : counters_.entries()) repairs += (repairs.empty() ? "" : ",") + server_.counter_name(k) + "=" + std::to_string(v);
   s += " filters=" + (repairs.empty() ? std::string("-") : repairs);
   if (ann_.dr_reason) {
     const auto n = codec::dr_reason_name(*ann_.dr_reason);
@@ -1534,7 +1757,7 @@ namespace isoproxy {
 
 namespace {
 
-void tsap_text_json(json_text::Writer& w, const std::optional<std::vector<std::uint8_t>>& t) {
+void tsap_text_json(json_text::Writer& w, const filters::TsapValue& t) {
   if (!t) {
     w.null();
     return;
@@ -1568,7 +1791,7 @@ void direction_text_json(json_text::Writer& w, const DirectionStats& d) {
   // By name, as a JSON object's members are listed everywhere else.
   std::array<std::pair<std::string_view, std::uint64_t>, 16> types;
   std::size_t n = 0;
-  for (std::size_t i = 0; i < d.tpdus.size(); ++i) {
+  for (std::size_t i = 0; i < DirectionStats::kTypes; ++i) {
     if (d.tpdu(i) != 0) types[n++] = {codec::tpdu_type_name(static_cast<codec::TpduType>(i)), d.tpdu(i)};
   }
   std::sort(types.begin(), types.begin() + static_cast<std::ptrdiff_t>(n));
@@ -1640,11 +1863,11 @@ std::string Session::snapshot_text() const {
   w.key("calling_tsap");
   tsap_text_json(w, ann_.calling_tsap);
   opt_number("class", ann_.class_cc ? ann_.class_cc : ann_.class_cr);
-  w.key("client").value(client_addr_);
+  w.key("client").value(client_address());
   opt_name("client_name", client_ss_.sa);
   w.key("client_tls");
-  tls_text_json(w, client_.tls.get());
-  opt_string("close_reason", close_reason_);
+  tls_text_json(w, io_ ? io_->client.tls.get() : nullptr);
+  opt_string("close_reason", io_ ? io_->close_reason : std::string());
   opt_number("cr_to_cc_ms", (cc_ms_ && cr_ms_) ? std::optional<std::uint64_t>(cc_ms_ - cr_ms_) : std::nullopt);
   w.key("dr");
   if (ann_.dr_reason) {
@@ -1671,21 +1894,23 @@ std::string Session::snapshot_text() const {
     w.null();
   }
   {
-    std::vector<const std::pair<std::string, std::uint64_t>*> sorted;
-    sorted.reserve(counters_.size());
-    for (const auto& c : counters_) sorted.push_back(&c);
-    std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->first < b->first; });
+    std::vector<std::pair<const std::string*, std::uint64_t>> sorted;
+    sorted.reserve(counters_.entries().size());
+    for (const auto& [k, v] : counters_.entries()) sorted.emplace_back(&server_.counter_name(k), v);
+    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return *a.first < *b.first; });
     w.key("filters").begin_object();
-    for (const auto* c : sorted) w.key(c->first).value(c->second);
+    for (const auto& [name, v] : sorted) w.key(*name).value(v);
     w.end_object();
   }
   w.key("id").value(id_);
   w.key("listener").value(rt_->cfg.name);
   w.key("non_rfc1006").value(non_rfc1006_);
-  w.key("passthrough").value(pt_ != nullptr && pt_->entered);
+  w.key("parked").value(parked_);
+  w.key("parks").value(parks_);
+  w.key("passthrough").value(passthrough_entered_);
   w.key("raw").value(to_upstream_.raw || to_client_.raw);
   opt_string("route", route_name_);
-  opt_string("source", source_addr_);
+  opt_string("source", source_text());
   w.key("started").value(rfc3339_utc(start_unix_ms_));
   w.key("state").value(session_state_name(state()));
   w.key("to_client");
@@ -1697,7 +1922,7 @@ std::string Session::snapshot_text() const {
   opt_string("upstream", upstream_addr_);
   opt_name("upstream_name", upstream_ss_.sa);
   w.key("upstream_tls");
-  tls_text_json(w, upstream_.tls.get());
+  tls_text_json(w, io_ ? io_->upstream.tls.get() : nullptr);
   w.end_object();
   return out;
 }
@@ -1706,7 +1931,7 @@ ClosedSession Session::closed_record() const {
   ClosedSession c;
   c.id = id_;
   c.json = snapshot_text();
-  auto tsap = [](const std::optional<std::vector<std::uint8_t>>& t, std::string& hex, std::string& ascii) {
+  auto tsap = [](const filters::TsapValue& t, std::string& hex, std::string& ascii) {
     if (!t) return;
     codec::TsapText text = codec::tsap_text(*t);
     hex = std::move(text.hex);
@@ -1714,7 +1939,7 @@ ClosedSession Session::closed_record() const {
   };
   tsap(ann_.calling_tsap, c.calling_hex, c.calling_ascii);
   tsap(ann_.called_tsap, c.called_hex, c.called_ascii);
-  c.client = client_addr_;
+  c.client = client_address();
   c.upstream = upstream_addr_;
   return c;
 }
@@ -1739,7 +1964,8 @@ bool Session::matches_peer(std::string_view text) const {
     if (h.size() >= 2 && h.front() == '[') h = h.substr(1, h.size() - 2);
     return h;
   };
-  return client_addr_ == text || upstream_addr_ == text || host_of(client_addr_) == text || host_of(upstream_addr_) == text;
+  const std::string client = client_address();
+  return client == text || upstream_addr_ == text || host_of(client) == text || host_of(upstream_addr_) == text;
 }
 
 }  // namespace isoproxy

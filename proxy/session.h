@@ -14,6 +14,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +26,8 @@
 #include "tls.h"
 
 namespace isoproxy {
+
+class SlabPool;
 
 class Server;
 class Listener;
@@ -41,7 +44,7 @@ enum class SessionState : std::uint8_t { kConnecting, kAwaitingCc, kEstablished,
 std::string_view session_state_name(SessionState s);
 
 // Per direction, named by where the bytes go. Kept small (a live session
-// holds two): DT counts take 64 bits, the other TPDU types are few per
+// holds two): DT counts take 64 bits, the nine other TPDU types are few per
 // session and count in 32 bits, saturating.
 struct DirectionStats {
   std::uint64_t bytes = 0;
@@ -50,16 +53,65 @@ struct DirectionStats {
   std::uint64_t tsdus = 0;                // DT with EOT
   std::uint64_t anomalies = 0;
   std::uint64_t raw_bytes = 0;            // passed through unframed
-  std::array<std::uint32_t, 16> tpdus{};  // the other types, by TPDU type nibble
+  std::uint64_t passthrough_bytes = 0;    // spliced in pass-through (not framed; also in `bytes`)
+  std::array<std::uint32_t, 9> tpdus{};   // the other types, by slot()
   std::uint32_t decode_errors = 0;
 
+  static constexpr std::size_t kTypes = 16;  // TPDU type nibbles
   static constexpr auto kDt = static_cast<std::size_t>(codec::TpduType::kDT);
-  void count_tpdu(std::size_t type) {
-    if (type == kDt) ++dt;
-    else if (tpdus[type] != UINT32_MAX) ++tpdus[type];
+  // ED EA RJ AK ER DR DC CC CR: slots 0-8; the nibbles no type has, 9 (never counted).
+  static constexpr std::size_t slot(std::size_t type) {
+    constexpr std::array<std::uint8_t, kTypes> s{9, 0, 1, 9, 9, 2, 3, 4, 5, 9, 9, 9, 6, 7, 8, 9};
+    return type < kTypes ? s[type] : 9;
   }
-  std::uint64_t tpdu(std::size_t type) const { return type == kDt ? dt : tpdus[type]; }
-  std::uint64_t passthrough_bytes = 0;    // spliced in pass-through (not framed; also in `bytes`)
+  void count_tpdu(std::size_t type) {
+    if (type == kDt) {
+      ++dt;
+      return;
+    }
+    const std::size_t i = slot(type);
+    if (i < tpdus.size() && tpdus[i] != UINT32_MAX) ++tpdus[i];
+  }
+  std::uint64_t tpdu(std::size_t type) const {
+    if (type == kDt) return dt;
+    const std::size_t i = slot(type);
+    return i < tpdus.size() ? tpdus[i] : 0;
+  }
+};
+
+// A session's filter counters, by Server::counter_key: three inline (the
+// default configuration's filters count up to three things: a repair and
+// the CR and CC annotated), all on the heap beyond.
+class FilterCounters {
+ public:
+  using Entry = std::pair<std::uint32_t, std::uint64_t>;
+  void add(std::uint32_t key, std::uint64_t n) {
+    for (Entry& e : entries_mut()) {
+      if (e.first == key) {
+        e.second += n;
+        return;
+      }
+    }
+    if (!heap_ && n_ < inline_.size()) {
+      inline_[n_++] = {key, n};
+      return;
+    }
+    if (!heap_) heap_ = std::make_unique<std::vector<Entry>>(inline_.begin(), inline_.begin() + n_);
+    heap_->emplace_back(key, n);
+  }
+  std::span<const Entry> entries() const {
+    if (heap_) return {heap_->data(), heap_->size()};
+    return {inline_.data(), n_};
+  }
+
+ private:
+  std::span<Entry> entries_mut() {
+    if (heap_) return {heap_->data(), heap_->size()};
+    return {inline_.data(), n_};
+  }
+  std::array<Entry, 3> inline_{};
+  std::size_t n_ = 0;
+  std::unique_ptr<std::vector<Entry>> heap_;
 };
 
 class Session final : public filters::FilterContext {
@@ -70,6 +122,11 @@ class Session final : public filters::FilterContext {
   ~Session() override;
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
+  // Sessions come from their worker's SlabPool (slab.h), packed together
+  // rather than among the short-lived allocations of their handshakes.
+  static void* operator new(std::size_t size);
+  static void operator delete(void* p);
+  static SlabPool& pool();
 
   // Accepts the pending connection of `server_stream`; on failure the session
   // is closed (and reported) by the call.
@@ -100,11 +157,15 @@ class Session final : public filters::FilterContext {
     return draining_ && state_ != SessionState::kClosed ? SessionState::kDraining : state_;
   }
   Listener& owner() { return listener_; }
+  bool parked() const { return parked_; }
+  // An event on a parked socket: the session rebuilds its I/O and goes on.
+  void wake();
 
   // FilterContext
   std::uint64_t session_id() const override { return id_; }
   std::string_view listener() const override { return rt_->cfg.name; }
-  const std::string& client_address() const override { return client_addr_; }
+  // Formatted when asked (a filter's log line, the stats): not kept.
+  std::string client_address() const override;
   const sockaddr* client_sockaddr() const override { return &client_ss_.sa; }
   const std::string& upstream_address() const override { return upstream_addr_; }
   void set_route(filters::Route route) override;
@@ -137,19 +198,50 @@ class Session final : public filters::FilterContext {
     std::vector<std::uint8_t> tls_pending;
   };
   // One direction of bytes: read from `from`, written to the other leg.
+  // What a parked session keeps of it (its framer is in Io).
   struct Flow {
-    codec::TpktFramer framer;
     bool raw = false;         // passing bytes through unframed
     bool seen_frame = false;  // at least one whole TPKT
     bool drain_in_flight = false;        // draining: a frame was half-read when the drain began
     std::uint64_t drain_discarded = 0;   // draining: octets of frames begun after it, not relayed
     DirectionStats stats;
-    explicit Flow(std::size_t max) : framer(max) {}
+  };
+  // Pass-through: state allocated only for sessions that enter it.
+  struct Passthrough;
+  // The I/O state: libuv handles, framers, queues, pass-through. Allocated
+  // while the session is awake, released while it is parked (park.h), so
+  // that an idle session holds only its stats and its two sockets.
+  struct Io {
+    Leg client;
+    Leg upstream;
+    // The filters' per-session state (a filter that logs a repair once per
+    // session logs it once per wake-up).
+    filters::FilterChain chain;
+    std::array<codec::TpktFramer, 2> framer;  // client -> upstream, upstream -> client
+    std::vector<std::uint8_t> pending_up;     // bytes for the upstream before its socket exists
+    std::vector<std::pair<filters::Direction, std::vector<std::uint8_t>>> injected;
+    std::unique_ptr<Passthrough> pt;          // null unless the session became eligible for pass-through
+    int closing_handles = 0;                  // parking: handles still closing (then the Io is freed)
+    // What only an awake session needs (a parked one is established and quiet).
+    std::string pending_close_reason;  // linger, close after flush, a filter's end_session
+    std::string close_reason;          // set by close()
+    std::uint64_t connect_start_ms = 0;
+    std::uint64_t flush_start_ms = 0;   // close_after_flush: when it began
+    std::uint64_t linger_start_ms = 0;
+    std::uint64_t keepalive_at_ms = 0;  // when the upstream leg's keepalive goes on (0: done or off)
+    Io(std::size_t max_frame, const filters::FactoryList& factories);
+    // From the worker's SlabPool (slab.h): memory that parking frees goes
+    // back to the kernel.
+    static void* operator new(std::size_t size);
+    static void operator delete(void* p);
+    static SlabPool& pool();
+    ~Io();
   };
 
-  Leg& leg(Side s) { return s == Side::kClient ? client_ : upstream_; }
-  Leg& other(Leg& l) { return l.side == Side::kClient ? upstream_ : client_; }
+  Leg& leg(Side s) { return s == Side::kClient ? io_->client : io_->upstream; }
+  Leg& other(Leg& l) { return l.side == Side::kClient ? io_->upstream : io_->client; }
   Flow& flow_from(Side s) { return s == Side::kClient ? to_upstream_ : to_client_; }
+  codec::TpktFramer& framer_of(const Flow& f) const { return io_->framer[&f == &to_upstream_ ? 0 : 1]; }
   static std::string_view side_name(Side s) { return s == Side::kClient ? "client" : "upstream"; }
 
   void start_upstream();
@@ -189,8 +281,6 @@ class Session final : public filters::FilterContext {
   void on_timer();
   void on_handle_closed();
   void send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame);
-  // Pass-through: state allocated only for sessions that enter it.
-  struct Passthrough;
   bool passthrough_eligible() const;
   void maybe_passthrough();
   bool in_passthrough() const;
@@ -201,6 +291,13 @@ class Session final : public filters::FilterContext {
   void check_drain_quiet();
   bool pipes_empty() const;
   void leave_passthrough();
+  // Parking (park.h).
+  bool park_eligible() const;
+  bool park();
+  void init_io();
+  // Rebuilds the I/O state on the parked sockets; `resume`: reading (or
+  // pass-through) starts again, else the caller closes the session.
+  void unpark(bool resume);
   std::string close_line() const;
   const char* dr_from_text() const;
   std::string local_destination_hint() const;
@@ -209,10 +306,8 @@ class Session final : public filters::FilterContext {
   Listener& listener_;
   const std::uint64_t id_;
   std::shared_ptr<const ListenerRuntime> rt_;
-  filters::FilterChain chain_;
   SessionState state_ = SessionState::kConnecting;
-  Leg client_;
-  Leg upstream_;
+  std::unique_ptr<Io> io_;  // null while parked
   Flow to_upstream_;
   Flow to_client_;
   std::uint64_t deadline_ms_ = UINT64_MAX;  // SessionTimers: when on_timer() is due
@@ -222,17 +317,12 @@ class Session final : public filters::FilterContext {
   bool close_after_flush_ = false;
   bool lingering_ = false;
   bool draining_ = false;                 // SIGTERM: finishing the frame in flight
-  std::uint64_t flush_start_ms_ = 0;      // close_after_flush: when it began
   static constexpr std::uint64_t kFlushMs = 5000;  // a peer that will not read does not hold the slot
-  std::uint64_t linger_start_ms_ = 0;
-  std::uint64_t keepalive_at_ms_ = 0;  // when the upstream leg's keepalive goes on (0: done or off)
   static constexpr std::uint64_t kKeepaliveAfterMs = 1000;
   static constexpr std::uint64_t kLingerMs = 2000;
   bool non_rfc1006_ = false;
-  std::string pending_close_reason_;
-  std::string close_reason_;
   const char* first_fin_ = nullptr;  // "client" or "upstream": who closed first
-  std::string client_addr_, upstream_addr_, source_addr_, route_name_;
+  std::string upstream_addr_, route_name_;
   // An IPv4 or IPv6 address and port, in 28 bytes (sockaddr_storage has 128).
   union SockAddr {
     sockaddr sa;
@@ -241,22 +331,30 @@ class Session final : public filters::FilterContext {
   };
   SockAddr client_ss_{};
   SockAddr upstream_ss_{};  // family 0 until an upstream is chosen
+  SockAddr source_ss_{};    // the upstream connection's local end; family 0 until known
+  std::string source_text() const;  // "" until known
+  // The upstream connection, as registered with the Server (loop check).
+  EndpointPair outbound_key() const;
+  static bool local_name(const Leg& l, SockAddr& out);
   bool awaiting_route_ = false;              // a routing filter chooses the upstream from the CR
   bool awaiting_client_tls_ = false;         // the upstream is connected once the client's TLS handshake is done
-  std::vector<std::uint8_t> pending_up_;     // bytes for the upstream before its socket exists
-  std::uint64_t connect_start_ms_ = 0;
   std::uint64_t start_ms_ = 0, last_activity_ms_ = 0, cc_ms_ = 0, cr_ms_ = 0;  // loop time, for timers
   std::uint64_t start_ns_ = 0;  // uv_hrtime, for the duration in the close line
   std::int64_t start_unix_ms_ = 0;  // wall clock, for "started" in the stats
   bool dr_injected_ = false;
-  EndpointPair outbound_key_{};  // the upstream connection, registered with the Server (loop check)
   bool outbound_registered_ = false;
   std::uint64_t parent_ = 0;  // the session whose upstream connection this one's client is (chained listeners)
   static constexpr std::size_t kMaxChain = 16;  // longer chains of listeners count as a loop  // the last DR was isoproxy's own (a filter's refusal)
   filters::SessionAnnotations ann_;
-  std::vector<std::pair<std::string, std::uint64_t>> counters_;  // "<filter>.<action>"
-  std::vector<std::pair<filters::Direction, std::vector<std::uint8_t>>> injected_;
-  std::unique_ptr<Passthrough> pt_;  // null unless the session became eligible for pass-through
+  FilterCounters counters_;
+
+  // Parked: the two sockets (client, upstream), watched by the Server's ParkSet.
+  std::array<int, 2> park_fd_{-1, -1};
+  std::uint64_t park_retry_ms_ = 0;   // not eligible at its deadline: the next look
+  std::uint32_t parks_ = 0;           // times parked (stats)
+  bool parked_ = false;
+  bool park_in_passthrough_ = false;  // parked from pass-through: wakes into it again
+  bool passthrough_entered_ = false;  // was in pass-through at some time (stats)
 
   friend class Server;
   friend class Listener;

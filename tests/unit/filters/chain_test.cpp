@@ -138,7 +138,8 @@ TEST_CASE("chain: the reserved repair at random splits changes only byte 1 of th
     CHECK(ctx.count_of("reserved.repaired") == 1);
     CHECK(ctx.count_of("annotate.cc") == 1);
     REQUIRE(ctx.ann.called_tsap);
-    CHECK(std::string(ctx.ann.called_tsap->begin(), ctx.ann.called_tsap->end()) == "EXCHANGETSAP1");
+    const auto called = *ctx.ann.called_tsap;
+    CHECK(std::string(called.begin(), called.end()) == "EXCHANGETSAP1");
   }
 }
 

@@ -44,7 +44,7 @@ class FakeContext final : public filters::FilterContext {
 
   std::uint64_t session_id() const override { return 1; }
   std::string_view listener() const override { return "test"; }
-  const std::string& client_address() const override { return client_; }
+  std::string client_address() const override { return client_; }
   const sockaddr* client_sockaddr() const override { return reinterpret_cast<const sockaddr*>(&ss_); }
   const std::string& upstream_address() const override { return upstream_; }
   filters::SessionAnnotations& annotations() override { return ann; }
