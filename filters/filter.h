@@ -69,17 +69,25 @@ class TsapValue {
     len_ = 0;
   }
   void assign(codec::Bytes b, bool present) {
+    // The new bytes are copied before the old ones go (`b` may be them).
+    const auto n = static_cast<std::uint8_t>(std::min<std::size_t>(b.size(), 255));
+    std::uint8_t staged[kInlineMax];
+    std::uint8_t* heap = nullptr;
+    if (present && n > kInlineMax) {
+      heap = new std::uint8_t[n];
+      std::memcpy(heap, b.data(), n);
+    } else if (present && n != 0) {
+      std::memcpy(staged, b.data(), n);
+    }
     release();
     if (!present) return;
-    len_ = static_cast<std::uint8_t>(std::min<std::size_t>(b.size(), 255));
-    if (len_ <= kInlineMax) {
-      if (len_ != 0) std::memcpy(buf_, b.data(), len_);
+    len_ = n;
+    if (heap == nullptr) {
+      if (n != 0) std::memcpy(buf_, staged, n);
       state_ = kInline;
       return;
     }
-    auto* p = new std::uint8_t[len_];
-    std::memcpy(p, b.data(), len_);
-    std::memcpy(buf_, &p, sizeof p);
+    std::memcpy(buf_, &heap, sizeof heap);
     state_ = kHeap;
   }
   std::uint8_t buf_[kInlineMax]{};

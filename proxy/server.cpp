@@ -269,8 +269,14 @@ void Server::session_parked() {
   // themselves; what its handshake left in malloc's heap (filters, requests)
   // lies in holes that only malloc_trim returns. Once per burst of parking,
   // not per session: it walks every arena.
+  // Only for a wave (kTrimAfterParks since the last trim): a few sessions
+  // parking now and then leave too little to be worth walking the heap.
+  if (++parked_since_trim_ < kTrimAfterParks) return;
   if (uv_is_active(reinterpret_cast<uv_handle_t*>(&trim_timer_)) || uv_is_closing(reinterpret_cast<uv_handle_t*>(&trim_timer_))) return;
-  uv_timer_start(&trim_timer_, [](uv_timer_t*) noexcept { ::malloc_trim(0); }, kTrimMs, 0);
+  uv_timer_start(&trim_timer_, [](uv_timer_t* t) noexcept {
+    static_cast<Server*>(t->data)->parked_since_trim_ = 0;
+    ::malloc_trim(0);
+  }, kTrimMs, 0);
 }
 
 std::uint32_t Server::counter_key(std::string_view filter, std::string_view action) {
@@ -288,7 +294,7 @@ bool Server::may_come_back(const conf::SocketAddress& target) const {
   for (const auto& l : config_->listeners) {
     if (l.transparent) return true;
     for (const auto& a : l.listen) {
-      if (a.port() == port) return true;
+      if (a.port() == port || a.port() == 0) return true;  // port 0: the kernel chose one, any may be it
     }
   }
   return false;

@@ -167,6 +167,7 @@ class Server {
   // back to the kernel, at most every kTrimMs while sessions park.
   void session_parked();
   static constexpr std::uint64_t kTrimMs = 250;
+  static constexpr std::uint32_t kTrimAfterParks = 64;
 
  private:
   void maybe_stop();
@@ -180,6 +181,10 @@ class Server {
   std::shared_ptr<const conf::Config> config_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Listener>> stopping_listeners_;
+  // Before the sessions: a parked session's destructor takes its sockets out.
+  ParkSet park_{&loop_, [this](std::uint64_t id) {
+                  if (Session* s = find_session(id)) s->wake();
+                }};
   // The map's nodes in slabs, as the sessions (slab.h): malloc would keep
   // them among the holes the handshakes leave, and so keep those.
   SlabPool session_nodes_{32};
@@ -190,6 +195,7 @@ class Server {
   uv_timer_t drain_timer_{};
   uv_timer_t dns_check_timer_{};  // the start-up PTR check runs from the loop
   uv_timer_t trim_timer_{};       // gives memory that parked sessions freed back (session_parked)
+  std::uint32_t parked_since_trim_ = 0;
   uv_idle_t reaper_{};  // destroys finished sessions outside their own callbacks
   uv_prepare_t log_flush_{};  // writes the log lines of each loop iteration (log::defer)
   SessionTimers timers_;
@@ -208,9 +214,6 @@ class Server {
   ReverseDns rdns_{&loop_};
   std::array<std::uint8_t, kTlsBufferSize> tls_buffer_{};
   SpliceSupport splice_{&loop_};
-  ParkSet park_{&loop_, [this](std::uint64_t id) {
-                  if (Session* s = find_session(id)) s->wake();
-                }};
 };
 
 }  // namespace isoproxy

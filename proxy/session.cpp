@@ -1518,6 +1518,9 @@ bool Session::park_eligible() const {
     return false;
   }
   if (state_ != SessionState::kEstablished) return false;
+  // A filter that sees the data phase keeps per-session state the Io would
+  // take with it (trace's pcap stream, tpkt-reserved's log-once bits).
+  if (io_->chain.needs_data_phase()) return false;
   if (!io_->pending_up.empty() || !io_->injected.empty()) return false;
   for (const Leg* l : {&io_->client, &io_->upstream}) {
     if (l->tls || !l->initialised || !l->connected || l->eof || l->shutdown_sent || l->shutdown_wanted ||
@@ -1528,6 +1531,11 @@ bool Session::park_eligible() const {
   }
   if (const Passthrough* pt = io_->pt.get()) {
     if (pt->scheduled || pt->leaving) return false;
+    for (const auto& p : pt->poll) {
+      // A poll given back (uv_poll_init failed) whose close is pending
+      // still points into this Io.
+      if (p.initialised && uv_is_closing(reinterpret_cast<const uv_handle_t*>(&p.handle))) return false;
+    }
     if (pt->active) return pipes_empty();  // the framers are not used in pass-through
   }
   for (const Flow* f : {&to_upstream_, &to_client_}) {
@@ -1582,7 +1590,9 @@ bool Session::park() {
   if (Passthrough* pt = old->pt.get()) {
     // The polls before the tcp handles, as in close().
     for (auto& p : pt->poll) {
-      if (p.initialised) close_handle(reinterpret_cast<uv_handle_t*>(&p.handle));
+      if (p.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&p.handle))) {
+        close_handle(reinterpret_cast<uv_handle_t*>(&p.handle));
+      }
       p.initialised = false;
     }
     for (auto& d : pt->dir) server_.splice().release(d.pipe);  // empty (eligibility)
@@ -1637,6 +1647,12 @@ void Session::unpark(bool resume) {
     io_->pt = std::make_unique<Passthrough>();
     io_->pt->scheduled = true;
     enter_passthrough();  // or framed reading, if it cannot
+    if (!closing_ && !in_passthrough()) {
+      // No pipe to be had (the fd limit): the stream may be inside a frame,
+      // which fresh framers would misread. Relayed unframed from here on.
+      to_raw(io_->client, to_upstream_, "woke from pass-through without a pipe");
+      to_raw(io_->upstream, to_client_, "woke from pass-through without a pipe");
+    }
   } else {
     update_reading(io_->client);
     update_reading(io_->upstream);

@@ -526,6 +526,31 @@ TEST_CASE("park: park_after = \"0\" never parks; the default does", "[park]") {
   rig.wait_parked(by_default.addr);
 }
 
+TEST_CASE("park: a listener whose filters see the data phase does not park", "[park]") {
+  // tpkt-reserved on DTs keeps per-session state (which values it logged)
+  // that parking would drop; pk1, the control, repairs the CC only and parks.
+  const std::string filters =
+      "filters = [\"dt\"]\n\n[filter.dt]\nkind = \"tpkt-reserved\"\ntpdu = [\"CC\", \"DT\"]\n\n"
+      "[filter.cc]\nkind = \"tpkt-reserved\"\ntpdu = [\"CC\"]\n";
+  Rig rig(std::string(kPark) + filters, "", {std::string(kPark) + "filters = [\"cc\"]\n"});
+  auto framed = rig.open(true, rig.ports[0]);
+  auto control = rig.open(true, rig.ports[1]);
+  rig.wait_parked(control.addr);
+  const auto until = Clock::now() + 300ms;
+  std::optional<json> last;
+  bool ever_parked = false;
+  while (Clock::now() < until) {
+    last = rig.session(framed.addr);
+    if (!last) break;
+    ever_parked = ever_parked || is_parked(*last) || parks(*last) != 0;
+    std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE(last);
+  INFO(last->dump());
+  CHECK_FALSE(ever_parked);
+  CHECK_FALSE(in_passthrough(*last));
+}
+
 TEST_CASE("park: isoproxy check rejects a bad park_after, naming the key", "[park][check]") {
   const auto dir = std::filesystem::temp_directory_path() / ("isoproxy-park-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);

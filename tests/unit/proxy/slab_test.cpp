@@ -87,6 +87,10 @@ TEST_CASE("TsapValue: absent, inline, on the heap, copied", "[slab][tsap]") {
   empty_present = codec::Bytes();
   CHECK(empty_present);  // a TSAP parameter of length 0 is there, and empty
   CHECK((*empty_present).empty());
+  copy = *copy;  // its own bytes: copied before they are freed
+  CHECK(std::vector<std::uint8_t>((*copy).begin(), (*copy).end()) == long_tsap);
+  l = *l;
+  CHECK(std::vector<std::uint8_t>((*l).begin(), (*l).end()) == short_tsap);
   copy.reset();
   CHECK_FALSE(copy);
   CHECK(sizeof(filters::TsapValue) == 32);
