@@ -32,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "support/handover.h"
 #include "support/http.h"
 #include "support/peers.h"
 #include "support/process.h"
@@ -43,6 +44,9 @@ using isoproxy::test::Conn;
 using isoproxy::test::Millis;
 using isoproxy::test::ProxyProcess;
 using isoproxy::test::TestServer;
+using isoproxy::test::cat;
+using isoproxy::test::mismatch;
+using Upstream = isoproxy::test::HandoverUpstream;
 using json = nlohmann::json;
 namespace codec = isoproxy::codec;
 namespace t = isoproxy::test;
@@ -54,12 +58,6 @@ constexpr Millis kWait{10000};
 constexpr const char* kToken = "0123456789abcdef-test";
 constexpr const char* kPark = "park_after = \"50ms\"\n";
 constexpr const char* kFramed = "passthrough = false\n";
-
-ByteVec cat(std::initializer_list<ByteVec> parts) {
-  ByteVec out;
-  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
 
 // A DT with n octets of payload derived from seed.
 ByteVec dt_of(std::size_t n, std::uint8_t seed, bool eot = true) {
@@ -78,17 +76,6 @@ ByteVec dt_stream(std::uint32_t seed, std::size_t total) {
   return out;
 }
 
-// "" when equal; else where two streams first differ.
-std::string mismatch(const std::optional<ByteVec>& got, const ByteVec& want) {
-  if (!got) return "nothing received (timeout or EOF)";
-  if (*got == want) return {};
-  std::size_t i = 0;
-  while (i < got->size() && i < want.size() && (*got)[i] == want[i]) ++i;
-  std::ostringstream s;
-  s << "got " << got->size() << " bytes, want " << want.size() << "; first difference at offset " << i;
-  return s.str();
-}
-
 const ByteVec& test_cr() {
   static const ByteVec cr = t::make_cr("CALLING", "CALLED");
   return cr;
@@ -103,41 +90,6 @@ const ByteVec& test_cc() {
 const ByteVec first_dt_ = t::make_dt("the first data", true);
 const ByteVec& first_dt() { return first_dt_; }
 
-// The upstream: each connection's Conn is handed to the test thread, which
-// does all the talking; the handler holds it open until the Upstream goes.
-class Upstream {
- public:
-  Upstream() : server_([this](Conn& c) { run(c); }) {}
-  ~Upstream() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      released_ = true;
-    }
-    cv_.notify_all();
-    server_.stop();
-  }
-  bool ok() const { return server_.ok(); }
-  std::uint16_t port() const { return server_.port(); }
-  Conn* wait_conn(std::size_t index) {
-    std::unique_lock<std::mutex> lk(mu_);
-    if (!cv_.wait_for(lk, kWait, [&] { return conns_.size() > index; })) return nullptr;
-    return conns_[index];
-  }
-
- private:
-  void run(Conn& c) {
-    c.set_nodelay();
-    std::unique_lock<std::mutex> lk(mu_);
-    conns_.push_back(&c);
-    cv_.notify_all();
-    cv_.wait(lk, [&] { return released_; });
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Conn*> conns_;
-  bool released_ = false;
-  TestServer server_;
-};
 
 bool is_parked(const json& s) { return s.contains("parked") && s["parked"] == true; }
 bool in_passthrough(const json& s) { return s.value("passthrough", false); }
@@ -261,6 +213,14 @@ struct Rig {
     return *s;
   }
 
+  // The client's FIN reaches the upstream, the upstream's the client: the close line's fields.
+  std::map<std::string, std::string> close_cleanly(Pair& p) {
+    p.client.shutdown_write();
+    REQUIRE(p.up->wait_eof(kWait));
+    p.up->shutdown_write();
+    REQUIRE(p.client.wait_eof(kWait));
+    return close_fields(p.addr);
+  }
   std::map<std::string, std::string> close_fields(const std::string& addr) {
     const auto line = proxy->wait_for_line(t::close_line_of(addr), kWait);
     INFO(log());
@@ -339,11 +299,7 @@ TEST_CASE("park: a framed session parks when idle, DTs both ways unpark it byte-
   rig.wait_parked(p.addr, parks(s3));
 
   // The close line counts everything, as without parking.
-  p.client.shutdown_write();
-  REQUIRE(p.up->wait_eof(kWait));
-  p.up->shutdown_write();
-  REQUIRE(p.client.wait_eof(kWait));
-  const auto f = rig.close_fields(p.addr);
+  const auto f = rig.close_cleanly(p);
   CHECK(field(f, "reason") == "client-closed");
   CHECK(field(f, "c2u_frames") == "6");
   CHECK(field(f, "u2c_frames") == "5");
@@ -380,11 +336,7 @@ TEST_CASE("park: a pass-through session parks, a bulk transfer unparks it byte-e
   const json s2 = rig.wait_parked(p.addr, parks(*s0));
   CHECK(in_passthrough(s2));
 
-  p.client.shutdown_write();
-  REQUIRE(p.up->wait_eof(kWait));
-  p.up->shutdown_write();
-  REQUIRE(p.client.wait_eof(kWait));
-  const auto f = rig.close_fields(p.addr);
+  const auto f = rig.close_cleanly(p);
   CHECK(field(f, "reason") == "client-closed");
   CHECK(field(f, "passthrough") == "1");
   CHECK(field(f, "c2u_bytes") == std::to_string(test_cr().size() + first_dt().size() + a.size()));

@@ -38,6 +38,7 @@
 #include <nlohmann/json.hpp>
 
 #include "codec/text.h"
+#include "support/handover.h"
 #include "support/http.h"
 #include "support/peers.h"
 #include "support/proxy_process.h"
@@ -48,6 +49,9 @@ using isoproxy::test::Conn;
 using isoproxy::test::Millis;
 using isoproxy::test::ProxyProcess;
 using isoproxy::test::TestServer;
+using isoproxy::test::cat;
+using isoproxy::test::mismatch;
+using Upstream = isoproxy::test::HandoverUpstream;
 using json = nlohmann::json;
 namespace codec = isoproxy::codec;
 namespace t = isoproxy::test;
@@ -57,23 +61,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr Millis kWait{10000};
 
-ByteVec cat(std::initializer_list<ByteVec> parts) {
-  ByteVec out;
-  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
-
 std::string hex(const ByteVec& v) { return codec::to_hex(codec::Bytes(v)); }
-
-// "" when equal; else where two (large) streams first differ.
-std::string mismatch(const ByteVec& got, const ByteVec& want) {
-  if (got == want) return {};
-  std::size_t i = 0;
-  while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
-  std::ostringstream s;
-  s << "got " << got.size() << " bytes, want " << want.size() << "; first difference at offset " << i;
-  return s.str();
-}
 
 // DT frames with random payloads of 0..max octets (EOT set), `total` octets or a little more.
 ByteVec dt_stream(std::uint32_t seed, std::size_t total, std::size_t max_payload = 8185) {
@@ -125,45 +113,6 @@ std::optional<long long> cpu_ticks(pid_t pid) {
   return std::stoll(f[11]) + std::stoll(f[12]);
 }
 
-// The upstream: each connection's Conn is handed to the test thread, which
-// does all the talking; the handler holds it open until released.
-class Upstream {
- public:
-  Upstream() : server_([this](Conn& c) { run(c); }) {}
-  ~Upstream() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      released_ = true;
-    }
-    cv_.notify_all();
-    server_.stop();
-  }
-  bool ok() const { return server_.ok(); }
-  std::uint16_t port() const { return server_.port(); }
-  // The index-th connection (0 = first), or nullptr at the deadline.
-  Conn* wait_conn(std::size_t index, Millis timeout = kWait) {
-    std::unique_lock<std::mutex> lk(mu_);
-    if (!cv_.wait_for(lk, timeout, [&] { return conns_.size() > index; })) return nullptr;
-    return conns_[index];
-  }
-
- private:
-  void run(Conn& c) {
-    c.set_nodelay();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      conns_.push_back(&c);
-    }
-    cv_.notify_all();
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait(lk, [&] { return released_; });
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Conn*> conns_;
-  bool released_ = false;
-  TestServer server_;
-};
 
 std::string config(std::uint16_t upstream_port, const std::string& listener_extra = "",
                    const std::string& filters = R"(["reserved", "annotate"])", const std::string& global = "") {
