@@ -303,7 +303,8 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
     return *p;
   };
 
-  std::map<std::pair<int, int>, std::pair<const PcapStreamInfo*, json>> last_extra;
+  // By stream id, not the reader's PcapStreamInfo: those are gone once read_pcap_streams returns.
+  std::map<std::pair<int, int>, std::pair<int, json>> last_extra;
   auto res = read_pcap_streams(
       o.pcap, o.port,
       [&](const PcapChunk& c) {
@@ -311,7 +312,7 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
         json extra = {{"stream", c.stream->id}, {"direction", dir_name(c.direction)}, {"packet", c.packet},
                       {"time", c.time}};
         decoder_for(c.stream->id, c.direction).feed(c.bytes, label_of(*c.stream, c.direction, c.packet, c.time), extra);
-        last_extra[{c.stream->id, static_cast<int>(c.direction)}] = {c.stream, extra};
+        last_extra[{c.stream->id, static_cast<int>(c.direction)}] = {c.stream->id, extra};
       },
       [&](const PcapNotice& n) {
         if (n.bytes_skipped) {
@@ -336,8 +337,8 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
   for (auto& [key, dec] : decoders) {
     auto it = last_extra.find(key);
     if (it != last_extra.end()) {
-      const auto* s = it->second.first;
-      dec->finish("stream " + std::to_string(s->id) + " " + dir_name(static_cast<PcapDirection>(key.second)) + ": ",
+      const int stream = it->second.first;
+      dec->finish("stream " + std::to_string(stream) + " " + dir_name(static_cast<PcapDirection>(key.second)) + ": ",
                   it->second.second);
     }
     frames += dec->frames();
