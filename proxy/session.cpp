@@ -1039,7 +1039,7 @@ void Session::arm_timer() {
   }
   if (io_->keepalive_at_ms != 0) deadline = std::min(deadline, io_->keepalive_at_ms);
   if (c.park_after.count() > 0 && state_ == SessionState::kEstablished) {
-    deadline = std::min(deadline, std::max(last_activity_ms_ + static_cast<std::uint64_t>(c.park_after.count()), park_retry_ms_));
+    deadline = std::min(deadline, std::max(last_activity_ms_ + park_delay(), park_retry_ms_));
   }
   if (io_->upstream.initialised && !io_->upstream.connected) {
     deadline = std::min<std::uint64_t>(deadline, io_->connect_start_ms + static_cast<std::uint64_t>(c.connect_timeout.count()));
@@ -1101,7 +1101,7 @@ void Session::on_timer() {
     close("idle-timeout: no byte either way for " + conf::format_duration(c.idle_timeout));
     return;
   }
-  const auto park_after = static_cast<std::uint64_t>(c.park_after.count());
+  const std::uint64_t park_after = c.park_after.count() > 0 ? park_delay() : 0;
   if (io_ && park_after > 0 && state_ == SessionState::kEstablished && now >= last_activity_ms_ + park_after &&
       now >= park_retry_ms_) {
     // Something still in flight (a slow reader, a FIN on its way): look again later.
@@ -1638,9 +1638,19 @@ void Session::unpark(bool resume) {
     return;
   }
   if (!resume) return;
+  // A session woken soon after it parked (a peer that polls) would park and
+  // wake on every exchange, at about 14 us each: it waits twice as long
+  // before parking again, up to kParkBackoffMax times park_after; one that
+  // stayed parked a while starts again from park_after.
+  const std::uint64_t now = server_.now_ms();
+  const std::uint64_t delay = park_delay();
+  const auto base = static_cast<std::uint64_t>(rt_->cfg.park_after.count());
+  park_delay_ms_ = now - last_activity_ms_ < 4 * delay
+                       ? static_cast<std::uint32_t>(std::min<std::uint64_t>({2 * delay, kParkBackoffMax * base, UINT32_MAX}))
+                       : 0;
   // What woke it (bytes, a FIN) is activity: it parks again only after
-  // park_after more of quiet.
-  last_activity_ms_ = server_.now_ms();
+  // that long of quiet.
+  last_activity_ms_ = now;
   if (park_in_passthrough_) {
     // Straight back to splicing: the stream may be inside a frame, which
     // the framers (new, at a boundary) must never see.
@@ -1658,6 +1668,10 @@ void Session::unpark(bool resume) {
     update_reading(io_->upstream);
   }
   if (!closing_) arm_timer();
+}
+
+std::uint64_t Session::park_delay() const {
+  return park_delay_ms_ != 0 ? park_delay_ms_ : static_cast<std::uint64_t>(rt_->cfg.park_after.count());
 }
 
 void Session::wake() {

@@ -351,6 +351,9 @@ class Session final : public filters::FilterContext {
   // Parked: the two sockets (client, upstream), watched by the Server's ParkSet.
   std::array<int, 2> park_fd_{-1, -1};
   std::uint64_t park_retry_ms_ = 0;   // not eligible at its deadline: the next look
+  std::uint32_t park_delay_ms_ = 0;   // backed off after a quick wake (0: park_after)
+  static constexpr std::uint64_t kParkBackoffMax = 64;
+  std::uint64_t park_delay() const;   // the quiet before parking, now
   std::uint32_t parks_ = 0;           // times parked (stats)
   bool parked_ = false;
   bool park_in_passthrough_ = false;  // parked from pass-through: wakes into it again

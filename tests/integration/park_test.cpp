@@ -503,6 +503,28 @@ TEST_CASE("park: a listener whose filters see the data phase does not park", "[p
   CHECK_FALSE(in_passthrough(*last));
 }
 
+TEST_CASE("park: a peer that polls stops parking its session (back-off), one that goes quiet parks again", "[park]") {
+  Rig rig(std::string(kFramed) + kPark);
+  auto p = rig.open();
+  const json first = rig.wait_parked(p.addr);
+  // A request and its answer every 100 ms, twice park_after: without the
+  // back-off, the session would park and wake on each of the 20.
+  const ByteVec dt = t::make_dt("poll", true);
+  for (int i = 0; i < 20; ++i) {
+    REQUIRE(p.client.send_all(codec::Bytes(dt)));
+    REQUIRE(mismatch(p.up->recv_exact(dt.size()), dt) == "");
+    REQUIRE(p.up->send_all(codec::Bytes(dt)));
+    REQUIRE(mismatch(p.client.recv_exact(dt.size()), dt) == "");
+    std::this_thread::sleep_for(100ms);  // the polling period (the workload, not a wait for a result)
+  }
+  const auto polled = rig.session(p.addr);
+  REQUIRE(polled);
+  INFO(polled->dump());
+  CHECK(parks(*polled) - parks(first) <= 4);
+  // Quiet again: it parks (after its backed-off delay, at most 64 x 50 ms).
+  rig.wait_parked(p.addr, parks(*polled));
+}
+
 TEST_CASE("park: isoproxy check rejects a bad park_after, naming the key", "[park][check]") {
   const auto dir = std::filesystem::temp_directory_path() / ("isoproxy-park-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
