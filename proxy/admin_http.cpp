@@ -21,6 +21,7 @@
 
 #include "conf/config.h"
 #include "log.h"
+#include "upstream.h"
 
 namespace isoproxy {
 
@@ -55,21 +56,6 @@ struct WriteReq {
 
 std::string uv_error_text(int err) { return std::string(uv_err_name(err)) + " (" + uv_strerror(err) + ")"; }
 std::string errno_text(int err) { return std::strerror(err); }
-
-std::string address_text(const sockaddr* sa) {
-  char ip[INET6_ADDRSTRLEN] = "?";
-  if (sa->sa_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
-    inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
-    return std::string(ip) + ":" + std::to_string(ntohs(in->sin_port));
-  }
-  if (sa->sa_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-    inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
-    return "[" + std::string(ip) + "]:" + std::to_string(ntohs(in6->sin6_port));
-  }
-  return "?";
-}
 
 std::string_view reason_phrase(int status) {
   switch (status) {

@@ -11,7 +11,20 @@ namespace isoproxy {
 std::string numeric_host(const sockaddr* sa) {
   char buf[INET6_ADDRSTRLEN] = {};
   if (sa->sa_family == AF_INET) {
-    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof buf);
+    // The dotted quad written directly: every session's stats, close line
+    // and reverse-DNS lookups ask (inet_ntop goes through sprintf).
+    unsigned char a[4];
+    std::memcpy(a, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, 4);
+    std::string out;
+    out.reserve(15);
+    for (int i = 0; i < 4; ++i) {
+      if (i != 0) out += '.';
+      const unsigned v = a[i];
+      if (v >= 100) out += static_cast<char>('0' + v / 100);
+      if (v >= 10) out += static_cast<char>('0' + v / 10 % 10);
+      out += static_cast<char>('0' + v % 10);
+    }
+    return out;
   } else if (sa->sa_family == AF_INET6) {
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, buf, sizeof buf);
   }

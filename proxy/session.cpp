@@ -1775,9 +1775,10 @@ std::string Session::close_line() const {
     const auto n = codec::er_cause_name(*ann_.er_cause);
     s += " er_cause=" + std::to_string(*ann_.er_cause) + " er_reason=" + log::quote(n ? *n : "unknown");
   }
-  char dur[32];
-  std::snprintf(dur, sizeof dur, "%.3fs", static_cast<double>(uv_hrtime() - start_ns_) / 1e9);
-  s += std::string(" duration=") + dur;
+  // Seconds with three decimals, as "%.3fs" would print them (without printf).
+  const std::uint64_t ms = (uv_hrtime() - start_ns_ + 500000) / 1000000;
+  const std::uint64_t frac = ms % 1000;
+  s += " duration=" + std::to_string(ms / 1000) + (frac < 10 ? ".00" : frac < 100 ? ".0" : ".") + std::to_string(frac) + "s";
   return s;
 }
 
@@ -1804,10 +1805,29 @@ std::string rfc3339_utc(std::int64_t unix_ms) {
   const std::time_t secs = static_cast<std::time_t>(unix_ms / 1000);
   std::tm tm{};
   gmtime_r(&secs, &tm);
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(unix_ms % 1000));
-  return buf;
+  // "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", written without printf (every closed session's record).
+  std::string out;
+  out.reserve(24);
+  auto digits = [&out](int v, int width) {
+    char d[8];
+    for (int i = width - 1; i >= 0; --i, v /= 10) d[i] = static_cast<char>('0' + v % 10);
+    out.append(d, static_cast<std::size_t>(width));
+  };
+  digits(tm.tm_year + 1900, 4);
+  out += '-';
+  digits(tm.tm_mon + 1, 2);
+  out += '-';
+  digits(tm.tm_mday, 2);
+  out += 'T';
+  digits(tm.tm_hour, 2);
+  out += ':';
+  digits(tm.tm_min, 2);
+  out += ':';
+  digits(tm.tm_sec, 2);
+  out += '.';
+  digits(static_cast<int>(unix_ms % 1000), 3);
+  out += 'Z';
+  return out;
 }
 
 void direction_text_json(json_text::Writer& w, const DirectionStats& d) {

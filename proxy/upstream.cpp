@@ -1,5 +1,7 @@
 #include "upstream.h"
 
+#include "rdns.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -11,35 +13,11 @@
 namespace isoproxy {
 
 std::string address_text(const sockaddr* sa) {
-  char ip[INET6_ADDRSTRLEN] = "?";
   if (sa->sa_family == AF_INET) {
-    // Dotted quad and port written directly: a session's close line, its
-    // closed record and its stats each ask (inet_ntop goes through sprintf).
-    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
-    unsigned char a[4];
-    std::memcpy(a, &in->sin_addr, 4);
-    std::string out;
-    out.reserve(21);  // 255.255.255.255:65535
-    auto number = [&out](unsigned v) {
-      char digits[5];
-      int n = 0;
-      do {
-        digits[n++] = static_cast<char>('0' + v % 10);
-        v /= 10;
-      } while (v != 0 && n < 5);
-      while (n > 0) out += digits[--n];
-    };
-    for (int i = 0; i < 4; ++i) {
-      number(a[i]);
-      out += i < 3 ? '.' : ':';
-    }
-    number(ntohs(in->sin_port));
-    return out;
+    return numeric_host(sa) + ":" + std::to_string(ntohs(reinterpret_cast<const sockaddr_in*>(sa)->sin_port));
   }
   if (sa->sa_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-    inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
-    return "[" + std::string(ip) + "]:" + std::to_string(ntohs(in6->sin6_port));
+    return "[" + numeric_host(sa) + "]:" + std::to_string(ntohs(reinterpret_cast<const sockaddr_in6*>(sa)->sin6_port));
   }
   return "?";
 }

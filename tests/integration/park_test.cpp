@@ -219,7 +219,9 @@ struct Rig {
     REQUIRE(p.up->wait_eof(kWait));
     p.up->shutdown_write();
     REQUIRE(p.client.wait_eof(kWait));
-    return close_fields(p.addr);
+    auto f = close_fields(p.addr);
+    CHECK(std::regex_match(field(f, "duration"), std::regex(R"(\d+\.\d{3}s)")));  // seconds, three decimals
+    return f;
   }
   std::map<std::string, std::string> close_fields(const std::string& addr) {
     const auto line = proxy->wait_for_line(t::close_line_of(addr), kWait);

@@ -12,6 +12,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
+#include <iomanip>
+#include <ctime>
 
 #include "support/http.h"
 #include "support/peers.h"
@@ -76,6 +79,17 @@ TEST_CASE("rdns: client and upstream names appear in /sessions and the close lin
     // "started" is the wall clock in RFC 3339, UTC.
     CHECK(std::regex_match(list[0]["started"].get<std::string>(),
                            std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")));
+    {
+      // And it is now (within a minute): every field in its place.
+      std::tm tm{};
+      std::istringstream in(list[0]["started"].get<std::string>());
+      in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
+      REQUIRE_FALSE(in.fail());
+      const auto started = static_cast<long long>(timegm(&tm));
+      const auto now = static_cast<long long>(std::time(nullptr));
+      CHECK(started <= now);
+      CHECK(started >= now - 60);
+    }
     auto s = wait_session(*aport, id, [](const json& j) { return j.contains("client_name"); });
     REQUIRE(s);
     if (expected) {
