@@ -1119,7 +1119,6 @@ void Session::close(std::string reason, bool reset_peers) {
   if (closing_) return;
   // A parked session closes through its handles, as any other.
   unpark(false);
-  if (closing_) return;  // it could not wake (and closed for that)
   closing_ = true;
   if (outbound_registered_) server_.outbound_closed(outbound_key());
   if (!io_->upstream.connected) source_ss_ = {};  // "source" names a connection made, not one tried
@@ -1634,6 +1633,10 @@ void Session::unpark(bool resume) {
   }
   spdlog::debug("[S{}] woken{}", id_, park_in_passthrough_ ? " (pass-through)" : "");
   if (!error.empty()) {
+    // A close that woke it goes on with its own reason (the handles exist,
+    // so it closes as usual); anything else ends here.
+    spdlog::warn("[S{}] could not wake the parked session: {}", id_, error);
+    if (!resume) return;
     close("unpark-failed: " + error);
     return;
   }
