@@ -1057,18 +1057,11 @@ void Session::on_timer() {
   if (closing_) return;
   const auto& c = rt_->cfg;
   const std::uint64_t now = server_.now_ms();
-  if (!io_) {
-    if (c.idle_timeout.count() > 0 && now >= last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count())) {
-      close("idle-timeout: no byte either way for " + conf::format_duration(c.idle_timeout));
-      return;
-    }
-    arm_timer();
+  if (!io_) {  // parked: only the idle timeout applies
+    if (!close_if_idle(now)) arm_timer();
     return;
   }
-  if (io_->keepalive_at_ms != 0 && now >= io_->keepalive_at_ms) {
-    io_->keepalive_at_ms = 0;
-    uv_tcp_keepalive(&io_->upstream.tcp, 1, static_cast<unsigned>(std::max<long>(1, c.keepalive_interval.count() / 1000)));
-  }
+  if (io_->keepalive_at_ms != 0 && now >= io_->keepalive_at_ms) upstream_keepalive_on();
   if (lingering_ || close_after_flush_) {
     // The peers did not close within kLingerMs of our FIN, or did not read
     // what was queued for them within kFlushMs: close anyway.
@@ -1097,17 +1090,26 @@ void Session::on_timer() {
           conf::format_duration(c.handshake_timeout));
     return;
   }
-  if (c.idle_timeout.count() > 0 && now >= last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count())) {
-    close("idle-timeout: no byte either way for " + conf::format_duration(c.idle_timeout));
-    return;
-  }
+  if (close_if_idle(now)) return;
   const std::uint64_t park_after = c.park_after.count() > 0 ? park_delay() : 0;
-  if (io_ && park_after > 0 && state_ == SessionState::kEstablished && now >= last_activity_ms_ + park_after &&
+  if (park_after > 0 && state_ == SessionState::kEstablished && now >= last_activity_ms_ + park_after &&
       now >= park_retry_ms_) {
     // Something still in flight (a slow reader, a FIN on its way): look again later.
     if (!park_eligible() || !park()) park_retry_ms_ = now + park_after;
   }
   arm_timer();
+}
+
+bool Session::close_if_idle(std::uint64_t now) {
+  const auto& c = rt_->cfg;
+  if (c.idle_timeout.count() <= 0 || now < last_activity_ms_ + static_cast<std::uint64_t>(c.idle_timeout.count())) return false;
+  close("idle-timeout: no byte either way for " + conf::format_duration(c.idle_timeout));
+  return true;
+}
+
+void Session::upstream_keepalive_on() {
+  io_->keepalive_at_ms = 0;
+  uv_tcp_keepalive(&io_->upstream.tcp, 1, static_cast<unsigned>(std::max<long>(1, rt_->cfg.keepalive_interval.count() / 1000)));
 }
 
 void Session::on_read_error(Leg& from, int err) {
@@ -1568,11 +1570,8 @@ bool Session::park() {
     }
   }
   const bool was_passthrough = in_passthrough();
-  if (io_->keepalive_at_ms != 0) {
-    // Due within the second anyway; a parked session has no handle for it.
-    io_->keepalive_at_ms = 0;
-    uv_tcp_keepalive(&io_->upstream.tcp, 1, static_cast<unsigned>(std::max<long>(1, rt_->cfg.keepalive_interval.count() / 1000)));
-  }
+  // Due within the second anyway; a parked session has no handle for it.
+  if (io_->keepalive_at_ms != 0) upstream_keepalive_on();
   // The handles close now (each with its own descriptor; the duplicates keep
   // the connections); the Io goes with the last close callback.
   Io* old = io_.release();

@@ -279,6 +279,10 @@ class Session final : public filters::FilterContext {
   bool peer_reset(Leg& l);
   void arm_timer();
   void on_timer();
+  // idle_timeout has passed: closes and says so.
+  bool close_if_idle(std::uint64_t now);
+  // The upstream leg's keepalive, due kKeepaliveAfterMs after connect.
+  void upstream_keepalive_on();
   void on_handle_closed();
   void send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame);
   bool passthrough_eligible() const;
