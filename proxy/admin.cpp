@@ -266,7 +266,7 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
       for (const ClosedSession& c : w.closed_sessions()) {
         if (f_tsap && !c.matches_tsap(*f_tsap)) continue;
         if (f_peer && !c.matches_peer(*f_peer)) continue;
-        p.closed.emplace_back(c.seq, c.json);
+        p.closed.emplace_back(c.seq(), c.json());
       }
     }
     return p;
@@ -300,7 +300,7 @@ AdminResponse Admin::session(std::uint64_t id) {
   const auto parts = server_.gather<std::pair<int, std::string>>([id](Server& w) -> std::pair<int, std::string> {
     if (Session* s = w.find_session(id)) return {1, s->snapshot_text()};
     for (const ClosedSession& c : w.closed_sessions()) {
-      if (c.id == id) return {2, c.json};
+      if (c.id() == id) return {2, c.json()};
     }
     return {0, {}};
   });

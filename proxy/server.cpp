@@ -172,6 +172,8 @@ void Server::check_source_names() {
 
 int Server::run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
+  // Sessions go back to this thread's pools (Session::pool), so on this thread.
+  closed_.clear();
   log::flush();  // what the last iteration logged
   handles_closed_ = true;
   return uv_loop_close(&loop_);
@@ -205,6 +207,7 @@ void Server::schedule_reap() {
     reaper_active_ = true;
     uv_idle_start(&reaper_, [](uv_idle_t* h) noexcept {
       auto* self = static_cast<Server*>(h->data);
+      for (auto& s : self->finished_) self->retire(std::move(s));
       self->finished_.clear();
       self->reaper_active_ = false;
       uv_idle_stop(h);
@@ -355,17 +358,13 @@ std::vector<const Listener*> Server::listeners() const {
   return out;
 }
 
-bool Server::wants_closed_snapshots() const {
-  return shared_.access_log.enabled() || config_->admin.closed_sessions > 0;
-}
-
-void Server::session_record(ClosedSession record) {
-  if (shared_.access_log.enabled()) shared_.access_log.write(record.json);
+void Server::retire(std::unique_ptr<Session> s) {
   const std::size_t keep = config_->admin.closed_sessions;
-  if (keep == 0) return;
-  record.seq = shared_.next_close_seq.fetch_add(1, std::memory_order_relaxed);
-  closed_.push_back(std::move(record));
-  while (closed_.size() > keep) closed_.pop_front();
+  if (keep > 0 && s->final_state() != nullptr) {
+    s->release_io();
+    closed_.push_back(ClosedSession{std::move(s)});
+  }  // else destroyed here
+  while (closed_.size() > keep) closed_.pop_front();  // a reload may have lowered it
 }
 
 void Server::count_called_tsap(const std::string& display) {
@@ -380,29 +379,6 @@ void Server::count_called_tsap(const std::string& display) {
   } else {
     ++stats_.sessions_by_called_tsap["other"];
   }
-}
-
-bool ClosedSession::matches_tsap(std::string_view text) const {
-  std::string upper(text);
-  for (auto& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-  for (const auto* t : {&calling_hex, &called_hex}) {
-    if (!t->empty() && *t == upper) return true;
-  }
-  for (const auto* t : {&calling_ascii, &called_ascii}) {
-    if (!t->empty() && *t == text) return true;
-  }
-  return false;
-}
-
-bool ClosedSession::matches_peer(std::string_view text) const {
-  for (const auto* a : {&client, &upstream}) {
-    if (a->empty()) continue;
-    const auto colon = a->rfind(':');
-    std::string host = colon == std::string::npos ? *a : a->substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-    if (*a == text || host == text) return true;
-  }
-  return false;
 }
 
 }  // namespace isoproxy

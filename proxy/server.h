@@ -53,17 +53,18 @@ struct GlobalStats {
   std::map<std::string, std::uint64_t> sessions_by_called_tsap; // bounded by admin.metrics_tsap_labels
 };
 
-// A closed session as the admin endpoint keeps it: its final snapshot as
-// JSON text (a parsed tree costs several times the memory, and /sessions
-// only ever prints it), plus what the filters match on.
+// A closed session as the admin endpoint keeps it (the last
+// admin.closed_sessions): the Session itself, its I/O state freed, rendered
+// only when /sessions asks. Rendering every session's JSON at its close cost
+// about 7 % of a short connection's CPU (bench/RESULTS.md), for a list most
+// closes never appear in; kept, a session takes less memory than its text.
 struct ClosedSession {
-  std::uint64_t id = 0;
-  std::uint64_t seq = 0;  // close order across workers
-  std::string json;  // compact
-  std::string calling_hex, calling_ascii, called_hex, called_ascii;
-  std::string client, upstream;
-  bool matches_tsap(std::string_view text) const;
-  bool matches_peer(std::string_view text) const;
+  std::unique_ptr<Session> session;  // closed, with final_state()
+  std::uint64_t id() const { return session->id(); }
+  std::uint64_t seq() const { return session->final_state()->seq; }
+  std::string json() const { return session->snapshot_text(); }
+  bool matches_tsap(std::string_view text) const { return session->matches_tsap(text); }
+  bool matches_peer(std::string_view text) const { return session->matches_peer(text); }
 };
 
 class Server {
@@ -120,10 +121,13 @@ class Server {
   std::uint64_t accepted() const { return stats_.accepted; }
   std::vector<const Listener*> listeners() const;
   const std::deque<ClosedSession>& closed_sessions() const { return closed_; }
-  // A session's final snapshot: to the access log and the closed-session
-  // list; wants_closed_snapshots() says whether either will take it.
-  bool wants_closed_snapshots() const;
-  void session_record(ClosedSession record);
+  // The closed-session list (admin.closed_sessions > 0) keeps sessions that
+  // close from now on; they join it once their handles have closed.
+  bool keeps_closed() const { return config_->admin.closed_sessions > 0; }
+  std::uint64_t next_close_seq() { return shared_.next_close_seq.fetch_add(1, std::memory_order_relaxed); }
+  // A closed session's snapshot for the access log, when there is one.
+  bool wants_access_log() const { return shared_.access_log.enabled(); }
+  void write_access_log(const std::string& json) { shared_.access_log.write(json); }
   void count_called_tsap(const std::string& display);
   // Filter counters ("<filter>.<action>") by a small key, so that a session
   // keeps 16 bytes per counter rather than the name (the names are few: the
@@ -191,7 +195,8 @@ class Server {
   using SessionMap = std::unordered_map<std::uint64_t, std::unique_ptr<Session>, std::hash<std::uint64_t>,
                                         std::equal_to<>, SlabAllocator<std::pair<const std::uint64_t, std::unique_ptr<Session>>>>;
   SessionMap sessions_{16, std::hash<std::uint64_t>(), std::equal_to<>(), SessionMap::allocator_type(&session_nodes_)};
-  std::vector<std::unique_ptr<Session>> finished_;  // destroyed outside their callbacks
+  std::vector<std::unique_ptr<Session>> finished_;  // destroyed (or kept as closed) outside their callbacks
+  void retire(std::unique_ptr<Session> s);
   uv_timer_t drain_timer_{};
   uv_timer_t dns_check_timer_{};  // the start-up PTR check runs from the loop
   uv_timer_t trim_timer_{};       // gives memory that parked sessions freed back (session_parked)

@@ -1131,10 +1131,21 @@ void Session::close(std::string reason, bool reset_peers) {
   const auto colon = io_->close_reason.find(':');
   server_.stats().close_reasons[io_->close_reason.substr(0, colon)]++;
   for (const auto& [key, n] : counters_.entries()) server_.stats().filter_actions[server_.counter_name(key)] += n;
-  // Built only when something keeps it (most of a close's cost otherwise).
+  // What the closed-session list shows of this session, as it is now; the
+  // JSON itself is written only when asked (Server::retire).
+  if (server_.keeps_closed()) {
+    final_ = std::make_unique<Final>();
+    final_->seq = server_.next_close_seq();
+    final_->duration_ns = uv_hrtime() - start_ns_;
+    final_->close_reason = io_->close_reason;
+    final_->client_name = server_.rdns().name(&client_ss_.sa);
+    if (upstream_ss_.sa.sa_family != 0) final_->upstream_name = server_.rdns().name(&upstream_ss_.sa);
+    if (io_->client.tls) final_->client_tls = tls_json(io_->client.tls.get());
+    if (io_->upstream.tls) final_->upstream_tls = tls_json(io_->upstream.tls.get());
+  }
   // Before the close line: with several workers, whoever reads the close
   // line (a test, then SIGUSR1 from logrotate) finds the access-log line written.
-  if (server_.wants_closed_snapshots()) server_.session_record(closed_record());
+  if (server_.wants_access_log()) server_.write_access_log(snapshot_text());
   // Exactly one summary line per session (DESIGN.md §6).
   spdlog::info("[S{}] close {}", id_, close_line());
   if (ann_.called_tsap) server_.count_called_tsap(codec::tsap_text(*ann_.called_tsap).display());
@@ -1893,11 +1904,19 @@ std::string Session::snapshot_text() const {
     if (v.empty()) w.null();
     else w.value(v);
   };
-  auto opt_name = [&](const char* k, const sockaddr& sa) {
+  auto opt_name = [&](const char* k, const sockaddr& sa, const std::optional<std::string>* at_close) {
     w.key(k);
-    if (auto n = server_.rdns().name(&sa)) w.value(*n);
+    // A kept closed session shows the names known when it closed.
+    const std::optional<std::string> n = at_close ? *at_close : server_.rdns().name(&sa);
+    if (n) w.value(*n);
     else w.null();
   };
+  auto tls = [&](const Leg* l, const std::string* at_close) {
+    if (l != nullptr && l->tls) tls_text_json(w, l->tls.get());
+    else if (at_close != nullptr && !at_close->empty()) w.raw(*at_close);
+    else w.null();
+  };
+  const Final* fin = io_ ? nullptr : final_.get();
   auto opt_number = [&](const char* k, auto v) {
     w.key(k);
     if (v) w.value(*v);
@@ -1905,7 +1924,9 @@ std::string Session::snapshot_text() const {
   };
   // Members in name order (the order nlohmann's objects print in, kept so
   // that the text does not change with the writer).
-  const double age = static_cast<double>(uv_hrtime() - start_ns_) / 1e9;
+  // A closed session's duration is the one taken at its close (the access
+  // log and the closed-session list print the same).
+  const double age = static_cast<double>(final_ ? final_->duration_ns : uv_hrtime() - start_ns_) / 1e9;
   w.begin_object();
   w.key("age_s");
   if (closed()) w.null();
@@ -1916,10 +1937,10 @@ std::string Session::snapshot_text() const {
   tsap_text_json(w, ann_.calling_tsap);
   opt_number("class", ann_.class_cc ? ann_.class_cc : ann_.class_cr);
   w.key("client").value(client_address());
-  opt_name("client_name", client_ss_.sa);
+  opt_name("client_name", client_ss_.sa, fin ? &fin->client_name : nullptr);
   w.key("client_tls");
-  tls_text_json(w, io_ ? io_->client.tls.get() : nullptr);
-  opt_string("close_reason", io_ ? io_->close_reason : std::string());
+  tls(io_ ? &io_->client : nullptr, fin ? &fin->client_tls : nullptr);
+  opt_string("close_reason", io_ ? io_->close_reason : fin ? fin->close_reason : std::string());
   opt_number("cr_to_cc_ms", (cc_ms_ && cr_ms_) ? std::optional<std::uint64_t>(cc_ms_ - cr_ms_) : std::nullopt);
   w.key("dr");
   if (ann_.dr_reason) {
@@ -1972,28 +1993,18 @@ std::string Session::snapshot_text() const {
   opt_number("tpdu_size", size_of(ann_.tpdu_size_code_cc));
   opt_number("tpdu_size_proposed", size_of(ann_.tpdu_size_code_cr));
   opt_string("upstream", upstream_addr_);
-  opt_name("upstream_name", upstream_ss_.sa);
+  opt_name("upstream_name", upstream_ss_.sa, fin ? &fin->upstream_name : nullptr);
   w.key("upstream_tls");
-  tls_text_json(w, io_ ? io_->upstream.tls.get() : nullptr);
+  tls(io_ ? &io_->upstream : nullptr, fin ? &fin->upstream_tls : nullptr);
   w.end_object();
   return out;
 }
 
-ClosedSession Session::closed_record() const {
-  ClosedSession c;
-  c.id = id_;
-  c.json = snapshot_text();
-  auto tsap = [](const filters::TsapValue& t, std::string& hex, std::string& ascii) {
-    if (!t) return;
-    codec::TsapText text = codec::tsap_text(*t);
-    hex = std::move(text.hex);
-    if (text.printable) ascii = std::move(text.ascii);
-  };
-  tsap(ann_.calling_tsap, c.calling_hex, c.calling_ascii);
-  tsap(ann_.called_tsap, c.called_hex, c.called_ascii);
-  c.client = client_address();
-  c.upstream = upstream_addr_;
-  return c;
+std::string Session::tls_json(const tls::Channel* t) {
+  std::string out;
+  json_text::Writer w(out);
+  tls_text_json(w, t);
+  return out;
 }
 
 bool Session::matches_tsap(std::string_view text) const {

@@ -14,6 +14,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -31,7 +32,6 @@ class SlabPool;
 
 class Server;
 class Listener;
-struct ClosedSession;
 
 // The immutable per-listener configuration a session runs with. Reloads make
 // new ones; sessions keep the one they started with.
@@ -146,8 +146,20 @@ class Session final : public filters::FilterContext {
   // text written directly (no tree): what /sessions, the close record and the
   // access log print.
   std::string snapshot_text() const;
-  // What the closed-session list and the access log keep of it.
-  ClosedSession closed_record() const;
+  // What a closed session's snapshot shows that lived in its I/O state or
+  // in the rDNS cache: taken at close when the closed-session list will
+  // keep the session (Server::retire), which renders it only when asked.
+  struct Final {
+    std::uint64_t seq = 0;  // close order across workers
+    std::uint64_t duration_ns = 0;
+    std::string close_reason;
+    std::optional<std::string> client_name, upstream_name;
+    std::string client_tls, upstream_tls;  // their JSON objects; "" for null
+  };
+  // Frees what only an open session needs (its I/O state, filters,
+  // buffers): a session the closed-session list keeps holds its stats.
+  void release_io() { io_.reset(); }
+  const Final* final_state() const { return final_.get(); }
   // For filtering views: the TSAPs in both forms, the peers' addresses.
   bool matches_tsap(std::string_view text) const;
   bool matches_peer(std::string_view text) const;
@@ -303,6 +315,7 @@ class Session final : public filters::FilterContext {
   // pass-through) starts again, else the caller closes the session.
   void unpark(bool resume);
   std::string close_line() const;
+  static std::string tls_json(const tls::Channel* t);
   const char* dr_from_text() const;
   std::string local_destination_hint() const;
 
@@ -351,6 +364,7 @@ class Session final : public filters::FilterContext {
   static constexpr std::size_t kMaxChain = 16;  // longer chains of listeners count as a loop  // the last DR was isoproxy's own (a filter's refusal)
   filters::SessionAnnotations ann_;
   FilterCounters counters_;
+  std::unique_ptr<Final> final_;  // set by close() when the closed-session list keeps this session
 
   // Parked: the two sockets (client, upstream), watched by the Server's ParkSet.
   std::array<int, 2> park_fd_{-1, -1};

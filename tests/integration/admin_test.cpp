@@ -282,3 +282,82 @@ TEST_CASE("access log: one JSON line per session at close, the same fields as /s
   CHECK(lines[0]["id"] != lines[1]["id"]);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("admin: the closed list keeps the last closed_sessions, newest first, as they were at close",
+          "[admin][integration]") {
+  TestServer up(responder_handler({.reserved = 0x11}));
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\nclosed_sessions = 2\n\n[[listener]]\nname = \"kept\"\n"
+                     "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) +
+                     "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
+                     "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
+  auto port = proxy.listen_port("kept", 10s);
+  auto aport = admin_port(proxy);
+  REQUIRE(port);
+  REQUIRE(aport);
+  // Three sessions, one after the other, each with its own called TSAP.
+  for (int i = 0; i < 3; ++i) {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", "CALLED" + std::to_string(i))));
+    REQUIRE(c.recv_frame(5s));
+    c.close();
+    REQUIRE(proxy.wait_for_lines(std::regex("close reason="), static_cast<std::size_t>(i + 1), 10s));
+  }
+  const json first = json::parse(http(*aport, "GET", "/sessions?closed=1").body);
+  REQUIRE(first["sessions"].size() == 2);
+  CHECK(first["sessions"][0]["called_tsap"]["ascii"] == "CALLED2");
+  CHECK(first["sessions"][1]["called_tsap"]["ascii"] == "CALLED1");
+  for (const json& s : first["sessions"]) {
+    CHECK(s["state"] == "closed");
+    CHECK(s["close_reason"] == "client-closed");
+    CHECK(s["filters"]["reserved.repaired"] == 1);
+    CHECK(s["age_s"].is_null());
+  }
+  // The oldest is gone from every view; the kept ones are found by TSAP.
+  const auto oldest = first["sessions"][1]["id"].get<std::uint64_t>() - 1;
+  CHECK(http(*aport, "GET", "/sessions/" + std::to_string(oldest)).status == 404);
+  CHECK(json::parse(http(*aport, "GET", "/sessions?closed=1&tsap=CALLED0").body)["sessions"].empty());
+  CHECK(json::parse(http(*aport, "GET", "/sessions?closed=1&tsap=CALLED1").body)["sessions"].size() == 1);
+  CHECK(json::parse(http(*aport, "GET", "/sessions?closed=1&peer=127.0.0.1").body)["sessions"].size() == 2);
+  // Their durations stay those at close while time goes on: an open session
+  // grows older than the longest of them, and the list reads the same.
+  double longest = 0;
+  for (const json& s : first["sessions"]) longest = std::max(longest, s["duration_s"].get<double>());
+  Conn open = connect_to("127.0.0.1", *port);
+  REQUIRE(open.send_all(make_cr("SWISSLIFETSAP", "OPEN")));
+  REQUIRE(open.recv_frame(5s));
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  for (;;) {
+    const json live = json::parse(http(*aport, "GET", "/sessions?state=established").body);
+    REQUIRE(live["sessions"].size() == 1);
+    if (live["sessions"][0]["age_s"].get<double>() > longest + 0.05) break;
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(20ms);  // polling the session's own age, not guessing a time
+  }
+  const json again = json::parse(http(*aport, "GET", "/sessions?state=closed").body);
+  CHECK(again["sessions"] == first["sessions"]);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("admin: closed_sessions = 0 keeps no closed session", "[admin][integration]") {
+  TestServer up(responder_handler());
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\nclosed_sessions = 0\n\n[[listener]]\nname = \"none\"\n"
+                     "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n");
+  auto port = proxy.listen_port("none", 10s);
+  auto aport = admin_port(proxy);
+  REQUIRE(port);
+  REQUIRE(aport);
+  {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
+    REQUIRE(c.recv_frame(5s));
+  }
+  REQUIRE(proxy.wait_for_line(std::regex("close reason="), 10s));
+  CHECK(json::parse(http(*aport, "GET", "/sessions?closed=1").body)["sessions"].empty());
+  CHECK(http(*aport, "GET", "/sessions/1").status == 404);
+  CHECK(json::parse(http(*aport, "GET", "/stats").body)["sessions"]["closed"] == 1);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}

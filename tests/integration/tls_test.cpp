@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "codec/x224.h"
+#include "support/http.h"
 #include "support/peers.h"
 #include "support/piped_process.h"
 #include "support/proxy_process.h"
@@ -359,6 +360,18 @@ TEST_CASE("tls: plaintext client through isoproxy to openssl s_server, CC repair
   CHECK(j["upstream_tls"]["verify"] == "ok");
   CHECK(j["upstream_tls"]["sni"].is_null());  // an IP is never sent as SNI
   CHECK(j["upstream_tls"]["cipher"].is_string());
+  // The closed-session list renders the session it kept when asked, its TLS
+  // state freed long before: the same text as the access log wrote at close.
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+  const auto kept = http(*aport, "GET", "/sessions?closed=1");
+  REQUIRE(kept.status == 200);
+  const auto list = nlohmann::json::parse(kept.body);
+  REQUIRE(list["sessions"].size() == 1);
+  CHECK(list["sessions"][0].dump() == j.dump());
+  const auto one = http(*aport, "GET", "/sessions/" + std::to_string(j["id"].get<std::uint64_t>()));
+  REQUIRE(one.status == 200);
+  CHECK(one.body == *json_line + "\n");
 }
 
 TEST_CASE("tls: openssl s_client through isoproxy to openssl s_server, TLS on both legs", "[tls][integration]") {
