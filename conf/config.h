@@ -139,6 +139,7 @@ struct ListenerConfig {
   Duration keepalive_interval{60000};
   bool passthrough = true;                // splice(2) the data phase when no filter needs it
   Duration park_after{500};               // idle this long: drop the I/O state, keep stats and sockets; 0 = never
+  bool smart_connect = true;              // the upstream handshake's last ACK goes with the first bytes (the CR)
   std::shared_ptr<const TlsServerConfig> tls;           // null: plaintext from clients
   std::shared_ptr<const TlsClientConfig> upstream_tls;  // null: plaintext to the upstream
 };

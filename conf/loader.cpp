@@ -418,6 +418,7 @@ class Loader {
 
     l.passthrough = r.boolean("passthrough", l.passthrough);
     l.park_after = r.duration("park_after", l.park_after);
+    l.smart_connect = r.boolean("smart_connect", l.smart_connect);
 
     // TLS toward clients and toward the upstream ([listener.tls], [listener.upstream_tls]).
     l.tls = read_tls_server(r, "tls");
@@ -607,6 +608,7 @@ std::string effective_config_toml(const Config& c) {
     o << "keepalive_interval = " << toml_string(format_duration(l.keepalive_interval)) << "\n";
     o << "passthrough = " << (l.passthrough ? "true" : "false") << "\n";
     o << "park_after = " << toml_string(format_duration(l.park_after)) << "\n";
+    o << "smart_connect = " << (l.smart_connect ? "true" : "false") << "\n";
     if (l.tls) o << "\n" << tls_server_toml(*l.tls, "listener.tls");
     if (l.upstream_tls) o << "\n" << tls_client_toml(*l.upstream_tls, "listener.upstream_tls");
   }

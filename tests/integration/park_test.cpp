@@ -158,11 +158,13 @@ struct Rig {
     REQUIRE(p.client.valid());
     p.client.set_nodelay();
     p.addr = p.client.local_address();
+    // The CR first, as a client sends it: the upstream connection is
+    // complete at the upstream when the CR arrives (smart_connect).
+    REQUIRE(p.client.send_all(codec::Bytes(test_cr())));
     p.up = upstream.wait_conn(sessions);
     INFO(log());
     REQUIRE(p.up != nullptr);
     ++sessions;
-    REQUIRE(p.client.send_all(codec::Bytes(test_cr())));
     REQUIRE(mismatch(p.up->recv_exact(test_cr().size()), test_cr()) == "");
     REQUIRE(p.up->send_all(codec::Bytes(test_cc())));
     REQUIRE(mismatch(p.client.recv_exact(test_cc().size()), test_cc()) == "");
