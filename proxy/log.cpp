@@ -129,18 +129,26 @@ bool init(std::string_view level) {
 }
 
 std::string quote(std::string_view v) {
+  std::string out;
+  quote_to(out, v);
+  return out;
+}
+
+void quote_to(std::string& out, std::string_view v) {
   bool plain = !v.empty();
   for (char c : v) {
     if (c == ' ' || c == '"' || c == '=' || c == '\\' || static_cast<unsigned char>(c) < 0x20) plain = false;
   }
-  if (plain) return std::string(v);
-  std::string out = "\"";
+  if (plain) {
+    out += v;
+    return;
+  }
+  out.push_back('"');
   for (char c : v) {
     if (c == '"' || c == '\\') out.push_back('\\');
     out.push_back(static_cast<unsigned char>(c) < 0x20 ? '?' : c);
   }
   out.push_back('"');
-  return out;
 }
 
 }  // namespace isoproxy::log

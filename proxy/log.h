@@ -25,5 +25,7 @@ void flush();
 
 // Quotes a value for key=value log fields when it has spaces, quotes or is empty.
 std::string quote(std::string_view v);
+// The same, appended to `out`.
+void quote_to(std::string& out, std::string_view v);
 
 }  // namespace isoproxy::log

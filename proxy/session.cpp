@@ -1747,63 +1747,98 @@ const char* Session::dr_from_text() const {
 }
 
 std::string Session::close_line() const {
-  std::string s = "reason=" + log::quote(io_->close_reason);
-  s += " listener=" + log::quote(rt_->cfg.name);
-  s += " client=" + log::quote(client_address());
-  if (auto n = server_.rdns().name(&client_ss_.sa)) s += " client_name=" + log::quote(*n);
-  s += " upstream=" + log::quote(upstream_addr_.empty() ? "-" : upstream_addr_);
-  if (auto n = server_.rdns().name(&upstream_ss_.sa)) s += " upstream_name=" + log::quote(*n);
-  if (!route_name_.empty()) s += " route=" + log::quote(route_name_);
-  const std::string source = source_text();
-  s += " source=" + log::quote(source.empty() ? "-" : source);
-  auto tsap = [](const filters::TsapValue& t) {
-    if (!t) return std::string("-");
-    return log::quote(codec::tsap_text(*t).display());
+  // Appended in place (one buffer, no temporaries): every session writes one.
+  std::string s;
+  s.reserve(512);
+  auto field = [&s](std::string_view key, std::string_view value) {
+    s += ' ';
+    s += key;
+    s += '=';
+    log::quote_to(s, value);
   };
-  s += " calling=" + tsap(ann_.calling_tsap) + " called=" + tsap(ann_.called_tsap);
+  auto number = [&s](std::string_view key, std::uint64_t v) {
+    s += ' ';
+    s += key;
+    s += '=';
+    json_text::number(s, v);
+  };
+  s += "reason=";
+  log::quote_to(s, io_->close_reason);
+  field("listener", rt_->cfg.name);
+  field("client", client_address());
+  if (auto n = server_.rdns().name(&client_ss_.sa)) field("client_name", *n);
+  field("upstream", upstream_addr_.empty() ? "-" : upstream_addr_);
+  if (auto n = server_.rdns().name(&upstream_ss_.sa)) field("upstream_name", *n);
+  if (!route_name_.empty()) field("route", route_name_);
+  const std::string source = source_text();
+  field("source", source.empty() ? "-" : source);
+  auto tsap = [&](std::string_view key, const filters::TsapValue& t) {
+    if (!t) {
+      s += ' ';
+      s += key;
+      s += "=-";
+      return;
+    }
+    field(key, codec::tsap_text(*t).display());
+  };
+  tsap("calling", ann_.calling_tsap);
+  tsap("called", ann_.called_tsap);
   if (auto c = ann_.tpdu_size_code_cc ? ann_.tpdu_size_code_cc : ann_.tpdu_size_code_cr) {
-    if (auto o = codec::tpdu_size_octets(*c)) s += " tpdu_size=" + std::to_string(*o);
+    if (auto o = codec::tpdu_size_octets(*c)) number("tpdu_size", *o);
   }
-  if (ann_.class_cc || ann_.class_cr) s += " class=" + std::to_string(ann_.class_cc ? *ann_.class_cc : *ann_.class_cr);
-  if (cc_ms_ && cr_ms_) s += " cr_to_cc_ms=" + std::to_string(cc_ms_ - cr_ms_);
-  s += " c2u_bytes=" + std::to_string(to_upstream_.stats.bytes) + " c2u_frames=" + std::to_string(to_upstream_.stats.frames);
-  s += " u2c_bytes=" + std::to_string(to_client_.stats.bytes) + " u2c_frames=" + std::to_string(to_client_.stats.frames);
+  if (ann_.class_cc || ann_.class_cr) number("class", ann_.class_cc ? *ann_.class_cc : *ann_.class_cr);
+  if (cc_ms_ && cr_ms_) number("cr_to_cc_ms", cc_ms_ - cr_ms_);
+  number("c2u_bytes", to_upstream_.stats.bytes);
+  number("c2u_frames", to_upstream_.stats.frames);
+  number("u2c_bytes", to_client_.stats.bytes);
+  number("u2c_frames", to_client_.stats.frames);
   const auto anomalies = to_upstream_.stats.anomalies + to_client_.stats.anomalies;
-  if (anomalies) s += " anomalies=" + std::to_string(anomalies);
-  const auto errors = to_upstream_.stats.decode_errors + to_client_.stats.decode_errors;
-  if (errors) s += " decode_errors=" + std::to_string(errors);
+  if (anomalies) number("anomalies", anomalies);
+  const std::uint64_t errors = to_upstream_.stats.decode_errors + to_client_.stats.decode_errors;
+  if (errors) number("decode_errors", errors);
   const auto discarded = to_upstream_.drain_discarded + to_client_.drain_discarded;
-  if (discarded) s += " drain_discarded=" + std::to_string(discarded);
+  if (discarded) number("drain_discarded", discarded);
   if (passthrough_entered_) s += " passthrough=1";
   if (non_rfc1006_) s += " non_rfc1006=1";
   else if (to_upstream_.raw || to_client_.raw) s += " raw=1";
   for (const Leg* l : {io_ ? &io_->client : nullptr, io_ ? &io_->upstream : nullptr}) {
     if (l == nullptr || !l->tls) continue;
     const tls::Info& i = l->tls->info();
-    const std::string p = " " + std::string(side_name(l->side));
-    s += p + "_tls=" + (!i.version.empty() ? i.version : l->tls->failed() ? std::string("failed") : std::string("handshake"));
-    if (!i.cipher.empty()) s += p + "_cipher=" + i.cipher;
-    if (!i.peer_subject.empty()) s += p + "_peer=" + log::quote(i.peer_subject);
-    if (!i.verify.empty()) s += p + "_verify=" + log::quote(i.verify);
+    const std::string p(side_name(l->side));
+    s += ' ' + p + "_tls=" + (!i.version.empty() ? i.version : l->tls->failed() ? std::string("failed") : std::string("handshake"));
+    if (!i.cipher.empty()) s += ' ' + p + "_cipher=" + i.cipher;
+    if (!i.peer_subject.empty()) field(p + "_peer", i.peer_subject);
+    if (!i.verify.empty()) field(p + "_verify", i.verify);
   }
-  std::string repairs;
-  for (const auto& [k, v] : counters_.entries()) repairs += (repairs.empty() ? "" : ",") + server_.counter_name(k) + "=" + std::to_string(v);
-  s += " filters=" + (repairs.empty() ? std::string("-") : repairs);
+  s += " filters=";
+  if (counters_.entries().empty()) s += '-';
+  bool first = true;
+  for (const auto& [k, v] : counters_.entries()) {
+    if (!first) s += ',';
+    first = false;
+    s += server_.counter_name(k);
+    s += '=';
+    json_text::number(s, v);
+  }
   if (ann_.dr_reason) {
     const auto n = codec::dr_reason_name(*ann_.dr_reason);
     char hex[8];
     std::snprintf(hex, sizeof hex, "0x%02X", *ann_.dr_reason);
-    s += std::string(" dr=") + hex + " dr_from=" + dr_from_text() +
-         " dr_reason=" + log::quote(n ? *n : "unknown");
+    s += std::string(" dr=") + hex + " dr_from=" + dr_from_text();
+    field("dr_reason", n ? *n : "unknown");
   }
   if (ann_.er_cause) {
     const auto n = codec::er_cause_name(*ann_.er_cause);
-    s += " er_cause=" + std::to_string(*ann_.er_cause) + " er_reason=" + log::quote(n ? *n : "unknown");
+    number("er_cause", *ann_.er_cause);
+    field("er_reason", n ? *n : "unknown");
   }
   // Seconds with three decimals, as "%.3fs" would print them (without printf).
   const std::uint64_t ms = (uv_hrtime() - start_ns_ + 500000) / 1000000;
   const std::uint64_t frac = ms % 1000;
-  s += " duration=" + std::to_string(ms / 1000) + (frac < 10 ? ".00" : frac < 100 ? ".0" : ".") + std::to_string(frac) + "s";
+  number("duration", ms / 1000);
+  s += frac < 10 ? ".00" : frac < 100 ? ".0" : ".";
+  json_text::number(s, frac);
+  s += 's';
   return s;
 }
 
