@@ -261,6 +261,26 @@ write_tls_configs() {
 }
 if want tls; then write_tls_configs; fi
 
+# Connection rate: each run's responder listens on an address of its own in
+# 127.0.0.0/8. The upstream connections a run closes stay in TIME_WAIT for a
+# minute, and Linux's search for a source port to the same destination
+# steps over them: on one shared address, every run would pay for the
+# TIME_WAITs of the runs before it (a fifth of the relay's CPU in
+# __inet_hash_connect by the end of a pass, more for whoever runs later).
+# Against a fresh address, every relay starts from the same empty table.
+fresh_base=$(( $(date +%s) % 20000 ))
+fresh_count=0
+fresh_server() {
+  local n=$(( fresh_base + fresh_count ))
+  fresh_count=$(( fresh_count + 1 ))
+  server=127.0.$(( 100 + (n / 250) % 150 )).$(( 1 + n % 250 )):$server_port
+  write_configs
+}
+default_server() {
+  server=127.0.0.1:$server_port
+  write_configs
+}
+
 relay_cmd() {  # $1: relay
   case "$1" in
     isoproxy) echo "$iso run -c $run_dir/isoproxy.toml" ;;
@@ -374,10 +394,12 @@ for pass in $(seq "$repeat"); do
   if want connrate; then
     for r in "${relays[@]}"; do
       say "pass $pass/$repeat: $r: connection rate"
+      fresh_server
       start_relay "$r" "$r-connrate-$pass"
       loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
       stop_relay
     done
+    default_server
   fi
   if want tls; then
     for r in isoproxy-chain isoproxy-tls; do
@@ -395,9 +417,11 @@ for pass in $(seq "$repeat"); do
       loadgen "$r" 120 throughput --conns 4 --bytes "$tp_bytes" --seconds 60
       stop_relay
       say "pass $pass/$repeat: $r: connection rate"
+      fresh_server
       start_relay "$r" "$r-connrate-$pass"
       loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
       stop_relay
+      default_server
     done
   fi
   if want idle; then
@@ -457,7 +481,9 @@ perf_top() {
 if want profile; then
   say "isoproxy (default config) under perf: throughput, then connection rate"
   profile_one throughput throughput --conns 1 --bytes "$prof_bytes" --seconds 60
+  fresh_server
   profile_one connrate connrate --count "$prof_conns" --concurrency 16 --seconds 60
+  default_server
 fi
 trap - EXIT
 cleanup
