@@ -41,11 +41,17 @@ class TpktReserved final : public Filter {
     const bool data = frame.type() == codec::TpduType::kDT || frame.type() == codec::TpduType::kED;
     if (!data || !logged_values_[old]) {
       logged_values_[old] = true;
-      char msg[160];
-      std::snprintf(msg, sizeof msg, "%s: %s %s: TPKT reserved byte 0x%02X -> 0x00%s", name_.c_str(),
-                    std::string(codec::tpdu_type_name(frame.type())).c_str(),
-                    std::string(direction_name(frame.direction())).c_str(), old,
-                    data ? " (further data repairs counted, not logged)" : "");
+      // "NAME: CC to-client: TPKT reserved byte 0x11 -> 0x00", without printf
+      // (the default config logs it for every session of a vendor MTA).
+      static constexpr char kHex[] = "0123456789ABCDEF";
+      std::string msg;
+      msg.reserve(128);
+      msg.append(name_).append(": ").append(codec::tpdu_type_name(frame.type())).append(" ");
+      msg.append(direction_name(frame.direction())).append(": TPKT reserved byte 0x");
+      msg += kHex[old >> 4];
+      msg += kHex[old & 0xF];
+      msg += " -> 0x00";
+      if (data) msg += " (further data repairs counted, not logged)";
       ctx.log(msg);
     }
     return Verdict::kContinue;

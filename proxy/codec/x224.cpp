@@ -7,10 +7,19 @@ namespace isoproxy::codec {
 
 namespace {
 
+// "0x%02X" without printf: every anomaly of every frame names its octet so.
 std::string hex2(std::uint32_t v) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "0x%02X", v);
-  return buf;
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  char digits[8];
+  int n = 0;
+  do {
+    digits[n++] = kHex[v & 0xF];
+    v >>= 4;
+  } while (v != 0);
+  if (n < 2) digits[n++] = '0';
+  std::string out = "0x";
+  while (n > 0) out += digits[--n];
+  return out;
 }
 
 bool known_type_nibble(std::uint8_t n) {

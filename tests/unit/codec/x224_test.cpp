@@ -617,6 +617,14 @@ TEST_CASE("x224: TPDU size codes", "[x224]") {
     std::size_t expected_count = (nonstandard ? 1 : 0) + (over_class0 ? 1 : 0);
     CHECK(h.anomalies.size() == expected_count);
   }
+  SECTION("the code is named in two hex digits, whatever its value") {
+    for (auto [code, text] : {std::pair{0x00, "0x00"}, std::pair{0x05, "0x05"}, std::pair{0xFF, "0xFF"}}) {
+      auto h = decode(cr_with_size(static_cast<std::uint8_t>(code)));
+      REQUIRE(h.ok());
+      REQUIRE(has(h.anomalies, AnomalyKind::kTpduSizeNonStandard));
+      CHECK_THAT(h.anomalies[0].detail, Catch::Contains(std::string("TPDU size code ") + text + " is undefined"));
+    }
+  }
   SECTION("above 2048 is fine outside class 0") {
     auto h = decode(cr_with_size(0x0D, 0x20));
     REQUIRE(h.ok());
