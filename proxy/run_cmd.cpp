@@ -87,6 +87,10 @@ int run_daemon(const std::string& config_path, const std::string& user) {
   // privileges were dropped, so that every thread runs with the reduced set.
   notify::ready("serving " + std::to_string(config->listeners.size()) + " listener" +
                 (config->listeners.size() == 1 ? "" : "s"));
+  // From here the Supervisor and the workers hold the configuration: a
+  // reload replaces it, and what the old one owned (a trace filter's open
+  // file) goes with its last session, not with the process.
+  config.reset();
   return server.run();
 }
 

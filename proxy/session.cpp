@@ -1149,6 +1149,7 @@ void Session::close(std::string reason, bool reset_peers) {
     final_ = std::make_unique<Final>();
     final_->seq = server_.next_close_seq();
     final_->duration_ns = uv_hrtime() - start_ns_;
+    final_->listener = rt_->cfg.name;
     final_->close_reason = io_->close_reason;
     final_->client_name = server_.rdns().name(&client_ss_.sa);
     if (upstream_ss_.sa.sa_family != 0) final_->upstream_name = server_.rdns().name(&upstream_ss_.sa);
@@ -2023,7 +2024,7 @@ std::string Session::snapshot_text() const {
     w.end_object();
   }
   w.key("id").value(id_);
-  w.key("listener").value(rt_->cfg.name);
+  w.key("listener").value(rt_ ? rt_->cfg.name : final_->listener);
   w.key("non_rfc1006").value(non_rfc1006_);
   w.key("parked").value(parked_);
   w.key("parks").value(parks_);

@@ -152,13 +152,19 @@ class Session final : public filters::FilterContext {
   struct Final {
     std::uint64_t seq = 0;  // close order across workers
     std::uint64_t duration_ns = 0;
+    std::string listener;   // the runtime (its filter factories: a trace file) is not kept
     std::string close_reason;
     std::optional<std::string> client_name, upstream_name;
     std::string client_tls, upstream_tls;  // their JSON objects; "" for null
   };
   // Frees what only an open session needs (its I/O state, filters,
-  // buffers): a session the closed-session list keeps holds its stats.
-  void release_io() { io_.reset(); }
+  // buffers) and its hold on the listener's runtime: a session the
+  // closed-session list keeps holds its stats, and a reload's old filter
+  // factories (a trace filter's open file) go when their last open session does.
+  void release_io() {
+    io_.reset();
+    if (final_) rt_.reset();
+  }
   const Final* final_state() const { return final_.get(); }
   // For filtering views: the TSAPs in both forms, the peers' addresses.
   bool matches_tsap(std::string_view text) const;

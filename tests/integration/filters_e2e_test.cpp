@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <map>
 #include <regex>
 #include <sstream>
 
@@ -92,6 +93,58 @@ TEST_CASE("trace writes a pcap of both directions that tshark dissects as COTP",
     CHECK(lines[2] == to_up + "|0x0f|||0");
     CHECK(std::regex_match(lines[3], std::regex(R"(\d+\|0x0f\|\|\|0)")));
   }
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("trace: a reload that drops the filter completes its file, the closed sessions kept or not",
+          "[trace][reload][integration]") {
+  TestServer up(responder_handler({.reserved = 0x11}));
+  REQUIRE(up.ok());
+  const auto dir = make_temp_dir("trace-reload");
+  const std::string listener = "[[listener]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                               std::to_string(up.port()) + "\"\n";
+  // The default closed-session list (1000) keeps the traced session after it closed.
+  ProxyProcess proxy(listener + "filters = [\"capture\"]\n\n[filter.capture]\nkind = \"trace\"\ndirectory = \"" +
+                     dir.string() + "\"\n");
+  auto port = proxy.listen_port("t", 10s);
+  REQUIRE(port);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1"), dt = make_dt("traced data");
+  {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(cr));
+    REQUIRE(c.recv_frame(5s));
+    REQUIRE(c.send_all(dt));
+    REQUIRE(c.recv_exact(dt.size(), 5s));
+  }
+  REQUIRE(proxy.wait_for_line(std::regex("close reason="), 10s));
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) files.push_back(e.path());
+  REQUIRE(files.size() == 1);
+  // Which of the proxy's descriptors are open on the trace file.
+  auto open_on_trace = [&] {
+    int n = 0;
+    const auto fds = std::filesystem::path("/proc") / std::to_string(proxy.pid()) / "fd";
+    for (const auto& e : std::filesystem::directory_iterator(fds)) {
+      std::error_code ec;
+      if (std::filesystem::read_symlink(e.path(), ec) == files[0]) ++n;
+    }
+    return n;
+  };
+  CHECK(open_on_trace() == 1);
+  // The trace goes: its file is closed then, with the process still running.
+  REQUIRE(proxy.write_config(listener));
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_line(std::regex("reloaded "), 10s));
+  CHECK(open_on_trace() == 0);
+  std::map<int, std::size_t> bytes;
+  auto summary = isoproxy::read_pcap_streams(
+      files[0].string(), up.port(), [&](const isoproxy::PcapChunk& ch) { bytes[static_cast<int>(ch.direction)] += ch.bytes.size(); },
+      [](const isoproxy::PcapNotice&) {});
+  REQUIRE(summary.ok());
+  CHECK(bytes[0] == cr.size() + dt.size());
+  CHECK(bytes[1] == bytes[0]);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
   std::filesystem::remove_all(dir);
 }
 
