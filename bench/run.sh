@@ -82,6 +82,11 @@ fi
 server_port=$port relay_port=$((port + 1)) admin_port=$((port + 2)) hop_port=$((port + 3))
 server=127.0.0.1:$server_port relay=127.0.0.1:$relay_port admin=127.0.0.1:$admin_port
 pin_cpu=$(( $(nproc) - 1 ))   # ping-pong: relay and generator both on this CPU
+# Connection rate: the relay on pin_cpu, the generator on CPU 0. Left to the
+# scheduler, the same relay measured either about 38 or about 59 µs per
+# session from one run to the next (both relays, whichever way the two
+# processes were placed); pinned, the figure repeats within 1 %.
+cr_gen_cpu=0
 
 # --- tools -------------------------------------------------------------------
 # haproxy and socat from Debian, like packaging/deps.sh: only what is missing.
@@ -393,10 +398,10 @@ for pass in $(seq "$repeat"); do
   fi
   if want connrate; then
     for r in "${relays[@]}"; do
-      say "pass $pass/$repeat: $r: connection rate"
+      say "pass $pass/$repeat: $r: connection rate, relay on CPU $pin_cpu, generator on CPU $cr_gen_cpu"
       fresh_server
-      start_relay "$r" "$r-connrate-$pass"
-      loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
+      start_relay "$r" "$r-connrate-$pass" "$pin_cpu"
+      PIN=$cr_gen_cpu loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
       stop_relay
     done
     default_server
@@ -447,9 +452,9 @@ if want livestats; then
 fi
 
 # --- the profile ------------------------------------------------------------------
-profile_one() {  # $1: name, rest: loadgen arguments
-  local name=$1; shift
-  start_relay isoproxy "isoproxy-profile-$name"
+profile_one() {  # $1: name, $2: the relay's CPU list ("" for none), rest: loadgen arguments
+  local name=$1 cpus=$2; shift 2
+  start_relay isoproxy "isoproxy-profile-$name" "$cpus"
   # DWARF unwinding: the Release build has no frame pointers, and without
   # them the callers of a function (what it is there for) are lost.
   local rec=(perf record -g --call-graph dwarf,16384 -F 999 -p "$relay_pid" -o "$run_dir/perf-$name.data")
@@ -480,9 +485,9 @@ perf_top() {
 }
 if want profile; then
   say "isoproxy (default config) under perf: throughput, then connection rate"
-  profile_one throughput throughput --conns 1 --bytes "$prof_bytes" --seconds 60
+  profile_one throughput "" throughput --conns 1 --bytes "$prof_bytes" --seconds 60
   fresh_server
-  profile_one connrate connrate --count "$prof_conns" --concurrency 16 --seconds 60
+  PIN=$cr_gen_cpu profile_one connrate "$pin_cpu" connrate --count "$prof_conns" --concurrency 16 --seconds 60
   default_server
 fi
 trap - EXIT
