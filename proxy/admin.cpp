@@ -231,8 +231,8 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
   }
   // Closed sessions are in state "closed": ?state=established&closed=1 has none.
   const bool with_closed = (closed && *closed == "1" && !state) || (state && *state == "closed");
-  // Built as text: closed sessions are kept as JSON text already, and a
-  // thousand live snapshots are cheaper dumped one by one than as one tree.
+  // Built as text: a thousand snapshots are cheaper written one by one than
+  // as one tree.
   AdminResponse resp;
   resp.status = 200;
   std::string& out = resp.body;
@@ -254,13 +254,16 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
   const std::optional<std::string> f_peer = peer ? std::optional<std::string>(*peer) : std::nullopt;
   const auto parts = server_.gather<Part>([=](Server& w) {
     Part p;
-    if (!f_state || *f_state != "closed") {
-      for (Session* s : w.sessions_in_order()) {
-        if (f_state && session_state_name(s->state()) != *f_state) continue;
-        if (f_tsap && !s->matches_tsap(*f_tsap)) continue;
-        if (f_peer && !s->matches_peer(*f_peer)) continue;
-        p.live.emplace_back(s->id(), s->snapshot_text());
-      }
+    for (Session* s : w.sessions_in_order()) {
+      // A session that has just closed joins the closed list once its
+      // handles have closed (Server::retire); until then it is listed among
+      // the closed ones from here, so that it is never in neither list.
+      const bool closing = with_closed && s->closed() && s->final_state() != nullptr;
+      if (f_state && !closing && session_state_name(s->state()) != *f_state) continue;
+      if (f_tsap && !s->matches_tsap(*f_tsap)) continue;
+      if (f_peer && !s->matches_peer(*f_peer)) continue;
+      if (closing) p.closed.emplace_back(s->final_state()->seq, s->snapshot_text());
+      else p.live.emplace_back(s->id(), s->snapshot_text());
     }
     if (with_closed) {
       for (const ClosedSession& c : w.closed_sessions()) {

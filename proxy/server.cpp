@@ -121,6 +121,8 @@ void Server::apply(std::shared_ptr<const conf::Config> config, Sockets fresh_soc
     }
   }
   config_ = std::move(config);
+  // A lower admin.closed_sessions holds from now on, not from the next close.
+  while (closed_.size() > config_->admin.closed_sessions) closed_.pop_front();
   ReverseDns::Options dns;
   dns.enabled = config_->global.reverse_dns;
   dns.ttl_ms = static_cast<std::uint64_t>(config_->global.reverse_dns_ttl.count());

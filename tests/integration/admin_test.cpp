@@ -287,10 +287,13 @@ TEST_CASE("admin: the closed list keeps the last closed_sessions, newest first, 
           "[admin][integration]") {
   TestServer up(responder_handler({.reserved = 0x11}));
   REQUIRE(up.ok());
-  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\nclosed_sessions = 2\n\n[[listener]]\nname = \"kept\"\n"
-                     "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) +
-                     "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
-                     "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
+  auto config = [&](int keep) {
+    return "[admin]\nlisten = \"127.0.0.1:0\"\nclosed_sessions = " + std::to_string(keep) +
+           "\n\n[[listener]]\nname = \"kept\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) +
+           "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
+           "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n";
+  };
+  ProxyProcess proxy(config(2));
   auto port = proxy.listen_port("kept", 10s);
   auto aport = admin_port(proxy);
   REQUIRE(port);
@@ -336,6 +339,15 @@ TEST_CASE("admin: the closed list keeps the last closed_sessions, newest first, 
   }
   const json again = json::parse(http(*aport, "GET", "/sessions?state=closed").body);
   CHECK(again["sessions"] == first["sessions"]);
+  // A reload that lowers closed_sessions drops the oldest at once, from every view.
+  // (The admin endpoint keeps its port: the [admin] table is unchanged but for the count.)
+  REQUIRE(proxy.write_config(config(1)));
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_line(std::regex("reloaded "), 10s));
+  const json after = json::parse(http(*aport, "GET", "/sessions?closed=1&state=closed").body);
+  REQUIRE(after["sessions"].size() == 1);
+  CHECK(after["sessions"][0]["id"] == first["sessions"][0]["id"]);
+  CHECK(http(*aport, "GET", "/sessions/" + std::to_string(first["sessions"][1]["id"].get<std::uint64_t>())).status == 404);
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
 }
