@@ -86,7 +86,9 @@ pin_cpu=$(( $(nproc) - 1 ))   # ping-pong: relay and generator both on this CPU
 # scheduler, the same relay measured either about 38 or about 59 µs per
 # session from one run to the next (both relays, whichever way the two
 # processes were placed); pinned, the figure repeats within 1 %.
-cr_gen_cpu=0
+cr_gen_cpu=0 cr_relay_cpu=$pin_cpu
+# With --workers N > 1 the relay's loops need more than one CPU: neither is pinned then.
+if [[ $workers -gt 1 ]]; then cr_gen_cpu="" cr_relay_cpu=""; fi
 
 # --- tools -------------------------------------------------------------------
 # haproxy and socat from Debian, like packaging/deps.sh: only what is missing.
@@ -398,9 +400,9 @@ for pass in $(seq "$repeat"); do
   fi
   if want connrate; then
     for r in "${relays[@]}"; do
-      say "pass $pass/$repeat: $r: connection rate, relay on CPU $pin_cpu, generator on CPU $cr_gen_cpu"
+      say "pass $pass/$repeat: $r: connection rate${cr_relay_cpu:+, relay on CPU $cr_relay_cpu, generator on CPU $cr_gen_cpu}"
       fresh_server
-      start_relay "$r" "$r-connrate-$pass" "$pin_cpu"
+      start_relay "$r" "$r-connrate-$pass" "$cr_relay_cpu"
       PIN=$cr_gen_cpu loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
       stop_relay
     done
@@ -487,7 +489,7 @@ if want profile; then
   say "isoproxy (default config) under perf: throughput, then connection rate"
   profile_one throughput "" throughput --conns 1 --bytes "$prof_bytes" --seconds 60
   fresh_server
-  PIN=$cr_gen_cpu profile_one connrate "$pin_cpu" connrate --count "$prof_conns" --concurrency 16 --seconds 60
+  PIN=$cr_gen_cpu profile_one connrate "$cr_relay_cpu" connrate --count "$prof_conns" --concurrency 16 --seconds 60
   default_server
 fi
 trap - EXIT
@@ -576,7 +578,11 @@ table=$run_dir/table.md
 # Figures that qualify the table: repetitions, spread, other processes' CPU, failures.
 notes=$run_dir/notes.md
 {
-  echo "Each cell is the median of $repeat pass(es), but for the relay's CPU per session: the lowest pass (bench/README.md says why); in each pass the relays took turns on each workload."
+  if want connrate; then
+    echo "Each cell is the median of $repeat pass(es), but for the relay's CPU per session: the lowest pass (bench/README.md says why); in each pass the relays took turns on each workload."
+  else
+    echo "Each cell is the median of $repeat pass(es); in each pass the relays took turns on each workload."
+  fi
   if [[ ${#spread[@]} -gt 0 ]]; then
     echo "Cells whose passes differ by more than 25 % of the median (min–max):"
     echo
