@@ -286,19 +286,6 @@ fresh_server() {
   server=$ip:$server_port relay=$ip:$relay_port
   write_configs
 }
-# One second of busy CPUs before a connection-rate run. After the idle
-# second that wait_idle measures, this virtual machine ran its first
-# connection-rate run about 1.5 times slower per session, every relay
-# alike (the generator's own CPU per session rose with it): whoever ran
-# first in a pass paid for it.
-warm_cpus() {
-  local c pids=()
-  for c in $(seq 0 $(( $(nproc) - 1 ))); do
-    taskset -c "$c" timeout 1 sh -c 'while :; do :; done' &
-    pids+=($!)
-  done
-  wait "${pids[@]}" 2>/dev/null || true
-}
 default_server() {
   server=127.0.0.1:$server_port relay=127.0.0.1:$relay_port
   write_configs
@@ -418,7 +405,6 @@ for pass in $(seq "$repeat"); do
     for r in "${relays[@]}"; do
       say "pass $pass/$repeat: $r: connection rate${cr_relay_cpu:+, relay on CPU $cr_relay_cpu, generator on CPU $cr_gen_cpu}"
       fresh_server
-      warm_cpus
       start_relay "$r" "$r-connrate-$pass" "$cr_relay_cpu"
       PIN=$cr_gen_cpu loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
       stop_relay
@@ -442,7 +428,6 @@ for pass in $(seq "$repeat"); do
       stop_relay
       say "pass $pass/$repeat: $r: connection rate"
       fresh_server
-      warm_cpus
       start_relay "$r" "$r-connrate-$pass"
       loadgen "$r" 120 connrate --count "$cr_count" --concurrency 16 --seconds 60
       stop_relay
@@ -507,7 +492,6 @@ if want profile; then
   say "isoproxy (default config) under perf: throughput, then connection rate"
   profile_one throughput "" throughput --conns 1 --bytes "$prof_bytes" --seconds 60
   fresh_server
-  warm_cpus
   PIN=$cr_gen_cpu profile_one connrate "$cr_relay_cpu" connrate --count "$prof_conns" --concurrency 16 --seconds 60
   default_server
 fi
