@@ -5,8 +5,8 @@
 // Nothing else in the frame changes, so no length is touched.
 #include <array>
 #include <bitset>
-#include <cstdio>
 
+#include "codec/text.h"
 #include "conf/toml_reader.h"
 #include "filters/registry.h"
 
@@ -43,13 +43,11 @@ class TpktReserved final : public Filter {
       logged_values_[old] = true;
       // "NAME: CC to-client: TPKT reserved byte 0x11 -> 0x00", without printf
       // (the default config logs it for every session of a vendor MTA).
-      static constexpr char kHex[] = "0123456789ABCDEF";
       std::string msg;
       msg.reserve(128);
       msg.append(name_).append(": ").append(codec::tpdu_type_name(frame.type())).append(" ");
       msg.append(direction_name(frame.direction())).append(": TPKT reserved byte 0x");
-      msg += kHex[old >> 4];
-      msg += kHex[old & 0xF];
+      msg += codec::to_hex(codec::Bytes(&old, 1));
       msg += " -> 0x00";
       if (data) msg += " (further data repairs counted, not logged)";
       ctx.log(msg);
