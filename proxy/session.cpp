@@ -1767,9 +1767,12 @@ std::string Session::close_line() const {
   log::quote_to(s, io_->close_reason);
   field("listener", rt_->cfg.name);
   field("client", client_address());
-  if (auto n = server_.rdns().name(&client_ss_.sa)) field("client_name", *n);
+  // The names close() took for the closed list, or looked up now.
+  const auto client_name = final_ ? final_->client_name : server_.rdns().name(&client_ss_.sa);
+  if (client_name) field("client_name", *client_name);
   field("upstream", upstream_addr_.empty() ? "-" : upstream_addr_);
-  if (auto n = server_.rdns().name(&upstream_ss_.sa)) field("upstream_name", *n);
+  const auto upstream_name = final_ ? final_->upstream_name : server_.rdns().name(&upstream_ss_.sa);
+  if (upstream_name) field("upstream_name", *upstream_name);
   if (!route_name_.empty()) field("route", route_name_);
   const std::string source = source_text();
   field("source", source.empty() ? "-" : source);
