@@ -366,7 +366,7 @@ void Server::retire(std::unique_ptr<Session> s) {
     s->release_io();
     closed_.push_back(ClosedSession{std::move(s)});
   }  // else destroyed here
-  while (closed_.size() > keep) closed_.pop_front();  // a reload may have lowered it
+  while (closed_.size() > keep) closed_.pop_front();  // the oldest goes (apply() trims after a reload)
 }
 
 void Server::count_called_tsap(const std::string& display) {
