@@ -10,7 +10,8 @@
 # Options:
 #   --quick           smaller counts and shorter runs, to try the harness (rougher figures)
 #   --repeat N        passes of the comparison, the table shows medians (default 5; 1 with --quick)
-#   --relays LIST     comma-separated subset of isoproxy,isoproxy-framed,isoproxy-bare,haproxy,socat (default: all)
+#   --relays LIST     comma-separated subset of isoproxy,isoproxy-framed,isoproxy-bare,haproxy,socat,floor
+#                     (default: all; floor, bench/floor.cpp, runs the connection rate only)
 #   --no-build        use the binaries already built in the build directory
 #   --build-dir DIR   default build-bench (Release, tests off)
 #   --max-load X      wait until the 1-minute load average is below X first (default 1.5)
@@ -27,7 +28,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 quick=0
-relays_arg="isoproxy,isoproxy-framed,isoproxy-bare,haproxy,socat"
+relays_arg="isoproxy,isoproxy-framed,isoproxy-bare,haproxy,socat,floor"
 build=1
 build_dir="build-bench"
 max_load=1.5
@@ -53,7 +54,7 @@ while [[ $# -gt 0 ]]; do
     --results) results=${2:?}; shift ;;
     --port) port=${2:?}; shift ;;
     --workers) workers=${2:?--workers needs a count}; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     throughput|pingpong|connrate|idle|livestats|tls|workers|profile) workloads+=("$1") ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
@@ -63,7 +64,7 @@ done
 [[ $workers =~ ^[1-9][0-9]*$ && $workers -le 64 ]] || die "--workers takes a count from 1 to 64"
 IFS=, read -r -a relays <<< "$relays_arg"
 for r in "${relays[@]}"; do
-  case "$r" in isoproxy|isoproxy-framed|isoproxy-bare|haproxy|socat) ;; *) die "unknown relay: $r (isoproxy, isoproxy-framed, isoproxy-bare, haproxy, socat)" ;; esac
+  case "$r" in isoproxy|isoproxy-framed|isoproxy-bare|haproxy|socat|floor) ;; *) die "unknown relay: $r (isoproxy, isoproxy-framed, isoproxy-bare, haproxy, socat, floor)" ;; esac
 done
 want() { local w; for w in "${workloads[@]}"; do [[ $w == "$1" ]] && return 0; done; return 1; }
 has_relay() { local r; for r in "${relays[@]}"; do [[ $r == "$1" ]] && return 0; done; return 1; }
@@ -111,11 +112,12 @@ for t in haproxy socat perf taskset ss timeout; do command -v "$t" >/dev/null ||
 if [[ $build -eq 1 ]]; then
   say "building (Release) in $build_dir"
   cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DISOPROXY_TESTS=OFF -DISOPROXY_BENCH=ON >/dev/null
-  cmake --build "$build_dir" -j2 --target isoproxy isoproxy-loadgen >/dev/null
+  cmake --build "$build_dir" -j2 --target isoproxy isoproxy-loadgen isoproxy-floor >/dev/null
 fi
 iso=$root/$build_dir/isoproxy
 lg=$root/$build_dir/bench/isoproxy-loadgen
-[[ -x $iso && -x $lg ]] || die "$iso or $lg missing: build first (without --no-build)"
+floor=$root/$build_dir/bench/isoproxy-floor
+[[ -x $iso && -x $lg && -x $floor ]] || die "$iso, $lg or $floor missing: build first (without --no-build)"
 
 for p in $server_port $relay_port $admin_port $hop_port; do
   [[ -z "$(ss -Htln "sport = :$p")" ]] || die "port $p is in use: choose others with --port"
@@ -302,6 +304,7 @@ relay_cmd() {  # $1: relay
     isoproxy-tls) echo "$iso run -c $run_dir/isoproxy-tls.toml" ;;
     haproxy) echo "haproxy -db -f $run_dir/haproxy.cfg" ;;
     socat) echo "socat TCP4-LISTEN:$relay_port,bind=${relay%:*},reuseaddr,fork,backlog=4096,nodelay TCP4:$server,nodelay" ;;
+    floor) echo "$floor $relay $server" ;;
   esac
 }
 
@@ -373,6 +376,7 @@ label() {
     isoproxy-tls) echo "isoproxy, two listeners chained, TLS 1.3 hop" ;;
     haproxy) echo "HAProxy 2.6, 1 thread" ;;
     socat) echo "socat (fork)" ;;
+    floor) echo "floor: bare epoll relay (bench/floor.cpp)" ;;
   esac
 }
 
@@ -386,6 +390,7 @@ for pass in $(seq "$repeat"); do
   if want throughput; then
     for c in 1 4; do
       for r in "${relays[@]}"; do
+        [[ $r == floor ]] && continue  # the floor is the connection rate's yardstick only
         say "pass $pass/$repeat: $r: throughput, $c connection(s)"
         start_relay "$r" "$r-throughput-$c-$pass"
         loadgen "$r" 120 throughput --conns "$c" --bytes "$tp_bytes" --seconds 60
@@ -395,6 +400,7 @@ for pass in $(seq "$repeat"); do
   fi
   if want pingpong; then
     for r in "${relays[@]}"; do
+      [[ $r == floor ]] && continue
       say "pass $pass/$repeat: $r: ping-pong, relay and generator on CPU $pin_cpu"
       start_relay "$r" "$r-pingpong-$pass" "$pin_cpu"
       PIN=$pin_cpu loadgen "$r" 120 pingpong --count "$pp_count" --warmup 1000 --size 64 --seconds 60
@@ -436,6 +442,7 @@ for pass in $(seq "$repeat"); do
   fi
   if want idle; then
     for r in "${relays[@]}"; do
+      [[ $r == floor ]] && continue
       n=$idle_n
       if [[ $r == socat ]]; then n=$idle_socat; fi
       say "pass $pass/$repeat: $r: idle hold, $n sessions"
@@ -590,6 +597,15 @@ notes=$run_dir/notes.md
   fi
   if has_relay socat && want idle; then
     echo "socat forks a process per connection: its CPU is that of the whole process tree (utime+stime+cutime+cstime of the listener and every child, from /proc). † Its idle figure is taken at $idle_socat sessions (not $idle_n: a process each) and is PSS per session, which splits shared pages between the processes; RSS summed over them would count shared pages once per process: $(med socat workload=idle rss_kib_per_session) KiB."
+    echo
+  fi
+  if has_relay floor && has_relay haproxy && want connrate; then
+    fl=$(med floor workload=connrate cpu_us_per_conn); hp=$(med haproxy workload=connrate cpu_us_per_conn)
+    is=$(med isoproxy workload=connrate cpu_us_per_conn)
+    awk -v f="$fl" -v h="$hp" -v i="$is" 'BEGIN { if (f > 0 && h > 0) {
+      printf "The floor (bench/floor.cpp: a bare epoll relay with no user-space work and the fewest system calls, for the connection rate only) needs %.1f µs per session, %.2f× HAProxy'"'"'s: what the kernel charges any relay for the sockets, segments and wake-ups of the cycle.", f, f / h
+      if (i > 0) printf " Above that floor, isoproxy spends %.1f µs per session (%.2f× the floor), HAProxy %.1f µs (%.2f×).", i - f, i / f, h - f, h / f
+      printf "\n" } }'
     echo
   fi
   echo "CPU used by other processes during the measurements (the machine is shared; in CPUs, 2 = both cores), median and highest, with the load average (1 min) at the start of the runs:"
