@@ -550,17 +550,7 @@ TEST_CASE("tls: 1 GiB through TLS on both legs arrives byte-exact, memory bounde
   Certs c;
   CtxPtr up_ctx = server_ctx(c.upstream);
   Listening up;
-#if defined(__SANITIZE_ADDRESS__)
-  // ASan holds freed memory in quarantine (256 MiB by default), which would
-  // read as growth: the proxy started here runs without it.
-  const char* asan = std::getenv("ASAN_OPTIONS");
-  const std::string saved = asan != nullptr ? asan : "";
-  ::setenv("ASAN_OPTIONS", (saved.empty() ? std::string() : saved + ":").append("quarantine_size_mb=0").c_str(), 1);
-  struct Restore {
-    std::string v;
-    ~Restore() { ::setenv("ASAN_OPTIONS", v.c_str(), 1); }
-  } restore{saved};
-#endif
+  const AsanQuarantineOff no_quarantine;  // the RSS bound below
   ProxyProcess proxy(listener_config("bulk", up.port,
                                      server_tls(c.proxy) + upstream_tls("ca = " + q(c.ca.cert) + "\nserver_name = \"upstream.test\"\n")));
   auto port = proxy.listen_port("bulk");
