@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -163,7 +164,13 @@ bool add(End& e) {
 void accept_one() {
   {
     int fd = accept4(g_listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;  // a connection that died in the queue
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == ECONNABORTED || errno == EINTR) return;  // nothing, or died in the queue
+      // Out of descriptors or memory: the listener stays readable, so
+      // returning would spin. A yardstick stops instead, and says why.
+      std::fprintf(stderr, "isoproxy-floor: accept: %s\n", std::strerror(errno));
+      std::exit(1);
+    }
     Conn* c = make_conn();
     c->a.fd = fd;
     c->b.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -185,6 +192,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: isoproxy-floor LISTEN_IPv4:PORT UPSTREAM_IPv4:PORT\n");
     return 2;
   }
+  // A write toward a peer that reset gets EPIPE, not the signal that would end the relay.
+  std::signal(SIGPIPE, SIG_IGN);
   g_listener = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   setsockopt(g_listener, SOL_SOCKET, SO_REUSEADDR, &kOne, sizeof kOne);
   setsockopt(g_listener, IPPROTO_TCP, TCP_NODELAY, &kOne, sizeof kOne);  // inherited by accepted sockets

@@ -117,7 +117,8 @@ fi
 iso=$root/$build_dir/isoproxy
 lg=$root/$build_dir/bench/isoproxy-loadgen
 floor=$root/$build_dir/bench/isoproxy-floor
-[[ -x $iso && -x $lg && -x $floor ]] || die "$iso, $lg or $floor missing: build first (without --no-build)"
+[[ -x $iso && -x $lg ]] || die "$iso or $lg missing: build first (without --no-build)"
+if has_relay floor && want connrate && [[ ! -x $floor ]]; then die "$floor missing: build first (without --no-build)"; fi
 
 for p in $server_port $relay_port $admin_port $hop_port; do
   [[ -z "$(ss -Htln "sport = :$p")" ]] || die "port $p is in use: choose others with --port"
