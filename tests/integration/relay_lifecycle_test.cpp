@@ -50,7 +50,7 @@ namespace codec = isoproxy::codec;
 using t::ByteVec;
 using t::Conn;
 using t::Millis;
-using t::AsanQuarantineOff;
+using t::AsanSmallQuarantine;
 using t::ProxyProcess;
 using t::TestServer;
 using Clock = std::chrono::steady_clock;
@@ -1019,7 +1019,7 @@ TEST_CASE("relay-life: backpressure: 1 GiB into a slow reader keeps the proxy's 
     up.slow_ms = slow_ms;
   });
   REQUIRE(upstream.ok());
-  const AsanQuarantineOff no_quarantine;  // the RSS bound below
+  const AsanSmallQuarantine small_quarantine;  // the RSS bound below
   auto proxy = start_proxy(listener_toml("bp", upstream.port(), passthrough ? "" : "passthrough = false"));
   const auto lport = port_of(*proxy, "bp");
   const auto baseline = proxy->rss_kib();

@@ -550,7 +550,7 @@ TEST_CASE("tls: 1 GiB through TLS on both legs arrives byte-exact, memory bounde
   Certs c;
   CtxPtr up_ctx = server_ctx(c.upstream);
   Listening up;
-  const AsanQuarantineOff no_quarantine;  // the RSS bound below
+  const AsanSmallQuarantine small_quarantine;  // the RSS bound below
   ProxyProcess proxy(listener_config("bulk", up.port,
                                      server_tls(c.proxy) + upstream_tls("ca = " + q(c.ca.cert) + "\nserver_name = \"upstream.test\"\n")));
   auto port = proxy.listen_port("bulk");

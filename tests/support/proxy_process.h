@@ -443,24 +443,25 @@ class BackgroundProcess {
 
 // ---------------------------------------------------------------------------
 // For a test that bounds a child's RSS: under AddressSanitizer, the children
-// started while one of these lives keep no freed memory in quarantine (256 MiB
-// by default), which would read as growth. Elsewhere it does nothing.
-class AsanQuarantineOff {
+// started while one of these lives keep 8 MiB of freed memory in quarantine
+// instead of 256, which would read as growth; recent frees are still caught
+// when used. Elsewhere it does nothing.
+class AsanSmallQuarantine {
  public:
-  AsanQuarantineOff() {
+  AsanSmallQuarantine() {
 #if defined(__SANITIZE_ADDRESS__)
     const char* v = std::getenv("ASAN_OPTIONS");
     saved_ = v != nullptr ? v : "";
-    ::setenv("ASAN_OPTIONS", (saved_.empty() ? std::string() : saved_ + ":").append("quarantine_size_mb=0").c_str(), 1);
+    ::setenv("ASAN_OPTIONS", (saved_.empty() ? std::string() : saved_ + ":").append("quarantine_size_mb=8").c_str(), 1);
 #endif
   }
-  ~AsanQuarantineOff() {
+  ~AsanSmallQuarantine() {
 #if defined(__SANITIZE_ADDRESS__)
     ::setenv("ASAN_OPTIONS", saved_.c_str(), 1);
 #endif
   }
-  AsanQuarantineOff(const AsanQuarantineOff&) = delete;
-  AsanQuarantineOff& operator=(const AsanQuarantineOff&) = delete;
+  AsanSmallQuarantine(const AsanSmallQuarantine&) = delete;
+  AsanSmallQuarantine& operator=(const AsanSmallQuarantine&) = delete;
 
  private:
   [[maybe_unused]] std::string saved_;
