@@ -28,7 +28,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 quick=0
-relays_arg="isoproxy,isoproxy-framed,isoproxy-bare,haproxy,socat,floor"
+relays_arg="isoproxy,isoproxy-framed,isoproxy-bare,haproxy,floor,socat"  # the floor next to HAProxy: see bench/README.md
 build=1
 build_dir="build-bench"
 max_load=1.5
@@ -600,11 +600,54 @@ notes=$run_dir/notes.md
     echo "socat forks a process per connection: its CPU is that of the whole process tree (utime+stime+cutime+cstime of the listener and every child, from /proc). † Its idle figure is taken at $idle_socat sessions (not $idle_n: a process each) and is PSS per session, which splits shared pages between the processes; RSS summed over them would count shared pages once per process: $(med socat workload=idle rss_kib_per_session) KiB."
     echo
   fi
+  if has_relay haproxy; then
+    # The table divides medians; a relay and HAProxy in the same pass ran
+    # seconds apart, so their ratio pass by pass is steadier on a noisy host.
+    pp=$(awk -v relays="${relays[*]}" '
+      $1 == "RESULT" && !/ failed=/ {
+        delete f
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = substr($i, length(kv[1]) + 2) }
+        w = f["workload"]
+        if (w == "throughput") { k = "throughput, " f["conns"] " conn(s), CPU/GB"; m = "cpu_s_per_gb" }
+        else if (w == "pingpong") { k = "ping-pong p99"; m = "p99_us" }
+        else if (w == "connrate") { k = "connection rate, CPU/session"; m = "cpu_us_per_conn" }
+        else if (w == "idle") { k = "idle RSS/session"; m = "rss_kib_per_session" }
+        else next
+        if (!(m in f)) next
+        v[f["relay"] SUBSEP k SUBSEP f["pass"]] = f[m]
+        if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+        if (f["pass"] + 0 > np) np = f["pass"] + 0
+      }
+      END {
+        nr = split(relays, rs, " ")
+        for (ki = 1; ki <= nk; ki++) {
+          k = order[ki]; line = ""
+          for (ri = 1; ri <= nr; ri++) {
+            r = rs[ri]; if (r == "haproxy" || r == "socat") continue
+            n = 0
+            for (p = 1; p <= np; p++)
+              if ((r SUBSEP k SUBSEP p) in v && ("haproxy" SUBSEP k SUBSEP p) in v && v["haproxy", k, p] > 0)
+                a[++n] = v[r, k, p] / v["haproxy", k, p]
+            if (n == 0) continue
+            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            med = n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            line = line sprintf("%s%s %.2f× (%.2f–%.2f)", line == "" ? "" : "; ", r, med, a[1], a[n])
+          }
+          if (line != "") printf "- %s: %s\n", k, line
+        }
+      }' "$out")
+    if [[ -n $pp ]]; then
+      echo "Ratios to HAProxy pass by pass (each relay against HAProxy in the same pass; median of the passes, lowest–highest):"
+      echo
+      echo "$pp"
+      echo
+    fi
+  fi
   if has_relay floor && has_relay haproxy && want connrate; then
     fl=$(med floor workload=connrate cpu_us_per_conn); hp=$(med haproxy workload=connrate cpu_us_per_conn)
     is=$(med isoproxy workload=connrate cpu_us_per_conn)
     awk -v f="$fl" -v h="$hp" -v i="$is" 'BEGIN { if (f > 0 && h > 0) {
-      printf "The floor (bench/floor.cpp: a bare epoll relay with no user-space work and the fewest system calls, for the connection rate only) needs %.1f µs per session, %.2f× HAProxy'"'"'s: what the kernel charges any relay for the sockets, segments and wake-ups of the cycle.", f, f / h
+      printf "The floor (bench/floor.cpp: a bare epoll relay with no user-space work and the fewest system calls, for the connection rate only) needs %.1f µs per session, %.2f× HAProxy'"'"'s (medians): about what the kernel charges an epoll relay for the sockets, segments and wake-ups of the cycle.", f, f / h
       if (i > 0) printf " Above that floor, isoproxy spends %.1f µs per session (%.2f× the floor), HAProxy %.1f µs (%.2f×).", i - f, i / f, h - f, h / f
       printf "\n" } }'
     echo
