@@ -441,7 +441,6 @@ class BackgroundProcess {
   int exit_status_ = -1;
 };
 
-// ---------------------------------------------------------------------------
 // For a test that bounds a child's RSS: under AddressSanitizer, the children
 // started while one of these lives keep 8 MiB of freed memory in quarantine
 // instead of 256, which would read as growth; recent frees are still caught
@@ -467,6 +466,7 @@ class AsanSmallQuarantine {
   [[maybe_unused]] std::string saved_;
 };
 
+// ---------------------------------------------------------------------------
 // ProxyProcess: `isoproxy run -c FILE` with a TOML text written to a temp file.
 
 struct ListeningLine {
