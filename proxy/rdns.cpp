@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 
+#include <atomic>
 #include <cstring>
 
 namespace isoproxy {
@@ -225,6 +226,26 @@ void ReverseDns::forward(const std::string& name, Resolved done) {
   forwards_.push_back(f);
   f->pos = std::prev(forwards_.end());
 }
+
+namespace {
+std::atomic<bool> g_abandoned{false};
+}  // namespace
+
+std::size_t ReverseDns::abandon() {
+  shut_down_ = true;
+  const std::size_t n = requests_.size() + forwards_.size();
+  // The requests stay allocated: libuv's thread writes into them when the
+  // resolver returns. Nothing runs their callbacks any more.
+  for (Request* r : requests_) r->owner = nullptr;
+  for (Forward* f : forwards_) f->owner = nullptr;
+  requests_.clear();
+  forwards_.clear();
+  in_flight_ = 0;
+  g_abandoned.store(true, std::memory_order_relaxed);
+  return n;
+}
+
+bool ReverseDns::lookups_abandoned() { return g_abandoned.load(std::memory_order_relaxed); }
 
 void ReverseDns::shutdown() {
   shut_down_ = true;

@@ -60,6 +60,13 @@ class ReverseDns {
   // Cancels lookups not yet started; those already running end by themselves
   // (bounded by the resolver's own timeout) and change nothing.
   void shutdown();
+  // For a loop that ends with lookups still running in the thread pool: they
+  // are left to finish alone, their requests never freed; the number left.
+  // From then on the process must end with std::_Exit (see
+  // lookups_abandoned): exit() would join the thread pool, and so wait for
+  // the resolver after all.
+  std::size_t abandon();
+  static bool lookups_abandoned();
 
   const Counters& counters() const { return counters_; }
   std::size_t entries() const { return cache_.size(); }

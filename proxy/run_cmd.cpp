@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstring>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 
@@ -12,6 +14,7 @@
 #include "log.h"
 #include "notify.h"
 #include "privdrop.h"
+#include "rdns.h"
 #include "supervisor.h"
 
 namespace isoproxy {
@@ -44,9 +47,7 @@ Status<> become(const privdrop::Account& account, const conf::Config& config) {
   return Ok{};
 }
 
-}  // namespace
-
-int run_daemon(const std::string& config_path, const std::string& user) {
+int serve(const std::string& config_path, const std::string& user) {
   // Until the loop installs its handlers, a reload or a logrotate that signals
   // early must not end the process (SIGHUP and SIGUSR1 terminate by default).
   std::signal(SIGHUP, SIG_IGN);
@@ -92,6 +93,21 @@ int run_daemon(const std::string& config_path, const std::string& user) {
   // file) goes with its last session, not with the process.
   config.reset();
   return server.run();
+}
+
+}  // namespace
+
+int run_daemon(const std::string& config_path, const std::string& user) {
+  const int status = serve(config_path, user);
+  if (ReverseDns::lookups_abandoned()) {
+    // exit() would join libuv's thread pool, and so wait for the resolver
+    // after all. Everything is written by now: the access log and traces
+    // flush each write, the log lines go out at once since the loops ended.
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    std::_Exit(status);
+  }
+  return status;
 }
 
 }  // namespace isoproxy

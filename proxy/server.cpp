@@ -172,12 +172,37 @@ void Server::check_source_names() {
   }
 }
 
+namespace {
+
+bool has_handles(uv_loop_t* loop) {
+  bool any = false;
+  uv_walk(loop, [](uv_handle_t*, void* arg) noexcept { *static_cast<bool*>(arg) = true; }, &any);
+  return any;
+}
+
+}  // namespace
+
 int Server::run() {
+  // Returns when nothing is left, or when maybe_stop() stopped it: then the
+  // handles it closed finish closing, and what can still keep the loop alive
+  // is only lookups the resolver has not answered.
   uv_run(&loop_, UV_RUN_DEFAULT);
+  while (has_handles(&loop_) && uv_run(&loop_, UV_RUN_ONCE) != 0) {
+  }
   // Sessions go back to this thread's pools (Session::pool), so on this thread.
   closed_.clear();
-  log::flush();  // what the last iteration logged
   handles_closed_ = true;
+  if (!has_handles(&loop_) && uv_loop_alive(&loop_) != 0) {
+    // A resolver that does not answer would hold a stop or a restart for
+    // its whole timeout (resolv.conf's timeout x attempts x nameservers).
+    const std::size_t n = rdns_.abandon();
+    spdlog::info("not waiting for {} reverse-DNS lookup{} the resolver has not answered{}", n, n == 1 ? "" : "s",
+                 config_->global.workers > 1 ? " (worker " + std::to_string(index_) + ")" : std::string());
+    loop_memory_.keep = true;
+    log::flush();
+    return 0;
+  }
+  log::flush();  // what the last iteration logged
   return uv_loop_close(&loop_);
 }
 
@@ -267,6 +292,8 @@ void Server::maybe_stop() {
                          reinterpret_cast<uv_handle_t*>(&log_flush_), timers_.handle()}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }
+  // run() finishes the closing; it does not wait for the resolver.
+  uv_stop(&loop_);
 }
 
 void Server::session_parked() {

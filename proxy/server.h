@@ -82,7 +82,9 @@ class Server {
   // listening, so nothing here can fail). On this worker's loop, or before
   // its thread starts.
   void apply(std::shared_ptr<const conf::Config> config, Sockets fresh, bool initial);
-  // Runs the loop until drained (on the worker's thread); the result of uv_loop_close().
+  // Runs the loop until drained (on the worker's thread); the result of
+  // uv_loop_close(), or 0 when only reverse-DNS lookups were left (they are
+  // abandoned, not waited for: see ReverseDns::abandon).
   int run();
   // Thread-safe: runs `fn` on this worker's loop; false once the worker has stopped.
   bool post(std::function<void(Server&)> fn);
@@ -181,7 +183,21 @@ class Server {
 
   const unsigned index_;
   Shared& shared_;
-  uv_loop_t loop_{};
+  // The loop's memory, destroyed after every member that uses it; kept
+  // (never freed) when run() left reverse-DNS lookups to the resolver: a
+  // thread-pool thread still running one writes into the loop when it ends.
+  struct LoopMemory {
+    uv_loop_t* loop = new uv_loop_t{};
+    bool keep = false;
+    LoopMemory() = default;
+    LoopMemory(const LoopMemory&) = delete;
+    LoopMemory& operator=(const LoopMemory&) = delete;
+    ~LoopMemory() {
+      if (!keep) delete loop;
+    }
+  };
+  LoopMemory loop_memory_;
+  uv_loop_t& loop_ = *loop_memory_.loop;
   std::shared_ptr<const conf::Config> config_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Listener>> stopping_listeners_;

@@ -5,6 +5,8 @@
 #include <netdb.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -155,6 +157,89 @@ TEST_CASE("rdns: a fixed source IP without a PTR record is warned about at start
       CHECK(line->find(" warning ") != std::string::npos);
     }
   }
+}
+
+// A stop or a restart must not wait for a resolver that does not answer:
+// glibc gives each nameserver resolv.conf's timeout, and a lookup already
+// running in libuv's thread pool cannot be cancelled. isoproxy runs here in
+// a mount namespace of its own (unshare -m) where /etc/resolv.conf names a
+// nameserver this test holds and never answers, with a 30 s timeout; the
+// host's own resolv.conf is not touched.
+TEST_CASE("rdns: a stop does not wait for a resolver that does not answer", "[rdns][integration]") {
+  if (geteuid() != 0 || !on_path("unshare") || !on_path("mount")) {
+    WARN("needs root, unshare and mount (a private /etc/resolv.conf): skipped");
+    return;
+  }
+  {
+    std::ifstream ns("/etc/nsswitch.conf");
+    std::string line;
+    bool dns = false;
+    while (std::getline(ns, line)) {
+      if (line.rfind("hosts:", 0) == 0) dns = line.find(" dns") != std::string::npos;
+    }
+    if (!dns) {
+      WARN("/etc/nsswitch.conf does not send host lookups to DNS: skipped");
+      return;
+    }
+  }
+  // The mute nameserver: a bound UDP socket that is never answered from.
+  const char* kNameserver = "127.0.83.1";
+  const char* kClient = "127.0.83.2";  // not in /etc/hosts: its PTR query goes to the nameserver
+  const int dns = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  REQUIRE(dns >= 0);
+  struct CloseFd {
+    int fd;
+    ~CloseFd() { ::close(fd); }
+  } close_dns{dns};
+  sockaddr_in ns{};
+  ns.sin_family = AF_INET;
+  ns.sin_port = htons(53);
+  inet_pton(AF_INET, kNameserver, &ns.sin_addr);
+  REQUIRE(::bind(dns, reinterpret_cast<sockaddr*>(&ns), sizeof ns) == 0);
+
+  char dir_template[] = "/tmp/isoproxy-rdns-XXXXXX";
+  REQUIRE(::mkdtemp(dir_template) != nullptr);
+  const std::filesystem::path dir = dir_template;
+  struct RemoveDir {
+    std::filesystem::path p;
+    ~RemoveDir() {
+      std::error_code ec;
+      std::filesystem::remove_all(p, ec);
+    }
+  } remove_dir{dir};
+  const auto resolv = dir / "resolv.conf";
+  std::ofstream(resolv) << "nameserver " << kNameserver << "\noptions timeout:30 attempts:1\n";
+  // isoproxy behind a wrapper that execs it (same pid) in a private mount namespace.
+  const auto wrapper = dir / "isoproxy-mute-dns";
+  std::ofstream(wrapper) << "#!/bin/sh\nexec unshare --mount -- /bin/sh -c 'mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"' "
+                         << resolv.string() << " " << ProxyProcess::default_binary() << " \"$@\"\n";
+  std::filesystem::permissions(wrapper, std::filesystem::perms::owner_all);
+
+  TestServer up(responder_handler({}));
+  REQUIRE(up.ok());
+  ProxyProcess proxy(config_for(up.port(), "drain_timeout = \"5s\"\n"), {}, wrapper.string());
+  auto port = proxy.listen_port("names", 10s);
+  REQUIRE(port);
+  {
+    Conn c = connect_to("127.0.0.1", *port, kDefaultTimeout, kClient);
+    REQUIRE(c.send_all(make_cr("NAMECALLING", "NAMECALLED")));
+    REQUIRE(c.recv_frame(5s));
+    // The client's PTR query reaches the nameserver: the lookup is running.
+    pollfd p{dns, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 10000) == 1);
+    char query[512];
+    REQUIRE(::recv(dns, query, sizeof query, 0) > 12);
+  }
+  REQUIRE(proxy.wait_for_line(std::regex("close reason=client-closed"), 10s));
+  REQUIRE(proxy.signal(SIGTERM));
+  // The session is gone, so the stop is immediate; the resolver would hold
+  // it for 30 s.
+  const auto status = proxy.wait_exit(5s);
+  INFO(proxy.text());
+  REQUIRE(status);
+  CHECK(*status == 0);
+  CHECK(proxy.count_lines(std::regex(R"(info not waiting for [12] reverse-DNS lookups? the resolver has not answered)")) == 1);
+  CHECK(proxy.count_lines(std::regex(R"(info stopped: 1 sessions served)")) == 1);
 }
 
 TEST_CASE("access log: journald target sends one entry per session with searchable fields", "[access-log][journal][integration]") {
