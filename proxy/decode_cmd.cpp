@@ -46,15 +46,87 @@ std::string framer_error_text(codec::FramerError e, Bytes header, std::size_t ma
   return "framing error";
 }
 
+// Whether a captured segment starts with a TPKT frame holding a TPDU: where
+// decoding can pick up again after bytes were lost. Senders write whole
+// frames, so after a gap most segments start one, as Wireshark also assumes.
+// The reserved octet is not checked (the vendor MTA's CC sets it).
+bool starts_frame(Bytes b, std::size_t max_length) {
+  if (b.size() < 6 || b[0] != codec::kTpktVersion) return false;
+  const std::size_t length = (std::size_t{b[2]} << 8) | b[3];
+  if (length < codec::kTpktMinLength || length > max_length) return false;
+  const std::size_t li = b[4];  // the octets after it, within the frame
+  if (li == 0 || li + 5 > length) return false;
+  switch (b[5] >> 4) {
+    case 0x1: case 0x2: case 0x5: case 0x6: case 0x7:  // ED EA RJ AK ER
+    case 0x8: case 0xC: case 0xD: case 0xE: case 0xF:  // DR DC CC CR DT
+      break;
+    default:
+      return false;
+  }
+  // A segment longer than the frame: the next frame starts where it ends.
+  return b.size() <= length || b[length] == codec::kTpktVersion;
+}
+
 // Runs one direction of a stream through the framer and decoder and reports
 // every frame (text or JSON) and every error. Shared by hex input and pcap.
 class StreamDecoder {
  public:
-  StreamDecoder(const DecodeCmdOptions& o, std::ostream& out) : o_(o), out_(out), framer_(o.max_length) {}
+  // `notices`: where JSON notices go (pcap only).
+  StreamDecoder(const DecodeCmdOptions& o, std::ostream& out, json* notices = nullptr)
+      : o_(o), out_(out), framer_(o.max_length), notices_(notices) {}
+
+  // pcap only: from here, whole segments (one feed each) are skipped until
+  // one starts a frame, where decoding resumes. `why` names what lost the place.
+  void resync(const std::string& why) {
+    skipped_ += framer_.held();
+    framer_ = codec::TpktFramer(o_.max_length);
+    hunting_ = true;
+    hunt_why_ = why;
+  }
 
   // `label` prefixes each frame's heading in text; `extra` is merged into its JSON.
   void feed(Bytes in, const std::string& label, const json& extra) {
-    if (framer_.failed() || stopped_) return;  // after a framing error the rest is not RFC 1006
+    if (!hunting_) {
+      frame_bytes(in, label, extra);
+      return;
+    }
+    // A sender that writes the TPKT header apart from the TPDU starts a frame
+    // with a segment too short to judge: it is kept and judged with the next.
+    std::vector<std::uint8_t> joined;
+    Bytes probe = in;
+    if (!candidate_.empty()) {
+      joined = candidate_;
+      joined.insert(joined.end(), in.begin(), in.end());
+      probe = joined;
+    }
+    if (!probe.empty() && probe.size() < 6 && probe[0] == codec::kTpktVersion) {
+      candidate_.assign(probe.begin(), probe.end());
+      return;
+    }
+    if (!starts_frame(probe, o_.max_length)) {
+      skipped_ += candidate_.size();
+      candidate_.clear();
+      probe = in;  // the short segment was no header; this one may start a frame
+      if (!starts_frame(probe, o_.max_length)) {
+        skipped_ += in.size();
+        return;
+      }
+    }
+    hunting_ = false;
+    candidate_.clear();
+    if (skipped_ > 0) {
+      notice(label,
+             "decoding resumes at a frame boundary after " + std::to_string(skipped_) + " octets skipped (" +
+                 hunt_why_ + ")",
+             extra);
+    }
+    skipped_ = 0;
+    frame_bytes(probe, label, extra);
+  }
+
+ private:
+  void frame_bytes(Bytes in, const std::string& label, const json& extra) {
+    if (framer_.failed()) return;  // after a framing error the rest is not RFC 1006
     for (;;) {
       Bytes before = in;
       auto r = framer_.next(in);
@@ -67,6 +139,14 @@ class StreamDecoder {
                               ? framer_error_text(r.error, header, o_.max_length)
                               : std::string(codec::framer_error_name(r.error));
         const std::size_t rest = in.size() + framer_.held();
+        if (notices_ != nullptr) {
+          // A capture: the next segment that starts a frame may be RFC 1006 again.
+          error(label, std::string(codec::framer_error_name(r.error)),
+                msg + "; skipped to the next segment that starts a frame", extra);
+          resync("after a framing error");
+          skipped_ = rest;
+          return;
+        }
         error(label, std::string(codec::framer_error_name(r.error)), msg + "; " + std::to_string(rest) +
                                                                       " octets not decoded",
               extra);
@@ -75,6 +155,8 @@ class StreamDecoder {
       emit_frame(r.frame, label, extra);
     }
   }
+
+ public:
 
   void emit_frame(Bytes raw, const std::string& label, const json& extra) {
     ++frames_;
@@ -122,22 +204,38 @@ class StreamDecoder {
     }
   }
 
-  // Bytes were skipped (a gap in a capture): nothing after can be framed
-  // reliably, so this direction is reported and no longer decoded.
+  // Bytes were skipped (a gap in a capture): what follows does not continue
+  // the frame under way, so decoding resumes at the next segment that starts one.
   void lose_sync(const std::string& label, const std::string& why, const json& extra) {
-    if (stopped_) return;
-    stopped_ = true;
-    error(label, "gap", why + "; the rest of this direction is not decoded", extra);
+    const std::string text = why.starts_with("gap: ") ? why.substr(5) : why;  // the kind says it
+    error(label, "gap", text + "; decoding resumes at the next segment that starts a frame", extra);
+    resync("after the gap");
   }
 
   // At end of input: a frame cut short is an error (the peer closed mid-frame).
   void finish(const std::string& label, const json& extra) {
-    if (framer_.failed() || stopped_ || framer_.held() == 0) return;
+    if (hunting_ && skipped_ + candidate_.size() > 0) {
+      error(label, "no-frame", std::to_string(skipped_ + candidate_.size()) + " octets skipped (" + hunt_why_ +
+                                   ") and no segment after them started a frame: not decoded",
+            extra);
+      return;
+    }
+    if (framer_.failed() || hunting_ || framer_.held() == 0) return;
     const std::string what =
         framer_.expected() ? "declared " + std::to_string(framer_.expected()) + " octets, " +
                                  std::to_string(framer_.held()) + " present"
                            : "TPKT header incomplete: " + std::to_string(framer_.held()) + " of 4 octets";
     error(label, "truncated", "input ends inside a frame: " + what, extra);
+  }
+
+  void notice(const std::string& label, const std::string& msg, const json& extra) {
+    if (o_.json && notices_ != nullptr) {
+      json j = extra;
+      j["message"] = msg;
+      notices_->push_back(std::move(j));
+    } else {
+      out_ << label << "notice: " << msg << "\n";
+    }
   }
 
   void error(const std::string& label, const std::string& kind, const std::string& msg, const json& extra) {
@@ -183,7 +281,11 @@ class StreamDecoder {
   const DecodeCmdOptions& o_;
   std::ostream& out_;
   codec::TpktFramer framer_;
-  bool stopped_ = false;
+  json* notices_;
+  bool hunting_ = false;
+  std::string hunt_why_;
+  std::uint64_t skipped_ = 0;
+  std::vector<std::uint8_t> candidate_;  // a short segment that may be a TPKT header
   std::size_t frames_ = 0;
   std::size_t errors_ = 0;
   std::size_t anomalies_ = 0;
@@ -297,9 +399,14 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
     return "#" + std::to_string(packet) + " " + ts + " stream " + std::to_string(s.id) + " " +
            (c2s ? s.client : s.server) + " -> " + (c2s ? s.server : s.client) + " ";
   };
-  auto decoder_for = [&](int stream, PcapDirection d) -> StreamDecoder& {
-    auto& p = decoders[{stream, static_cast<int>(d)}];
-    if (!p) p = std::make_unique<StreamDecoder>(o, out);
+  auto decoder_for = [&](const PcapStreamInfo& stream, PcapDirection d) -> StreamDecoder& {
+    auto& p = decoders[{stream.id, static_cast<int>(d)}];
+    if (!p) {
+      p = std::make_unique<StreamDecoder>(o, out, &notices);
+      // Seen from its SYN, a direction starts with a frame; joined midway, it
+      // starts anywhere, and decoding waits for a segment that starts one.
+      if (!stream.saw_syn) p->resync("the capture joined the stream midway");
+    }
     return *p;
   };
 
@@ -311,12 +418,12 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
         if (t0 < 0) t0 = c.time;
         json extra = {{"stream", c.stream->id}, {"direction", dir_name(c.direction)}, {"packet", c.packet},
                       {"time", c.time}};
-        decoder_for(c.stream->id, c.direction).feed(c.bytes, label_of(*c.stream, c.direction, c.packet, c.time), extra);
+        decoder_for(*c.stream, c.direction).feed(c.bytes, label_of(*c.stream, c.direction, c.packet, c.time), extra);
         last_extra[{c.stream->id, static_cast<int>(c.direction)}] = {c.stream->id, extra};
       },
       [&](const PcapNotice& n) {
         if (n.bytes_skipped) {
-          decoder_for(n.stream->id, n.direction)
+          decoder_for(*n.stream, n.direction)
               .lose_sync("stream " + std::to_string(n.stream->id) + " " + dir_name(n.direction) + ": ", n.message,
                          {{"stream", n.stream->id}, {"direction", dir_name(n.direction)}});
           return;

@@ -102,6 +102,7 @@ struct TcpSegment {
   Endpoint src;
   Endpoint dst;
   std::uint32_t seq = 0;
+  std::uint32_t ack = 0;  // with kTcpAck in flags
   std::uint8_t flags = 0;
   codec::Bytes payload;
   std::size_t declared_payload = 0;  // what the IP header says the payload is
@@ -125,6 +126,7 @@ void parse_tcp(codec::Bytes seg, std::size_t declared, Packet& out) {
   t.src.port = load16(&seg[0]);
   t.dst.port = load16(&seg[2]);
   t.seq = load32(&seg[4]);
+  t.ack = load32(&seg[8]);
   t.flags = seg[13];
   t.declared_payload = declared - header;
   if (seg.size() < header) {
@@ -342,6 +344,12 @@ class Reassembler {
   void hold(Stream& s, PcapDirection dir, std::int64_t pos, codec::Bytes payload,
             std::uint64_t number, double time);
   void drain(Stream& s, PcapDirection dir);
+  // Gives up on the hole before the first held segment: the capture never
+  // had it (`why` says how that is known); delivery resumes after it.
+  void skip_hole(Stream& s, PcapDirection dir, const std::string& why);
+  // The peer acknowledged `ack`: a hole below it was received, so it was
+  // never going to be retransmitted; only the capture missed it.
+  void acknowledged(Stream& s, PcapDirection dir, std::uint32_t ack, std::uint64_t number);
   void deliver(Stream& s, PcapDirection dir, codec::Bytes bytes, std::uint64_t number, double time);
   void notice(const Stream& s, PcapDirection dir, std::string message, bool bytes_skipped = false);
 
@@ -445,18 +453,34 @@ void Reassembler::hold(Stream& s, PcapDirection dir, std::int64_t pos, codec::By
   while (d.held_bytes > kMaxHeldBytes) {
     // The segment that would fill the hole is presumed lost by the capture:
     // give up waiting, skip the hole, and deliver what follows it.
-    const std::int64_t first = d.held.begin()->first;
-    const auto missing = static_cast<std::uint64_t>(first - d.next_pos);
-    notice(s, dir,
-           "gap: " + std::to_string(missing) + " bytes never captured (seq " +
-               std::to_string(d.next_seq) + ", stream offset " + std::to_string(d.next_pos) +
-               ") with more than " + std::to_string(kMaxHeldBytes >> 20) +
-               " MiB held out of order after them at packet " + std::to_string(number) +
-               "; skipped",
-           true);
-    d.next_seq += static_cast<std::uint32_t>(missing);
-    d.next_pos = first;
-    drain(s, dir);
+    skip_hole(s, dir,
+              "with more than " + std::to_string(kMaxHeldBytes >> 20) +
+                  " MiB held out of order after them at packet " + std::to_string(number));
+  }
+}
+
+void Reassembler::skip_hole(Stream& s, PcapDirection dir, const std::string& why) {
+  DirectionState& d = s.dirs[direction_index(dir)];
+  if (d.held.empty()) return;
+  const std::int64_t first = d.held.begin()->first;
+  const auto missing = static_cast<std::uint64_t>(first - d.next_pos);
+  notice(s, dir,
+         "gap: " + std::to_string(missing) + " bytes never captured (seq " + std::to_string(d.next_seq) +
+             ", stream offset " + std::to_string(d.next_pos) + ") " + why + "; skipped",
+         true);
+  d.next_seq += static_cast<std::uint32_t>(missing);
+  d.next_pos = first;
+  drain(s, dir);
+}
+
+void Reassembler::acknowledged(Stream& s, PcapDirection dir, std::uint32_t ack, std::uint64_t number) {
+  DirectionState& d = s.dirs[direction_index(dir)];
+  if (!d.started) return;
+  // Serial number arithmetic again; an ACK at or below next_seq says nothing new.
+  while (!d.held.empty()) {
+    const auto delta = static_cast<std::int32_t>(ack - d.next_seq);
+    if (delta <= 0 || d.next_pos + delta < d.held.begin()->first) return;  // the hole may still come
+    skip_hole(s, dir, "but acknowledged by the receiver at packet " + std::to_string(number));
   }
 }
 
@@ -512,6 +536,12 @@ void Reassembler::packet(std::uint64_t number, double time, const Packet& p) {
     s->info->saw_syn = true;
   }
   const std::uint32_t data_seq = t.seq + ((t.flags & kTcpSyn) != 0 ? 1 : 0);
+  if ((t.flags & kTcpAck) != 0) {
+    // First: what it acknowledges was sent before its own payload.
+    acknowledged(*s, dir == PcapDirection::kClientToServer ? PcapDirection::kServerToClient
+                                                           : PcapDirection::kClientToServer,
+                 t.ack, number);
+  }
 
   if (p.kind == PacketKind::kTcpTruncated) {
     notice(*s, dir,
@@ -538,27 +568,11 @@ void Reassembler::packet(std::uint64_t number, double time, const Packet& p) {
 }
 
 void Reassembler::finish() {
+  // What is still held waits on a hole no packet filled: nothing more can
+  // come, so each hole is skipped and what follows it delivered.
   for (Stream& s : streams_) {
     for (PcapDirection dir : {PcapDirection::kClientToServer, PcapDirection::kServerToClient}) {
-      DirectionState& d = s.dirs[direction_index(dir)];
-      if (d.held.empty()) continue;
-      std::uint64_t missing = 0;
-      std::uint64_t stranded = 0;
-      std::int64_t cursor = d.next_pos;
-      for (const auto& [pos, seg] : d.held) {
-        const std::int64_t end = pos + static_cast<std::int64_t>(seg.bytes.size());
-        if (pos > cursor) missing += static_cast<std::uint64_t>(pos - cursor);
-        if (end > cursor) {
-          stranded += static_cast<std::uint64_t>(end - std::max(pos, cursor));
-          cursor = end;
-        }
-      }
-      notice(s, dir,
-             "end of capture: " + std::to_string(missing) + " bytes missing (from seq " +
-                 std::to_string(d.next_seq) + ", stream offset " + std::to_string(d.next_pos) +
-                 "); " + std::to_string(stranded) + " bytes received after the gap not delivered");
-      d.held.clear();
-      d.held_bytes = 0;
+      while (!s.dirs[direction_index(dir)].held.empty()) skip_hole(s, dir, "by the end of the capture");
     }
   }
 }

@@ -58,11 +58,12 @@ struct PcapSummary {
 // - One chunk per captured segment. A segment held out of order is delivered
 //   once the hole before it fills, with its own packet number and time, so
 //   packet numbers within a direction need not increase.
-// - Holes: a direction holds at most 16 MiB out of order; beyond that the
-//   hole is presumed never captured, a "gap: ..." notice is given and delivery
-//   resumes after it (a framer fed these chunks should be reset). At end of
-//   file a direction still waiting on a hole gets an "end of capture: N bytes
-//   missing ..." notice; what it held is not delivered.
+// - Holes: segments after a hole are held until it fills. It is presumed
+//   never captured, with a "gap: ..." notice (bytes_skipped: a framer fed
+//   these chunks has lost its place) and delivery resuming after it, as soon
+//   as the receiver's ACK covers it (the receiver has those bytes, so no
+//   retransmission will come), when more than 16 MiB is held behind it, or
+//   at the end of the file.
 // - Packets cut short by the capture's snap length, and IP fragments, are
 //   skipped with a notice when they can be tied to a stream; other malformed
 //   packets are skipped silently. Checksums are not verified (offloading

@@ -9,6 +9,7 @@
 
 #include "codec/text.h"
 #include "pcap_writer.h"
+#include "support/pcap_craft.h"
 #include "support/process.h"
 #include "support/vectors.h"
 
@@ -233,6 +234,151 @@ TEST_CASE("decode --pcap reassembles both directions of every stream", "[decode]
   auto none = decode({"--json", "--pcap", path.string(), "--port", "103"});
   REQUIRE(none.exit_code == 0);
   CHECK(json::parse(none.out)["frames"].empty());
+  std::filesystem::remove_all(path.parent_path());
+}
+
+namespace {
+
+namespace craft = isoproxy::test::craft;
+
+// A class 0 DT frame (EOT) whose user data is `n` copies of `fill`.
+craft::ByteVec dt_frame(std::size_t n, std::uint8_t fill) {
+  craft::ByteVec f(7 + n, fill);
+  const std::uint8_t header[] = {0x03, 0x00, 0x00, 0x00, 0x02, 0xF0, 0x80};
+  std::copy(std::begin(header), std::end(header), f.begin());
+  f[2] = static_cast<std::uint8_t>(f.size() >> 8);
+  f[3] = static_cast<std::uint8_t>(f.size());
+  return f;
+}
+
+craft::ByteVec slice(const craft::ByteVec& v, std::size_t from, std::size_t n = std::string::npos) {
+  n = std::min(n, v.size() - from);
+  return craft::ByteVec(v.begin() + static_cast<std::ptrdiff_t>(from), v.begin() + static_cast<std::ptrdiff_t>(from + n));
+}
+
+}  // namespace
+
+// Captures lose their place in a stream: tcpdump joins long-lived MTA
+// associations midway, drops packets under load, and ports carry other
+// traffic. Decoding picks up again at the next segment that starts a frame.
+TEST_CASE("decode --pcap resumes at the next frame after a midway join, a gap or garbage", "[decode][cli][pcap]") {
+  using craft::kAck;
+  using craft::kSyn;
+  const craft::Conv conv;
+  const auto path = temp_file("resync.pcap");
+  const auto f1 = dt_frame(100, 'A'), f2 = dt_frame(50, 'B'), f3 = dt_frame(30, 'C'), f4 = dt_frame(20, 'D');
+
+  SECTION("a capture that joined the stream midway") {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    std::uint32_t seq = 7000;
+    pcap.add(craft::ipv4(conv.c(seq, slice(f1, 60))));  // the tail of a frame sent before the capture began
+    seq += static_cast<std::uint32_t>(f1.size() - 60);
+    pcap.add(craft::ipv4(conv.c(seq, f2)));
+    seq += static_cast<std::uint32_t>(f2.size());
+    pcap.add(craft::ipv4(conv.c(seq, f3)));
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 0);  // expected of a capture started mid-session: a notice, not an error
+    const json j = json::parse(r.out);
+    CHECK_FALSE(j["streams"][0]["saw_syn"].get<bool>());
+    REQUIRE(j["frames"].size() == 2);
+    CHECK(j["frames"][0]["packet"] == 2);
+    CHECK(j["frames"][0]["length"] == f2.size());
+    CHECK(j["frames"][1]["length"] == f3.size());
+    CHECK(j["errors"].empty());
+    REQUIRE(j["notices"].size() == 1);
+    CHECK(j["notices"][0]["packet"] == 2);
+    CHECK(j["notices"][0]["message"] ==
+          "decoding resumes at a frame boundary after 47 octets skipped (the capture joined the stream midway)");
+    // A midway join whose first segment starts a frame skips nothing, silently.
+    craft::PcapFile clean(craft::kLinkRaw);
+    clean.add(craft::ipv4(conv.c(9000, f2)));
+    clean.save(path.string());
+    auto c = decode({"--json", "--pcap", path.string()});
+    CHECK(c.exit_code == 0);
+    CHECK(json::parse(c.out)["notices"].empty());
+    CHECK(json::parse(c.out)["frames"].size() == 1);
+  }
+
+  SECTION("a segment the capture dropped and the receiver acknowledged") {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    pcap.add(craft::ipv4(conv.c(999, {}, kSyn)));
+    pcap.add(craft::ipv4(conv.s(4999, {}, kSyn | kAck)));
+    std::uint32_t seq = 1000;
+    pcap.add(craft::ipv4(conv.c(seq, f1)));
+    seq += static_cast<std::uint32_t>(f1.size() + f2.size());  // f2 never captured
+    pcap.add(craft::ipv4(conv.c(seq, f3)));
+    seq += static_cast<std::uint32_t>(f3.size());
+    craft::Tcp ack = conv.s(5000, {}, kAck);
+    ack.ack = seq;
+    pcap.add(craft::ipv4(ack));
+    // Then a frame whose TPKT header went out in a segment of its own.
+    pcap.add(craft::ipv4(conv.c(seq, slice(f4, 0, 4))));
+    pcap.add(craft::ipv4(conv.c(seq + 4, slice(f4, 4))));
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 1);  // a capture with a hole is incomplete
+    const json j = json::parse(r.out);
+    REQUIRE(j["frames"].size() == 3);
+    CHECK(j["frames"][0]["length"] == f1.size());
+    CHECK(j["frames"][1]["length"] == f3.size());
+    CHECK(j["frames"][1]["packet"] == 4);
+    CHECK(j["frames"][2]["length"] == f4.size());
+    REQUIRE(j["errors"].size() == 1);
+    CHECK(j["errors"][0]["kind"] == "gap");
+    CHECK(j["errors"][0]["detail"] ==
+          "57 bytes never captured (seq 1107, stream offset 107) but acknowledged by the receiver at packet 5; skipped; "
+          "decoding resumes at the next segment that starts a frame");
+    CHECK(j["notices"].empty());  // f3 starts right after the hole: nothing more skipped
+    // The text form says the same, frame by frame in capture order.
+    auto t = decode({"--pcap", path.string()});
+    CHECK(t.exit_code == 1);
+    const auto gap = t.out.find("error: gap: 57 bytes never captured");
+    const auto third = t.out.find("frame 2: DT");
+    CHECK(gap != std::string::npos);
+    CHECK(third != std::string::npos);
+    CHECK(gap < third);
+    CHECK(t.err.find("isoproxy: decode: stream 1 client->server: 57 bytes never captured") != std::string::npos);
+  }
+
+  SECTION("bytes that are not RFC 1006, then frames again") {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    pcap.add(craft::ipv4(conv.c(999, {}, kSyn)));
+    std::uint32_t seq = 1000;
+    for (const craft::ByteVec& seg : {f1, craft::ByteVec{'G', 'E', 'T', ' ', '/', '\r', '\n'}, slice(f2, 10), f3}) {
+      pcap.add(craft::ipv4(conv.c(seq, seg)));
+      seq += static_cast<std::uint32_t>(seg.size());
+    }
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 1);
+    const json j = json::parse(r.out);
+    REQUIRE(j["frames"].size() == 2);
+    CHECK(j["frames"][1]["length"] == f3.size());
+    CHECK(j["frames"][1]["packet"] == 5);
+    REQUIRE(j["errors"].size() == 1);
+    CHECK(j["errors"][0]["kind"] == "tpkt-bad-version");
+    REQUIRE(j["notices"].size() == 1);
+    CHECK(j["notices"][0]["message"] ==
+          "decoding resumes at a frame boundary after " + std::to_string(7 + f2.size() - 10) +
+              " octets skipped (after a framing error)");
+  }
+
+  SECTION("no segment ever starts a frame") {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    pcap.add(craft::ipv4(conv.c(7000, slice(f1, 20, 40))));
+    pcap.add(craft::ipv4(conv.c(7040, slice(f1, 60))));
+    pcap.save(path.string());
+    auto r = decode({"--pcap", path.string()});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 1);
+    CHECK(r.out.find("error: no-frame: 87 octets skipped (the capture joined the stream midway) and no segment "
+                     "after them started a frame: not decoded") != std::string::npos);
+    CHECK(r.out.find("0 frames") != std::string::npos);
+  }
   std::filesystem::remove_all(path.parent_path());
 }
 

@@ -22,30 +22,15 @@
 
 #include "pcap_reader.h"
 #include "pcap_writer.h"
+#include "support/pcap_craft.h"
 
 namespace isoproxy {
 namespace {
 
-using ByteVec = std::vector<std::uint8_t>;
+using namespace isoproxy::test::craft;
 
 constexpr auto kC2S = PcapDirection::kClientToServer;
 constexpr auto kS2C = PcapDirection::kServerToClient;
-
-constexpr std::uint8_t kFin = 0x01;
-constexpr std::uint8_t kSyn = 0x02;
-constexpr std::uint8_t kRst = 0x04;
-constexpr std::uint8_t kPsh = 0x08;
-constexpr std::uint8_t kAck = 0x10;
-
-// Link types as written in file headers (LINKTYPE_* values).
-constexpr std::uint32_t kLinkNull = 0;
-constexpr std::uint32_t kLinkEthernet = 1;
-constexpr std::uint32_t kLinkRaw = 101;
-constexpr std::uint32_t kLinkLoop = 108;
-constexpr std::uint32_t kLinkSll = 113;
-constexpr std::uint32_t kLinkIeee80211 = 105;
-constexpr std::uint32_t kLinkIpv4 = 228;
-constexpr std::uint32_t kLinkSll2 = 276;
 
 ByteVec from_hex(std::string_view hex) {
   ByteVec out;
@@ -67,13 +52,6 @@ ByteVec pattern(std::size_t n, std::uint32_t seed) {
 ByteVec read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return ByteVec(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_file(const std::string& path, const ByteVec& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
 }
 
 // A unique file name in the temp directory, removed when the test is done.
@@ -159,151 +137,7 @@ Reading read_all(const std::string& path, std::uint16_t port = 102) {
   return r;
 }
 
-// --- hand-crafted packets ----------------------------------------------------
-
-std::array<std::uint8_t, 16> address(const std::string& s, int family) {
-  std::array<std::uint8_t, 16> a{};
-  REQUIRE(inet_pton(family, s.c_str(), a.data()) == 1);
-  return a;
-}
-
-void put16(ByteVec& v, std::uint16_t x) {
-  v.push_back(static_cast<std::uint8_t>(x >> 8));
-  v.push_back(static_cast<std::uint8_t>(x));
-}
-void put32(ByteVec& v, std::uint32_t x) {
-  put16(v, static_cast<std::uint16_t>(x >> 16));
-  put16(v, static_cast<std::uint16_t>(x));
-}
-void put16le(ByteVec& v, std::uint16_t x) {
-  v.push_back(static_cast<std::uint8_t>(x));
-  v.push_back(static_cast<std::uint8_t>(x >> 8));
-}
-void put32le(ByteVec& v, std::uint32_t x) {
-  put16le(v, static_cast<std::uint16_t>(x));
-  put16le(v, static_cast<std::uint16_t>(x >> 16));
-}
-void append(ByteVec& v, const ByteVec& more) { v.insert(v.end(), more.begin(), more.end()); }
-
-struct Tcp {
-  std::string src;
-  std::uint16_t sport = 0;
-  std::string dst;
-  std::uint16_t dport = 0;
-  std::uint32_t seq = 0;
-  std::uint8_t flags = kPsh | kAck;
-  ByteVec payload;
-};
-
-// TCP header + payload. Checksums are left 0: the reader must not care
-// (captures taken with checksum offload have them wrong anyway).
-ByteVec tcp_bytes(const Tcp& t) {
-  ByteVec v;
-  put16(v, t.sport);
-  put16(v, t.dport);
-  put32(v, t.seq);
-  put32(v, 0);        // ack
-  v.push_back(0x50);  // data offset 5
-  v.push_back(t.flags);
-  put16(v, 65535);  // window
-  put16(v, 0);      // checksum
-  put16(v, 0);      // urgent
-  append(v, t.payload);
-  return v;
-}
-
-struct Ipv4Options {
-  ByteVec options;              // multiple of 4
-  std::uint16_t frag = 0x4000;  // DF
-  std::uint16_t id = 7;
-  std::uint8_t proto = 6;
-};
-
-ByteVec ipv4_packet(const std::string& src, const std::string& dst, const ByteVec& l4,
-                    const Ipv4Options& o = {}) {
-  ByteVec v;
-  const std::size_t header = 20 + o.options.size();
-  v.push_back(static_cast<std::uint8_t>(0x40 | (header / 4)));
-  v.push_back(0);
-  put16(v, static_cast<std::uint16_t>(header + l4.size()));
-  put16(v, o.id);
-  put16(v, o.frag);
-  v.push_back(64);
-  v.push_back(o.proto);
-  put16(v, 0);
-  const auto s = address(src, AF_INET);
-  const auto d = address(dst, AF_INET);
-  v.insert(v.end(), s.begin(), s.begin() + 4);
-  v.insert(v.end(), d.begin(), d.begin() + 4);
-  append(v, o.options);
-  append(v, l4);
-  return v;
-}
-
-ByteVec ipv4(const Tcp& t) { return ipv4_packet(t.src, t.dst, tcp_bytes(t)); }
-
-// `after` is whatever follows the fixed header (extension headers, then TCP).
-ByteVec ipv6_packet(const std::string& src, const std::string& dst, std::uint8_t next,
-                    const ByteVec& after) {
-  ByteVec v{0x60, 0, 0, 0};
-  put16(v, static_cast<std::uint16_t>(after.size()));
-  v.push_back(next);
-  v.push_back(64);
-  const auto s = address(src, AF_INET6);
-  const auto d = address(dst, AF_INET6);
-  v.insert(v.end(), s.begin(), s.end());
-  v.insert(v.end(), d.begin(), d.end());
-  append(v, after);
-  return v;
-}
-
-ByteVec ipv6(const Tcp& t) { return ipv6_packet(t.src, t.dst, 6, tcp_bytes(t)); }
-
-// One hand-crafted conversation: builds its segments.
-struct Conv {
-  std::string client = "10.0.0.1";
-  std::uint16_t client_port = 40000;
-  std::string server = "10.0.0.2";
-  std::uint16_t server_port = 102;
-
-  Tcp c(std::uint32_t seq, ByteVec payload = {}, std::uint8_t flags = kPsh | kAck) const {
-    return Tcp{client, client_port, server, server_port, seq, flags, std::move(payload)};
-  }
-  Tcp s(std::uint32_t seq, ByteVec payload = {}, std::uint8_t flags = kPsh | kAck) const {
-    return Tcp{server, server_port, client, client_port, seq, flags, std::move(payload)};
-  }
-};
-
-// A classic pcap file assembled record by record.
-class PcapFile {
- public:
-  explicit PcapFile(std::uint32_t linktype) {
-    put32le(bytes_, 0xa1b2c3d4);
-    put16le(bytes_, 2);
-    put16le(bytes_, 4);
-    put32le(bytes_, 0);
-    put32le(bytes_, 0);
-    put32le(bytes_, 262144);
-    put32le(bytes_, linktype);
-  }
-  // A record of `frame`; with `caplen` smaller than the frame, the record
-  // claims the whole frame but holds only its first `caplen` octets.
-  void add(const ByteVec& frame, std::size_t caplen = SIZE_MAX) {
-    caplen = std::min(caplen, frame.size());
-    ++count_;
-    put32le(bytes_, 1000 + count_);  // seconds
-    put32le(bytes_, 250000);         // microseconds
-    put32le(bytes_, static_cast<std::uint32_t>(caplen));
-    put32le(bytes_, static_cast<std::uint32_t>(frame.size()));
-    bytes_.insert(bytes_.end(), frame.begin(), frame.begin() + static_cast<std::ptrdiff_t>(caplen));
-  }
-  void save(const std::string& path) const { write_file(path, bytes_); }
-  const ByteVec& bytes() const { return bytes_; }
-
- private:
-  ByteVec bytes_;
-  std::uint32_t count_ = 0;
-};
+// --- hand-crafted packets (more in support/pcap_craft.h) ----------------------
 
 ByteVec ethernet(const ByteVec& ip, std::uint16_t ethertype,
                  const std::vector<std::uint16_t>& tpids = {}) {
@@ -759,7 +593,7 @@ TEST_CASE("pcap: sequence numbers wrap", "[pcap]") {
   CHECK(r.bytes(1, kC2S) == text("abcdefghijklmn"));
 }
 
-TEST_CASE("pcap: a segment never captured gives a notice", "[pcap]") {
+TEST_CASE("pcap: segments never captured are skipped at the end of the capture", "[pcap]") {
   TempPath file;
   const Conv conv;
   PcapFile pcap(kLinkRaw);
@@ -769,18 +603,56 @@ TEST_CASE("pcap: a segment never captured gives a notice", "[pcap]") {
   pcap.add(ipv4(conv.c(11, text("klmno"))));  // 6..10 missing
   pcap.add(ipv4(conv.c(16, text("pq"))));
   pcap.add(ipv4(conv.c(21, text("uv"))));  // 18..20 missing too
-  pcap.add(ipv4(conv.s(1, text("ok"))));
+  pcap.add(ipv4(conv.s(1, text("ok"))));   // no ACK flag: says nothing of the holes
   pcap.save(file.str());
 
   const Reading r = read_all(file.str());
   REQUIRE(r.ok);
-  CHECK(r.bytes(1, kC2S) == text("abcde"));
+  // Nothing filled the holes by the end: each is skipped, with a notice, and
+  // what followed it delivered, in packet order.
+  CHECK(r.bytes(1, kC2S) == text("abcdeklmnopquv"));
+  CHECK(r.packets(1, kC2S) == std::vector<std::uint64_t>{3, 4, 5, 6});
   CHECK(r.bytes(1, kS2C) == text("ok"));
-  REQUIRE(r.notices.size() == 1);
+  REQUIRE(r.notices.size() == 2);
   CHECK(r.notices[0].stream == 1);
   CHECK(r.notices[0].dir == kC2S);
-  CHECK_THAT(r.notices[0].message, Catch::Contains("8 bytes missing"));
-  CHECK_THAT(r.notices[0].message, Catch::Contains("9 bytes received after the gap"));
+  CHECK(r.notices[0].message == "gap: 5 bytes never captured (seq 6, stream offset 5) by the end of the capture; skipped");
+  CHECK(r.notices[1].message == "gap: 3 bytes never captured (seq 18, stream offset 17) by the end of the capture; skipped");
+}
+
+TEST_CASE("pcap: a hole the receiver acknowledged is skipped at once", "[pcap]") {
+  // The receiver's ACK covers bytes the capture never saw: no retransmission
+  // will bring them, so delivery goes on at once, in capture order.
+  TempPath file;
+  const Conv conv;
+  PcapFile pcap(kLinkRaw);
+  pcap.add(ipv4(conv.c(0, {}, kSyn)));
+  pcap.add(ipv4(conv.s(500, {}, kSyn | kAck)));
+  pcap.add(ipv4(conv.c(1, text("abcde"))));
+  pcap.add(ipv4(conv.c(11, text("klmno"))));  // 6..10 missing
+  Tcp partial = conv.s(501, {}, kAck);
+  partial.ack = 8;  // the receiver has 6 and 7 only: 8..10 may still come
+  pcap.add(ipv4(partial));
+  Tcp all = conv.s(501, text("ok"));
+  all.ack = 16;  // the receiver has it all
+  pcap.add(ipv4(all));
+  pcap.add(ipv4(conv.c(16, text("pq"))));
+  pcap.save(file.str());
+
+  const Reading r = read_all(file.str());
+  REQUIRE(r.ok);
+  CHECK(r.bytes(1, kC2S) == text("abcdeklmnopq"));
+  REQUIRE(r.notices.size() == 1);
+  CHECK(r.notices[0].message ==
+        "gap: 5 bytes never captured (seq 6, stream offset 5) but acknowledged by the receiver at packet 6; skipped");
+  // "klmno" came out when packet 6 was read, before "pq" (packet 7) and
+  // before the server's "ok" of the same packet: chunks in the order read.
+  REQUIRE(r.chunks.size() == 4);
+  CHECK(r.chunks[1].packet == 4);
+  CHECK(r.chunks[1].dir == kC2S);
+  CHECK(r.chunks[2].packet == 6);
+  CHECK(r.chunks[2].dir == kS2C);
+  CHECK(r.chunks[3].packet == 7);
 }
 
 TEST_CASE("pcap: more than 16 MiB held behind a hole skips the hole", "[pcap]") {
@@ -833,12 +705,12 @@ TEST_CASE("pcap: truncated and malformed packets are skipped", "[pcap]") {
   const Reading r = read_all(file.str());
   REQUIRE(r.ok);
   CHECK(r.summary.packets == 11);
-  CHECK(r.bytes(1, kC2S) == text("first"));
+  CHECK(r.bytes(1, kC2S) == text("firstlater"));
   CHECK(r.summary.tcp_packets == 4);
   REQUIRE(r.notices.size() == 2);
   CHECK_THAT(r.notices[0].message,
              Catch::Contains("packet 3: truncated by the capture (30 of 100"));
-  CHECK_THAT(r.notices[1].message, Catch::Contains("end of capture: 100 bytes missing"));
+  CHECK_THAT(r.notices[1].message, Catch::StartsWith("gap: 100 bytes never captured"));
 }
 
 TEST_CASE("pcap: a stream joined midway has saw_syn false", "[pcap]") {
@@ -1162,7 +1034,7 @@ TEST_CASE("pcap: files that cannot be read", "[pcap]") {
     PcapFile pcap(kLinkRaw);
     pcap.add(ipv4(conv.c(0, {}, kSyn)));
     pcap.add(ipv4(conv.c(1, text("kept"))));
-    pcap.add(ipv4(conv.c(9, text("held"))));
+    pcap.add(ipv4(conv.c(9, text("hello"))));
     pcap.add(ipv4(conv.c(5, text("lost"))));
     ByteVec bytes = pcap.bytes();
     bytes.resize(bytes.size() - 3);
@@ -1171,10 +1043,11 @@ TEST_CASE("pcap: files that cannot be read", "[pcap]") {
     REQUIRE(!r.ok);
     CHECK(r.error.kind == "pcap-read");
     CHECK_THAT(r.error.message, Catch::Contains("packet 4"));
-    // What came before the damage was delivered, and the held data reported.
-    CHECK(r.bytes(1, kC2S) == text("kept"));
+    // What came before the damage was delivered, the hole reported and what
+    // was held behind it delivered too.
+    CHECK(r.bytes(1, kC2S) == text("kepthello"));
     REQUIRE(r.notices.size() == 1);
-    CHECK_THAT(r.notices[0].message, Catch::Contains("4 bytes missing"));
+    CHECK_THAT(r.notices[0].message, Catch::StartsWith("gap: 4 bytes never captured"));
   }
 }
 
