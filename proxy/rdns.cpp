@@ -49,8 +49,9 @@ struct ReverseDns::Forward {
 
 ReverseDns::~ReverseDns() {
   for (Forward* f : forwards_) f->owner = nullptr;
-  // The Server runs its loop until every request ended, so none should be
-  // left; if one is, its callback frees it without touching this object.
+  // Normally none is left: the Server runs its loop until every request
+  // ended, or abandon() took them all. If one is, its callback frees it
+  // without touching this object.
   for (Request* r : requests_) r->owner = nullptr;
 }
 

@@ -71,6 +71,9 @@ class ReverseDns {
   const Counters& counters() const { return counters_; }
   std::size_t entries() const { return cache_.size(); }
   std::size_t in_flight() const { return in_flight_; }
+  // Requests libuv still holds for us (lookups and forward resolutions,
+  // including those cancelled whose callback has not run yet).
+  std::size_t in_flight_requests() const { return requests_.size() + forwards_.size(); }
 
  private:
   struct Entry {

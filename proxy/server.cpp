@@ -189,10 +189,17 @@ int Server::run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
   while (has_handles(&loop_) && uv_run(&loop_, UV_RUN_ONCE) != 0) {
   }
+  // Lookups that ended (or were cancelled) during the last iteration.
+  if (!has_handles(&loop_)) uv_run(&loop_, UV_RUN_NOWAIT);
   // Sessions go back to this thread's pools (Session::pool), so on this thread.
   closed_.clear();
   handles_closed_ = true;
-  if (!has_handles(&loop_) && uv_loop_alive(&loop_) != 0) {
+  // Abandoned only if every request left is a lookup: anything else (no
+  // other kind runs on a worker's loop today) is waited for as before.
+  // active_reqs is libuv's own count (uv.h: "not part of the public API",
+  // but the only way to tell; uv_loop_alive() reads it too).
+  if (!has_handles(&loop_) && uv_loop_alive(&loop_) != 0 && rdns_.in_flight_requests() > 0 &&
+      loop_.active_reqs.count == rdns_.in_flight_requests()) {
     // A resolver that does not answer would hold a stop or a restart for
     // its whole timeout (resolv.conf's timeout x attempts x nameservers).
     const std::size_t n = rdns_.abandon();
@@ -202,6 +209,7 @@ int Server::run() {
     log::flush();
     return 0;
   }
+  uv_run(&loop_, UV_RUN_DEFAULT);  // nothing left, or what is left is waited for
   log::flush();  // what the last iteration logged
   return uv_loop_close(&loop_);
 }
