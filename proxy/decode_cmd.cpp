@@ -49,9 +49,11 @@ std::string framer_error_text(codec::FramerError e, Bytes header, std::size_t ma
 // Whether a captured segment starts with a TPKT frame holding a TPDU: where
 // decoding can pick up again after bytes were lost. Senders write whole
 // frames, so after a gap most segments start one, as Wireshark also assumes.
-// The reserved octet is not checked (the vendor MTA's CC sets it).
+// The reserved octet must be 0 (Wireshark's is_tpkt), except in a CC: the
+// vendor MTA's sets it.
 bool starts_frame(Bytes b, std::size_t max_length) {
   if (b.size() < 6 || b[0] != codec::kTpktVersion) return false;
+  if (b[1] != 0 && (b[5] >> 4) != 0xD) return false;
   const std::size_t length = (std::size_t{b[2]} << 8) | b[3];
   if (length < codec::kTpktMinLength || length > max_length) return false;
   const std::size_t li = b[4];  // the octets after it, within the frame
@@ -77,11 +79,15 @@ class StreamDecoder {
 
   // pcap only: from here, whole segments (one feed each) are skipped until
   // one starts a frame, where decoding resumes. `why` names what lost the place.
-  void resync(const std::string& why) {
-    skipped_ += framer_.held();
+  // `after_error`: an error already said that bytes were lost, so a direction
+  // that never finds a frame again gets a notice, not a second error.
+  void resync(const std::string& why, bool after_error) {
+    skipped_ += framer_.held() + candidate_.size();
+    candidate_.clear();  // a header held before the loss is not continued after it
     framer_ = codec::TpktFramer(o_.max_length);
     hunting_ = true;
     hunt_why_ = why;
+    hunt_after_error_ = after_error;
   }
 
   // `label` prefixes each frame's heading in text; `extra` is merged into its JSON.
@@ -105,12 +111,14 @@ class StreamDecoder {
     }
     if (!starts_frame(probe, o_.max_length)) {
       skipped_ += candidate_.size();
+      const bool had_candidate = !candidate_.empty();
       candidate_.clear();
-      probe = in;  // the short segment was no header; this one may start a frame
-      if (!starts_frame(probe, o_.max_length)) {
+      if (!had_candidate) {
         skipped_ += in.size();
         return;
       }
+      feed(in, label, extra);  // the short segment was no header; this one may start a frame
+      return;
     }
     hunting_ = false;
     candidate_.clear();
@@ -143,7 +151,7 @@ class StreamDecoder {
           // A capture: the next segment that starts a frame may be RFC 1006 again.
           error(label, std::string(codec::framer_error_name(r.error)),
                 msg + "; skipped to the next segment that starts a frame", extra);
-          resync("after a framing error");
+          resync("after a framing error", true);
           skipped_ = rest;
           return;
         }
@@ -209,15 +217,19 @@ class StreamDecoder {
   void lose_sync(const std::string& label, const std::string& why, const json& extra) {
     const std::string text = why.starts_with("gap: ") ? why.substr(5) : why;  // the kind says it
     error(label, "gap", text + "; decoding resumes at the next segment that starts a frame", extra);
-    resync("after the gap");
+    resync("after the gap", true);
   }
 
   // At end of input: a frame cut short is an error (the peer closed mid-frame).
   void finish(const std::string& label, const json& extra) {
     if (hunting_ && skipped_ + candidate_.size() > 0) {
-      error(label, "no-frame", std::to_string(skipped_ + candidate_.size()) + " octets skipped (" + hunt_why_ +
-                                   ") and no segment after them started a frame: not decoded",
-            extra);
+      const std::string msg = std::to_string(skipped_ + candidate_.size()) + " octets skipped (" + hunt_why_ +
+                              ") and no segment after them started a frame: not decoded";
+      if (hunt_after_error_) {
+        notice(label, msg, extra);
+      } else {
+        error(label, "no-frame", msg, extra);
+      }
       return;
     }
     if (framer_.failed() || hunting_ || framer_.held() == 0) return;
@@ -283,6 +295,7 @@ class StreamDecoder {
   codec::TpktFramer framer_;
   json* notices_;
   bool hunting_ = false;
+  bool hunt_after_error_ = false;
   std::string hunt_why_;
   std::uint64_t skipped_ = 0;
   std::vector<std::uint8_t> candidate_;  // a short segment that may be a TPKT header
@@ -405,7 +418,7 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
       p = std::make_unique<StreamDecoder>(o, out, &notices);
       // Seen from its SYN, a direction starts with a frame; joined midway, it
       // starts anywhere, and decoding waits for a segment that starts one.
-      if (!stream.saw_syn) p->resync("the capture joined the stream midway");
+      if (!stream.saw_syn) p->resync("the capture joined the stream midway", false);
     }
     return *p;
   };
@@ -422,14 +435,16 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
         last_extra[{c.stream->id, static_cast<int>(c.direction)}] = {c.stream->id, extra};
       },
       [&](const PcapNotice& n) {
+        json where = {{"stream", n.stream->id}, {"direction", dir_name(n.direction)}};
+        if (n.packet != 0) where["packet"] = n.packet;  // none at the end of the file
         if (n.bytes_skipped) {
           decoder_for(*n.stream, n.direction)
-              .lose_sync("stream " + std::to_string(n.stream->id) + " " + dir_name(n.direction) + ": ", n.message,
-                         {{"stream", n.stream->id}, {"direction", dir_name(n.direction)}});
+              .lose_sync("stream " + std::to_string(n.stream->id) + " " + dir_name(n.direction) + ": ", n.message, where);
           return;
         }
         if (o.json) {
-          notices.push_back({{"stream", n.stream->id}, {"direction", dir_name(n.direction)}, {"message", n.message}});
+          where["message"] = n.message;
+          notices.push_back(std::move(where));
         } else {
           out << "stream " << n.stream->id << " " << dir_name(n.direction) << ": notice: " << n.message << "\n";
         }

@@ -308,6 +308,13 @@ struct DirectionState {
   std::int64_t next_pos = 0;
   std::map<std::int64_t, HeldSegment> held;
   std::size_t held_bytes = 0;
+  // The highest ACK the receiver sent for this direction, and in which packet.
+  bool acked = false;
+  std::uint32_t ack = 0;
+  std::uint64_t ack_packet = 0;
+  // The last hole skipped, as stream offsets [from, to): a segment of it
+  // that turns up afterwards is reported, not silently dropped.
+  std::int64_t skipped_from = 0, skipped_to = 0;
 
   bool has_payload() const { return next_pos != 0 || !held.empty(); }
 };
@@ -346,12 +353,15 @@ class Reassembler {
   void drain(Stream& s, PcapDirection dir);
   // Gives up on the hole before the first held segment: the capture never
   // had it (`why` says how that is known); delivery resumes after it.
-  void skip_hole(Stream& s, PcapDirection dir, const std::string& why);
-  // The peer acknowledged `ack`: a hole below it was received, so it was
-  // never going to be retransmitted; only the capture missed it.
+  void skip_hole(Stream& s, PcapDirection dir, const std::string& why, std::uint64_t number);
+  // The receiver acknowledged `ack` for this direction (in packet `number`).
   void acknowledged(Stream& s, PcapDirection dir, std::uint32_t ack, std::uint64_t number);
+  // Skips the holes the receiver has acknowledged: it has those bytes, so no
+  // retransmission will come; only the capture missed them.
+  void skip_acknowledged(Stream& s, PcapDirection dir, std::uint64_t number);
   void deliver(Stream& s, PcapDirection dir, codec::Bytes bytes, std::uint64_t number, double time);
-  void notice(const Stream& s, PcapDirection dir, std::string message, bool bytes_skipped = false);
+  void notice(const Stream& s, PcapDirection dir, std::string message, bool bytes_skipped = false,
+              std::uint64_t number = 0);
 
   std::uint16_t port_;
   const std::function<void(const PcapChunk&)>& on_chunk_;
@@ -412,8 +422,9 @@ Stream* Reassembler::find_or_create(const TcpSegment& t) {
   return to_server ? &create(t.src, t.dst) : &create(t.dst, t.src);
 }
 
-void Reassembler::notice(const Stream& s, PcapDirection dir, std::string message, bool bytes_skipped) {
-  on_notice_(PcapNotice{s.info, dir, std::move(message), bytes_skipped});
+void Reassembler::notice(const Stream& s, PcapDirection dir, std::string message, bool bytes_skipped,
+                         std::uint64_t number) {
+  on_notice_(PcapNotice{s.info, dir, std::move(message), bytes_skipped, number});
 }
 
 void Reassembler::deliver(Stream& s, PcapDirection dir, codec::Bytes bytes, std::uint64_t number,
@@ -455,11 +466,12 @@ void Reassembler::hold(Stream& s, PcapDirection dir, std::int64_t pos, codec::By
     // give up waiting, skip the hole, and deliver what follows it.
     skip_hole(s, dir,
               "with more than " + std::to_string(kMaxHeldBytes >> 20) +
-                  " MiB held out of order after them at packet " + std::to_string(number));
+                  " MiB held out of order after them at packet " + std::to_string(number),
+              number);
   }
 }
 
-void Reassembler::skip_hole(Stream& s, PcapDirection dir, const std::string& why) {
+void Reassembler::skip_hole(Stream& s, PcapDirection dir, const std::string& why, std::uint64_t number) {
   DirectionState& d = s.dirs[direction_index(dir)];
   if (d.held.empty()) return;
   const std::int64_t first = d.held.begin()->first;
@@ -467,7 +479,9 @@ void Reassembler::skip_hole(Stream& s, PcapDirection dir, const std::string& why
   notice(s, dir,
          "gap: " + std::to_string(missing) + " bytes never captured (seq " + std::to_string(d.next_seq) +
              ", stream offset " + std::to_string(d.next_pos) + ") " + why + "; skipped",
-         true);
+         true, number);
+  d.skipped_from = d.next_pos;
+  d.skipped_to = first;
   d.next_seq += static_cast<std::uint32_t>(missing);
   d.next_pos = first;
   drain(s, dir);
@@ -476,11 +490,20 @@ void Reassembler::skip_hole(Stream& s, PcapDirection dir, const std::string& why
 void Reassembler::acknowledged(Stream& s, PcapDirection dir, std::uint32_t ack, std::uint64_t number) {
   DirectionState& d = s.dirs[direction_index(dir)];
   if (!d.started) return;
-  // Serial number arithmetic again; an ACK at or below next_seq says nothing new.
-  while (!d.held.empty()) {
-    const auto delta = static_cast<std::int32_t>(ack - d.next_seq);
+  // Serial number arithmetic: only a higher ACK says something new.
+  if (!d.acked || static_cast<std::int32_t>(ack - d.ack) > 0) {
+    d.acked = true;
+    d.ack = ack;
+    d.ack_packet = number;
+  }
+}
+
+void Reassembler::skip_acknowledged(Stream& s, PcapDirection dir, std::uint64_t number) {
+  DirectionState& d = s.dirs[direction_index(dir)];
+  while (d.acked && !d.held.empty()) {
+    const auto delta = static_cast<std::int32_t>(d.ack - d.next_seq);
     if (delta <= 0 || d.next_pos + delta < d.held.begin()->first) return;  // the hole may still come
-    skip_hole(s, dir, "but acknowledged by the receiver at packet " + std::to_string(number));
+    skip_hole(s, dir, "but acknowledged by the receiver at packet " + std::to_string(d.ack_packet), number);
   }
 }
 
@@ -492,6 +515,14 @@ void Reassembler::accept(Stream& s, PcapDirection dir, std::uint32_t seq, codec:
   const auto delta = static_cast<std::int32_t>(seq - d.next_seq);
   const std::int64_t pos = d.next_pos + delta;
   const std::int64_t end = pos + static_cast<std::int64_t>(payload.size());
+  if (pos < d.skipped_to && end > d.skipped_from) {
+    const std::int64_t late = std::min(end, d.skipped_to) - std::max(pos, d.skipped_from);
+    notice(s, dir,
+           "packet " + std::to_string(number) + ": " + std::to_string(late) +
+               " bytes of the gap skipped at stream offset " + std::to_string(d.skipped_from) +
+               " arrived late (the capture has them out of order); not decoded",
+           false, number);
+  }
   if (end <= d.next_pos) return;  // retransmission of delivered data
   if (pos > d.next_pos) {
     hold(s, dir, pos, payload, number, time);
@@ -537,7 +568,6 @@ void Reassembler::packet(std::uint64_t number, double time, const Packet& p) {
   }
   const std::uint32_t data_seq = t.seq + ((t.flags & kTcpSyn) != 0 ? 1 : 0);
   if ((t.flags & kTcpAck) != 0) {
-    // First: what it acknowledges was sent before its own payload.
     acknowledged(*s, dir == PcapDirection::kClientToServer ? PcapDirection::kServerToClient
                                                            : PcapDirection::kClientToServer,
                  t.ack, number);
@@ -565,6 +595,8 @@ void Reassembler::packet(std::uint64_t number, double time, const Packet& p) {
   }
   if ((t.flags & kTcpFin) != 0) d.fin = true;
   if ((t.flags & kTcpRst) != 0) s->reset = true;
+  // The sender's packet after the receiver acknowledged a hole did not fill it.
+  skip_acknowledged(*s, dir, number);
 }
 
 void Reassembler::finish() {
@@ -572,7 +604,8 @@ void Reassembler::finish() {
   // come, so each hole is skipped and what follows it delivered.
   for (Stream& s : streams_) {
     for (PcapDirection dir : {PcapDirection::kClientToServer, PcapDirection::kServerToClient}) {
-      while (!s.dirs[direction_index(dir)].held.empty()) skip_hole(s, dir, "by the end of the capture");
+      skip_acknowledged(s, dir, 0);
+      while (!s.dirs[direction_index(dir)].held.empty()) skip_hole(s, dir, "by the end of the capture", 0);
     }
   }
 }

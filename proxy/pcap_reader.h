@@ -39,6 +39,7 @@ struct PcapNotice {
   // Bytes of this direction were skipped: what follows does not continue
   // what came before, so a framer over it has lost its place.
   bool bytes_skipped = false;
+  std::uint64_t packet = 0;  // the packet being read when it arose; 0: at the end of the file
 };
 
 struct PcapSummary {
@@ -60,10 +61,12 @@ struct PcapSummary {
 //   packet numbers within a direction need not increase.
 // - Holes: segments after a hole are held until it fills. It is presumed
 //   never captured, with a "gap: ..." notice (bytes_skipped: a framer fed
-//   these chunks has lost its place) and delivery resuming after it, as soon
-//   as the receiver's ACK covers it (the receiver has those bytes, so no
-//   retransmission will come), when more than 16 MiB is held behind it, or
-//   at the end of the file.
+//   these chunks has lost its place) and delivery resuming after it, once
+//   the receiver's ACK covered it (the receiver has those bytes, so no
+//   retransmission will come) and the sender's next packet did not fill it
+//   (a capture may still hold the segment just after the ACK), when more
+//   than 16 MiB is held behind it, or at the end of the file. A segment of a
+//   skipped hole that turns up later gets a notice; it is not delivered.
 // - Packets cut short by the capture's snap length, and IP fragments, are
 //   skipped with a notice when they can be tied to a stream; other malformed
 //   packets are skipped silently. Checksums are not verified (offloading

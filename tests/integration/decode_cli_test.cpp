@@ -367,6 +367,80 @@ TEST_CASE("decode --pcap resumes at the next frame after a midway join, a gap or
               " octets skipped (after a framing error)");
   }
 
+  SECTION("a TPKT header held when bytes are lost is not continued after them") {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    std::uint32_t seq = 7000;  // joined midway: hunting from the start
+    pcap.add(craft::ipv4(conv.c(seq, slice(f2, 0, 4))));  // a header alone: held as a candidate
+    seq += 4;
+    seq += 100;  // lost: the rest of f2 and more
+    pcap.add(craft::ipv4(conv.c(seq, slice(f3, 4))));  // a frame's body without its header
+    seq += static_cast<std::uint32_t>(f3.size() - 4);
+    craft::Tcp ack = conv.s(100, {}, kAck);
+    ack.ack = seq;
+    pcap.add(craft::ipv4(ack));
+    pcap.add(craft::ipv4(conv.c(seq, f4)));
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.out << r.err);
+    const json j = json::parse(r.out);
+    // Only f4 is a frame: the header before the gap and the body after it are not joined.
+    REQUIRE(j["frames"].size() == 1);
+    CHECK(j["frames"][0]["length"] == f4.size());
+    REQUIRE(j["errors"].size() == 1);
+    CHECK(j["errors"][0]["kind"] == "gap");
+    CHECK(j["errors"][0]["packet"] == 4);
+  }
+
+  SECTION("a stray short segment, then a TPKT header sent on its own") {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    std::uint32_t seq = 7000;
+    for (const craft::ByteVec& seg : {craft::ByteVec{0x03, 0x99}, slice(f2, 0, 4), slice(f2, 4)}) {
+      pcap.add(craft::ipv4(conv.c(seq, seg)));
+      seq += static_cast<std::uint32_t>(seg.size());
+    }
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 0);
+    const json j = json::parse(r.out);
+    REQUIRE(j["frames"].size() == 1);
+    CHECK(j["frames"][0]["length"] == f2.size());
+    REQUIRE(j["notices"].size() == 1);
+    CHECK(j["notices"][0]["message"] ==
+          "decoding resumes at a frame boundary after 2 octets skipped (the capture joined the stream midway)");
+  }
+
+  SECTION("user data that looks like a TPKT header with a reserved octet is no frame start") {
+    craft::ByteVec fake = {0x03, 0x05, 0x00, 0x0A, 0x02, 0xF0, 0x80, 0x01, 0x02, 0x03};  // reserved 0x05, a DT
+    craft::PcapFile pcap(craft::kLinkRaw);
+    pcap.add(craft::ipv4(conv.c(7000, fake)));
+    pcap.add(craft::ipv4(conv.c(7010, f3)));
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.out << r.err);
+    const json j = json::parse(r.out);
+    REQUIRE(j["frames"].size() == 1);
+    CHECK(j["frames"][0]["length"] == f3.size());
+    CHECK(j["errors"].empty());
+  }
+
+  SECTION("a framing error with nothing decodable after it is one error") {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    pcap.add(craft::ipv4(conv.c(999, {}, kSyn)));
+    pcap.add(craft::ipv4(conv.c(1000, craft::ByteVec{'G', 'E', 'T', ' ', '/', '\r', '\n'})));
+    pcap.add(craft::ipv4(conv.c(1007, craft::ByteVec{'H', 'o', 's', 't', '\r', '\n'})));
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 1);
+    const json j = json::parse(r.out);
+    REQUIRE(j["errors"].size() == 1);
+    CHECK(j["errors"][0]["kind"] == "tpkt-bad-version");
+    REQUIRE(j["notices"].size() == 1);
+    CHECK(j["notices"][0]["message"] ==
+          "13 octets skipped (after a framing error) and no segment after them started a frame: not decoded");
+  }
+
   SECTION("no segment ever starts a frame") {
     craft::PcapFile pcap(craft::kLinkRaw);
     pcap.add(craft::ipv4(conv.c(7000, slice(f1, 20, 40))));
