@@ -95,6 +95,7 @@ struct TlsServerConfig {
   std::string key;                  // PEM private key
   std::string client_ca;            // CA file or directory for client certificates; empty: none asked
   std::string verify_client = "off";  // "off", "optional", "require" (default "require" with client_ca)
+  std::string crl;                  // PEM CRLs that client certificates are checked against; empty: none
   std::vector<std::string> allow_subjects;  // RFC 2253 subjects let in (mutual TLS)
   std::vector<std::string> allow_sans;      // DNS names or IP addresses let in (mutual TLS)
   std::string min_version = "1.2";  // "1.2" or "1.3"
@@ -110,6 +111,7 @@ struct TlsServerConfig {
 struct TlsClientConfig {
   bool verify = true;               // verify the upstream's certificate; false only when written
   std::string ca;                   // CA file or directory; empty: the system's store
+  std::string crl;                  // PEM CRLs that the upstream's certificate is checked against; empty: none
   std::string server_name;          // checked in the certificate and sent as SNI; empty: the upstream IP
   std::string cert, key;            // optional client certificate
   std::string min_version = "1.2";

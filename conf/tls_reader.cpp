@@ -111,6 +111,22 @@ void report(TableReader& r, const std::vector<tls::KeyError>& errors) {
   for (const auto& e : errors) r.error(e.key.empty() ? "cert" : e.key, e.message);
 }
 
+// A CRL that is out of date makes OpenSSL refuse every certificate it covers:
+// said at every start, reload and check, so that the cron job that fetches
+// CRLs is fixed before the link goes down.
+void warn_crls(TableReader& r, const std::string& path, const tls::Context& ctx) {
+  for (const auto& c : ctx.crls()) {
+    if (c.expired) {
+      r.warning("crl", path + ": the CRL of " + c.issuer + " expired on " + c.next_update +
+                           ": every certificate it covers is refused (\"CRL has expired\") until a fresh one is "
+                           "loaded (replace the file, then SIGHUP)");
+    } else if (c.not_yet_valid) {
+      r.warning("crl", path + ": the CRL of " + c.issuer + " is not valid before " + c.this_update +
+                           " (is this host's clock right?): every certificate it covers is refused until then");
+    }
+  }
+}
+
 template <typename C>
 void common_toml(std::string& o, const C& c) {
   o += "min_version = " + toml_string(c.min_version) + "\n";
@@ -176,6 +192,11 @@ std::shared_ptr<const TlsServerConfig> read_tls_server(TableReader& parent, std:
       ok = false;
     }
   }
+  c->crl = path_key(r, "crl", PathKind::kFile, ok);
+  if (r.node("crl") != nullptr && c->verify_client == "off") {
+    r.error("crl", "only with client certificates: set client_ca (and verify_client)");
+    ok = false;
+  }
   read_common(r, *c, ok);
   r.finish();
   if (!ok || c->cert.empty() || c->key.empty()) return nullptr;
@@ -184,6 +205,7 @@ std::shared_ptr<const TlsServerConfig> read_tls_server(TableReader& parent, std:
     report(r, ctx.error());
     return nullptr;
   }
+  warn_crls(r, c->crl, **ctx);
   c->context = *ctx;
   return c;
 }
@@ -221,6 +243,11 @@ std::optional<std::shared_ptr<const TlsClientConfig>> read_tls_client(TableReade
     r.warning("verify", "false: the upstream's certificate is not verified, so anyone on the path can pose as the "
                         "upstream and read the traffic");
   }
+  c->crl = path_key(r, "crl", PathKind::kFile, mine);
+  if (!c->verify && r.node("crl") != nullptr) {
+    r.error("crl", "not used with verify = false: remove crl, or verify the upstream (remove verify = false)");
+    mine = false;
+  }
   c->server_name = r.string("server_name", "");
   if (r.node("server_name") != nullptr && !is_ip(c->server_name) && !is_dns_name(c->server_name)) {
     r.error("server_name", in_quotes(c->server_name) + " is neither a DNS name nor an IP address");
@@ -245,6 +272,7 @@ std::optional<std::shared_ptr<const TlsClientConfig>> read_tls_client(TableReade
     ok = false;
     return std::nullopt;
   }
+  warn_crls(r, c->crl, **ctx);
   c->context = *ctx;
   return std::shared_ptr<const TlsClientConfig>(std::move(c));
 }
@@ -255,6 +283,7 @@ std::string tls_server_toml(const TlsServerConfig& c, std::string_view header) {
   o += "key = " + toml_string(c.key) + "\n";
   if (!c.client_ca.empty()) o += "client_ca = " + toml_string(c.client_ca) + "\n";
   o += "verify_client = " + toml_string(c.verify_client) + "\n";
+  if (!c.crl.empty()) o += "crl = " + toml_string(c.crl) + "\n";
   if (!c.allow_subjects.empty()) o += "allow_subjects = " + list_toml(c.allow_subjects) + "\n";
   if (!c.allow_sans.empty()) o += "allow_sans = " + list_toml(c.allow_sans) + "\n";
   common_toml(o, c);
@@ -265,6 +294,7 @@ std::string tls_client_toml(const TlsClientConfig& c, std::string_view header) {
   std::string o = "[" + std::string(header) + "]\n";
   o += std::string("verify = ") + (c.verify ? "true" : "false") + "\n";
   if (!c.ca.empty()) o += "ca = " + toml_string(c.ca) + "\n";
+  if (!c.crl.empty()) o += "crl = " + toml_string(c.crl) + "\n";
   if (!c.server_name.empty()) o += "server_name = " + toml_string(c.server_name) + "\n";
   if (!c.cert.empty()) o += "cert = " + toml_string(c.cert) + "\nkey = " + toml_string(c.key) + "\n";
   common_toml(o, c);

@@ -208,6 +208,46 @@ void load_ca(SSL_CTX* ctx, const std::string& key, const std::string& path, bool
   }
 }
 
+// Certificate revocation lists, PEM, one or more in the file. With them every
+// certificate of the peer's chain is checked (X509_V_FLAG_CRL_CHECK_ALL, as
+// HAProxy's crl-file and Envoy's crl do): each CA in it needs its CRL here,
+// or verification fails with "unable to get certificate CRL".
+void load_crl(SSL_CTX* ctx, const std::string& path, std::vector<KeyError>& errors, std::vector<CrlSummary>& out) {
+  BIO* in = BIO_new_file(path.c_str(), "r");
+  if (in == nullptr) {
+    errors.push_back({"crl", path + ": cannot read (" + last_error("cannot open") + ")"});
+    return;
+  }
+  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+  ERR_clear_error();
+  while (X509_CRL* crl = PEM_read_bio_X509_CRL(in, nullptr, nullptr, nullptr)) {
+    CrlSummary s;
+    s.issuer = name_text(X509_CRL_get_issuer(crl));
+    s.this_update = time_text(X509_CRL_get0_lastUpdate(crl));
+    s.not_yet_valid = X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) > 0;
+    if (const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl)) {
+      s.next_update = time_text(next);
+      s.expired = X509_cmp_current_time(next) < 0;
+    }
+    if (const STACK_OF(X509_REVOKED)* r = X509_CRL_get_REVOKED(crl)) s.revoked = static_cast<std::size_t>(sk_X509_REVOKED_num(r));
+    X509_STORE_add_crl(store, crl);  // takes its own reference
+    X509_CRL_free(crl);
+    out.push_back(std::move(s));
+  }
+  BIO_free(in);
+  // The reading ends with "no start line" after the last CRL: that is the end
+  // of the file, not an error, once at least one was read.
+  const unsigned long e = ERR_peek_last_error();
+  if (out.empty() || (e != 0 && !(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE))) {
+    errors.push_back({"crl", path + ": no usable PEM CRL (-----BEGIN X509 CRL-----) in it (" + last_error("none found") + ")"});
+    return;
+  }
+  ERR_clear_error();
+  const unsigned long flags = X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL;
+  X509_STORE_set_flags(store, flags);
+  X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), flags);
+}
+
 }  // namespace
 
 Context::~Context() { SSL_CTX_free(ctx_); }
@@ -227,6 +267,7 @@ Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_server_contex
                         : c.verify_client == "optional" ? Context::ClientVerify::kOptional
                                                         : Context::ClientVerify::kOff;
   if (!c.client_ca.empty()) load_ca(ctx, "client_ca", c.client_ca, true, errors);
+  if (!c.crl.empty()) load_crl(ctx, c.crl, errors, out->crls_);
   switch (out->client_verify_) {
     case Context::ClientVerify::kRequire:
       SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback);
@@ -261,6 +302,7 @@ Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_client_contex
     } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
       errors.push_back({"ca", "the system's CA store cannot be read (" + last_error("cannot read") + "): name a ca file"});
     }
+    if (!c.crl.empty()) load_crl(ctx, c.crl, errors, out->crls_);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_callback);
   } else {
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);

@@ -48,6 +48,17 @@ struct KeyError {
   std::string message;
 };
 
+// A certificate revocation list loaded with `crl`: whose it is and when it
+// is valid (OpenSSL refuses every certificate a CRL covers once it expires).
+struct CrlSummary {
+  std::string issuer;       // RFC 2253
+  std::string this_update;  // "2026-01-01T00:00:00Z"
+  std::string next_update;  // empty: the CRL names none
+  std::size_t revoked = 0;
+  bool expired = false;         // next_update has passed
+  bool not_yet_valid = false;   // this_update is in the future
+};
+
 // What a certificate says, for logs and stats.
 struct CertSummary {
   std::string subject;    // RFC 2253, e.g. "CN=site-a,O=Example"
@@ -82,6 +93,9 @@ class Context {
 
   std::chrono::milliseconds handshake_timeout() const { return handshake_timeout_; }
 
+  // The CRLs the peer's certificate chain is checked against (`crl`); empty: none.
+  const std::vector<CrlSummary>& crls() const { return crls_; }
+
  private:
   friend Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_server_context(const conf::TlsServerConfig&);
   friend Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_client_context(const conf::TlsClientConfig&);
@@ -95,6 +109,7 @@ class Context {
   bool verify_peer_ = true;
   std::string server_name_;
   std::chrono::milliseconds handshake_timeout_{10000};
+  std::vector<CrlSummary> crls_;
 };
 
 // Every error found, each naming its key ("cert", "key", "client_ca", ...).

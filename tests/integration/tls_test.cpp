@@ -521,6 +521,77 @@ TEST_CASE("tls: the upstream's certificate is verified; verify = false is said a
   CHECK(f.at("upstream_peer") == "CN=stranger.test,O=isoproxy tests");
 }
 
+TEST_CASE("tls: a CRL refuses revoked client and upstream certificates; SIGHUP loads a new one", "[tls][integration][crl]") {
+  REQUIRE_FALSE(openssl_binary().empty());
+  Certs c;
+  const auto revoked = c.pki.make_leaf("revoked", "ca", "revoked.test", {"DNS:revoked.test"});
+  // The file the configuration names; its content changes under it.
+  const std::string crl = c.pki.make_crl("live.crl", "ca", {"revoked"});
+  TestServer upstream(responder_handler({.reserved = 0x11}));
+  ProxyProcess proxy(listener_config("crl", upstream.port(),
+                                     server_tls(c.proxy, "client_ca = " + q(c.ca.cert) + "\ncrl = " + q(crl) + "\n")));
+  auto port = proxy.listen_port("crl");
+  REQUIRE(port);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  const ByteVec cc = cc_for(cr, 0x00);
+  int id = 0;
+  // Relays for `who`, or is refused with `reason`.
+  auto attempt = [&](const TestPki::Files& who, const std::string& reason) {
+    ++id;
+    auto cli = start_s_client(c, *port, {"-cert", who.cert, "-key", who.key});
+    REQUIRE(cli->write(cr));
+    if (reason.empty()) {
+      REQUIRE(cli->wait_for_out_size(cc.size(), 10s));
+      CHECK(cli->out() == cc);
+      cli->kill();
+    }
+    const auto f = close_fields(proxy, id);
+    INFO(proxy.text());
+    REQUIRE_FALSE(f.empty());
+    if (reason.empty()) {
+      CHECK(f.at("client_verify") == "ok");
+    } else {
+      CHECK(f.at("reason") == reason);
+      CHECK(f.at("upstream") == "-");
+      CHECK(cli->wait_exit(10s));
+    }
+  };
+  attempt(c.client, "");
+  attempt(revoked, "tls-verify-failed: client: certificate revoked (depth 0, CN=revoked.test,O=isoproxy tests)");
+  CHECK(upstream.accepted_count() == 1);
+
+  // The CA revokes the other client too: a new CRL, then SIGHUP.
+  c.pki.make_crl("live.crl", "ca", {"revoked", "client"});
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_line(std::regex("reloaded .*: 1 listener")));
+  attempt(c.client, "tls-verify-failed: client: certificate revoked (depth 0, CN=client.test,O=isoproxy tests)");
+
+  // A CRL past its nextUpdate: said at the reload, and then every certificate
+  // it covers is refused, the good one too.
+  c.pki.make_crl("live.crl", "ca", {}, -40, -10);
+  REQUIRE(proxy.signal(SIGHUP));
+  CHECK(proxy.wait_for_line(std::regex(R"( warning .*listener\[0\]\.tls\.crl: .*live\.crl: the CRL of CN=ca,O=isoproxy tests expired on )")));
+  REQUIRE(proxy.wait_for_lines(std::regex("reloaded .*: 1 listener"), 2));
+  attempt(revoked, "tls-verify-failed: client: CRL has expired (depth 0, CN=revoked.test,O=isoproxy tests)");
+
+  // The upstream's certificate, against upstream_tls's crl.
+  const std::string up_crl = c.pki.make_crl("upstream.crl", "ca", {"upstream"});
+  std::uint16_t sport = 0;
+  auto srv = start_s_server(c.upstream, sport);
+  REQUIRE(sport != 0);
+  ProxyProcess out(listener_config("up", sport, upstream_tls("ca = " + q(c.ca.cert) + "\ncrl = " + q(up_crl) + "\n")));
+  auto oport = out.listen_port("up");
+  REQUIRE(oport);
+  Conn conn = connect_to("127.0.0.1", *oport);
+  REQUIRE(conn.send_all(cr));
+  CHECK(conn.wait_eof(10s));
+  const auto f = close_fields(out, 1);
+  INFO(out.text());
+  CHECK(f.at("reason") == "tls-verify-failed: upstream: certificate revoked (depth 0, CN=upstream.test,O=isoproxy tests)");
+  const ByteVec got = srv->out();
+  CHECK(std::search(got.begin(), got.end(), cr.begin(), cr.end()) == got.end());
+}
+
 TEST_CASE("tls: a client that never completes the handshake, and one that speaks plaintext", "[tls][integration]") {
   Certs c;
   TestServer upstream(responder_handler());

@@ -7,6 +7,7 @@
 //   pki.make_ca("ca");
 //   auto server = pki.make_leaf("server", "ca", "site-b.test", {"DNS:site-b.test", "IP:127.0.0.1"});
 //   auto old = pki.make_leaf("old", "ca", "old-client", {}, -30, -1);   // expired yesterday
+//   auto crl = pki.make_crl("ca.crl", "ca", {"old"});                     // revokes it
 #pragma once
 
 #include <openssl/evp.h>
@@ -60,6 +61,37 @@ class TestPki {
   Files make_leaf(const std::string& name, const std::string& issuer, const std::string& cn,
                   const std::vector<std::string>& sans, long from_days = -1, long to_days = 365) {
     return make(name, issuer, cn, sans, from_days, to_days, false);
+  }
+
+  // A CRL issued by the CA `issuer`, revoking the certificates made under the
+  // names `revoked`, with thisUpdate now + this_days and nextUpdate now +
+  // next_days (negative: in the past). Written to `file` (PEM); its path.
+  std::string make_crl(const std::string& file, const std::string& issuer, const std::vector<std::string>& revoked,
+                       long this_days = -1, long next_days = 30) {
+    const Entry& ca = entries_.at(issuer);
+    X509_CRL* crl = X509_CRL_new();
+    X509_CRL_set_version(crl, 1);  // v2
+    X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca.cert));
+    ASN1_TIME* t = X509_gmtime_adj(nullptr, this_days * 86400L);
+    X509_CRL_set1_lastUpdate(crl, t);
+    X509_gmtime_adj(t, next_days * 86400L);
+    X509_CRL_set1_nextUpdate(crl, t);
+    X509_gmtime_adj(t, -2 * 86400L);  // revoked two days ago
+    for (const auto& name : revoked) {
+      X509_REVOKED* r = X509_REVOKED_new();
+      X509_REVOKED_set_serialNumber(r, X509_get_serialNumber(entries_.at(name).cert));
+      X509_REVOKED_set_revocationDate(r, t);
+      X509_CRL_add0_revoked(crl, r);
+    }
+    ASN1_TIME_free(t);
+    X509_CRL_sort(crl);
+    if (X509_CRL_sign(crl, ca.key, EVP_sha256()) == 0) throw std::runtime_error("CRL sign failed");
+    const std::string p = path(file);
+    BIO* b = BIO_new_file(p.c_str(), "w");
+    PEM_write_bio_X509_CRL(b, crl);
+    BIO_free(b);
+    X509_CRL_free(crl);
+    return p;
   }
 
   // Writes text to a file in the directory (a broken PEM, a config...).

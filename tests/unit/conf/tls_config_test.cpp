@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -180,6 +181,66 @@ TEST_CASE("tls config: verify = false loads, with a warning that check prints", 
   CHECK(isoproxy::run_check(f.path(), false, out, err) == 0);
   CHECK(err.str() == "warning: " + r->warnings[0] + "\n");
   CHECK(out.str() == f.path() + ": ok\n");
+}
+
+TEST_CASE("tls config: crl is read on both sides, checked, and an out-of-date CRL is warned about", "[conf][tls]") {
+  Files f;
+  const std::string crl = f.pki.make_crl("ca.crl", "ca", {"client"});
+  const std::string old = f.pki.make_crl("old.crl", "ca", {}, -40, -10);     // nextUpdate ten days ago
+  const std::string early = f.pki.make_crl("early.crl", "ca", {}, 2, 30);   // thisUpdate in two days
+  const std::string garbage = f.pki.write("garbage.crl", "not a CRL\n");
+  const std::string tls = "[listener.tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n";
+  auto r = f.load(std::string(kListener) + tls + "crl = \"ca.crl\"\n[listener.upstream_tls]\nca = \"ca.crt\"\ncrl = \"ca.crl\"\n");
+  INFO(all(r));
+  REQUIRE(r.ok());
+  CHECK(r->warnings.empty());
+  CHECK(r->listeners[0].tls->crl == crl);
+  CHECK(r->listeners[0].upstream_tls->crl == crl);
+  for (const auto* ctx : {r->listeners[0].tls->context.get(), r->listeners[0].upstream_tls->context.get()}) {
+    REQUIRE(ctx->crls().size() == 1);
+    CHECK(ctx->crls()[0].issuer == "CN=ca,O=isoproxy tests");
+    CHECK(ctx->crls()[0].revoked == 1);
+    CHECK_FALSE(ctx->crls()[0].expired);
+    CHECK_FALSE(ctx->crls()[0].next_update.empty());
+  }
+  // Both a listener's and an upstream's CRL show in the effective configuration.
+  std::ostringstream out, err;
+  CHECK(isoproxy::run_check(f.path(), true, out, err) == 0);
+  CHECK(out.str().find("crl = \"" + crl + "\"") != std::string::npos);
+
+  const std::string p = f.path();
+  struct Case {
+    std::string tables;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {"[listener.tls]\ncert = \"server.crt\"\nkey = \"server.key\"\ncrl = \"ca.crl\"\n",
+       p + ":7:7: listener[0].tls.crl: only with client certificates: set client_ca (and verify_client)"},
+      {tls + "crl = \"garbage.crl\"\n", p + ":8:7: listener[0].tls.crl: " + garbage + ": no usable PEM CRL (-----BEGIN X509 CRL-----) in it"},
+      {tls + "crl = \"nope.crl\"\n", p + ":8:7: listener[0].tls.crl: " + f.pki.path("nope.crl") + ": no such file"},
+      {"[listener.upstream_tls]\nverify = false\ncrl = \"ca.crl\"\n",
+       p + ":6:7: listener[0].upstream_tls.crl: not used with verify = false: remove crl, or verify the upstream (remove verify = false)"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.tables);
+    auto bad = f.load(std::string(kListener) + c.tables);
+    const auto e = errors(bad);
+    REQUIRE(e.size() == 1);
+    CHECK_THAT(e[0], Catch::StartsWith(c.error));
+  }
+  // Out of date: loads (OpenSSL refuses what it covers), with a warning that says so.
+  auto expired = f.load(std::string(kListener) + tls + "crl = \"old.crl\"\n");
+  REQUIRE(expired.ok());
+  CHECK(expired->listeners[0].tls->context->crls()[0].expired);
+  REQUIRE(expired->warnings.size() == 1);
+  CHECK_THAT(expired->warnings[0], Catch::StartsWith(p + ":8:7: listener[0].tls.crl: " + old +
+                                                      ": the CRL of CN=ca,O=isoproxy tests expired on "));
+  CHECK_THAT(expired->warnings[0], Catch::EndsWith("every certificate it covers is refused (\"CRL has expired\") until a "
+                                                   "fresh one is loaded (replace the file, then SIGHUP)"));
+  auto future = f.load(std::string(kListener) + "[listener.upstream_tls]\ncrl = \"early.crl\"\n");
+  REQUIRE(future.ok());
+  REQUIRE(future->warnings.size() == 1);
+  CHECK_THAT(future->warnings[0], Catch::Contains(early + ": the CRL of CN=ca,O=isoproxy tests is not valid before "));
 }
 
 TEST_CASE("tls config: a route's tls overrides the listener's, or says plaintext", "[conf][tls]") {
