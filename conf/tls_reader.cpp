@@ -111,20 +111,8 @@ void report(TableReader& r, const std::vector<tls::KeyError>& errors) {
   for (const auto& e : errors) r.error(e.key.empty() ? "cert" : e.key, e.message);
 }
 
-// A CRL that is out of date makes OpenSSL refuse every certificate it covers:
-// said at every start, reload and check, so that the cron job that fetches
-// CRLs is fixed before the link goes down.
-void warn_crls(TableReader& r, const std::string& path, const tls::Context& ctx) {
-  for (const auto& c : ctx.crls()) {
-    if (c.expired) {
-      r.warning("crl", path + ": the CRL of " + c.issuer + " expired on " + c.next_update +
-                           ": every certificate it covers is refused (\"CRL has expired\") until a fresh one is "
-                           "loaded (replace the file, then SIGHUP)");
-    } else if (c.not_yet_valid) {
-      r.warning("crl", path + ": the CRL of " + c.issuer + " is not valid before " + c.this_update +
-                           " (is this host's clock right?): every certificate it covers is refused until then");
-    }
-  }
+void report_warnings(TableReader& r, const tls::Context& ctx) {
+  for (const auto& w : ctx.warnings()) r.warning(w.key, w.message);
 }
 
 template <typename C>
@@ -205,7 +193,7 @@ std::shared_ptr<const TlsServerConfig> read_tls_server(TableReader& parent, std:
     report(r, ctx.error());
     return nullptr;
   }
-  warn_crls(r, c->crl, **ctx);
+  report_warnings(r, **ctx);
   c->context = *ctx;
   return c;
 }
@@ -247,6 +235,10 @@ std::optional<std::shared_ptr<const TlsClientConfig>> read_tls_client(TableReade
   if (!c->verify && r.node("crl") != nullptr) {
     r.error("crl", "not used with verify = false: remove crl, or verify the upstream (remove verify = false)");
     mine = false;
+  } else if (r.node("crl") != nullptr && r.node("ca") == nullptr) {
+    r.error("crl", "needs ca: with the system's CA store, every CA of a public chain would need its CRL in this "
+                   "file, or the upstream is refused (\"unable to get certificate CRL\")");
+    mine = false;
   }
   c->server_name = r.string("server_name", "");
   if (r.node("server_name") != nullptr && !is_ip(c->server_name) && !is_dns_name(c->server_name)) {
@@ -272,7 +264,7 @@ std::optional<std::shared_ptr<const TlsClientConfig>> read_tls_client(TableReade
     ok = false;
     return std::nullopt;
   }
-  warn_crls(r, c->crl, **ctx);
+  report_warnings(r, **ctx);
   c->context = *ctx;
   return std::shared_ptr<const TlsClientConfig>(std::move(c));
 }

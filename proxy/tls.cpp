@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 
@@ -211,14 +212,19 @@ void load_ca(SSL_CTX* ctx, const std::string& key, const std::string& path, bool
 // Certificate revocation lists, PEM, one or more in the file. With them every
 // certificate of the peer's chain is checked (X509_V_FLAG_CRL_CHECK_ALL, as
 // HAProxy's crl-file and Envoy's crl do): each CA in it needs its CRL here,
-// or verification fails with "unable to get certificate CRL".
-void load_crl(SSL_CTX* ctx, const std::string& path, std::vector<KeyError>& errors, std::vector<CrlSummary>& out) {
+// or verification fails with "unable to get certificate CRL". When the CAs
+// come from a file (`ca_key` names its key), each CRL must be signed by one
+// of them, and a CA without a CRL is warned about: either would refuse every
+// peer at handshake time with nothing said before.
+void load_crl(SSL_CTX* ctx, const std::string& path, const std::string& ca_key, const std::string& ca_path,
+              std::vector<KeyError>& errors, std::vector<KeyError>& warnings, std::vector<CrlSummary>& out) {
   BIO* in = BIO_new_file(path.c_str(), "r");
   if (in == nullptr) {
     errors.push_back({"crl", path + ": cannot read (" + last_error("cannot open") + ")"});
     return;
   }
   X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+  std::vector<X509_CRL*> crls;
   ERR_clear_error();
   while (X509_CRL* crl = PEM_read_bio_X509_CRL(in, nullptr, nullptr, nullptr)) {
     CrlSummary s;
@@ -230,19 +236,79 @@ void load_crl(SSL_CTX* ctx, const std::string& path, std::vector<KeyError>& erro
       s.expired = X509_cmp_current_time(next) < 0;
     }
     if (const STACK_OF(X509_REVOKED)* r = X509_CRL_get_REVOKED(crl)) s.revoked = static_cast<std::size_t>(sk_X509_REVOKED_num(r));
-    X509_STORE_add_crl(store, crl);  // takes its own reference
-    X509_CRL_free(crl);
+    if (X509_STORE_add_crl(store, crl) != 1) {  // takes its own reference
+      errors.push_back({"crl", path + ": the CRL of " + s.issuer + " cannot be used (" + last_error("cannot add") + ")"});
+    }
+    crls.push_back(crl);
     out.push_back(std::move(s));
   }
   BIO_free(in);
   // The reading ends with "no start line" after the last CRL: that is the end
   // of the file, not an error, once at least one was read.
   const unsigned long e = ERR_peek_last_error();
-  if (out.empty() || (e != 0 && !(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE))) {
+  const bool at_end = e == 0 || (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE);
+  if (crls.empty()) {
     errors.push_back({"crl", path + ": no usable PEM CRL (-----BEGIN X509 CRL-----) in it (" + last_error("none found") + ")"});
-    return;
+  } else if (!at_end) {
+    errors.push_back({"crl", path + ": CRL number " + std::to_string(crls.size() + 1) + " in it cannot be read (" +
+                                 last_error("cannot read") + ")"});
   }
   ERR_clear_error();
+  if (errors.empty() && !ca_path.empty() && !is_directory(ca_path)) {
+    // The CAs of the file, against the CRLs' issuers and signatures.
+    STACK_OF(X509)* cas = X509_STORE_get1_all_certs(store);
+    const int n = cas != nullptr ? sk_X509_num(cas) : 0;
+    std::vector<bool> has_crl(static_cast<std::size_t>(n), false);
+    for (std::size_t k = 0; k < crls.size(); ++k) {
+      bool named = false, signed_by = false;
+      for (int i = 0; i < n; ++i) {
+        X509* ca = sk_X509_value(cas, i);
+        if (X509_NAME_cmp(X509_get_subject_name(ca), X509_CRL_get_issuer(crls[k])) != 0) continue;
+        named = true;
+        if (X509_CRL_verify(crls[k], X509_get0_pubkey(ca)) == 1) {
+          signed_by = true;
+          has_crl[static_cast<std::size_t>(i)] = true;
+        }
+      }
+      ERR_clear_error();
+      if (!named) {
+        errors.push_back({"crl", path + ": the CRL of " + out[k].issuer + " is from no CA in " + ca_key + " (" + ca_path +
+                                     "): every chain is refused (\"unable to get certificate CRL\")"});
+      } else if (!signed_by) {
+        errors.push_back({"crl", path + ": the CRL of " + out[k].issuer + " is not signed by that CA's key in " + ca_key +
+                                     " (" + ca_path + "): every chain through it is refused (\"CRL signature failure\")"});
+      }
+    }
+    for (int i = 0; i < n; ++i) {
+      if (has_crl[static_cast<std::size_t>(i)]) continue;
+      warnings.push_back({"crl", path + ": no CRL from " + name_text(X509_get_subject_name(sk_X509_value(cas, i))) +
+                                     " (a CA in " + ca_key + "): every certificate chain through it is refused "
+                                     "(\"unable to get certificate CRL\"); add its CRL"});
+    }
+    sk_X509_pop_free(cas, X509_free);
+  }
+  // Out of date: OpenSSL refuses every certificate a CRL covers once none of
+  // its issuer's is current. Said at every start, reload and check, so that
+  // the job that fetches CRLs is fixed before the link goes down.
+  for (std::size_t k = 0; k < out.size(); ++k) {
+    const CrlSummary& s = out[k];
+    if (!s.expired && !s.not_yet_valid) continue;
+    const bool fresh_one = std::any_of(out.begin(), out.end(), [&](const CrlSummary& o) {
+      return o.issuer == s.issuer && !o.expired && !o.not_yet_valid;
+    });
+    const bool said = std::any_of(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(k),
+                                  [&](const CrlSummary& o) { return o.issuer == s.issuer; });
+    if (fresh_one || said) continue;
+    if (s.expired) {
+      warnings.push_back({"crl", path + ": the CRL of " + s.issuer + " expired on " + s.next_update +
+                                     ": every certificate it covers is refused (\"CRL has expired\") until a fresh one is "
+                                     "loaded (replace the file, then SIGHUP)"});
+    } else {
+      warnings.push_back({"crl", path + ": the CRL of " + s.issuer + " is not valid before " + s.this_update +
+                                     " (is this host's clock right?): every certificate it covers is refused until then"});
+    }
+  }
+  for (X509_CRL* crl : crls) X509_CRL_free(crl);
   const unsigned long flags = X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL;
   X509_STORE_set_flags(store, flags);
   X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), flags);
@@ -267,7 +333,7 @@ Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_server_contex
                         : c.verify_client == "optional" ? Context::ClientVerify::kOptional
                                                         : Context::ClientVerify::kOff;
   if (!c.client_ca.empty()) load_ca(ctx, "client_ca", c.client_ca, true, errors);
-  if (!c.crl.empty()) load_crl(ctx, c.crl, errors, out->crls_);
+  if (!c.crl.empty()) load_crl(ctx, c.crl, "client_ca", c.client_ca, errors, out->warnings_, out->crls_);
   switch (out->client_verify_) {
     case Context::ClientVerify::kRequire:
       SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback);
@@ -302,7 +368,7 @@ Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_client_contex
     } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
       errors.push_back({"ca", "the system's CA store cannot be read (" + last_error("cannot read") + "): name a ca file"});
     }
-    if (!c.crl.empty()) load_crl(ctx, c.crl, errors, out->crls_);
+    if (!c.crl.empty()) load_crl(ctx, c.crl, "ca", c.ca, errors, out->warnings_, out->crls_);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_callback);
   } else {
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);

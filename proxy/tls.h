@@ -95,6 +95,9 @@ class Context {
 
   // The CRLs the peer's certificate chain is checked against (`crl`); empty: none.
   const std::vector<CrlSummary>& crls() const { return crls_; }
+  // What loads but will refuse peers (a CRL out of date, a CA without one),
+  // for the configuration's warnings.
+  const std::vector<KeyError>& warnings() const { return warnings_; }
 
  private:
   friend Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_server_context(const conf::TlsServerConfig&);
@@ -110,6 +113,7 @@ class Context {
   std::string server_name_;
   std::chrono::milliseconds handshake_timeout_{10000};
   std::vector<CrlSummary> crls_;
+  std::vector<KeyError> warnings_;
 };
 
 // Every error found, each naming its key ("cert", "key", "client_ca", ...).

@@ -53,8 +53,11 @@ class TestPki {
   const std::filesystem::path& dir() const { return dir_; }
   std::string path(const std::string& file) const { return (dir_ / file).string(); }
 
-  // A self-signed CA called `name` (CN = name).
-  Files make_ca(const std::string& name) { return make(name, "", name, {}, -1, 3650, true); }
+  // A self-signed CA called `name` (CN = `cn`, by default the name: another
+  // CA of the same subject, with a key of its own, is an impostor).
+  Files make_ca(const std::string& name, const std::string& cn = "") {
+    return make(name, "", cn.empty() ? name : cn, {}, -1, 3650, true);
+  }
 
   // A certificate for `cn` signed by the CA `issuer`, valid from now + from_days
   // to now + to_days (negative: in the past). sans: "DNS:x", "IP:127.0.0.1".

@@ -189,6 +189,29 @@ TEST_CASE("tls config: crl is read on both sides, checked, and an out-of-date CR
   const std::string old = f.pki.make_crl("old.crl", "ca", {}, -40, -10);     // nextUpdate ten days ago
   const std::string early = f.pki.make_crl("early.crl", "ca", {}, 2, 30);   // thisUpdate in two days
   const std::string garbage = f.pki.write("garbage.crl", "not a CRL\n");
+  f.pki.make_ca("other", "other");
+  f.pki.make_ca("impostor", "ca");  // the CA's name, another key
+  const std::string foreign = f.pki.make_crl("foreign.crl", "other", {});
+  const std::string forged = f.pki.make_crl("forged.crl", "impostor", {});
+  std::string pem_crl, pem_other_ca;
+  {
+    std::ifstream a(crl), b(f.pki.path("other.crt"));
+    pem_crl.assign(std::istreambuf_iterator<char>(a), {});
+    pem_other_ca.assign(std::istreambuf_iterator<char>(b), {});
+  }
+  const std::string broken = f.pki.write("broken.crl", pem_crl + "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+  std::string pem_ca;
+  {
+    std::ifstream a(f.ca.cert);
+    pem_ca.assign(std::istreambuf_iterator<char>(a), {});
+  }
+  f.pki.write("two-cas.crt", pem_ca + pem_other_ca);
+  std::string pem_old;
+  {
+    std::ifstream a(f.pki.path("old.crl"));
+    pem_old.assign(std::istreambuf_iterator<char>(a), {});
+  }
+  f.pki.write("old-and-new.crl", pem_old + pem_crl);
   const std::string tls = "[listener.tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n";
   auto r = f.load(std::string(kListener) + tls + "crl = \"ca.crl\"\n[listener.upstream_tls]\nca = \"ca.crt\"\ncrl = \"ca.crl\"\n");
   INFO(all(r));
@@ -220,6 +243,13 @@ TEST_CASE("tls config: crl is read on both sides, checked, and an out-of-date CR
       {tls + "crl = \"nope.crl\"\n", p + ":8:7: listener[0].tls.crl: " + f.pki.path("nope.crl") + ": no such file"},
       {"[listener.upstream_tls]\nverify = false\ncrl = \"ca.crl\"\n",
        p + ":6:7: listener[0].upstream_tls.crl: not used with verify = false: remove crl, or verify the upstream (remove verify = false)"},
+      {"[listener.upstream_tls]\ncrl = \"ca.crl\"\n",
+       p + ":5:7: listener[0].upstream_tls.crl: needs ca: with the system's CA store, every CA of a public chain would need its CRL"},
+      {tls + "crl = \"foreign.crl\"\n", p + ":8:7: listener[0].tls.crl: " + foreign + ": the CRL of CN=other,O=isoproxy tests is "
+                                      "from no CA in client_ca (" + f.ca.cert + "): every chain is refused"},
+      {tls + "crl = \"forged.crl\"\n", p + ":8:7: listener[0].tls.crl: " + forged + ": the CRL of CN=ca,O=isoproxy tests is not "
+                                     "signed by that CA's key in client_ca (" + f.ca.cert + ")"},
+      {tls + "crl = \"broken.crl\"\n", p + ":8:7: listener[0].tls.crl: " + broken + ": CRL number 2 in it cannot be read"},
   };
   for (const auto& c : cases) {
     INFO(c.tables);
@@ -237,7 +267,20 @@ TEST_CASE("tls config: crl is read on both sides, checked, and an out-of-date CR
                                                       ": the CRL of CN=ca,O=isoproxy tests expired on "));
   CHECK_THAT(expired->warnings[0], Catch::EndsWith("every certificate it covers is refused (\"CRL has expired\") until a "
                                                    "fresh one is loaded (replace the file, then SIGHUP)"));
-  auto future = f.load(std::string(kListener) + "[listener.upstream_tls]\ncrl = \"early.crl\"\n");
+  // An old CRL beside a current one of the same CA is no matter.
+  auto both = f.load(std::string(kListener) + tls + "crl = \"old-and-new.crl\"\n");
+  REQUIRE(both.ok());
+  CHECK(both->warnings.empty());
+  // A CA of client_ca without a CRL: every chain through it would be refused.
+  auto missing = f.load(std::string(kListener) +
+                        "[listener.tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"two-cas.crt\"\ncrl = \"ca.crl\"\n");
+  INFO(all(missing));
+  REQUIRE(missing.ok());
+  REQUIRE(missing->warnings.size() == 1);
+  CHECK_THAT(missing->warnings[0], Catch::EndsWith(crl + ": no CRL from CN=other,O=isoproxy tests (a CA in client_ca): every "
+                                                   "certificate chain through it is refused (\"unable to get certificate "
+                                                   "CRL\"); add its CRL"));
+  auto future = f.load(std::string(kListener) + "[listener.upstream_tls]\nca = \"ca.crt\"\ncrl = \"early.crl\"\n");
   REQUIRE(future.ok());
   REQUIRE(future->warnings.size() == 1);
   CHECK_THAT(future->warnings[0], Catch::Contains(early + ": the CRL of CN=ca,O=isoproxy tests is not valid before "));
