@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <ctime>
 #include <map>
 
 #include <unistd.h>
@@ -92,6 +93,58 @@ void Supervisor::log_config(const conf::Config& config) {
   }
 }
 
+void Supervisor::watch_crls() {
+  if (draining_) return;
+  constexpr std::int64_t kAhead = 24 * 3600;
+  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  std::int64_t next_look = 0;
+  auto look_at = [&](std::int64_t t) {
+    if (next_look == 0 || t < next_look) next_look = t;
+  };
+  auto watch = [&](const std::string& listener, const char* whose, const std::string& file, const tls::Context* ctx) {
+    if (ctx == nullptr) return;
+    const auto& crls = ctx->crls();
+    for (const auto& c : crls) {
+      if (c.next_update_unix == 0) continue;
+      // Only the latest CRL of each CA counts: OpenSSL uses it.
+      const bool superseded = std::any_of(crls.begin(), crls.end(), [&](const tls::CrlSummary& o) {
+        return o.issuer == c.issuer && (o.next_update_unix == 0 || o.next_update_unix > c.next_update_unix);
+      });
+      // Expired when loaded: the configuration's warnings said so.
+      if (superseded || c.expired) continue;
+      const std::string key = listener + "\n" + whose + "\n" + c.issuer + "\n" + c.next_update;
+      const std::string where = "listener " + listener + ": the CRL of " + c.issuer + " (" + whose + ", " + file + ")";
+      if (now >= c.next_update_unix) {
+        if (crls_said_.insert(key + "\nexpired").second) {
+          spdlog::warn("{} expired at {}: every certificate it covers is now refused (\"CRL has expired\"); replace "
+                       "the file with a fresh one, then SIGHUP",
+                       where, c.next_update);
+        }
+      } else if (now >= c.next_update_unix - kAhead) {
+        if (crls_said_.insert(key + "\nsoon").second) {
+          spdlog::warn("{} expires at {}, in less than 24 h: replace the file with a fresh one, then SIGHUP, or every "
+                       "certificate it covers will be refused",
+                       where, c.next_update);
+        }
+        look_at(c.next_update_unix);
+      } else {
+        look_at(c.next_update_unix - kAhead);
+      }
+    }
+  };
+  for (const auto& l : config_->listeners) {
+    if (l.tls) watch(l.name, "client certificates", l.tls->crl, l.tls->context.get());
+    if (l.upstream_tls) watch(l.name, "upstream certificates", l.upstream_tls->crl, l.upstream_tls->context.get());
+  }
+  if (next_look == 0) {
+    uv_timer_stop(&crl_timer_);
+    return;
+  }
+  // A second late rather than early: the moment itself must have passed.
+  const auto ms = static_cast<std::uint64_t>(std::max<std::int64_t>(next_look - now, 0)) * 1000 + 1000;
+  uv_timer_start(&crl_timer_, [](uv_timer_t* t) noexcept { static_cast<Supervisor*>(t->data)->watch_crls(); }, ms, 0);
+}
+
 Status<> Supervisor::start() {
   // Log lines go out once per loop iteration, just before a loop waits:
   // this loop's and each worker's (Server) flush what is pending.
@@ -108,6 +161,8 @@ Status<> Supervisor::start() {
   done_async_.data = this;
   uv_timer_init(&loop_, &stop_timer_);
   stop_timer_.data = this;
+  uv_timer_init(&loop_, &crl_timer_);
+  crl_timer_.data = this;
   // A peer that resets while we write must not kill the process.
   std::signal(SIGPIPE, SIG_IGN);
   // The admin endpoint first, so that it is up when the listeners announce themselves.
@@ -138,6 +193,7 @@ Status<> Supervisor::start() {
     return unexpected(Error{"access-log", *failed});
   }
   log_config(*config_);
+  watch_crls();
   // No worker thread runs yet: each takes its sockets from here.
   for (unsigned w = 0; w < workers(); ++w) servers_[w]->apply(config_, std::move((*sockets)[w]), true);
   const auto n = config_->listeners.size();
@@ -270,6 +326,7 @@ void Supervisor::maybe_stop() {
   for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
                          reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&sigusr1_),
                          reinterpret_cast<uv_handle_t*>(&done_async_), reinterpret_cast<uv_handle_t*>(&stop_timer_),
+                         reinterpret_cast<uv_handle_t*>(&crl_timer_),
                          reinterpret_cast<uv_handle_t*>(&log_flush_)}) {
     if (!uv_is_closing(h)) uv_close(h, nullptr);
   }
@@ -306,6 +363,8 @@ void Supervisor::reload() {
   }
   config_ = cfg;
   log_config(*config_);
+  crls_said_.clear();
+  watch_crls();
   // Parsed and bound once; each worker takes it on its own loop. Waited
   // for, so that "reloaded" means every worker serves the new configuration.
   std::vector<Server::Sockets> per_worker = std::move(*sockets);

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -67,6 +68,10 @@ class Supervisor {
   // (relative to `current`), per worker; nothing is left open on failure.
   Result<std::vector<Server::Sockets>> prepare(const conf::Config& config, const conf::Config* current);
   void log_config(const conf::Config& config);
+  // Warns a day before a loaded CRL's nextUpdate and when it passes (OpenSSL
+  // then refuses every certificate the CRL covers), and arms crl_timer_ for
+  // the next such moment. At start and after every reload.
+  void watch_crls();
 
   uv_loop_t loop_{};
   std::shared_ptr<const conf::Config> config_;
@@ -80,6 +85,8 @@ class Supervisor {
   uv_signal_t sigterm_{}, sigint_{}, sighup_{}, sigusr1_{};
   uv_prepare_t log_flush_{};  // writes the log lines of each loop iteration (log::defer)
   uv_timer_t stop_timer_{};  // draining: looks again until the admin endpoint has closed
+  uv_timer_t crl_timer_{};   // watch_crls()
+  std::set<std::string> crls_said_;  // what watch_crls() has warned about since the last load
   bool draining_ = false;
   bool started_threads_ = false;
   bool handles_closed_ = false;

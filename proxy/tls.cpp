@@ -234,6 +234,8 @@ void load_crl(SSL_CTX* ctx, const std::string& path, const std::string& ca_key, 
     if (const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl)) {
       s.next_update = time_text(next);
       s.expired = X509_cmp_current_time(next) < 0;
+      std::tm tm{};
+      if (ASN1_TIME_to_tm(next, &tm) == 1) s.next_update_unix = static_cast<std::int64_t>(timegm(&tm));
     }
     if (const STACK_OF(X509_REVOKED)* r = X509_CRL_get_REVOKED(crl)) s.revoked = static_cast<std::size_t>(sk_X509_REVOKED_num(r));
     if (X509_STORE_add_crl(store, crl) != 1) {  // takes its own reference

@@ -54,6 +54,7 @@ struct CrlSummary {
   std::string issuer;       // RFC 2253
   std::string this_update;  // "2026-01-01T00:00:00Z"
   std::string next_update;  // empty: the CRL names none
+  std::int64_t next_update_unix = 0;  // seconds since the epoch; 0: none
   std::size_t revoked = 0;
   bool expired = false;         // next_update has passed
   bool not_yet_valid = false;   // this_update is in the future

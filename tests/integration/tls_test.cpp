@@ -568,7 +568,7 @@ TEST_CASE("tls: a CRL refuses revoked client and upstream certificates; SIGHUP l
 
   // A CRL past its nextUpdate: said at the reload, and then every certificate
   // it covers is refused, the good one too.
-  c.pki.make_crl("live.crl", "ca", {}, -40, -10);
+  c.pki.make_crl("live.crl", "ca", {}, -40 * TestPki::kDay, -10 * TestPki::kDay);
   REQUIRE(proxy.signal(SIGHUP));
   CHECK(proxy.wait_for_line(std::regex(R"( warning .*listener\[0\]\.tls\.crl: .*live\.crl: the CRL of CN=ca,O=isoproxy tests expired on )")));
   REQUIRE(proxy.wait_for_lines(std::regex("reloaded .*: 1 listener"), 2));
@@ -590,6 +590,35 @@ TEST_CASE("tls: a CRL refuses revoked client and upstream certificates; SIGHUP l
   CHECK(f.at("reason") == "tls-verify-failed: upstream: certificate revoked (depth 0, CN=upstream.test,O=isoproxy tests)");
   const ByteVec got = srv->out();
   CHECK(std::search(got.begin(), got.end(), cr.begin(), cr.end()) == got.end());
+}
+
+TEST_CASE("tls: a CRL that runs out while isoproxy runs is warned about a day ahead and when it does", "[tls][integration][crl]") {
+  REQUIRE_FALSE(openssl_binary().empty());
+  Certs c;
+  const std::string crl = c.pki.make_crl("soon.crl", "ca", {}, -TestPki::kDay, 4);  // nextUpdate in 4 s
+  TestServer upstream(responder_handler());
+  ProxyProcess proxy(listener_config("soon", upstream.port(),
+                                     server_tls(c.proxy, "client_ca = " + q(c.ca.cert) + "\ncrl = " + q(crl) + "\n")));
+  auto port = proxy.listen_port("soon");
+  REQUIRE(port);
+  auto ahead = proxy.wait_for_line(std::regex(
+      R"( warning listener soon: the CRL of CN=ca,O=isoproxy tests \(client certificates, .*soon\.crl\) expires at \S+, in less than 24 h: replace the file)"));
+  INFO(proxy.text());
+  REQUIRE(ahead);
+  // When nextUpdate passes, without a reload or a session to notice it.
+  auto expired = proxy.wait_for_line(std::regex(
+      R"( warning listener soon: the CRL of CN=ca,O=isoproxy tests \(client certificates, .*soon\.crl\) expired at \S+: every certificate it covers is now refused)"),
+      15s);
+  REQUIRE(expired);
+  // And it is so.
+  auto cli = start_s_client(c, *port, {"-cert", c.client.cert, "-key", c.client.key});
+  REQUIRE(cli->write(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
+  const auto f = close_fields(proxy, 1);
+  REQUIRE_FALSE(f.empty());
+  CHECK(f.at("reason") == "tls-verify-failed: client: CRL has expired (depth 0, CN=client.test,O=isoproxy tests)");
+  // Each said once.
+  CHECK(proxy.count_lines(std::regex("in less than 24 h")) == 1);
+  CHECK(proxy.count_lines(std::regex("is now refused")) == 1);
 }
 
 TEST_CASE("tls: a client that never completes the handshake, and one that speaks plaintext", "[tls][integration]") {

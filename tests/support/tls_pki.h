@@ -66,18 +66,20 @@ class TestPki {
     return make(name, issuer, cn, sans, from_days, to_days, false);
   }
 
+  static constexpr long kDay = 86400;
+
   // A CRL issued by the CA `issuer`, revoking the certificates made under the
-  // names `revoked`, with thisUpdate now + this_days and nextUpdate now +
-  // next_days (negative: in the past). Written to `file` (PEM); its path.
+  // names `revoked`, with thisUpdate now + this_s and nextUpdate now + next_s
+  // seconds (negative: in the past). Written to `file` (PEM); its path.
   std::string make_crl(const std::string& file, const std::string& issuer, const std::vector<std::string>& revoked,
-                       long this_days = -1, long next_days = 30) {
+                       long this_s = -kDay, long next_s = 30 * kDay) {
     const Entry& ca = entries_.at(issuer);
     X509_CRL* crl = X509_CRL_new();
     X509_CRL_set_version(crl, 1);  // v2
     X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca.cert));
-    ASN1_TIME* t = X509_gmtime_adj(nullptr, this_days * 86400L);
+    ASN1_TIME* t = X509_gmtime_adj(nullptr, this_s);
     X509_CRL_set1_lastUpdate(crl, t);
-    X509_gmtime_adj(t, next_days * 86400L);
+    X509_gmtime_adj(t, next_s);
     X509_CRL_set1_nextUpdate(crl, t);
     X509_gmtime_adj(t, -2 * 86400L);  // revoked two days ago
     for (const auto& name : revoked) {

@@ -186,8 +186,8 @@ TEST_CASE("tls config: verify = false loads, with a warning that check prints", 
 TEST_CASE("tls config: crl is read on both sides, checked, and an out-of-date CRL is warned about", "[conf][tls]") {
   Files f;
   const std::string crl = f.pki.make_crl("ca.crl", "ca", {"client"});
-  const std::string old = f.pki.make_crl("old.crl", "ca", {}, -40, -10);     // nextUpdate ten days ago
-  const std::string early = f.pki.make_crl("early.crl", "ca", {}, 2, 30);   // thisUpdate in two days
+  const std::string old = f.pki.make_crl("old.crl", "ca", {}, -40 * TestPki::kDay, -10 * TestPki::kDay);     // nextUpdate ten days ago
+  const std::string early = f.pki.make_crl("early.crl", "ca", {}, 2 * TestPki::kDay, 30 * TestPki::kDay);   // thisUpdate in two days
   const std::string garbage = f.pki.write("garbage.crl", "not a CRL\n");
   f.pki.make_ca("other", "other");
   f.pki.make_ca("impostor", "ca");  // the CA's name, another key
