@@ -193,25 +193,14 @@ TEST_CASE("tls config: crl is read on both sides, checked, and an out-of-date CR
   f.pki.make_ca("impostor", "ca");  // the CA's name, another key
   const std::string foreign = f.pki.make_crl("foreign.crl", "other", {});
   const std::string forged = f.pki.make_crl("forged.crl", "impostor", {});
-  std::string pem_crl, pem_other_ca;
-  {
-    std::ifstream a(crl), b(f.pki.path("other.crt"));
-    pem_crl.assign(std::istreambuf_iterator<char>(a), {});
-    pem_other_ca.assign(std::istreambuf_iterator<char>(b), {});
-  }
-  const std::string broken = f.pki.write("broken.crl", pem_crl + "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
-  std::string pem_ca;
-  {
-    std::ifstream a(f.ca.cert);
-    pem_ca.assign(std::istreambuf_iterator<char>(a), {});
-  }
-  f.pki.write("two-cas.crt", pem_ca + pem_other_ca);
-  std::string pem_old;
-  {
-    std::ifstream a(f.pki.path("old.crl"));
-    pem_old.assign(std::istreambuf_iterator<char>(a), {});
-  }
-  f.pki.write("old-and-new.crl", pem_old + pem_crl);
+  auto text_of = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  // Files made of others: a good CRL then a broken one, two CAs, an old and a current CRL.
+  const std::string broken = f.pki.write("broken.crl", text_of(crl) + "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+  f.pki.write("two-cas.crt", text_of(f.ca.cert) + text_of(f.pki.path("other.crt")));
+  f.pki.write("old-and-new.crl", text_of(old) + text_of(crl));
   const std::string tls = "[listener.tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n";
   auto r = f.load(std::string(kListener) + tls + "crl = \"ca.crl\"\n[listener.upstream_tls]\nca = \"ca.crt\"\ncrl = \"ca.crl\"\n");
   INFO(all(r));
