@@ -194,6 +194,11 @@ Result<Duration> parse_duration(std::string_view s) {
     std::uint64_t scale = 0;
     if (unit.empty()) {
       if (n == 0 && whole.find_first_not_of('0') == std::string_view::npos) return Duration{0};
+      if (total != 0) {
+        // A number left over after a term ("5s0"): "0s" would be the wrong advice.
+        return fail("bad-duration", in_quotes(whole) + " ends in a number without a unit: every term needs one (" +
+                                        kUnits + "), e.g. \"1m30s\"");
+      }
       return fail("bad-duration", in_quotes(whole) + " has no unit: durations need one (" + kUnits +
                                       "), e.g. \"" + std::to_string(n) + "s\" or \"" + std::to_string(n) +
                                       "ms\"; only 0 may be written without");

@@ -345,6 +345,11 @@ class Loader {
         r.error("upstream", "required unless transparent = true or a routing filter (tsap-route) is listed: the "
                             "address to connect each client to, e.g. \"192.0.2.10:102\"");
       }
+    } else if (upstream_node != nullptr && lists_routing_filter(t, /*loaded_only=*/true)) {
+      // It would never be used: the CR's route decides, and a CR no route
+      // takes is refused unless the filter has a default.
+      r.error("upstream", "not used when the listener lists a routing filter (tsap-route): the CR's route picks the "
+                          "upstream; to send CRs no route takes there, make it the filter's default");
     } else {
       l.upstream = r.socket_address("upstream");
       if (l.upstream) check_upstream(r, l);
@@ -414,6 +419,10 @@ class Loader {
       // TCP_KEEPIDLE counts whole seconds; anything else would be rounded.
       r.error("keepalive_interval", "must be a whole number of seconds, at least 1s (found " +
                                         format_duration(l.keepalive_interval) + ")");
+    } else if (errors_now() == before && l.keepalive_interval > 32767s) {
+      // Linux refuses a larger TCP_KEEPIDLE, and its default (2 h) would apply silently.
+      r.error("keepalive_interval", "must be at most 32767s (9h6m7s), Linux's largest TCP_KEEPIDLE (found " +
+                                        format_duration(l.keepalive_interval) + ")");
     }
 
     l.passthrough = r.boolean("passthrough", l.passthrough);
@@ -449,8 +458,9 @@ class Loader {
   }
 
   // True if the listener's `filters` names a filter that chooses the upstream
-  // itself (tsap-route): such a listener needs no `upstream`.
-  bool lists_routing_filter(const toml::table& t) const {
+  // itself (tsap-route): such a listener needs no `upstream`. A filter that
+  // failed to load counts unless `loaded_only`.
+  bool lists_routing_filter(const toml::table& t, bool loaded_only = false) const {
     const toml::array* arr = t["filters"].as_array();
     if (arr == nullptr) return false;
     for (const auto& e : *arr) {
@@ -460,7 +470,11 @@ class Loader {
       if (it == config_.filters.end()) continue;
       // A filter that failed to load has reported its errors already; not
       // knowing whether it routes, don't add a follow-on error here.
-      if (!it->second.factory || it->second.factory->routes()) return true;
+      if (!it->second.factory) {
+        if (!loaded_only) return true;
+      } else if (it->second.factory->routes()) {
+        return true;
+      }
     }
     return false;
   }

@@ -176,6 +176,17 @@ void TableReader::error(std::string_view key, std::string message) {
   errors_.add(at != nullptr ? at : &table_, join_path(path_, key), std::move(message));
 }
 
+void TableReader::element_error(std::string_view key, std::size_t index, std::string message) {
+  const toml::node* list = table_.get(key);
+  const toml::array* a = list != nullptr ? list->as_array() : nullptr;
+  const toml::node* at = a != nullptr && index < a->size() ? a->get(index) : nullptr;
+  if (at == nullptr) {
+    error(key, std::move(message));
+    return;
+  }
+  errors_.add(at, join_path(path_, key) + "[" + std::to_string(index) + "]", std::move(message));
+}
+
 void TableReader::warning(std::string_view key, std::string message) {
   const toml::node* at = table_.get(key);
   errors_.warn(at != nullptr ? at : &table_, join_path(path_, key), std::move(message));
@@ -227,6 +238,10 @@ Duration TableReader::duration(std::string_view key, Duration def) {
   if (const auto* i = n->as_integer()) {
     // Only 0 is a duration without a unit; anything else is ambiguous.
     if (i->get() == 0) return Duration{0};
+    if (i->get() < 0) {
+      error(key, std::to_string(i->get()) + " is negative: durations are 0 or more, written with a unit (\"5s\", \"250ms\")");
+      return def;
+    }
     const std::string v = std::to_string(i->get());
     error(key, v + " has no unit: write a duration string such as \"" + v + "s\" or \"" + v +
                    "ms\" (units ms, s, m, h, d); only 0 may be written without");

@@ -89,6 +89,9 @@ class TableReader {
   // Records an error about `key` of this table (positioned at the key's value,
   // or at the table when absent).
   void error(std::string_view key, std::string message);
+  // An error about element `index` of the list at `key`: at the element's
+  // own line:col, as "KEY[INDEX]" (the list's when it is not a list).
+  void element_error(std::string_view key, std::size_t index, std::string message);
   // A warning about `key`, positioned likewise.
   void warning(std::string_view key, std::string message);
   void finish();

@@ -99,7 +99,8 @@ std::shared_ptr<const FilterFactory> parse_tpkt_reserved(const std::string& name
     t.error("tpdu", "expected at least one TPDU type (CR, CC, DR, DC, DT, ED, AK, EA, RJ, ER) or \"any\"");
     ok = false;
   }
-  for (const auto& n : s.type_names) {
+  for (std::size_t i = 0; i < s.type_names.size(); ++i) {
+    const std::string& n = s.type_names[i];
     if (n == "any") {
       s.types.fill(true);
       continue;
@@ -115,17 +116,18 @@ std::shared_ptr<const FilterFactory> parse_tpkt_reserved(const std::string& name
       }
     }
     if (!found) {
-      t.error("tpdu", "unknown TPDU type \"" + n + "\": expected CR, CC, DR, DC, DT, ED, AK, EA, RJ, ER or \"any\"");
+      t.element_error("tpdu", i, "unknown TPDU type \"" + n + "\": expected CR, CC, DR, DC, DT, ED, AK, EA, RJ, ER or \"any\"");
       ok = false;
     }
   }
   const auto dirs = t.string_list("directions", {"to-client", "to-upstream"});
   s.to_client = s.to_upstream = false;
-  for (const auto& d : dirs) {
+  for (std::size_t i = 0; i < dirs.size(); ++i) {
+    const std::string& d = dirs[i];
     if (d == "to-client") s.to_client = true;
     else if (d == "to-upstream") s.to_upstream = true;
     else {
-      t.error("directions", "unknown direction \"" + d + "\": expected \"to-client\" or \"to-upstream\"");
+      t.element_error("directions", i, "unknown direction \"" + d + "\": expected \"to-client\" or \"to-upstream\"");
       ok = false;
     }
   }

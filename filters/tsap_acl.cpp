@@ -102,15 +102,6 @@ class TsapAcl final : public Filter {
   bool denied_ = false;
 };
 
-// A TSAP pattern as a TOML string that reads back to the same pattern: as
-// written when that is plain printable ASCII, else in its hex form.
-std::string toml_pattern(const TsapPattern& p) {
-  bool plain = true;
-  for (const char c : p.text()) plain = plain && c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
-  if (plain) return "\"" + p.text() + "\"";
-  return "\"hex:" + codec::to_hex(p.bytes()) + (p.prefix() ? "*\"" : "\"");
-}
-
 class TsapAclFactory final : public FilterFactory {
  public:
   TsapAclFactory(std::string name, AclSettings s) : FilterFactory(std::move(name)), s_(std::move(s)) {}
@@ -132,8 +123,8 @@ class TsapAclFactory final : public FilterFactory {
         for (std::size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + text(items[i]);
         out += "]";
       };
-      list("calling", r.calling, toml_pattern);
-      list("called", r.called, toml_pattern);
+      list("calling", r.calling, [](const TsapPattern& p) { return p.toml(); });
+      list("called", r.called, [](const TsapPattern& p) { return p.toml(); });
       list("client", r.clients, [](const conf::Cidr& c) { return "\"" + c.text + "\""; });
       out += " },\n";
     }

@@ -49,4 +49,11 @@ std::vector<std::uint8_t> make_refusal_dr(std::uint16_t cr_src_ref, std::uint8_t
   return codec::encode_frame(0, dr).value();  // 11 octets: cannot exceed any limit
 }
 
+std::string TsapPattern::toml() const {
+  bool plain = true;
+  for (const char c : text_) plain = plain && c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
+  if (plain) return "\"" + text_ + "\"";
+  return "\"hex:" + codec::to_hex(bytes_) + (prefix_ ? "*\"" : "\"");
+}
+
 }  // namespace isoproxy::filters

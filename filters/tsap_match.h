@@ -25,6 +25,9 @@ class TsapPattern {
   bool prefix() const { return prefix_; }
   const std::vector<std::uint8_t>& bytes() const { return bytes_; }
   const std::string& text() const { return text_; }
+  // As a TOML string that reads back to the same pattern: as written when
+  // that is plain printable ASCII, else in its hex form.
+  std::string toml() const;
 
  private:
   std::vector<std::uint8_t> bytes_;

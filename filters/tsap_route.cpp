@@ -110,11 +110,11 @@ class TsapRouteFactory final : public FilterFactory {
     out += "reason = " + std::to_string(s_.reason) + "\n";
     auto list = [](const std::vector<TsapPattern>& v) {
       std::string l = "[";
-      for (std::size_t i = 0; i < v.size(); ++i) l += (i ? ", \"" : "\"") + v[i].text() + "\"";
+      for (std::size_t i = 0; i < v.size(); ++i) l += (i ? ", " : "") + v[i].toml();
       return l + "]";
     };
     for (const auto& r : s_.routes) {
-      out += "\n[[filter." + name() + ".route]]\nname = \"" + r.name + "\"\nupstream = \"" + r.upstream.text + "\"\n";
+      out += "\n[[filter." + name() + ".route]]\nname = " + conf::toml_string(r.name) + "\nupstream = \"" + r.upstream.text + "\"\n";
       if (!r.called.empty()) out += "called = " + list(r.called) + "\n";
       if (!r.calling.empty()) out += "calling = " + list(r.calling) + "\n";
       if (r.source) {
@@ -145,10 +145,10 @@ std::vector<TsapPattern> patterns(conf::TableReader& t, std::string_view key, bo
     texts = t.string_list(key, {});
     if (t.sink().errors().size() != before) ok = false;
   }
-  for (const auto& text : texts) {
-    auto p = TsapPattern::parse(text);
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    auto p = TsapPattern::parse(texts[i]);
     if (!p) {
-      t.error(key, p.error().message);
+      t.element_error(key, i, p.error().message);
       ok = false;
       continue;
     }

@@ -347,6 +347,11 @@ void Supervisor::reload() {
     return;
   }
   auto cfg = std::make_shared<const conf::Config>(std::move(*loaded));
+  if (cfg->admin.enabled != config_->admin.enabled || cfg->admin.listen != config_->admin.listen) {
+    spdlog::warn("reload: [admin] listen = \"{}\" takes effect at the next start; the admin endpoint stays {}",
+                 cfg->admin.enabled ? cfg->admin.listen : "off",
+                 admin_http_ ? "on " + admin_http_->bound() : std::string("off"));
+  }
   if (cfg->global.workers != workers()) {
     spdlog::warn("reload: workers = {} takes effect at the next start; {} worker{} keep running", cfg->global.workers,
                  workers(), workers() == 1 ? "" : "s");

@@ -352,6 +352,22 @@ TEST_CASE("admin: the closed list keeps the last closed_sessions, newest first, 
   CHECK(proxy.wait_exit(10s) == 0);
 }
 
+TEST_CASE("admin: a reload that moves the endpoint says it waits for a restart", "[admin][integration]") {
+  const std::string listener = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"192.0.2.10:102\"\n";
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\n\n" + listener);
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+  REQUIRE(proxy.write_config("[admin]\nlisten = \"off\"\n\n" + listener));
+  REQUIRE(proxy.signal(SIGHUP));
+  auto line = proxy.wait_for_line(std::regex("reload: \\[admin\\] listen"), 10s);
+  INFO(proxy.text());
+  REQUIRE(line);
+  CHECK(line->find(" warning reload: [admin] listen = \"off\" takes effect at the next start; the admin endpoint stays on 127.0.0.1:" +
+                   std::to_string(*aport)) != std::string::npos);
+  REQUIRE(proxy.wait_for_line(std::regex("reloaded "), 10s));
+  CHECK(http(*aport, "GET", "/stats").status == 200);
+}
+
 TEST_CASE("admin: closed_sessions = 0 keeps no closed session", "[admin][integration]") {
   TestServer up(responder_handler());
   REQUIRE(up.ok());

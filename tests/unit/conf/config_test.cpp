@@ -72,7 +72,8 @@ TEST_CASE("parse_duration refuses what is ambiguous or malformed, saying why", "
       {"1w", "unknown unit \"w\""},
       {"5us", "unknown unit"},
       {"s", "not a duration"},
-      {"1m30", "has no unit"},
+      {"1m30", "\"1m30\" ends in a number without a unit: every term needs one (ms, s, m, h or d), e.g. \"1m30s\""},
+      {"5s0", "ends in a number without a unit"},
       {"99999999999999999999s", "too large"},
       {"999999999999999d", "too large"},
   };

@@ -340,8 +340,17 @@ const BadConfig kBadConfigs[] = {
     {"filter is not a table", LISTENER "\n[filter]\na = \"tsap-annotate\"\n", "6:5", "filter.a", "expected a [filter.a] table"},
     {"unknown key of a kind", LISTENER "\n[filter.a]\nkind = \"tsap-annotate\"\nverbose = true\n", "7:1", "filter.a.verbose",
      "unknown key"},
-    {"kind's own value check", LISTENER "\n[filter.r]\nkind = \"tpkt-reserved\"\ntpdu = [\"XX\"]\n", "7:8",
-     "filter.r.tpdu", "XX"},
+    {"kind's own value check", LISTENER "\n[filter.r]\nkind = \"tpkt-reserved\"\ntpdu = [\"XX\"]\n", "7:9",
+     "filter.r.tpdu[0]", "XX"},
+    {"a list element, at its own place", LISTENER "\n[filter.r]\nkind = \"tpkt-reserved\"\ndirections = [\n  \"to-client\",\n  \"upstream\",\n]\n",
+     "9:3", "filter.r.directions[1]", "unknown direction \"upstream\""},
+    {"keepalive_interval above what Linux takes", "[[listener]]\nlisten = \"0.0.0.0:102\"\nupstream = \"192.0.2.10:102\"\nkeepalive_interval = \"10h\"\n",
+     "4:22", "listener[0].keepalive_interval", "must be at most 32767s"},
+    {"a negative integer duration", "[[listener]]\nlisten = \"0.0.0.0:102\"\nupstream = \"192.0.2.10:102\"\nidle_timeout = -5\n",
+     "4:16", "listener[0].idle_timeout", "-5 is negative"},
+    {"upstream beside a routing filter", "[[listener]]\nlisten = \"0.0.0.0:102\"\nupstream = \"192.0.2.10:102\"\nfilters = [\"r\"]\n"
+     "\n[filter.r]\nkind = \"tsap-route\"\ndefault = \"192.0.2.11:102\"\n",
+     "3:12", "listener[0].upstream", "not used when the listener lists a routing filter"},
 };
 
 #undef LISTENER
@@ -575,6 +584,27 @@ kind = "tsap-annotate"
     CHECK_THAT(text, Catch::Contains("max_frame = 4000\n"));
     CHECK_THAT(text, Catch::Contains("low_water = 1000\n"));
     CHECK_THAT(text, Catch::Contains("idle_timeout = \"1d\"\n"));
+  }
+  SECTION("route names and TSAPs that need quoting") {
+    auto r = load(R"([[listener]]
+listen = "0.0.0.0"
+filters = ["r"]
+
+[filter.r]
+kind = "tsap-route"
+
+[[filter.r.route]]
+name = "we\"ird\\x"
+upstream = "192.0.2.10"
+called = ["Q\"X", "A\nB", "back\\slash*"]
+calling = ["plain"]
+)");
+    INFO(all_errors(r));
+    REQUIRE(r.ok());
+    check_round_trip(*r);
+    const std::string text = effective_config_toml(*r);
+    CHECK_THAT(text, Catch::Contains("name = \"we\\\"ird\\\\x\"\n"));
+    CHECK_THAT(text, Catch::Contains("calling = [\"plain\"]\n"));
   }
   SECTION("all defaults") {
     auto r = load("[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n");
