@@ -1,5 +1,9 @@
 #include "admin.h"
 
+#include <openssl/crypto.h>
+
+#include <cctype>
+
 #include <arpa/inet.h>
 
 #include <algorithm>
@@ -320,11 +324,26 @@ AdminResponse Admin::session(std::uint64_t id) {
   return error_response(404, "no session " + std::to_string(id) + " (active or among the last closed)");
 }
 
+namespace {
+
+// "Bearer TOKEN": the scheme in any case (RFC 9110 §11.1), the token
+// compared in constant time, so that its bytes cannot be guessed by timing.
+bool bearer_matches(std::string_view header, const std::string& token) {
+  constexpr std::string_view kScheme = "bearer ";
+  if (header.size() != kScheme.size() + token.size()) return false;
+  for (std::size_t i = 0; i < kScheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(header[i])) != kScheme[i]) return false;
+  }
+  return CRYPTO_memcmp(header.data() + kScheme.size(), token.data(), token.size()) == 0;
+}
+
+}  // namespace
+
 AdminResponse Admin::action(const AdminRequest& r) {
   const std::string& token = server_.config().admin.token;
   if (token.empty()) return error_response(403, "actions are disabled: set admin.token in the configuration");
   auto it = r.headers.find("authorization");
-  if (it == r.headers.end() || it->second != "Bearer " + token) {
+  if (it == r.headers.end() || !bearer_matches(it->second, token)) {
     AdminResponse resp = error_response(401, "actions need the header 'Authorization: Bearer <admin.token>'");
     resp.headers.emplace_back("WWW-Authenticate", "Bearer");
     return resp;

@@ -348,6 +348,7 @@ Result<HttpResponse> http_get(const AdminAddress& address, const std::string& ta
   http_parser_init(&parser, HTTP_RESPONSE);
   parser.data = &c;
   std::string buf(64 * 1024, '\0');
+  std::size_t received = 0;  // every byte, status line included (the parser's callbacks see less)
   auto parse_error = [&](std::string_view where) -> Error {
     if (c.too_large) return Error{"too-large", "the answer is larger than the limit of " + cap_text(c.cap)};
     const auto e = HTTP_PARSER_ERRNO(&parser);
@@ -359,7 +360,8 @@ Result<HttpResponse> http_get(const AdminAddress& address, const std::string& ta
       case Wait::kReady: break;
       case Wait::kTimeout:
         return unexpected(Error{"timeout", "no whole answer within " + timeout_text +
-                                               (c.seen == 0 ? " (connected, but nothing came back)" : "")});
+                                               (received == 0 ? " (connected, but nothing came back)"
+                                                              : " (" + std::to_string(received) + " bytes came)")});
       case Wait::kInterrupted: return unexpected(interrupted());
       case Wait::kError: return unexpected(Error{"io", "poll: " + errno_text(perr)});
     }
@@ -368,18 +370,19 @@ Result<HttpResponse> http_get(const AdminAddress& address, const std::string& ta
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
       return unexpected(Error{"io", "reading the answer: " + errno_text(errno)});
     }
+    received += static_cast<std::size_t>(n);
     if (n == 0) {
       // EOF: ends a body delimited by the connection's close; anywhere else
       // the answer was cut short.
       http_parser_execute(&parser, &settings(), buf.data(), 0);
       if (c.complete) break;
-      if (c.seen == 0 && HTTP_PARSER_ERRNO(&parser) == HPE_OK) {
+      if (received == 0 && HTTP_PARSER_ERRNO(&parser) == HPE_OK) {
         return unexpected(Error{"protocol", "the server closed the connection without answering"});
       }
       if (HTTP_PARSER_ERRNO(&parser) != HPE_OK && HTTP_PARSER_ERRNO(&parser) != HPE_INVALID_EOF_STATE) {
         return unexpected(parse_error(""));
       }
-      return unexpected(Error{"protocol", "the answer was cut short (connection closed after " + std::to_string(c.seen) + " bytes)"});
+      return unexpected(Error{"protocol", "the answer was cut short (connection closed after " + std::to_string(received) + " bytes)"});
     }
     const std::size_t used = http_parser_execute(&parser, &settings(), buf.data(), static_cast<std::size_t>(n));
     if (c.complete) break;
@@ -394,14 +397,25 @@ Result<nlohmann::json> get_json(const AdminAddress& address, const std::string& 
   const HttpResponse& resp = *r;
   nlohmann::json body;
   std::optional<std::size_t> bad_at;
+  std::string bad_why;
+  // isoproxy nests a few levels; a document far deeper is not its answer,
+  // and printing it (--json) would recurse as deep.
+  constexpr int kMaxDepth = 64;
+  int deepest = 0;
   try {
-    body = nlohmann::json::parse(resp.body);
+    body = nlohmann::json::parse(resp.body, [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+      deepest = std::max(deepest, depth);
+      return depth <= kMaxDepth;
+    });
   } catch (const nlohmann::json::parse_error& e) {
     bad_at = e.byte;
+  } catch (const nlohmann::json::exception& e) {
+    bad_why = e.what();  // a number out of range (1e400), ...
   }
+  if (!bad_at && bad_why.empty() && deepest > kMaxDepth) bad_why = "nested deeper than " + std::to_string(kMaxDepth) + " levels";
   if (resp.status < 200 || resp.status > 299) {
     std::string detail;
-    if (!bad_at && body.is_object() && body.contains("error") && body["error"].is_string()) {
+    if (!bad_at && bad_why.empty() && body.is_object() && body.contains("error") && body["error"].is_string()) {
       detail = body["error"].get<std::string>();
     } else {
       detail = printable_prefix(resp.body, 200);
@@ -413,6 +427,9 @@ Result<nlohmann::json> get_json(const AdminAddress& address, const std::string& 
   if (bad_at) {
     return unexpected(Error{"json", "the answer to " + target + " is not valid JSON (at byte " + std::to_string(*bad_at) +
                                         " of " + std::to_string(resp.body.size()) + ")"});
+  }
+  if (!bad_why.empty()) {
+    return unexpected(Error{"json", "the answer to " + target + " is not one isoproxy gives: " + printable_prefix(bad_why, 120)});
   }
   return body;
 }

@@ -192,6 +192,10 @@ struct AdminHttpServer::Impl {
     bool peer_eof = false;
     std::size_t writes_in_flight = 0;
     std::string peer;
+    // Pipelined requests wait while an answer is still queued: a client that
+    // sends many and reads none holds one answer, not one per request.
+    bool reading_paused = false;
+    std::string held_input;  // what was read after that answer's request, not parsed yet
 
     // The request being parsed.
     bool in_message = false;       // its first byte was seen
@@ -213,6 +217,7 @@ struct AdminHttpServer::Impl {
     const AdminLimits& limits() const { return owner->limits_; }
 
     void start(uv_stream_t* server_stream);
+    bool start_reading();
     void on_read(ssize_t nread, const uv_buf_t* buf);
     void feed(const char* data, std::size_t len);
     void respond();
@@ -521,6 +526,12 @@ void AdminHttpServer::Impl::Connection::start(uv_stream_t* server_stream) {
                : "?";
     uv_tcp_nodelay(&stream.tcp, 1);
   }
+  if (!start_reading()) return;
+  // The first request must arrive as promptly as any other.
+  arm(Wait::kRequest);
+}
+
+bool AdminHttpServer::Impl::Connection::start_reading() {
   const int r = uv_read_start(
       as_stream(),
       [](uv_handle_t* h, std::size_t, uv_buf_t* buf) noexcept {
@@ -532,10 +543,9 @@ void AdminHttpServer::Impl::Connection::start(uv_stream_t* server_stream) {
       });
   if (r < 0) {
     close();
-    return;
+    return false;
   }
-  // The first request must arrive as promptly as any other.
-  arm(Wait::kRequest);
+  return true;
 }
 
 void AdminHttpServer::Impl::Connection::arm(Wait w) {
@@ -622,6 +632,13 @@ void AdminHttpServer::Impl::Connection::feed(const char* data, std::size_t len) 
         respond();
         // An Upgrade or CONNECT request ends HTTP on this connection (the
         // parser stops there); respond() already closed it after the answer.
+        if (state == State::kReading && uv_stream_get_write_queue_size(as_stream()) > 0) {
+          // The answer waits for the client to read it: so does the next request.
+          held_input.assign(data + off, len - off);
+          reading_paused = true;
+          uv_read_stop(as_stream());
+          return;
+        }
       } else if (expect_continue) {
         expect_continue = false;
         send("HTTP/1.1 100 Continue\r\n\r\n", {});
@@ -845,6 +862,13 @@ void AdminHttpServer::Impl::Connection::on_write_done(int status) {
     }
   } else if (state == State::kReading && !in_message) {
     arm(Wait::kIdle);  // the client reads: idle counts from its last progress
+  }
+  if (state == State::kReading && reading_paused && uv_stream_get_write_queue_size(as_stream()) == 0) {
+    reading_paused = false;
+    const std::string pending = std::move(held_input);
+    held_input.clear();
+    feed(pending.data(), pending.size());  // may pause again
+    if (state == State::kReading && !reading_paused) start_reading();
   }
 }
 

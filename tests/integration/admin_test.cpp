@@ -164,7 +164,13 @@ TEST_CASE("admin: counters move while a session streams; closed sessions keep re
   // Actions need the token.
   CHECK(http(*aport, "POST", "/reload").status == 401);
   CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer wrong-token-wrong-token\r\n").status == 401);
+  CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-tesT\r\n").status == 401);
+  CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test-\r\n").status == 401);
+  CHECK(http(*aport, "POST", "/reload", "Authorization: Basic 0123456789abcdef-test\r\n").status == 401);
   CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n").status == 202);
+  // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+  REQUIRE(proxy.wait_for_line(std::regex("reloaded "), 10s));
+  CHECK(http(*aport, "POST", "/reload", "Authorization: bearer 0123456789abcdef-test\r\n").status == 202);
   CHECK(http(*aport, "DELETE", "/sessions").status == 405);
   CHECK(http(*aport, "GET", "/nothing-here").status == 404);
 

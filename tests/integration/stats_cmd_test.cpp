@@ -413,3 +413,58 @@ TEST_CASE("stats: an HTTP error from the endpoint is shown with its message", "[
   CHECK(r.err == "isoproxy stats: the admin endpoint at " + addr +
                      " answered 503 Service Unavailable: draining: try again \\x1B[2J later\n");
 }
+
+TEST_CASE("stats: an answer that is not isoproxy's is a clear error, never a crash", "[stats-cmd][integration]") {
+  // A server that answers every request with 200 and `body`.
+  auto serving = [](std::string body) {
+    return [body](Conn& c) {
+      std::string req;
+      while (req.find("\r\n\r\n") == std::string::npos) {
+        auto some = c.recv_some(65536, 5s);
+        if (!some || some->empty()) return;
+        req.append(some->begin(), some->end());
+      }
+      c.send_all("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                 "\r\n\r\n" + body);
+      c.close();
+    };
+  };
+  struct Case {
+    const char* what;
+    std::string body;
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {"a number no double holds", "{\"sessions\":{\"active\":1e400}}", {},
+       "the answer to /stats is not one isoproxy gives: [json.exception.out_of_range.406] number overflow"},
+      {"nesting 100000 deep", "{\"sessions\":[" + std::string(100000, '[') + std::string(100000, ']') + "]}", {"--json"},
+       "the answer to /stats is not one isoproxy gives: nested deeper than 64 levels"},
+  };
+  for (const auto& k : cases) {
+    INFO(k.what);
+    TestServer fake(serving(k.body));
+    REQUIRE(fake.ok());
+    std::vector<std::string> args = {"--admin", "127.0.0.1:" + std::to_string(fake.port())};
+    args.insert(args.end(), k.args.begin(), k.args.end());
+    auto r = stats({}, args);
+    INFO(r.err);
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find(k.says) != std::string::npos);
+  }
+}
+
+TEST_CASE("stats: a timeout says how much of the answer came", "[stats-cmd][integration]") {
+  // A server that sends the start of a status line, then nothing.
+  TestServer fake([](Conn& c) {
+    auto some = c.recv_some(65536, 5s);
+    if (!some || some->empty()) return;
+    c.send_all(std::string("HTTP/1.1"));
+    c.recv_some(65536, 10s);  // holds the connection until the client gives up
+  });
+  REQUIRE(fake.ok());
+  auto r = stats({}, {"--admin", "127.0.0.1:" + std::to_string(fake.port()), "--timeout", "0.5"});
+  INFO(r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("no whole answer within 0.5 s (8 bytes came)") != std::string::npos);
+}
