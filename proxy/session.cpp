@@ -1186,8 +1186,10 @@ void Session::close(std::string reason, bool reset_peers) {
     auto* h = reinterpret_cast<uv_handle_t*>(&l->tcp);
     if (uv_is_closing(h)) continue;
     // A reset on one leg is passed on as a reset: the other peer learns the
-    // connection failed rather than ended.
-    if (reset_peers && l->connected && !l->eof && uv_tcp_close_reset(&l->tcp, on_closed) == 0) continue;
+    // connection failed rather than ended. Also a peer that has sent its own
+    // FIN: it may still be reading, and a plain close would tell it the
+    // stream ended whole.
+    if (reset_peers && l->connected && uv_tcp_close_reset(&l->tcp, on_closed) == 0) continue;
     uv_close(h, on_closed);
   }
 }
@@ -1469,8 +1471,11 @@ void Session::pump(Leg& from) {
       }
       from.eof = true;
       if (!first_fin_) first_fin_ = from.side == Side::kClient ? "client" : "upstream";
-      to.shutdown_wanted = true;
-      continue;  // the pipe is empty: FIN toward the other peer next round
+      // The pipe is empty: the FIN goes now. (Left to the next round, it was
+      // lost when this was the last one: nothing polls a source at EOF with
+      // an empty pipe, and the session never ended.)
+      fin_toward(to);
+      break;
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN) break;  // nothing more to read

@@ -429,10 +429,100 @@ TEST_CASE("passthrough: half-close each way: the other direction still flows in 
   CHECK(field(f, "passthrough") == "1");
 }
 
+// The bytes waiting in the receive queue of isoproxy's socket whose local port
+// is `local` and remote port `remote` (loopback IPv4), from /proc/net/tcp.
+std::optional<std::size_t> rx_queue(std::uint16_t local, std::uint16_t remote) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // the header
+  char want_local[8], want_remote[8];
+  std::snprintf(want_local, sizeof want_local, ":%04X", local);
+  std::snprintf(want_remote, sizeof want_remote, ":%04X", remote);
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string sl, loc, rem, st, queues;
+    f >> sl >> loc >> rem >> st >> queues;
+    if (loc.ends_with(want_local) && rem.ends_with(want_remote)) {
+      const auto colon = queues.find(':');
+      if (colon == std::string::npos) return std::nullopt;
+      return static_cast<std::size_t>(std::stoul(queues.substr(colon + 1), nullptr, 16));
+    }
+  }
+  return std::nullopt;
+}
+
+TEST_CASE("passthrough: a FIN right behind a burst that fills a wake-up's splice rounds still reaches the peer",
+          "[passthrough]") {
+  // One wake-up splices at most 16 pipes of 256 KiB. A burst of 15 pipes'
+  // worth with the FIN behind it is read in rounds 0-14, and round 15 meets
+  // the FIN: it was left to a round that never came, and the session never
+  // ended. The proxy is stopped while the burst and the FIN queue up, so
+  // that one wake-up sees them all; 14 and 16 are the neighbours.
+  Rig rig;
+  REQUIRE_RIG(rig);
+  for (const std::size_t pipes : {14u, 15u, 16u}) {
+    INFO(pipes << " pipes of 256 KiB, then FIN");
+    auto p = rig.open();
+    REQUIRE(rig.wait_session(p.client_addr, in_passthrough));
+    // The upstream reads everything, to EOF.
+    std::atomic<std::size_t> got{0};
+    std::atomic<bool> eof{false};
+    std::thread reader([&] {
+      std::vector<std::uint8_t> buf(1 << 20);
+      const auto deadline = Clock::now() + 60s;
+      while (Clock::now() < deadline) {
+        pollfd pf{p.up->fd(), POLLIN, 0};
+        if (::poll(&pf, 1, 100) <= 0) continue;
+        const ssize_t r = ::recv(p.up->fd(), buf.data(), buf.size(), MSG_DONTWAIT);
+        if (r > 0) got += static_cast<std::size_t>(r);
+        if (r == 0) {
+          eof = true;
+          return;
+        }
+        if (r < 0 && errno != EAGAIN && errno != EINTR) return;
+      }
+    });
+    // 64 MiB first, so that the socket buffers grow large enough to hold the burst.
+    const ByteVec warm = dt_stream(100 + pipes, 64u << 20, 32 * 1024 - 7);
+    REQUIRE(p.client.send_all(codec::Bytes(warm)));
+    const auto warm_deadline = Clock::now() + 30s;
+    while (got < warm.size() && Clock::now() < warm_deadline) std::this_thread::sleep_for(1ms);
+    REQUIRE(got == warm.size());
+    const ByteVec burst = dt_stream(200 + pipes, pipes * 256 * 1024, 32 * 1024 - 7);
+    ByteVec exact(burst.begin(), burst.begin() + static_cast<std::ptrdiff_t>(pipes * 256 * 1024));
+    REQUIRE(rig.proxy->signal(SIGSTOP));
+    struct Resume {
+      ProxyProcess& proxy;
+      ~Resume() { proxy.signal(SIGCONT); }
+    } resume{*rig.proxy};
+    std::thread writer([&] {
+      p.client.send_all(codec::Bytes(exact));
+      p.client.shutdown_write();
+    });
+    // Until the burst waits whole in isoproxy's receive queue (if the
+    // buffers are too small for that, the test still checks the FIN).
+    const auto queued_deadline = Clock::now() + 5s;
+    while (Clock::now() < queued_deadline && rx_queue(rig.port, p.client.local_port()).value_or(0) < exact.size()) {
+      std::this_thread::sleep_for(1ms);
+    }
+    REQUIRE(rig.proxy->signal(SIGCONT));
+    writer.join();
+    reader.join();
+    CHECK(got == warm.size() + exact.size());
+    CHECK(eof);  // the client's FIN reached the upstream
+    p.up->close();
+    const auto f = rig.close_fields(p.client_addr);
+    CHECK(field(f, "reason") == "client-closed");
+  }
+}
+
 TEST_CASE("passthrough: a peer reset each way closes with the framed path's reason and resets the other peer",
           "[passthrough]") {
   const bool client_resets = GENERATE(true, false);
-  INFO((client_resets ? "the client resets" : "the upstream resets"));
+  // The other peer may have half-closed already: it still reads, and must
+  // learn that the stream failed, not that it ended.
+  const bool other_half_closed = GENERATE(false, true);
+  INFO((client_resets ? "the client resets" : "the upstream resets") << (other_half_closed ? ", the other half-closed" : ""));
   Rig rig;
   REQUIRE_RIG(rig);
   const auto baseline = rig.proxy->open_fds();
@@ -445,6 +535,10 @@ TEST_CASE("passthrough: a peer reset each way closes with the framed path's reas
     CHECK(mismatch(at_up, a) == "");
     Conn& resetter = client_resets ? p.client : *p.up;
     Conn& other = client_resets ? *p.up : p.client;
+    if (other_half_closed) {
+      other.shutdown_write();
+      REQUIRE(resetter.wait_eof());  // its FIN went through isoproxy
+    }
     resetter.close_with_reset();
     CHECK(other.wait_eof());
     CHECK(other.reset_seen());
