@@ -61,6 +61,27 @@ Result<std::vector<Server::Sockets>> Supervisor::prepare(const conf::Config& con
                         return c.name == lc.name && same_sockets(c, lc);
                       });
     if (kept) continue;
+    if (current && workers() == 1) {
+      // Without SO_REUSEPORT (one worker), an address that a running
+      // listener holds cannot be bound a second time for its new form.
+      for (const auto& addr : lc.listen) {
+        if (addr.port() == 0) continue;  // a fresh port each time
+        for (const auto& c : current->listeners) {
+          const bool held = std::any_of(c.listen.begin(), c.listen.end(), [&](const auto& a) { return a.text == addr.text; });
+          if (!held) continue;
+          for (auto& per_worker : out) {
+            for (auto& [name, list] : per_worker) {
+              for (int fd : list) ::close(fd);
+            }
+          }
+          return unexpected(Error{
+              "listen", "listener " + lc.name + ": " + addr.text + " is held by the running listener " + c.name +
+                            ", which changes (its name, its other addresses or their order): with workers = 1 a "
+                            "listener keeps its sockets only if its name and its listen list stay the same; make "
+                            "the change in two reloads (first without " + addr.text + "), or restart isoproxy"});
+        }
+      }
+    }
     std::vector<std::string> bound;
     auto fds = bind_listener(lc, workers(), &bound);
     if (!fds) {
@@ -358,9 +379,7 @@ void Supervisor::reload() {
   }
   auto sockets = prepare(*cfg, config_.get());
   if (!sockets) {
-    std::string msg = sockets.error().message;
-    if (workers() == 1) msg += " (a listener that keeps an address while changing others must be renamed, or restart isoproxy)";
-    spdlog::error("reload failed: {}; the running configuration stays in force", msg);
+    spdlog::error("reload failed: {}; the running configuration stays in force", sockets.error().message);
     return;
   }
   if (auto failed = shared_.access_log.configure(cfg->global.access_log)) {

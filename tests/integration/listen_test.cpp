@@ -96,3 +96,37 @@ TEST_CASE("isoproxy check validates a file through the command line", "[check][i
   CHECK(bad.err.find(file.string() + ":5:13: listener[0].max_frame:") != std::string::npos);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("a reload that renames a listener on a fixed port, with one worker, says why it cannot and keeps serving",
+          "[listen][integration]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  // A port that was free a moment ago: the listener below takes it.
+  std::uint16_t port = 0;
+  {
+    TestServer probe(echo_handler());
+    REQUIRE(probe.ok());
+    port = probe.port();
+  }
+  auto config = [&](const std::string& name) {
+    return "[[listener]]\nname = \"" + name + "\"\nlisten = \"127.0.0.1:" + std::to_string(port) +
+           "\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n";
+  };
+  ProxyProcess proxy(config("a"));
+  REQUIRE(proxy.listen_port("a", 10s) == port);
+  REQUIRE(proxy.write_config(config("b")));
+  REQUIRE(proxy.signal(SIGHUP));
+  auto line = proxy.wait_for_line(std::regex("reload failed: "), 10s);
+  INFO(proxy.text());
+  REQUIRE(line);
+  CHECK(line->find("reload failed: listener b: 127.0.0.1:" + std::to_string(port) +
+                   " is held by the running listener a, which changes (its name, its other addresses or their "
+                   "order): with workers = 1 a listener keeps its sockets only if its name and its listen list stay "
+                   "the same; make the change in two reloads") != std::string::npos);
+  CHECK(line->find("another process") == std::string::npos);
+  // Listener a still serves.
+  Conn c = connect_to("127.0.0.1", port);
+  REQUIRE(c.valid());
+  REQUIRE(c.send_all(make_cr("CALLING", "CALLED")));
+  CHECK(c.recv_frame(5s));
+}
