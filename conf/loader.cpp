@@ -89,6 +89,12 @@ bool is_wildcard(const SocketAddress& a) {
   return std::memcmp(e.bytes, kZero, 16) == 0;
 }
 
+bool is_v4_mapped(const SocketAddress& a) {
+  const Endpoint e = endpoint_of(a);
+  static constexpr std::uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return e.family == AF_INET6 && std::memcmp(e.bytes, kPrefix, 12) == 0;
+}
+
 bool is_loopback(const SocketAddress& a) {
   const Endpoint e = endpoint_of(a);
   if (e.family == AF_INET) return e.bytes[0] == 127;
@@ -129,7 +135,11 @@ class Loader {
     r.finish();
 
     if (global != nullptr) load_global(*global);
-    if (admin != nullptr) load_admin(*admin);
+    if (admin != nullptr) {
+      load_admin(*admin);
+    } else if (auto addr = parse_socket_address(config_.admin.listen, 9102, true)) {
+      admin_address_ = *addr;  // the default
+    }
     // Filters before listeners, so that references can be checked.
     if (filter != nullptr) {
       if (const auto* t = filter->as_table()) {
@@ -154,8 +164,12 @@ class Loader {
       a.listen = listen;
     } else {
       auto addr = parse_socket_address(listen, 9102, /*allow_port_zero=*/true);
-      if (!addr) r.error("listen", addr.error().message + " (or \"unix:/path\", or \"off\")");
-      else a.listen = addr->text;
+      if (!addr) {
+        r.error("listen", addr.error().message + " (or \"unix:/path\", or \"off\")");
+      } else {
+        a.listen = addr->text;
+        admin_address_ = *addr;
+      }
     }
     a.token = r.string("token", a.token);
     if (!a.token.empty() && a.token.size() < 16) r.error("token", "at least 16 characters (it guards close and reload)");
@@ -204,6 +218,15 @@ class Loader {
     if (g.access_log.empty() ||
         (g.access_log != "off" && g.access_log != "stderr" && g.access_log != "journal" && g.access_log.front() != '/')) {
       r.error("access_log", "expected \"off\", \"stderr\", \"journal\" or an absolute file path");
+    } else if (g.access_log.front() == '/') {
+      // Opened at start (and by SIGUSR1); what would fail there is said here.
+      const std::filesystem::path file(g.access_log);
+      std::error_code ec;
+      if (std::filesystem::is_directory(file, ec)) {
+        r.error("access_log", g.access_log + ": is a directory: name a file in it, e.g. \"" + (file / "access.log").string() + "\"");
+      } else if (!std::filesystem::is_directory(file.parent_path(), ec)) {
+        r.error("access_log", file.parent_path().string() + ": no such directory (isoproxy creates the file, not its directory)");
+      }
     }
     g.reverse_dns = r.boolean("reverse_dns", g.reverse_dns);
     g.reverse_dns_ttl = r.duration("reverse_dns_ttl", g.reverse_dns_ttl);
@@ -322,12 +345,31 @@ class Loader {
     for (std::size_t i = 0; i < l.listen.size(); ++i) {
       const SocketAddress& a = l.listen[i];
       if (a.port() == 0) continue;  // each port 0 gets its own free port
+      const std::string key = path + ".listen" + (listen_node->is_array() ? "[" + std::to_string(i) + "]" : "");
+      if (is_v4_mapped(a)) {
+        // IPv6 listeners are IPv6-only (proxy/listener.cpp): bind refuses these.
+        sink_.add(element(listen_node, i), key, a.text + " is an IPv4-mapped IPv6 address: write the IPv4 address itself");
+        continue;
+      }
       auto same = std::find_if(listen_seen_.begin(), listen_seen_.end(),
                                [&](const ListenSeen& s) { return same_endpoint(s.address, a); });
+      // A wildcard and a specific address of one family on one port cannot
+      // both be bound (no SO_REUSEADDR sharing for listening sockets).
+      auto covered = std::find_if(listen_seen_.begin(), listen_seen_.end(), [&](const ListenSeen& s) {
+        return s.address.family() == a.family() && s.address.port() == a.port() && (is_wildcard(s.address) || is_wildcard(a));
+      });
       if (same != listen_seen_.end()) {
-        const std::string key = path + ".listen" + (listen_node->is_array() ? "[" + std::to_string(i) + "]" : "");
         const std::string owner = same->listener == index ? "this listener" : "listener[" + std::to_string(same->listener) + "]";
         sink_.add(element(listen_node, i), key, a.text + " is already a listen address of " + owner);
+      } else if (const auto& adm = admin_address_;
+                 adm && adm->port() != 0 && adm->family() == a.family() && adm->port() == a.port() &&
+                 (same_endpoint(*adm, a) || is_wildcard(*adm) || is_wildcard(a))) {
+        sink_.add(element(listen_node, i), key, a.text + " is taken by the admin endpoint ([admin] listen = \"" + adm->text +
+                                                    "\"): choose another port for one of them");
+      } else if (covered != listen_seen_.end()) {
+        const std::string owner = covered->listener == index ? "this listener" : "listener[" + std::to_string(covered->listener) + "]";
+        sink_.add(element(listen_node, i), key, a.text + " overlaps " + covered->address.text + " of " + owner +
+                                                    ": a wildcard address takes its port on every address of its family");
       } else {
         listen_seen_.push_back({a, index});
       }
@@ -508,6 +550,7 @@ class Loader {
   Config& config_;
   const toml::table* filter_tables_ = nullptr;
   std::vector<ListenSeen> listen_seen_;
+  std::optional<SocketAddress> admin_address_;  // the admin endpoint's TCP address, if it has one
   std::map<std::string, std::size_t, std::less<>> listener_names_;
 };
 
