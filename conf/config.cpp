@@ -138,6 +138,20 @@ bool prefix_equal(const std::uint8_t* a, const std::uint8_t* b, int prefix) {
 
 }  // namespace
 
+bool SocketAddress::is_wildcard() const {
+  if (storage.ss_family == AF_INET) {
+    sockaddr_in sin;
+    std::memcpy(&sin, &storage, sizeof sin);
+    return sin.sin_addr.s_addr == htonl(INADDR_ANY);
+  }
+  if (storage.ss_family == AF_INET6) {
+    sockaddr_in6 sin6;
+    std::memcpy(&sin6, &storage, sizeof sin6);
+    return IN6_IS_ADDR_UNSPECIFIED(&sin6.sin6_addr);
+  }
+  return false;
+}
+
 std::uint16_t SocketAddress::port() const {
   if (storage.ss_family == AF_INET) {
     sockaddr_in sin;

@@ -36,6 +36,7 @@ struct SocketAddress {
   int family() const { return storage.ss_family; }
   const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
   std::uint16_t port() const;
+  bool is_wildcard() const;  // 0.0.0.0 or [::]: nothing to connect to
 };
 
 // An address without a port (a fixed source IP).

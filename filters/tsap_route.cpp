@@ -164,6 +164,10 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
   bool ok = true;
   const std::size_t errors_before = t.sink().errors().size();
   s.fallback = t.socket_address("default");
+  if (s.fallback && s.fallback->is_wildcard()) {
+    t.error("default", s.fallback->text + " is the wildcard address, which cannot be connected to: write the upstream's own address");
+    ok = false;
+  }
   s.reason = static_cast<std::uint8_t>(t.integer("reason", 3, 0, 255));
   t.tables("route", "a table with upstream and called or calling", [&](conf::TableReader& r, std::size_t i) {
     RouteRule rule;
@@ -173,6 +177,9 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
     auto up = r.socket_address("upstream");
     if (!up) {
       if (r.node("upstream") == nullptr) r.error("upstream", "required: where CRs matching this route are relayed");
+      ok = false;
+    } else if (up->is_wildcard()) {
+      r.error("upstream", up->text + " is the wildcard address, which cannot be connected to: write the upstream's own address");
       ok = false;
     } else {
       rule.upstream = *up;
@@ -184,6 +191,17 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
       sc.address = r.ip("source_address");
       if (sc.mode == conf::SourceMode::kFixed && !sc.address) {
         r.error("source", "source = \"fixed\" needs source_address");
+        ok = false;
+      } else if (sc.mode != conf::SourceMode::kFixed && r.node("source_address") != nullptr) {
+        r.error("source_address", "only used with source = \"fixed\" (source is \"" + mode +
+                                      "\"): set source = \"fixed\" or remove source_address");
+        ok = false;
+      }
+      if (sc.address && up && sc.address->family() != up->family()) {
+        r.error("source_address", std::string("is an ") + (sc.address->family() == AF_INET6 ? "IPv6" : "IPv4") +
+                                      " address but upstream " + up->text + " is " +
+                                      (up->family() == AF_INET6 ? "IPv6" : "IPv4") +
+                                      ": a connection can only come from an address of its own family");
         ok = false;
       }
       rule.source = sc;

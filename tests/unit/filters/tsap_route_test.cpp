@@ -113,6 +113,20 @@ TEST_CASE("tsap-route: configuration errors, one each, with their key", "[filter
   bool suggested = false;
   for (const auto& e : unknown) suggested = suggested || e.find("filter.r.route[0].caled: unknown key; did you mean \"called\"?") != std::string::npos;
   CHECK(suggested);
+  // A route's upstream and source are checked as a listener's are.
+  const std::string route = "[[route]]\ncalled = \"X\"\n";
+  CHECK(errors_for("default = \"0.0.0.0:102\"\n") ==
+        std::vector<std::string>{"test.toml:1:11: filter.r.default: 0.0.0.0:102 is the wildcard address, which cannot be "
+                                 "connected to: write the upstream's own address"});
+  CHECK(errors_for(route + "upstream = \"[::]:102\"\n") ==
+        std::vector<std::string>{"test.toml:3:12: filter.r.route[0].upstream: [::]:102 is the wildcard address, which cannot "
+                                 "be connected to: write the upstream's own address"});
+  CHECK(errors_for(route + "upstream = \"192.0.2.1:102\"\nsource = \"auto\"\nsource_address = \"192.0.2.5\"\n") ==
+        std::vector<std::string>{"test.toml:5:18: filter.r.route[0].source_address: only used with source = \"fixed\" "
+                                 "(source is \"auto\"): set source = \"fixed\" or remove source_address"});
+  CHECK(errors_for(route + "upstream = \"192.0.2.1:102\"\nsource = \"fixed\"\nsource_address = \"::1\"\n") ==
+        std::vector<std::string>{"test.toml:5:18: filter.r.route[0].source_address: is an IPv6 address but upstream "
+                                 "192.0.2.1:102 is IPv4: a connection can only come from an address of its own family"});
 }
 
 }  // namespace isoproxy::test
