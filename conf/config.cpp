@@ -193,6 +193,7 @@ Result<Duration> parse_duration(std::string_view s) {
   if (s.empty()) return fail("bad-duration", "empty duration: write e.g. \"5s\" or \"250ms\" (units "s + kUnits + ")");
   if (s.front() == '-') return fail("bad-duration", "duration " + in_quotes(whole) + " is negative");
   std::uint64_t total = 0;
+  bool first_term = true;
   while (!s.empty()) {
     std::uint64_t n = 0;
     bool overflow = false;
@@ -208,7 +209,7 @@ Result<Duration> parse_duration(std::string_view s) {
     std::uint64_t scale = 0;
     if (unit.empty()) {
       if (n == 0 && whole.find_first_not_of('0') == std::string_view::npos) return Duration{0};
-      if (total != 0) {
+      if (!first_term) {
         // A number left over after a term ("5s0"): "0s" would be the wrong advice.
         return fail("bad-duration", in_quotes(whole) + " ends in a number without a unit: every term needs one (" +
                                         kUnits + "), e.g. \"1m30s\"");
@@ -228,6 +229,7 @@ Result<Duration> parse_duration(std::string_view s) {
     if (overflow || !checked_mul(n, scale, ms) || ms > static_cast<std::uint64_t>(Duration::max().count()) - total)
       return fail("bad-duration", "duration " + in_quotes(whole) + " is too large");
     total += ms;
+    first_term = false;
   }
   return Duration{static_cast<Duration::rep>(total)};
 }

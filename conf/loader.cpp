@@ -344,20 +344,23 @@ class Loader {
     }
     for (std::size_t i = 0; i < l.listen.size(); ++i) {
       const SocketAddress& a = l.listen[i];
-      if (a.port() == 0) continue;  // each port 0 gets its own free port
       const std::string key = path + ".listen" + (listen_node->is_array() ? "[" + std::to_string(i) + "]" : "");
       if (is_v4_mapped(a)) {
         // IPv6 listeners are IPv6-only (proxy/listener.cpp): bind refuses these.
         sink_.add(element(listen_node, i), key, a.text + " is an IPv4-mapped IPv6 address: write the IPv4 address itself");
         continue;
       }
+      if (a.port() == 0) continue;  // each port 0 gets its own free port
       auto same = std::find_if(listen_seen_.begin(), listen_seen_.end(),
                                [&](const ListenSeen& s) { return same_endpoint(s.address, a); });
       // A wildcard and a specific address of one family on one port cannot
-      // both be bound (no SO_REUSEADDR sharing for listening sockets).
-      auto covered = std::find_if(listen_seen_.begin(), listen_seen_.end(), [&](const ListenSeen& s) {
-        return s.address.family() == a.family() && s.address.port() == a.port() && (is_wildcard(s.address) || is_wildcard(a));
-      });
+      // both be bound by one worker; several bind with SO_REUSEPORT, which
+      // lets them (proxy/listener.cpp).
+      auto covered = config_.global.workers > 1 ? listen_seen_.end()
+                                                : std::find_if(listen_seen_.begin(), listen_seen_.end(), [&](const ListenSeen& s) {
+                                                    return s.address.family() == a.family() && s.address.port() == a.port() &&
+                                                           (is_wildcard(s.address) || is_wildcard(a));
+                                                  });
       if (same != listen_seen_.end()) {
         const std::string owner = same->listener == index ? "this listener" : "listener[" + std::to_string(same->listener) + "]";
         sink_.add(element(listen_node, i), key, a.text + " is already a listen address of " + owner);

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -124,6 +125,18 @@ struct Shared {
   }
   void release_session() { active_sessions.fetch_sub(1, std::memory_order_relaxed); }
 
+  // The called-TSAP labels of /metrics, one set for every worker: the first
+  // `limit` values seen by any worker, so that each worker counts the same
+  // ones and a sum over workers never drops a labelled series. True if
+  // `label` is (now) one of them.
+  bool admit_tsap_label(const std::string& label, std::size_t limit) {
+    std::lock_guard lock(tsap_labels_mutex_);
+    if (tsap_labels_.count(label) != 0) return true;
+    if (tsap_labels_.size() >= limit) return false;
+    tsap_labels_.insert(label);
+    return true;
+  }
+
   // Sessions of one listener (by name) across every worker, against its
   // max_sessions. The counter lives as long as the process, so a reload
   // that keeps the listener keeps its count.
@@ -149,6 +162,10 @@ struct Shared {
  private:
   std::mutex listener_sessions_mutex_;
   std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint32_t>>> listener_sessions_;
+
+ private:
+  std::mutex tsap_labels_mutex_;
+  std::unordered_set<std::string> tsap_labels_;
 };
 
 }  // namespace isoproxy

@@ -258,3 +258,40 @@ TEST_CASE("workers: SIGTERM drains the sessions of every worker and the process 
   CHECK(proxy.count_lines(std::regex("handles still open")) == 0);
   CHECK(proxy.wait_for_line(std::regex("stopped: " + std::to_string(kConns) + " sessions served"), 5s));
 }
+
+TEST_CASE("workers: the called-TSAP labels of /metrics are one set for every worker", "[workers][integration][metrics]") {
+  // metrics_tsap_labels = 1: the first called TSAP any worker sees keeps its
+  // series; every other value counts as "other", whichever worker has it.
+  TestServer up(responder_handler());
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[global]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\nmetrics_tsap_labels = 1\n"
+                     "[[listener]]\nname = \"w\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  auto port = proxy.listen_port("w", 10s);
+  auto aport = admin_port(proxy);
+  REQUIRE(port);
+  REQUIRE(aport);
+  auto session = [&](const std::string& called) {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c);
+    REQUIRE(c.send_all(make_cr("CALLING", called)));
+    REQUIRE(c.recv_frame(5s));
+  };
+  auto series = [&](const std::string& label) -> std::optional<std::uint64_t> {
+    const std::string body = http(*aport, "GET", "/metrics").body;
+    const std::string key = "isoproxy_called_tsap_sessions_total{called_tsap=\"" + label + "\"} ";
+    const auto at = body.find(key);
+    if (at == std::string::npos) return std::nullopt;
+    return std::stoull(body.substr(at + key.size()));
+  };
+  session("ZZZ");
+  // Counted at close: wait for it.
+  REQUIRE(proxy.wait_for_line(std::regex("close reason=.* called=ZZZ"), 10s));
+  // Enough sessions that both workers take some (kConns as above).
+  for (int i = 0; i < kConns; ++i) session("AAA");
+  REQUIRE(proxy.wait_for_lines(std::regex("close reason=.* called=AAA"), kConns, 10s));
+  INFO(http(*aport, "GET", "/metrics").body);
+  CHECK(series("ZZZ") == 1);
+  CHECK(series("other") == kConns);
+  CHECK_FALSE(series("AAA"));
+}

@@ -74,6 +74,7 @@ TEST_CASE("parse_duration refuses what is ambiguous or malformed, saying why", "
       {"s", "not a duration"},
       {"1m30", "\"1m30\" ends in a number without a unit: every term needs one (ms, s, m, h or d), e.g. \"1m30s\""},
       {"5s0", "ends in a number without a unit"},
+      {"0s5", "ends in a number without a unit"},
       {"99999999999999999999s", "too large"},
       {"999999999999999d", "too large"},
   };

@@ -407,6 +407,12 @@ max_frame = 70000
   CHECK(errors[2].to_string() == "test.toml:8:13: listener[0].max_frame: must be between 7 and 65535 bytes (found 70000)");
 }
 
+TEST_CASE("with several workers a wildcard and a specific address may share a port", "[conf][loader]") {
+  auto r = load("[global]\nworkers = 2\n\n[[listener]]\nlisten = [\"0.0.0.0:2641\", \"127.0.0.1:2641\"]\nupstream = \"192.0.2.10:102\"\n");
+  INFO(all_errors(r));
+  CHECK(r.ok());
+}
+
 TEST_CASE("errors in several listeners and filters are all reported", "[conf][loader]") {
   auto r = load(R"([[listener]]
 listen = "0.0.0.0:102"
