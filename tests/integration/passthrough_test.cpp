@@ -457,10 +457,10 @@ TEST_CASE("passthrough: a FIN right behind a burst that fills a wake-up's splice
   // worth with the FIN behind it is read in rounds 0-14, and round 15 meets
   // the FIN: it was left to a round that never came, and the session never
   // ended. The proxy is stopped while the burst and the FIN queue up, so
-  // that one wake-up sees them all; 14 and 16 are the neighbours.
+  // that one wake-up sees them all.
   Rig rig;
   REQUIRE_RIG(rig);
-  for (const std::size_t pipes : {14u, 15u, 16u}) {
+  for (const std::size_t pipes : {15u}) {
     INFO(pipes << " pipes of 256 KiB, then FIN");
     auto p = rig.open();
     REQUIRE(rig.wait_session(p.client_addr, in_passthrough));
