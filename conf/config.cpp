@@ -4,6 +4,8 @@
 // "FILE:LINE:COL: KEY: MESSAGE".
 #include "conf/config.h"
 
+#include <array>
+
 #include <arpa/inet.h>
 
 #include <algorithm>
@@ -137,6 +139,34 @@ bool prefix_equal(const std::uint8_t* a, const std::uint8_t* b, int prefix) {
 }
 
 }  // namespace
+
+namespace {
+
+// The host part of an IPv4 or IPv6 socket address, zero-padded.
+std::array<std::uint8_t, 16> host_bytes(const sockaddr_storage& s) {
+  std::array<std::uint8_t, 16> out{};
+  if (s.ss_family == AF_INET) {
+    sockaddr_in sin;
+    std::memcpy(&sin, &s, sizeof sin);
+    std::memcpy(out.data(), &sin.sin_addr, 4);
+  } else if (s.ss_family == AF_INET6) {
+    sockaddr_in6 sin6;
+    std::memcpy(&sin6, &s, sizeof sin6);
+    std::memcpy(out.data(), &sin6.sin6_addr, 16);
+  }
+  return out;
+}
+
+}  // namespace
+
+bool SocketAddress::same_endpoint(const SocketAddress& o) const {
+  return family() == o.family() && port() == o.port() && host_bytes(storage) == host_bytes(o.storage);
+}
+
+bool SocketAddress::overlaps(const SocketAddress& o) const {
+  return family() == o.family() && port() == o.port() &&
+         (is_wildcard() || o.is_wildcard() || host_bytes(storage) == host_bytes(o.storage));
+}
 
 bool SocketAddress::is_wildcard() const {
   if (storage.ss_family == AF_INET) {

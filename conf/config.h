@@ -37,6 +37,10 @@ struct SocketAddress {
   const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
   std::uint16_t port() const;
   bool is_wildcard() const;  // 0.0.0.0 or [::]: nothing to connect to
+  bool same_endpoint(const SocketAddress& o) const;  // family, host and port, however written
+  // Same family and port, and the same host or a wildcard on either side:
+  // two listening sockets that one process binds only with SO_REUSEPORT.
+  bool overlaps(const SocketAddress& o) const;
 };
 
 // An address without a port (a fixed source IP).

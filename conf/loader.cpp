@@ -77,18 +77,6 @@ Endpoint endpoint_of(const SocketAddress& a) {
   return e;
 }
 
-bool same_endpoint(const SocketAddress& a, const SocketAddress& b) {
-  const Endpoint x = endpoint_of(a);
-  const Endpoint y = endpoint_of(b);
-  return x.family == y.family && x.port == y.port && std::memcmp(x.bytes, y.bytes, 16) == 0;
-}
-
-bool is_wildcard(const SocketAddress& a) {
-  const Endpoint e = endpoint_of(a);
-  static constexpr std::uint8_t kZero[16] = {};
-  return std::memcmp(e.bytes, kZero, 16) == 0;
-}
-
 bool is_v4_mapped(const SocketAddress& a) {
   const Endpoint e = endpoint_of(a);
   static constexpr std::uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -352,21 +340,19 @@ class Loader {
       }
       if (a.port() == 0) continue;  // each port 0 gets its own free port
       auto same = std::find_if(listen_seen_.begin(), listen_seen_.end(),
-                               [&](const ListenSeen& s) { return same_endpoint(s.address, a); });
+                               [&](const ListenSeen& s) { return s.address.same_endpoint(a); });
       // A wildcard and a specific address of one family on one port cannot
       // both be bound by one worker; several bind with SO_REUSEPORT, which
       // lets them (proxy/listener.cpp).
-      auto covered = config_.global.workers > 1 ? listen_seen_.end()
-                                                : std::find_if(listen_seen_.begin(), listen_seen_.end(), [&](const ListenSeen& s) {
-                                                    return s.address.family() == a.family() && s.address.port() == a.port() &&
-                                                           (is_wildcard(s.address) || is_wildcard(a));
-                                                  });
+      auto covered = config_.global.workers > 1
+                         ? listen_seen_.end()
+                         : std::find_if(listen_seen_.begin(), listen_seen_.end(),
+                                        [&](const ListenSeen& s) { return s.address.overlaps(a); });
       if (same != listen_seen_.end()) {
         const std::string owner = same->listener == index ? "this listener" : "listener[" + std::to_string(same->listener) + "]";
         sink_.add(element(listen_node, i), key, a.text + " is already a listen address of " + owner);
       } else if (const auto& adm = admin_address_;
-                 adm && adm->port() != 0 && adm->family() == a.family() && adm->port() == a.port() &&
-                 (same_endpoint(*adm, a) || is_wildcard(*adm) || is_wildcard(a))) {
+                 adm && adm->port() != 0 && adm->overlaps(a)) {
         sink_.add(element(listen_node, i), key, a.text + " is taken by the admin endpoint ([admin] listen = \"" + adm->text +
                                                     "\"): choose another port for one of them");
       } else if (covered != listen_seen_.end()) {
@@ -486,15 +472,15 @@ class Loader {
   // Catches an upstream that can only lead back into this proxy or nowhere.
   void check_upstream(TableReader& r, const ListenerConfig& l) {
     const SocketAddress& up = *l.upstream;
-    if (is_wildcard(up)) {
+    if (up.is_wildcard()) {
       r.error("upstream", up.text + " is the wildcard address, which cannot be connected to: write the upstream's own address");
       return;
     }
     for (const auto& a : l.listen) {
       // A wildcard listener takes loopback connections of its own family
       // ([::] is bound IPv6-only, proxy/listener.cpp).
-      const bool via_wildcard = is_wildcard(a) && a.family() == up.family() && a.port() == up.port() && is_loopback(up);
-      if (same_endpoint(a, up) || via_wildcard) {
+      const bool via_wildcard = a.is_wildcard() && a.family() == up.family() && a.port() == up.port() && is_loopback(up);
+      if (a.same_endpoint(up) || via_wildcard) {
         r.error("upstream", up.text + " is this listener's own address (listen " + a.text +
                                 "): every connection would loop back into the proxy");
         return;

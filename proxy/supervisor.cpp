@@ -42,20 +42,6 @@ Supervisor::~Supervisor() {
   }
 }
 
-namespace {
-
-bool same_host(const conf::SocketAddress& a, const conf::SocketAddress& b) {
-  if (a.family() != b.family()) return false;
-  if (a.family() == AF_INET) {
-    return reinterpret_cast<const sockaddr_in*>(a.sa())->sin_addr.s_addr ==
-           reinterpret_cast<const sockaddr_in*>(b.sa())->sin_addr.s_addr;
-  }
-  return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a.sa())->sin6_addr,
-                     &reinterpret_cast<const sockaddr_in6*>(b.sa())->sin6_addr, sizeof(in6_addr)) == 0;
-}
-
-}  // namespace
-
 Result<std::vector<Server::Sockets>> Supervisor::prepare(const conf::Config& config, const conf::Config* current) {
   // Host checks first, so that a config this host cannot serve changes nothing.
   for (const auto& l : config.listeners) {
@@ -83,10 +69,8 @@ Result<std::vector<Server::Sockets>> Supervisor::prepare(const conf::Config& con
         if (addr.port() == 0) continue;  // a fresh port each time
         for (const auto& c : current->listeners) {
           // The same endpoint however it is written, or a wildcard of its family on its port.
-          const bool held = std::any_of(c.listen.begin(), c.listen.end(), [&](const conf::SocketAddress& a) {
-            return a.family() == addr.family() && a.port() == addr.port() &&
-                   (a.is_wildcard() || addr.is_wildcard() || same_host(a, addr));
-          });
+          const bool held = std::any_of(c.listen.begin(), c.listen.end(),
+                                        [&](const conf::SocketAddress& a) { return a.overlaps(addr); });
           if (!held) continue;
           for (auto& per_worker : out) {
             for (auto& [name, list] : per_worker) {
