@@ -59,7 +59,7 @@ std::vector<std::string> prometheus_problems(const std::string& text) {
 
 }  // namespace
 
-TEST_CASE("admin: counters move while a session streams; closed sessions keep reason and DR", "[admin][integration]") {
+TEST_CASE("admin: counters move while a session streams, closed sessions keep reason and DR", "[admin][integration]") {
   TestServer up(responder_handler({.reserved = 0x11}));
   REQUIRE(up.ok());
   ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-test\"\nallowed_hosts = [\"Proxy1.example.net\"]\n\n[[listener]]\nname = \"live\"\n"

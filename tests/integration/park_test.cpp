@@ -450,7 +450,7 @@ TEST_CASE("park: idle_timeout closes a parked session", "[park]") {
   CHECK(field(f, "reason") == "idle-timeout: no byte either way for 200ms");
 }
 
-TEST_CASE("park: park_after = \"0\" never parks; the default does", "[park]") {
+TEST_CASE("park: park_after = '0' never parks, the default does", "[park]") {
   const std::string zero = GENERATE(as<std::string>{}, "0", "0s");
   INFO("park_after = \"" << zero << "\"");
   // pk0: never; pk1: 50 ms, the control; pk2: the default.

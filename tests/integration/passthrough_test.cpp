@@ -554,7 +554,7 @@ TEST_CASE("passthrough: a peer reset each way closes with the framed path's reas
   CHECK(now == baseline);
 }
 
-TEST_CASE("passthrough: idle_timeout ends a quiet session in pass-through; spliced bytes count as activity",
+TEST_CASE("passthrough: idle_timeout ends a quiet session in pass-through, spliced bytes count as activity",
           "[passthrough]") {
   Rig rig("idle_timeout = \"600ms\"");
   REQUIRE_RIG(rig);
@@ -578,7 +578,7 @@ TEST_CASE("passthrough: idle_timeout ends a quiet session in pass-through; splic
   CHECK(Clock::now() - start >= 1200ms);
 }
 
-TEST_CASE("passthrough: SIGTERM drains a quiet pass-through session at once; a stuck one at the drain timeout",
+TEST_CASE("passthrough: SIGTERM drains a quiet pass-through session at once, a stuck one at the drain timeout",
           "[passthrough]") {
   Rig rig("", R"(["reserved", "annotate"])", "drain_timeout = \"2s\"\n");
   REQUIRE_RIG(rig);
@@ -643,7 +643,7 @@ TEST_CASE("passthrough: SIGTERM drains a quiet pass-through session at once; a s
   CHECK(status.value_or(-1) == 0);
 }
 
-TEST_CASE("passthrough: backpressure: a reader that stops reading stops the source; RSS stays bounded, no spinning",
+TEST_CASE("passthrough: backpressure: a reader that stops reading stops the source, RSS stays bounded, no spinning",
           "[passthrough][backpressure]") {
   Rig rig;
   REQUIRE_RIG(rig);
@@ -709,7 +709,7 @@ TEST_CASE("passthrough: backpressure: a reader that stops reading stops the sour
         std::to_string(t::make_cr("SWISSLIFETSAP", "EXCHANGETSAP1").size() + Rig::first_dt().size() + a.size()));
 }
 
-TEST_CASE("passthrough: a session that exchanged only CR and CC stays framed; its first DT starts pass-through",
+TEST_CASE("passthrough: a session that exchanged only CR and CC stays framed, its first DT starts pass-through",
           "[passthrough]") {
   Rig rig;
   REQUIRE_RIG(rig);

@@ -152,7 +152,7 @@ TEST_CASE("peer: --reserved 0 satisfies a strict initiator", "[peer][strict]") {
   CHECK(resp.wait_line(R"(^\[C1\] sent CC reserved=0x00$)"));
 }
 
-TEST_CASE("peer: the responder's CC is the vendor CC byte for byte; DTs echo unchanged; DR closes", "[peer][vectors]") {
+TEST_CASE("peer: the responder's CC is the vendor CC byte for byte, DTs echo unchanged, DR closes", "[peer][vectors]") {
   auto resp = start_responder();
   Conn c = t::connect_to("127.0.0.1", resp.port);
   REQUIRE(c.valid());
@@ -178,7 +178,7 @@ TEST_CASE("peer: the responder's CC is the vendor CC byte for byte; DTs echo unc
   CHECK(resp.wait_line(R"(^\[C1\] closed \(DR\)$)"));
 }
 
-TEST_CASE("peer: --no-tsaps-echo answers with the TPDU size only; --src-ref sets SRC-REF", "[peer]") {
+TEST_CASE("peer: --no-tsaps-echo answers with the TPDU size only, --src-ref sets SRC-REF", "[peer]") {
   auto resp = start_responder({"--no-tsaps-echo", "--src-ref", "0x1234", "--reserved", "0"});
   Conn c = t::connect_to("127.0.0.1", resp.port);
   REQUIRE(c.valid());

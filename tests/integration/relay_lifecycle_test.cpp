@@ -373,7 +373,7 @@ struct LoadCheck {
 // ---------------------------------------------------------------------------
 // 1. Half-close
 
-TEST_CASE("relay-life: client half-closes first; the upstream still answers in full; reason client-closed",
+TEST_CASE("relay-life: client half-closes first, the upstream still answers in full, reason client-closed",
           "[relay-life][half-close]") {
   const ByteVec cr = test_cr();
   const ByteVec dt = dt_of(300, 1);
@@ -441,7 +441,7 @@ TEST_CASE("relay-life: client half-closes first; the upstream still answers in f
   CHECK(count_close_lines(*proxy, client) == 1);
 }
 
-TEST_CASE("relay-life: upstream half-closes first; the client still sends in full; reason upstream-closed",
+TEST_CASE("relay-life: upstream half-closes first, the client still sends in full, reason upstream-closed",
           "[relay-life][half-close]") {
   const ByteVec cr = test_cr();
   const ByteVec cc = test_cc();
@@ -791,7 +791,7 @@ TEST_CASE("relay-life: global and per-listener max_sessions refuse the connectio
 // ---------------------------------------------------------------------------
 // 7. Source address of the upstream leg; start-up errors
 
-TEST_CASE("relay-life: source = fixed binds every upstream connection to source_address; auto uses the kernel's",
+TEST_CASE("relay-life: source = fixed binds every upstream connection to source_address, auto uses the kernel's",
           "[relay-life][source]") {
   TestServer up2(t::responder_handler(plain_responder()));
   TestServer up3(t::responder_handler(plain_responder()));

@@ -681,7 +681,7 @@ TEST_CASE("relay-stream: without the tpkt-reserved filter the vendor CC arrives 
 // ---------------------------------------------------------------------------
 // 3. tpdu = ["any"] and directions
 
-TEST_CASE("relay-stream: tpdu any repairs every TPDU type; directions limit the repair", "[relay-stream]") {
+TEST_CASE("relay-stream: tpdu any repairs every TPDU type, directions limit the repair", "[relay-stream]") {
   const ByteVec cr33 = t::make_cr("SWISSLIFETSAP", "EXCHANGETSAP1", 0x0B, 0x01CA, 0x33);
   const ByteVec dt_c22 = t::make_dt("from the client", true, 0x22);
   const ByteVec dt_u11 = t::make_dt("from the upstream", false, 0x11);

@@ -320,7 +320,7 @@ TEST_CASE("stats: nothing listening gives exit 1 and one clear line", "[stats-cm
         std::string::npos);
 }
 
-TEST_CASE("stats: -c reads [admin] listen, a Unix socket here; \"off\" is a clear error", "[stats-cmd][integration]") {
+TEST_CASE("stats: -c reads [admin] listen, a Unix socket here, 'off' is a clear error", "[stats-cmd][integration]") {
   TestServer upstream(responder_handler({.reserved = 0x11}));
   REQUIRE(upstream.ok());
   std::string tmpl = (std::filesystem::temp_directory_path() / "isoproxy-stats-XXXXXX").string();

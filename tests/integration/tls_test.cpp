@@ -464,7 +464,7 @@ TEST_CASE("tls: mutual TLS refuses a missing, a foreign and an expired client ce
   CHECK(f.at("client_verify") == "ok");
 }
 
-TEST_CASE("tls: the upstream's certificate is verified; verify = false is said at start and per session", "[tls][integration]") {
+TEST_CASE("tls: the upstream's certificate is verified, verify = false is said at start and per session", "[tls][integration]") {
   REQUIRE_FALSE(openssl_binary().empty());
   Certs c;
   const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
@@ -521,7 +521,7 @@ TEST_CASE("tls: the upstream's certificate is verified; verify = false is said a
   CHECK(f.at("upstream_peer") == "CN=stranger.test,O=isoproxy tests");
 }
 
-TEST_CASE("tls: a CRL refuses revoked client and upstream certificates; SIGHUP loads a new one", "[tls][integration][crl]") {
+TEST_CASE("tls: a CRL refuses revoked client and upstream certificates, SIGHUP loads a new one", "[tls][integration][crl]") {
   REQUIRE_FALSE(openssl_binary().empty());
   Certs c;
   const auto revoked = c.pki.make_leaf("revoked", "ca", "revoked.test", {"DNS:revoked.test"});
@@ -758,7 +758,7 @@ TEST_CASE("tls: 1 GiB through TLS on both legs arrives byte-exact, memory bounde
   CHECK(fields.at("upstream_tls") == "TLSv1.3");
 }
 
-TEST_CASE("tls: SIGHUP reloads certificates; a bad one keeps the old and the log says why", "[tls][integration]") {
+TEST_CASE("tls: SIGHUP reloads certificates, a bad one keeps the old and the log says why", "[tls][integration]") {
   Certs c;
   TestServer upstream(responder_handler());
   // Files the configuration names; their content changes under it.

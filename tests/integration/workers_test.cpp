@@ -174,7 +174,7 @@ TEST_CASE("workers: max_sessions, global and per listener, is one limit for the 
   CHECK(proxy.wait_exit(10s) == 0);
 }
 
-TEST_CASE("workers: a reload reaches every worker; a bind failure keeps the old config on all",
+TEST_CASE("workers: a reload reaches every worker, a bind failure keeps the old config on all",
           "[workers][integration][reload]") {
   TestServer old_up(responder_handler());
   TestServer new_up(responder_handler());

@@ -202,7 +202,7 @@ TEST_CASE("tsap-acl: client address ranges", "[filters][tsap-acl]") {
   }
 }
 
-TEST_CASE("tsap-acl: the first matching rule wins; a rule without conditions matches all", "[filters][tsap-acl]") {
+TEST_CASE("tsap-acl: the first matching rule wins, a rule without conditions matches all", "[filters][tsap-acl]") {
   const ByteVec v5 = row("V5");
   const ByteVec v7 = row("V7");
   auto f = acl(R"(default = "allow"

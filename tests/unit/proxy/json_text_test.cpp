@@ -77,7 +77,7 @@ TEST_CASE("json_text::Writer nests objects and arrays with the right commas", "[
   CHECK(j["d"].get<double>() == 0.25);
 }
 
-TEST_CASE("json_text numbers read back exactly; non-finite is null", "[json_text]") {
+TEST_CASE("json_text numbers read back exactly, non-finite is null", "[json_text]") {
   for (double v : {0.0, 1.0, 0.1, 123.456, 1e-7, 98765.4321}) {
     std::string out;
     json_text::number(out, v);

@@ -118,7 +118,7 @@ TEST_CASE("rdns: off means no lookup at all", "[rdns]") {
   CHECK_FALSE(d.name(sa(a)));
 }
 
-TEST_CASE("rdns: one-off lookups report the name or why there is none; none after shutdown", "[rdns]") {
+TEST_CASE("rdns: one-off lookups report the name or why there is none, none after shutdown", "[rdns]") {
   Loop l;
   ReverseDns d(&l.loop);
   d.configure({});
