@@ -9,6 +9,7 @@
 
 #include "codec/text.h"
 #include "pcap_writer.h"
+#include "support/binaries.h"
 #include "support/pcap_craft.h"
 #include "support/process.h"
 #include "support/vectors.h"
@@ -18,7 +19,7 @@ using nlohmann::json;
 
 namespace {
 
-const std::string kBin = ISOPROXY_BINARY;
+const std::string kBin = isoproxy::test::isoproxy_binary();
 const std::string kVendorCc =
     "03 11 00 2C 27 D0 01 CA 00 29 00 C1 0D 53 57 49 53 53 4C 49 46 45 54 53 41 50 C2 0D 45 58 43 48 41 4E 47 45 54 "
     "53 41 50 31 C0 01 0B";

@@ -66,7 +66,7 @@ TEST_CASE("binding port 102 without privilege is a clear start-up error", "[list
   { std::ofstream(file) << "[[listener]]\nname = \"low\"\nlisten = \"127.0.0.1:102\"\nupstream = \"127.0.0.1:9\"\n"; }
   ::chmod(file.c_str(), 0644);
   auto r = run_process({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                        "--bounding-set=-all", ISOPROXY_BINARY, "run", "-c", file.string()},
+                        "--bounding-set=-all", isoproxy::test::isoproxy_binary(), "run", "-c", file.string()},
                        "", 20s);
   INFO(r.err);
   CHECK(r.exit_code == 1);
@@ -76,7 +76,7 @@ TEST_CASE("binding port 102 without privilege is a clear start-up error", "[list
 }
 
 TEST_CASE("isoproxy check validates a file through the command line", "[check][integration]") {
-  auto ok = run_process({ISOPROXY_BINARY, "check", "-c", std::string(ISOPROXY_SOURCE_DIR) + "/conf/isoproxy.toml", "--verbose"});
+  auto ok = run_process({isoproxy::test::isoproxy_binary(), "check", "-c", std::string(ISOPROXY_SOURCE_DIR) + "/conf/isoproxy.toml", "--verbose"});
   CHECK(ok.exit_code == 0);
   CHECK(ok.out.find("conf/isoproxy.toml: ok") != std::string::npos);
   CHECK(ok.out.find("connect_timeout = \"5s\"") != std::string::npos);  // a default filled in
@@ -88,7 +88,7 @@ TEST_CASE("isoproxy check validates a file through the command line", "[check][i
     std::ofstream(file) << "[[listener]]\nlisten = \"0.0.0.0:102\"\nupstream = \"192.0.2.1\"\nconect_timeout = \"5s\"\n"
                            "max_frame = \"1MiB\"\n";
   }
-  auto bad = run_process({ISOPROXY_BINARY, "check", "-c", file.string()});
+  auto bad = run_process({isoproxy::test::isoproxy_binary(), "check", "-c", file.string()});
   CHECK(bad.exit_code == 1);
   // Both errors at once, each with file:line:col.
   CHECK(bad.err.find(file.string() + ":4:1: listener[0].conect_timeout: unknown key; did you mean \"connect_timeout\"?") !=

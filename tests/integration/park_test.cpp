@@ -542,7 +542,7 @@ TEST_CASE("park: isoproxy check rejects a bad park_after, naming the key", "[par
       std::ofstream(file) << "[[listener]]\nname = \"x\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:1102\"\n"
                              "park_after = " << value << "\n";
     }
-    return t::run_process({ISOPROXY_BINARY, "check", "-c", file.string()}, "", 20s);
+    return t::run_process({isoproxy::test::isoproxy_binary(), "check", "-c", file.string()}, "", 20s);
   };
   for (const std::string good : {"\"0\"", "\"0s\"", "\"50ms\"", "\"2m\""}) {
     INFO("park_after = " << good);

@@ -37,12 +37,9 @@ namespace {
 using Out = BackgroundProcess::Stream;
 
 std::string peer_binary() {
-#ifdef RFC1006_PEER_BINARY
-  return RFC1006_PEER_BINARY;
-#else
-  FAIL("RFC1006_PEER_BINARY is not defined: build the rfc1006-peer target and pass its path to integration_tests");
-  return {};
-#endif
+  std::string path = isoproxy::test::peer_binary();
+  if (path.empty()) FAIL("no rfc1006-peer: build the rfc1006-peer target and pass its path to integration_tests");
+  return path;
 }
 
 // `rfc1006-peer respond` on an ephemeral port, its port read from "listening on ...".

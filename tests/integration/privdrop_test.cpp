@@ -294,18 +294,18 @@ TEST_CASE("run --user: refused clearly before anything is bound", "[privdrop][in
   { std::ofstream(file) << "[admin]\nlisten = \"off\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:9\"\n"; }
   ::chmod(file.c_str(), 0644);
 
-  auto missing = run_process({ISOPROXY_BINARY, "run", "-c", file, "--user", "no-such-user-isoproxy"}, "", 20s);
+  auto missing = run_process({isoproxy::test::isoproxy_binary(), "run", "-c", file, "--user", "no-such-user-isoproxy"}, "", 20s);
   CHECK(missing.exit_code == 1);
   CHECK(missing.err.find("--user no-such-user-isoproxy: no such user; not starting") != std::string::npos);
   CHECK(missing.err.find("listening on") == std::string::npos);
 
   if (::geteuid() == 0) {
-    auto root = run_process({ISOPROXY_BINARY, "run", "-c", file, "--user", "root"}, "", 20s);
+    auto root = run_process({isoproxy::test::isoproxy_binary(), "run", "-c", file, "--user", "root"}, "", 20s);
     CHECK(root.exit_code == 1);
     CHECK(root.err.find("--user root: that is root; name an unprivileged user") != std::string::npos);
     if (on_path("setpriv") && nobody()) {
       auto unprivileged = run_process({"/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                                       "--inh-caps=-all", "--bounding-set=-all", ISOPROXY_BINARY, "run", "-c", file,
+                                       "--inh-caps=-all", "--bounding-set=-all", isoproxy::test::isoproxy_binary(), "run", "-c", file,
                                        "--user", "nobody"},
                                       "", 20s);
       INFO(unprivileged.err);
@@ -316,7 +316,7 @@ TEST_CASE("run --user: refused clearly before anything is bound", "[privdrop][in
       WARN("setpriv or the user nobody missing: the not-root refusal is not tested");
     }
   } else {
-    auto self = run_process({ISOPROXY_BINARY, "run", "-c", file, "--user", "nobody"}, "", 20s);
+    auto self = run_process({isoproxy::test::isoproxy_binary(), "run", "-c", file, "--user", "nobody"}, "", 20s);
     CHECK(self.exit_code == 1);
     CHECK(self.err.find("isoproxy must be started as root") != std::string::npos);
   }
@@ -338,7 +338,7 @@ TEST_CASE("run --user: a drop that fails serves nothing and exits 1", "[privdrop
   { std::ofstream(file) << "[admin]\nlisten = \"off\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:9\"\n"; }
   // Root without CAP_SETPCAP (a container may start it so) cannot reduce the
   // bounding set: the drop fails after binding, and the proxy must not serve.
-  auto r = run_process({"/usr/bin/setpriv", "--bounding-set=-setpcap", ISOPROXY_BINARY, "run", "-c", file, "--user",
+  auto r = run_process({"/usr/bin/setpriv", "--bounding-set=-setpcap", isoproxy::test::isoproxy_binary(), "run", "-c", file, "--user",
                         "nobody"},
                        "", 20s);
   INFO(r.err);

@@ -92,10 +92,10 @@ TEST_CASE("smart_connect: check --verbose shows it, a non-boolean is refused", "
   const std::string listener = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:1\"\n";
   std::ofstream(dir / "ok.toml") << listener;
   std::ofstream(dir / "bad.toml") << listener << "smart_connect = \"yes\"\n";
-  auto ok = run_process({ISOPROXY_BINARY, "check", "-c", (dir / "ok.toml").string(), "--verbose"});
+  auto ok = run_process({isoproxy::test::isoproxy_binary(), "check", "-c", (dir / "ok.toml").string(), "--verbose"});
   CHECK(ok.exit_code == 0);
   CHECK(ok.out.find("\nsmart_connect = true\n") != std::string::npos);
-  auto bad = run_process({ISOPROXY_BINARY, "check", "-c", (dir / "bad.toml").string()});
+  auto bad = run_process({isoproxy::test::isoproxy_binary(), "check", "-c", (dir / "bad.toml").string()});
   CHECK(bad.exit_code == 1);
   CHECK(bad.err.find(":5:17: listener[0].smart_connect:") != std::string::npos);
   std::filesystem::remove_all(dir);

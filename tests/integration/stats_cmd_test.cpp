@@ -43,7 +43,7 @@ std::optional<std::string> admin_address(ProxyProcess& p) {
 ProcessResult stats(const std::vector<std::string>& env, const std::vector<std::string>& args) {
   std::vector<std::string> argv = {"/usr/bin/env", "-u", "COLUMNS", "LC_ALL=C.UTF-8"};
   argv.insert(argv.end(), env.begin(), env.end());
-  argv.push_back(ISOPROXY_BINARY);
+  argv.push_back(isoproxy::test::isoproxy_binary());
   argv.push_back("stats");
   argv.insert(argv.end(), args.begin(), args.end());
   return run_process(argv, {}, 30s);
@@ -289,7 +289,7 @@ TEST_CASE("stats: --watch prints frames whose counters move while the session st
 
 TEST_CASE("stats: --watch ends cleanly on SIGTERM", "[stats-cmd][integration]") {
   LiveSession live;
-  BackgroundProcess watch({ISOPROXY_BINARY, "stats", "--admin", live.admin, "--watch", "0.2"});
+  BackgroundProcess watch({isoproxy::test::isoproxy_binary(), "stats", "--admin", live.admin, "--watch", "0.2"});
   REQUIRE(watch.started());
   // Two frames seen: it is in its loop.
   REQUIRE(watch.wait_for_lines(BackgroundProcess::Stream::kOut, std::regex("^isoproxy "), 2, 10s));

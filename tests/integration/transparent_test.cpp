@@ -53,21 +53,8 @@ constexpr const char* kServer = "10.77.2.2:102";
 // Where the nft rule diverts new port-102 connections (tproxy-setup.sh's default).
 constexpr const char* kTproxyTarget = "127.0.0.1:10102";
 
-std::string isoproxy_binary() {
-#ifdef ISOPROXY_BINARY
-  return ISOPROXY_BINARY;
-#else
-  return {};
-#endif
-}
-
-std::string peer_binary() {
-#ifdef RFC1006_PEER_BINARY
-  return RFC1006_PEER_BINARY;
-#else
-  return {};
-#endif
-}
+using t::isoproxy_binary;
+using t::peer_binary;
 
 std::string setup_script() {
 #ifdef ISOPROXY_SOURCE_DIR

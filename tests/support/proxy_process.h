@@ -44,6 +44,8 @@
 #include <utility>
 #include <vector>
 
+#include "support/binaries.h"
+
 extern char** environ;
 
 namespace isoproxy::test {
@@ -444,26 +446,30 @@ class BackgroundProcess {
 // For a test that bounds a child's RSS: under AddressSanitizer, the children
 // started while one of these lives keep 8 MiB of freed memory in quarantine
 // instead of 256, which would read as growth; recent frees are still caught
-// when used. Elsewhere it does nothing.
+// when used. The children may be sanitized when this harness is not (tests/run
+// starts the sanitized build's isoproxy from the Release harness), so the
+// option is always set; an uninstrumented child ignores it.
 class AsanSmallQuarantine {
  public:
   AsanSmallQuarantine() {
-#if defined(__SANITIZE_ADDRESS__)
     const char* v = std::getenv("ASAN_OPTIONS");
+    had_ = v != nullptr;
     saved_ = v != nullptr ? v : "";
     ::setenv("ASAN_OPTIONS", (saved_.empty() ? std::string() : saved_ + ":").append("quarantine_size_mb=8").c_str(), 1);
-#endif
   }
   ~AsanSmallQuarantine() {
-#if defined(__SANITIZE_ADDRESS__)
-    ::setenv("ASAN_OPTIONS", saved_.c_str(), 1);
-#endif
+    if (had_) {
+      ::setenv("ASAN_OPTIONS", saved_.c_str(), 1);
+    } else {
+      ::unsetenv("ASAN_OPTIONS");
+    }
   }
   AsanSmallQuarantine(const AsanSmallQuarantine&) = delete;
   AsanSmallQuarantine& operator=(const AsanSmallQuarantine&) = delete;
 
  private:
-  [[maybe_unused]] std::string saved_;
+  bool had_ = false;
+  std::string saved_;
 };
 
 // ---------------------------------------------------------------------------
@@ -477,13 +483,7 @@ struct ListeningLine {
 
 class ProxyProcess {
  public:
-  static std::string default_binary() {
-#ifdef ISOPROXY_BINARY
-    return ISOPROXY_BINARY;
-#else
-    return {};
-#endif
-  }
+  static std::string default_binary() { return isoproxy_binary(); }
 
   explicit ProxyProcess(const std::string& toml, std::vector<std::string> extra_args = {},
                         std::string binary = default_binary(), std::vector<std::string> extra_env = {}) {
@@ -496,7 +496,7 @@ class ProxyProcess {
     config_ = dir_ / "isoproxy.toml";
     if (!write_config(toml)) return;
     if (binary.empty()) {
-      error_ = "no isoproxy binary: compile with -DISOPROXY_BINARY=\"path\" or pass one";
+      error_ = "no isoproxy binary: compile with -DISOPROXY_BINARY=\"path\", set ISOPROXY_TEST_BINARY or pass one";
       return;
     }
     std::vector<std::string> argv = {std::move(binary), "run", "-c", config_.string()};
