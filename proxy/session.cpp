@@ -410,6 +410,9 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
       check_linger_done();
     } else if (nread < 0) {
       close(io_->pending_close_reason);
+    } else if (draining_ && !from.tls) {
+      // A peer that goes on sending after the drain's FIN: not relayed, counted.
+      flow_from(from.side).drain_discarded += static_cast<std::uint64_t>(nread);
     }
     return;
   }

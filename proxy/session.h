@@ -221,7 +221,7 @@ class Session final : public filters::FilterContext {
     bool raw = false;         // passing bytes through unframed
     bool seen_frame = false;  // at least one whole TPKT
     bool drain_in_flight = false;        // draining: a frame was half-read when the drain began
-    std::uint64_t drain_discarded = 0;   // draining: octets of frames begun after it, not relayed
+    std::uint64_t drain_discarded = 0;   // draining: octets of frames begun after it, or sent after its FIN, not relayed
     DirectionStats stats;
   };
   // Pass-through: state allocated only for sessions that enter it.

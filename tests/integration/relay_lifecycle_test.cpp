@@ -1469,6 +1469,48 @@ std::optional<double> wait_keepalive(const std::string& filter, Millis within) {
 // The client leg inherits keepalive from the listening socket; the upstream
 // leg gets it once the session has lived a second (a shorter one never needs
 // it: the first probe comes keepalive_interval after the last byte anyway).
+TEST_CASE("relay-life: what a client sends after the drain's FIN is counted as drain_discarded",
+          "[relay-life][drain]") {
+  // The upstream answers the CR, then waits for the proxy's FIN and closes.
+  std::atomic<bool> upstream_saw_eof{false};
+  std::atomic<std::size_t> upstream_extra{0};
+  TestServer upstream([&](Conn& c) {
+    if (!c.recv_frame(10000ms) || !c.send_all(codec::Bytes(test_cc()))) return;
+    upstream_saw_eof = c.wait_eof(20000ms);
+    upstream_extra = c.buffered();
+  });
+  REQUIRE(upstream.ok());
+  auto proxy = start_proxy("[global]\ndrain_timeout = \"20s\"\n\n" + listener_toml("late", upstream.port()));
+  const auto lport = port_of(*proxy, "late");
+  const auto m = mark(*proxy);
+  Conn c = open_session(lport);
+  const Watch a = watch(c, m);
+
+  // Idle at the signal: the drain sends its FIN to both peers at once.
+  REQUIRE(proxy->signal(SIGTERM));
+  INFO(proxy->text());
+  REQUIRE(proxy->wait_for_line(std::regex(R"(SIGTERM: draining 1 session)"), 5000ms));
+  REQUIRE(c.wait_eof(10000ms));
+  CHECK_FALSE(c.reset_seen());
+  // The client still sends a whole DT and then its own FIN: the other leg is
+  // closed, so nothing can be relayed, and the close line says how much.
+  const ByteVec late = dt_of(700, 31);
+  REQUIRE(c.send_all(codec::Bytes(late)));
+  c.shutdown_write();
+
+  const auto f = wait_close(*proxy, a);
+  REQUIRE(f);
+  CHECK(field(*f, "reason") == "drain");
+  CHECK(num_field(*f, "drain_discarded") == late.size());
+  CHECK(num_field(*f, "c2u_bytes") == test_cr().size());
+  const auto code = proxy->wait_exit(10000ms);
+  REQUIRE(code);
+  CHECK(*code == 0);
+  CHECK(upstream.wait_finished(1, 5000ms));
+  CHECK(upstream_saw_eof);
+  CHECK(upstream_extra == 0);  // nothing of the late DT reached the upstream
+}
+
 TEST_CASE("relay-life: keepalive on both legs with the configured interval, and none when off",
           "[relay-life][keepalive]") {
   if (!t::on_path("ss")) {
