@@ -117,6 +117,7 @@ Totals totals(Supervisor& sup) {
     add_map(out.g.close_reasons, p.g.close_reasons);
     add_map(out.g.sessions_by_upstream, p.g.sessions_by_upstream);
     add_map(out.g.sessions_by_called_tsap, p.g.sessions_by_called_tsap);
+    out.g.sessions_called_tsap_other += p.g.sessions_called_tsap_other;
     for (const ListenerRow& r : p.listeners) {
       auto it = std::find_if(out.listeners.begin(), out.listeners.end(), [&](const ListenerRow& o) { return o.name == r.name; });
       if (it == out.listeners.end()) {
@@ -138,16 +139,10 @@ Totals totals(Supervisor& sup) {
   // Each worker bounds its TSAP labels; the sum is bounded the same way.
   const std::size_t limit = sup.config().admin.metrics_tsap_labels;
   auto& tsaps = out.g.sessions_by_called_tsap;
-  std::uint64_t other = 0;
-  if (auto it = tsaps.find("other"); it != tsaps.end()) {
-    other = it->second;
-    tsaps.erase(it);
-  }
   while (tsaps.size() > limit) {
-    other += std::prev(tsaps.end())->second;
+    out.g.sessions_called_tsap_other += std::prev(tsaps.end())->second;
     tsaps.erase(std::prev(tsaps.end()));
   }
-  if (other > 0) tsaps["other"] = other;
   return out;
 }
 
@@ -456,10 +451,13 @@ std::string render_metrics(Supervisor& server) {
   out += "isoproxy_reverse_dns_lookups_total{result=\"skipped\"} " + std::to_string(dns.skipped) + "\n";
   if (server.config().admin.metrics_tsap_labels > 0) {
     family(out, "isoproxy_called_tsap_sessions_total", "counter",
-           "Sessions by called TSAP (bounded: values beyond admin.metrics_tsap_labels count as \"other\").");
+           "Sessions by called TSAP (the first admin.metrics_tsap_labels distinct values).");
     for (const auto& [k, v] : g.sessions_by_called_tsap) {
       out += "isoproxy_called_tsap_sessions_total{called_tsap=\"" + label(k) + "\"} " + std::to_string(v) + "\n";
     }
+    family(out, "isoproxy_called_tsap_other_sessions_total", "counter",
+           "Sessions whose called TSAP came after admin.metrics_tsap_labels distinct values had a label.");
+    out += "isoproxy_called_tsap_other_sessions_total " + std::to_string(g.sessions_called_tsap_other) + "\n";
   }
   return out;
 }

@@ -407,14 +407,15 @@ void Server::retire(std::unique_ptr<Session> s) {
 void Server::count_called_tsap(const std::string& display) {
   const std::size_t limit = config_->admin.metrics_tsap_labels;
   if (limit == 0) return;
-  // Bounded label set, shared by the workers: values beyond it count as "other".
+  // Bounded label set, shared by the workers: values beyond it are counted
+  // apart (no label value can stand for them: any text may be a TSAP).
   auto it = stats_.sessions_by_called_tsap.find(display);
   if (it != stats_.sessions_by_called_tsap.end()) {
     ++it->second;
   } else if (shared_.admit_tsap_label(display, limit)) {
     stats_.sessions_by_called_tsap[display] = 1;
   } else {
-    ++stats_.sessions_by_called_tsap["other"];
+    ++stats_.sessions_called_tsap_other;
   }
 }
 

@@ -51,6 +51,7 @@ struct GlobalStats {
   std::map<std::string, std::uint64_t> close_reasons;
   std::map<std::string, std::uint64_t> sessions_by_upstream;    // by upstream address, at connect
   std::map<std::string, std::uint64_t> sessions_by_called_tsap; // bounded by admin.metrics_tsap_labels
+  std::uint64_t sessions_called_tsap_other = 0;  // called TSAPs that came after the bound was reached
 };
 
 // A closed session as the admin endpoint keeps it (the last

@@ -223,8 +223,9 @@ TEST_CASE("admin: /metrics is valid Prometheus text", "[admin][integration][metr
   auto aport = admin_port(proxy);
   REQUIRE(port);
   REQUIRE(aport);
-  // Three sessions with three called TSAPs: the label set stays bounded at two plus "other".
-  for (const char* called : {"ONE", "TWO", "THREE"}) {
+  // Three sessions with three called TSAPs: the label set stays bounded at
+  // two; the third is counted apart, and a TSAP named "other" is just a TSAP.
+  for (const char* called : {"ONE", "other", "THREE"}) {
     Conn c = connect_to("127.0.0.1", *port);
     REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", called)));
     REQUIRE(c.recv_frame(5s));
@@ -237,7 +238,10 @@ TEST_CASE("admin: /metrics is valid Prometheus text", "[admin][integration][metr
   CHECK(prometheus_problems(r.body).empty());
   CHECK(r.body.find("isoproxy_sessions_accepted_total{listener=\"m\"} 3\n") != std::string::npos);
   CHECK(r.body.find("isoproxy_filter_actions_total{filter=\"reserved\",action=\"repaired\"} 3\n") != std::string::npos);
+  CHECK(r.body.find("isoproxy_called_tsap_sessions_total{called_tsap=\"ONE\"} 1\n") != std::string::npos);
   CHECK(r.body.find("isoproxy_called_tsap_sessions_total{called_tsap=\"other\"} 1\n") != std::string::npos);
+  CHECK(r.body.find("called_tsap=\"THREE\"") == std::string::npos);
+  CHECK(r.body.find("\nisoproxy_called_tsap_other_sessions_total 1\n") != std::string::npos);
   // The validator itself must reject bad text.
   CHECK_FALSE(prometheus_problems("isoproxy_x{a=\"b\"} 1\n").empty());
   CHECK_FALSE(prometheus_problems("# HELP a x\n# TYPE a counter\na{b=c} 1\n").empty());
