@@ -121,6 +121,9 @@ class ChainFrame {
   codec::Bytes bytes() const { return bytes_; }
   const codec::Frame& decoded() const { return *decoded_; }
   codec::TpduType type() const { return decoded_->tpdu.type; }
+  // The TPKT reserved byte as the frame holds it now: a filter before this
+  // one may have repaired it in place, which decoded().header does not show.
+  std::uint8_t reserved() const { return bytes_[1]; }
 
   // New bytes for the frame (a whole TPKT; must decode). Fails, leaving the
   // frame as it was, if they do not.

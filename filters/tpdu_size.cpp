@@ -11,7 +11,8 @@
 // than the maximum, and a value no standard defines, are left as they are.
 //
 // A CR or CC without 0xC0 means 65531 under RFC 1006 §5 (not X.224's 128);
-// with add_if_missing one carrying the maximum is appended. That adds a
+// with add_if_missing one carrying the maximum is appended (to a CC, the size
+// the CR proposed if that is smaller: a CC confirms no more than was asked). That adds a
 // parameter, which DESIGN.md §2.1 allows only when configured (gos7 accepts
 // only a 22-byte CC), hence off by default.
 #include <array>
@@ -66,7 +67,25 @@ class TpduSize final : public Filter {
       ctx.count(name_, cr ? "clamped-cr" : "clamped-cc");
       ctx.log(name_ + ": " + type + " " + what);
     }
-    if (!has_size && s_.add_if_missing) add(ctx, frame, type);
+    if (cr) {
+      // What the CR goes on to propose (clamped here), so that a CC this
+      // filter completes confirms no more than that (X.224 13.3.4 b).
+      cr_code_.reset();
+      for (const codec::Param& p : t.params) {
+        if (p.code == codec::param::kTpduSize && p.value.size() == 1 && codec::tpdu_size_octets(p.value[0])) {
+          cr_code_ = p.value[0];
+        }
+      }
+    }
+    if (!has_size && s_.add_if_missing) {
+      std::uint8_t code = s_.code;
+      if (cr) {
+        cr_code_ = code;
+      } else if (cr_code_ && *cr_code_ < code) {
+        code = *cr_code_;
+      }
+      add(ctx, frame, type, code);
+    }
     return Verdict::kContinue;
   }
 
@@ -107,11 +126,11 @@ class TpduSize final : public Filter {
     clamped = true;
   }
 
-  void add(FilterContext& ctx, ChainFrame& frame, const char* type) {
+  void add(FilterContext& ctx, ChainFrame& frame, const char* type, std::uint8_t code) {
     codec::OwnedTpdu o = codec::OwnedTpdu::from(frame.decoded().tpdu);
-    const std::uint8_t v[1] = {s_.code};
+    const std::uint8_t v[1] = {code};
     o.params.push_back({codec::param::kTpduSize, {v, v + 1}});
-    auto bytes = codec::encode_frame(frame.decoded().header.reserved, o);
+    auto bytes = codec::encode_frame(frame.reserved(), o);
     Status<> replaced = bytes ? frame.replace(std::move(*bytes)) : Status<>(unexpected(bytes.error()));
     if (!replaced) {
       ctx.count(name_, "failed");
@@ -119,11 +138,13 @@ class TpduSize final : public Filter {
       return;
     }
     ctx.count(name_, "added");
-    ctx.log(name_ + ": " + type + " without a TPDU size (RFC 1006: 65531): added " + size_text(s_.max, s_.code));
+    ctx.log(name_ + ": " + type + " without a TPDU size (RFC 1006: 65531): added " +
+            size_text(*codec::tpdu_size_octets(code), code));
   }
 
   const std::string& name_;
   const SizeSettings& s_;
+  std::optional<std::uint8_t> cr_code_;  // the TPDU size the forwarded CR proposes, if one
 };
 
 class TpduSizeFactory final : public FilterFactory {

@@ -124,7 +124,7 @@ class TsapRewrite final : public Filter {
     }
     codec::OwnedTpdu o = codec::OwnedTpdu::from(t);
     for (const Edit& e : edits) o.params[e.param].value.assign(e.value.begin(), e.value.end());
-    auto bytes = codec::encode_frame(frame.decoded().header.reserved, o);
+    auto bytes = codec::encode_frame(frame.reserved(), o);
     Status<> replaced = bytes ? frame.replace(std::move(*bytes)) : Status<>(unexpected(bytes.error()));
     if (!replaced) {
       ctx.count(name_, "failed");

@@ -7,6 +7,7 @@
 #include "filters/chain.h"
 #include "support/vectors.h"
 #include "unit/filters/fake_context.h"
+#include "unit/filters/frame_util.h"
 
 using namespace isoproxy;
 using namespace isoproxy::test;
@@ -175,5 +176,54 @@ TEST_CASE("chain: drop, length-changing replace and end-session", "[filters][cha
     FakeContext ctx;
     CHECK(feed(chain, ctx, concat({dt, dr}), Direction::kToClient, 3) == dt);
     CHECK(ctx.ended == "probe saw a DR");
+  }
+}
+
+TEST_CASE("chain: a reserved byte repaired before a filter that re-encodes the frame stays repaired", "[filters][chain]") {
+  // The vendor CC (reserved 0x11). Toward the client the chain runs in
+  // reverse, so with `reserved` listed last it repairs the CC first; the
+  // filter after it then builds a new frame, which must keep the repair.
+  const ByteVec v1 = row("V1");
+  auto reserved = factory_from_toml("tpkt-reserved", "tpdu = [\"CR\", \"CC\"]\n", nullptr, "reserved");
+  REQUIRE(reserved);
+  codec::OwnedTpdu cr_tpdu = owned(v1);
+  cr_tpdu.code = 0xE0;
+  const ByteVec cr = encode(cr_tpdu, 0x11);  // the vendor's CR: reserved 0x11 too
+
+  SECTION("tsap-rewrite puts back a TSAP of another length in the CC") {
+    auto rw = factory_from_toml("tsap-rewrite", "[[rule]]\nfield = \"called\"\nfrom = \"EXCHANGETSAP1\"\nto = \"MTA2TSAP\"\n",
+                                nullptr, "rw");
+    REQUIRE(rw);
+    for (const bool reserved_first : {false, true}) {
+      INFO("reserved listed " << (reserved_first ? "first" : "last"));
+      filters::FilterChain chain(reserved_first ? filters::FactoryList{reserved, rw} : filters::FactoryList{rw, reserved});
+      FakeContext ctx;
+      const auto up = feed(chain, ctx, cr, Direction::kToUpstream, 1);
+      REQUIRE(up.size() == cr.size() - 5);
+      CHECK(up[1] == 0x00);
+      // The upstream echoes the rewritten TSAP in its CC, with reserved 0x11.
+      const ByteVec cc = with_param(v1, codec::param::kCalledTsap, {'M', 'T', 'A', '2', 'T', 'S', 'A', 'P'});
+      const auto down = feed(chain, ctx, cc, Direction::kToClient, 2);
+      CHECK(down == row("V2"));  // V1 repaired: the TSAP put back, reserved 0
+      CHECK(ctx.count_of("rw.restored-cc") == 1);
+      CHECK(ctx.count_of("reserved.repaired") == 2);
+    }
+  }
+  SECTION("tpdu-size adds the size a CC lacks") {
+    auto ts = factory_from_toml("tpdu-size", "max = 2048\nadd_if_missing = true\n", nullptr, "ts");
+    REQUIRE(ts);
+    for (const bool reserved_first : {false, true}) {
+      INFO("reserved listed " << (reserved_first ? "first" : "last"));
+      filters::FilterChain chain(reserved_first ? filters::FactoryList{reserved, ts} : filters::FactoryList{ts, reserved});
+      FakeContext ctx;
+      const ByteVec cr_without = without_param(cr, codec::param::kTpduSize);
+      const auto up = feed(chain, ctx, cr_without, Direction::kToUpstream, 3);
+      REQUIRE(up.size() == cr_without.size() + 3);
+      CHECK(up[1] == 0x00);
+      const auto down = feed(chain, ctx, without_param(v1, codec::param::kTpduSize), Direction::kToClient, 4);
+      REQUIRE(down.size() == v1.size());
+      CHECK(down[1] == 0x00);
+      CHECK(ctx.count_of("ts.added") == 2);
+    }
   }
 }

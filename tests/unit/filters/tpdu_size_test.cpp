@@ -187,6 +187,25 @@ TEST_CASE("tpdu-size: add_if_missing appends the maximum to a CR or CC without 0
     CHECK(r.run.bytes == expect);
     CHECK(r.ctx.count_of("ts.added") == 1);
   }
+  SECTION("a CC confirms no more than the CR proposed") {
+    auto wide = tpdu_size("max = 2048\nadd_if_missing = true\n");
+    auto filter = wide->create();
+    FakeContext ctx;
+    for (const std::uint8_t proposed : {std::uint8_t{0x0A}, std::uint8_t{0x0B}, std::uint8_t{0x0D}}) {
+      INFO("the CR proposes code " << int(proposed));
+      const ByteVec cr = with_param(row("V5"), codec::param::kTpduSize, {proposed});
+      const auto up = run_filter(*filter, ctx, cr, Direction::kToUpstream);
+      const std::uint8_t forwarded = std::min<std::uint8_t>(proposed, 0x0B);  // 8192 is clamped to 2048
+      CHECK(size_code(up.bytes) == forwarded);
+      const auto down = run_filter(*filter, ctx, without_param(row("V8"), codec::param::kTpduSize), Direction::kToClient);
+      CHECK(size_code(down.bytes) == forwarded);
+    }
+    // A CR without a size (65531) and so with the maximum added: the CC gets the maximum.
+    run_filter(*filter, ctx, without_param(row("V5"), codec::param::kTpduSize), Direction::kToUpstream);
+    const auto down = run_filter(*filter, ctx, without_param(row("V8"), codec::param::kTpduSize), Direction::kToClient);
+    CHECK(size_code(down.bytes) == std::uint8_t{0x0B});
+    CHECK(ctx.logs.back() == "ts: CC without a TPDU size (RFC 1006: 65531): added 2048 (0x0B)");
+  }
   SECTION("a frame with 0xC0 gets no second one") {
     const ByteVec v3 = row("V3");
     Run r = run(*f, v3, Direction::kToUpstream);
