@@ -2,6 +2,9 @@
 
 #include "codec/encode.h"
 #include "codec/text.h"
+#include "conf/toml_reader.h"
+
+#include <toml++/toml.h>
 
 namespace isoproxy::filters {
 
@@ -54,6 +57,52 @@ std::string TsapPattern::toml() const {
   for (const char c : text_) plain = plain && c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
   if (plain) return "\"" + text_ + "\"";
   return "\"hex:" + codec::to_hex(bytes_) + (prefix_ ? "*\"" : "\"");
+}
+
+std::vector<TsapPattern> read_tsap_patterns(conf::TableReader& r, std::string_view key, bool& ok) {
+  const toml::node* n = r.node(key);
+  if (n == nullptr) return {};
+  constexpr const char* kExpected = "expected a TSAP such as \"EXCHANGETSAP1\", \"hex:0102\" or \"SIMATIC-*\", or a list of them";
+  std::vector<TsapPattern> out;
+  if (const auto* s = n->as_string()) {
+    auto p = TsapPattern::parse(s->get());
+    if (!p) {
+      r.error(key, p.error().message);
+      ok = false;
+      return {};
+    }
+    out.push_back(std::move(*p));
+    return out;
+  }
+  const auto* a = n->as_array();
+  if (a == nullptr) {
+    r.error(key, std::string(kExpected) + ", found " + conf::type_name(*n));
+    ok = false;
+    return {};
+  }
+  if (a->empty()) {
+    r.error(key, "an empty list matches nothing: list at least one TSAP, or leave the key out to match any");
+    ok = false;
+    return {};
+  }
+  for (std::size_t i = 0; i < a->size(); ++i) {
+    const toml::node& e = *a->get(i);
+    const std::string at = r.path() + "." + std::string(key) + "[" + std::to_string(i) + "]";
+    const auto* s = e.as_string();
+    if (s == nullptr) {
+      r.sink().add(&e, at, std::string("expected a TSAP string, found ") + conf::type_name(e));
+      ok = false;
+      continue;
+    }
+    auto p = TsapPattern::parse(s->get());
+    if (!p) {
+      r.sink().add(&e, at, p.error().message);
+      ok = false;
+      continue;
+    }
+    out.push_back(std::move(*p));
+  }
+  return ok ? out : std::vector<TsapPattern>{};
 }
 
 }  // namespace isoproxy::filters

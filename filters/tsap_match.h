@@ -13,6 +13,10 @@
 #include "codec/tpkt.h"
 #include "result.h"
 
+namespace isoproxy::conf {
+class TableReader;
+}
+
 namespace isoproxy::filters {
 
 // "EXCHANGETSAP1" -> bytes; "hex:0102" -> {0x01, 0x02}. Errors name what is wrong.
@@ -34,6 +38,11 @@ class TsapPattern {
   bool prefix_ = false;
   std::string text_;
 };
+
+// A key of TSAP patterns in a filter's table: one string or a non-empty list
+// of them (an empty list would match nothing). Absent: an empty vector, which
+// callers read as "any". Errors go to the reader's sink and clear `ok`.
+std::vector<TsapPattern> read_tsap_patterns(conf::TableReader& r, std::string_view key, bool& ok);
 
 // A DR refusing a CR (X.224 13.5): DST-REF = the CR's SRC-REF, SRC-REF 0.
 std::vector<std::uint8_t> make_refusal_dr(std::uint16_t cr_src_ref, std::uint8_t reason);

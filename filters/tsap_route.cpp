@@ -133,30 +133,6 @@ class TsapRouteFactory final : public FilterFactory {
   RouteSettings s_;
 };
 
-// A TSAP pattern or a list of them.
-std::vector<TsapPattern> patterns(conf::TableReader& t, std::string_view key, bool& ok) {
-  std::vector<TsapPattern> out;
-  std::vector<std::string> texts;
-  const toml::node* n = t.node(key);
-  if (n != nullptr && n->is_string()) {
-    texts.push_back(n->as_string()->get());
-  } else {
-    const std::size_t before = t.sink().errors().size();
-    texts = t.string_list(key, {});
-    if (t.sink().errors().size() != before) ok = false;
-  }
-  for (std::size_t i = 0; i < texts.size(); ++i) {
-    auto p = TsapPattern::parse(texts[i]);
-    if (!p) {
-      t.element_error(key, i, p.error().message);
-      ok = false;
-      continue;
-    }
-    out.push_back(std::move(*p));
-  }
-  return out;
-}
-
 }  // namespace
 
 std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, conf::TableReader& t) {
@@ -172,8 +148,8 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
   t.tables("route", "a table with upstream and called or calling", [&](conf::TableReader& r, std::size_t i) {
     RouteRule rule;
     rule.name = r.string("name", "route-" + std::to_string(i));
-    rule.called = patterns(r, "called", ok);
-    rule.calling = patterns(r, "calling", ok);
+    rule.called = read_tsap_patterns(r, "called", ok);
+    rule.calling = read_tsap_patterns(r, "calling", ok);
     auto up = r.socket_address("upstream");
     if (!up) {
       if (r.node("upstream") == nullptr) r.error("upstream", "required: where CRs matching this route are relayed");

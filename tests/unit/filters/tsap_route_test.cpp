@@ -109,6 +109,14 @@ TEST_CASE("tsap-route: configuration errors, one each, with their key", "[filter
   const auto bad_tsap = errors_for("[[route]]\ncalled = \"hex:0\"\nupstream = \"192.0.2.1:102\"\n");
   REQUIRE(bad_tsap.size() == 1);
   CHECK(bad_tsap[0].find("filter.r.route[0].called") != std::string::npos);
+  // An empty list would match nothing; read as "any", it routed every CR.
+  const auto empty = errors_for("[[route]]\ncalled = []\nupstream = \"192.0.2.1:102\"\n");
+  REQUIRE(empty.size() == 1);
+  CHECK(empty[0] == "test.toml:2:10: filter.r.route[0].called: an empty list matches nothing: list at least one TSAP, "
+                    "or leave the key out to match any");
+  const auto not_string = errors_for("[[route]]\ncalling = [\"A\", 7]\nupstream = \"192.0.2.1:102\"\n");
+  REQUIRE(not_string.size() == 1);
+  CHECK(not_string[0].find("filter.r.route[0].calling[1]: expected a TSAP string, found an integer") != std::string::npos);
   const auto unknown = errors_for("[[route]]\ncaled = \"X\"\nupstream = \"192.0.2.1:102\"\n");
   bool suggested = false;
   for (const auto& e : unknown) suggested = suggested || e.find("filter.r.route[0].caled: unknown key; did you mean \"called\"?") != std::string::npos;
