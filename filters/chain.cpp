@@ -21,7 +21,12 @@ FilterChain::FilterChain(const FactoryList& factories) {
     filters_.push_back(f->create());
     needs_data_phase_ = needs_data_phase_ || f->needs_data_phase();
     routes_ = routes_ || f->routes();
+    guards_cr_ = guards_cr_ || f->guards_cr();
   }
+}
+
+void FilterChain::resume_after_handshake() {
+  for (auto& f : filters_) f->resume_after_handshake();
 }
 
 Verdict FilterChain::run(FilterContext& ctx, ChainFrame& frame) {

@@ -21,11 +21,16 @@ class FilterChain {
   bool needs_data_phase() const { return needs_data_phase_; }
   // True if a filter chooses the upstream from the CR.
   bool routes() const { return routes_; }
+  // True if a filter must judge the client's CR (FilterFactory::guards_cr).
+  bool guards_cr() const { return guards_cr_; }
+  // For a parked session woken with this new chain (Filter::resume_after_handshake).
+  void resume_after_handshake();
 
  private:
   std::vector<std::unique_ptr<Filter>> filters_;
   bool needs_data_phase_ = false;
   bool routes_ = false;
+  bool guards_cr_ = false;
 };
 
 }  // namespace isoproxy::filters

@@ -186,6 +186,10 @@ class Filter {
  public:
   virtual ~Filter() = default;
   virtual Verdict on_frame(FilterContext& ctx, ChainFrame& frame) = 0;
+  // A parked session (proxy/park.h) wakes with a new chain, which resumes
+  // after the connection phase it never saw: a filter that acts once, on
+  // the first frames, takes them as seen.
+  virtual void resume_after_handshake() {}
 };
 
 class FilterFactory {
@@ -200,6 +204,10 @@ class FilterFactory {
   // True for a filter that chooses the upstream (set_route): the session then
   // connects only once the CR has been read.
   virtual bool routes() const { return false; }
+  // True for a filter that must judge the client's CR before the session
+  // relays anything unjudged (tsap-acl): until one has passed the chain, a
+  // client stream that cannot be framed or decoded is closed, not passed raw.
+  virtual bool guards_cr() const { return false; }
   // True for a filter that may connect upstream from the client's own address
   // (source = "client": IP_TRANSPARENT, which needs CAP_NET_ADMIN), so that
   // `run --user` keeps that capability.

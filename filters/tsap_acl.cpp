@@ -6,8 +6,9 @@
 //
 // Only CRs from the client are judged, each one (class 0 has a single CR, but
 // a client that sends a DT first and a CR later must not get around the
-// rules). Every other frame passes, so a stream that never sends a CR is not
-// judged at all: refuse those with the listener's non_rfc1006 policy.
+// rules). Every other frame passes. Until a CR has been allowed, the session
+// closes rather than relay the client's bytes raw (guards_cr(): a stream that
+// is not RFC 1006, or a frame that does not decode, could hide a CR).
 #include <toml++/toml.h>
 
 
@@ -108,6 +109,7 @@ class TsapAclFactory final : public FilterFactory {
   std::string_view kind() const override { return "tsap-acl"; }
   std::unique_ptr<Filter> create() const override { return std::make_unique<TsapAcl>(name(), s_); }
   bool needs_data_phase() const override { return false; }  // judges the CR only
+  bool guards_cr() const override { return true; }
   // Rules as an inline array: it stays inside this filter's table wherever
   // the caller puts the lines.
   std::string settings_toml() const override {

@@ -85,6 +85,9 @@ class TsapRoute final : public Filter {
     return Verdict::kEndSession;
   }
 
+  // Woken from parking: the route was chosen by the CR, long ago.
+  void resume_after_handshake() override { decided_ = true; }
+
  private:
   const std::string& name_;
   const RouteSettings& s_;

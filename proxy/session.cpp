@@ -509,6 +509,11 @@ void Session::process(Leg& from, codec::MutableBytes data) {
         close("not-rfc1006: " + what + " (no CR to choose a route by)");
         return;
       }
+      if (cr_unjudged()) {
+        // Raw, the client's CR would reach the upstream without the ACL.
+        close(std::string(first ? "not-rfc1006: " : "malformed-frame: ") + what + " (no CR allowed yet)");
+        return;
+      }
       // Pass through raw: what the framer held back, then the rest.
       codec::Bytes held = framer_of(f).held_bytes();
       if (!held.empty()) {
@@ -573,6 +578,10 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
       close("malformed-frame: " + kind + " (no CR to choose a route by)");
       return;
     }
+    if (from.side == Side::kClient && cr_unjudged()) {
+      close("malformed-frame: " + kind + " (no CR allowed yet)");
+      return;
+    }
     // Pass it on untouched and stop framing this direction: do no harm.
     spdlog::warn("[S{}] malformed frame from {}: {}: {}; relaying the rest of this direction raw", id_,
                  side_name(from.side), kind, e.detail);
@@ -601,6 +610,7 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
   filters::ChainFrame cf(frame, &fr, dir_from(from.side));
   const filters::Verdict v = io_->chain.run(*this, cf);
   Leg& to = other(from);
+  if (v == filters::Verdict::kContinue && type == codec::TpduType::kCR && from.side == Side::kClient) cr_passed_ = true;
   // kContinue forwards the frame (as changed); kDrop and kEndSession do not.
   if (v == filters::Verdict::kContinue) {
     if (cf.replaced()) {
@@ -1645,6 +1655,7 @@ void Session::unpark(bool resume) {
   parked_ = false;
   --server_.stats().parked;
   io_ = std::make_unique<Io>(rt_->cfg.max_frame, rt_->factories);
+  io_->chain.resume_after_handshake();
   init_io();
   std::string error;
   for (Leg* l : {&io_->client, &io_->upstream}) {

@@ -304,6 +304,8 @@ class Session final : public filters::FilterContext {
   void on_handle_closed();
   void send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame);
   bool passthrough_eligible() const;
+  // A filter must judge the client's CR (tsap-acl) and none has passed yet.
+  bool cr_unjudged() const { return io_->chain.guards_cr() && !cr_passed_; }
   void maybe_passthrough();
   bool in_passthrough() const;
   void on_poll(Leg& l, int status, int events);
@@ -360,6 +362,7 @@ class Session final : public filters::FilterContext {
   EndpointPair outbound_key() const;
   static bool local_name(const Leg& l, SockAddr& out);
   bool awaiting_route_ = false;              // a routing filter chooses the upstream from the CR
+  bool cr_passed_ = false;                   // a client CR went through the chain (kept while parked)
   bool awaiting_client_tls_ = false;         // the upstream is connected once the client's TLS handshake is done
   std::uint64_t start_ms_ = 0, last_activity_ms_ = 0, cc_ms_ = 0, cr_ms_ = 0;  // loop time, for timers
   std::uint64_t start_ns_ = 0;  // uv_hrtime, for the duration in the close line

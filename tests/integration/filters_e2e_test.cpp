@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <regex>
 #include <sstream>
 
@@ -222,4 +223,109 @@ TEST_CASE("tsap-rewrite end to end: a longer called TSAP upstream, the original 
     CHECK(ts.out == "0x0e|EXCHANGETSAP1-LONGER||\n0x0d|EXCHANGETSAP1-LONGER||\n");
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, nothing passes unjudged",
+          "[acl][integration]") {
+  // The upstream answers CRs with a CC and echoes DTs; it keeps every octet
+  // each connection brought, framed or not.
+  std::mutex mu;
+  std::vector<ByteVec> received;
+  TestServer up([&](Conn& c) {
+    ByteVec all;
+    for (;;) {
+      auto f = c.recv_frame(10000ms);
+      if (!f) break;
+      all.insert(all.end(), f->begin(), f->end());
+      auto d = codec::decode_frame(codec::Bytes(*f));
+      if (d && d->tpdu.type == codec::TpduType::kCR) {
+        if (!c.send_all(codec::Bytes(make_cc_reply(d->tpdu, 0x0029, 0x00)))) break;
+      } else if (d && d->tpdu.type == codec::TpduType::kDT) {
+        if (!c.send_all(codec::Bytes(*f))) break;
+      }
+    }
+    const ByteVec rest = c.take_buffered();
+    all.insert(all.end(), rest.begin(), rest.end());
+    std::lock_guard<std::mutex> lk(mu);
+    received.push_back(std::move(all));
+  });
+  REQUIRE(up.ok());
+  // malformed and non_rfc1006 are left at "pass": the ACL must hold anyway.
+  ProxyProcess proxy("[[listener]]\nname = \"acl\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"acl\"]\n\n" +
+                     "[filter.acl]\nkind = \"tsap-acl\"\ndefault = \"deny\"\n[[filter.acl.rule]]\naction = \"allow\"\n"
+                     "called = [\"OK\"]\n");
+  auto port = proxy.listen_port("acl", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  const ByteVec allowed_cr = make_cr("CALLING", "OK");
+  const ByteVec denied_cr = make_cr("CALLING", "BAD");
+  const ByteVec dt = make_dt("allowed");
+  ByteVec expect_upstream;  // all the upstream may receive
+
+  // Sends `bytes`, then reads until the proxy closes: what the client got.
+  auto attempt = [&](const ByteVec& bytes) {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.valid());
+    REQUIRE(c.send_all(codec::Bytes(bytes)));
+    CHECK(c.wait_eof(10000ms));
+    return c.take_buffered();
+  };
+
+  SECTION("allowed: CC, and data both ways") {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(allowed_cr)));
+    auto cc = c.recv_frame(5s);
+    REQUIRE(cc);
+    CHECK(codec::decode_frame(codec::Bytes(*cc))->tpdu.type == codec::TpduType::kCC);
+    REQUIRE(c.send_all(codec::Bytes(dt)));
+    CHECK(c.recv_exact(dt.size(), 5s) == dt);
+    c.shutdown_write();
+    CHECK(c.wait_eof(10000ms));
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason=client-closed .*filters=acl\.allowed=1)"), 10s));
+    expect_upstream = allowed_cr;
+    expect_upstream.insert(expect_upstream.end(), dt.begin(), dt.end());
+  }
+  SECTION("refused: a DR with the reason, and the close") {
+    const ByteVec got = attempt(denied_cr);
+    auto dr = codec::decode_frame(codec::Bytes(got));
+    REQUIRE(dr.ok());
+    CHECK(dr->tpdu.type == codec::TpduType::kDR);
+    CHECK(dr->tpdu.reason == std::uint8_t{3});
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="?acl-denied: default)"), 10s));
+  }
+  SECTION("a frame that does not decode before the CR closes the session") {
+    // A DT with LI 3 (class 0 DTs have LI 2), then a CR the ACL refuses.
+    ByteVec bytes = {0x03, 0x00, 0x00, 0x08, 0x03, 0xF0, 0x80, 0x00};
+    bytes.insert(bytes.end(), denied_cr.begin(), denied_cr.end());
+    CHECK(attempt(bytes).empty());
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame: .*\(no CR allowed yet\))"), 10s));
+  }
+  SECTION("a CR that does not decode closes the session") {
+    // A stray octet inside the header: LI and TPKT length count it.
+    ByteVec bad = denied_cr;
+    bad.push_back(0x00);
+    bad[3] = static_cast<std::uint8_t>(bad[3] + 1);
+    bad[4] = static_cast<std::uint8_t>(bad[4] + 1);
+    REQUIRE_FALSE(codec::decode_frame(codec::Bytes(bad)).ok());
+    CHECK(attempt(bad).empty());
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame: .*\(no CR allowed yet\))"), 10s));
+  }
+  SECTION("a stream that is not RFC 1006 is closed, not passed raw") {
+    const std::string text = "GET / HTTP/1.0\r\n\r\n";
+    ByteVec bytes(text.begin(), text.end());
+    bytes.insert(bytes.end(), denied_cr.begin(), denied_cr.end());
+    CHECK(attempt(bytes).empty());
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="?not-rfc1006: .*\(no CR allowed yet\))"), 10s));
+  }
+
+  REQUIRE(proxy.signal(SIGTERM));
+  REQUIRE(proxy.wait_exit(10s) == 0);
+  REQUIRE(up.wait_finished(up.accepted_count(), 10000ms));
+  up.stop();
+  // The upstream saw the allowed CR and its DT, and nothing of the others.
+  std::lock_guard<std::mutex> lk(mu);
+  ByteVec all;
+  for (const auto& r : received) all.insert(all.end(), r.begin(), r.end());
+  CHECK(all == expect_upstream);
 }

@@ -128,9 +128,15 @@ struct Rig {
     extras.insert(extras.end(), more_listeners.begin(), more_listeners.end());
     std::string toml = "[global]\ndrain_timeout = \"5s\"\n" + global + "\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"" +
                        kToken + "\"\n\n";
+    // A listener whose extra TOML has a tsap-route filter has no upstream
+    // line; "{UPSTREAM}" in the extra stands for the upstream's port.
+    const std::string up_port = std::to_string(upstream.port());
     for (std::size_t i = 0; i < extras.size(); ++i) {
-      toml += "[[listener]]\nname = \"pk" + std::to_string(i) + "\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-              std::to_string(upstream.port()) + "\"\n" + extras[i] + "\n\n";
+      std::string extra = extras[i];
+      for (std::size_t at; (at = extra.find("{UPSTREAM}")) != std::string::npos;) extra.replace(at, 10, up_port);
+      const bool routed = extra.find("kind = \"tsap-route\"") != std::string::npos;
+      toml += "[[listener]]\nname = \"pk" + std::to_string(i) + "\"\nlisten = \"127.0.0.1:0\"\n" +
+              (routed ? std::string() : "upstream = \"127.0.0.1:" + up_port + "\"\n") + extra + "\n\n";
     }
     REQUIRE(upstream.ok());
     proxy = std::make_unique<ProxyProcess>(toml);
@@ -309,6 +315,33 @@ TEST_CASE("park: a framed session parks when idle, DTs both ways unpark it byte-
   CHECK(field(f, "u2c_frames") == "5");
   CHECK(field(f, "c2u_bytes") == std::to_string(test_cr().size() + a.size() + c.size()));
   CHECK(field(f, "u2c_bytes") == std::to_string(test_cc().size() + b.size() + d.size()));
+}
+
+TEST_CASE("park: a routed session woken from parking goes on relaying, its route is not chosen again", "[park]") {
+  // The route was chosen by the CR. A woken session's DTs are not a first
+  // frame to route by: without a default they would end it (no-route), with
+  // one they would count as routed by default.
+  std::string fallback;
+  SECTION("without a default route") {}
+  SECTION("with a default route") { fallback = "default = \"127.0.0.1:{UPSTREAM}\"\n"; }
+  Rig rig(std::string(kFramed) + kPark + "filters = [\"route\"]\n\n[filter.route]\nkind = \"tsap-route\"\n" + fallback +
+          "[[filter.route.route]]\nname = \"called\"\ncalled = [\"CALLED\"]\nupstream = \"127.0.0.1:{UPSTREAM}\"\n");
+  auto p = rig.open();
+  const json s1 = rig.wait_parked(p.addr);
+  for (int round = 0; round < 2; ++round) {
+    const ByteVec a = dt_of(300 + round, static_cast<std::uint8_t>(10 + round));
+    REQUIRE(p.client.send_all(codec::Bytes(a)));
+    CHECK(mismatch(p.up->recv_exact(a.size()), a) == "");
+    const ByteVec b = dt_of(200 + round, static_cast<std::uint8_t>(20 + round));
+    REQUIRE(p.up->send_all(codec::Bytes(b)));
+    CHECK(mismatch(p.client.recv_exact(b.size()), b) == "");
+    rig.wait_parked(p.addr, parks(s1) + round);
+  }
+  const auto f = rig.close_cleanly(p);
+  CHECK(field(f, "reason") == "client-closed");
+  CHECK(field(f, "route") == "route/called");
+  CHECK(field(f, "filters") == "route.routed=1");
+  CHECK(field(f, "c2u_frames") == "3");
 }
 
 TEST_CASE("park: a pass-through session parks, a bulk transfer unparks it byte-exact and still spliced", "[park]") {
