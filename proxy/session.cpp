@@ -857,6 +857,12 @@ void Session::flush_tls(Leg& l) {
 
 void Session::tls_failed(Leg& l) {
   flush_tls(l);  // the alert that tells the peer why
+  if (!l.tls_pending.empty()) {
+    // What waited for the handshake can never go now: not to be flushed.
+    l.queued -= l.tls_pending.size();
+    std::vector<std::uint8_t>().swap(l.tls_pending);
+    check_low_water(l);
+  }
   const tls::Failure& f = l.tls->failure();
   // Whatever the other leg still has queued is delivered; nothing more is relayed.
   close_after_flush(f.name + ": " + std::string(side_name(l.side)) + ": " + f.detail);
