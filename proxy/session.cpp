@@ -376,9 +376,13 @@ void Session::update_reading(Leg& l) {
   // A TLS handshake in progress is read whatever the other leg's queue: it
   // yields no plaintext, and stopping it could stall both legs.
   const bool handshaking = l.tls && !l.tls->established() && !l.tls->failed();
+  // Reading a TLS peer can queue bytes toward it (answers to its KeyUpdates):
+  // one that does not read is not read either while its own queue is over
+  // high water, else a peer could grow that queue without bound.
+  const bool own_backlog = l.tls && l.over_high_water;
   const bool want = lingering_ ? !closing_ && !l.eof
                                : !closing_ && !close_after_flush_ && !l.eof && !l.drain_stopped &&
-                                     (handshaking || (!o.over_high_water && !held_back));
+                                     (handshaking || (!o.over_high_water && !held_back && !own_backlog));
   if (want == l.reading) return;
   auto* s = reinterpret_cast<uv_stream_t*>(&l.tcp);
   if (want) {
@@ -746,6 +750,7 @@ void Session::check_high_water(Leg& to) {
     // A slow reader pauses the fast writer (DESIGN.md §2.3).
     to.over_high_water = true;
     update_reading(other(to));
+    if (to.tls) update_reading(to);
   }
 }
 
@@ -753,6 +758,7 @@ void Session::check_low_water(Leg& to) {
   if (to.over_high_water && to.queued <= rt_->cfg.low_water) {
     to.over_high_water = false;
     update_reading(other(to));
+    if (to.tls) update_reading(to);
   }
 }
 

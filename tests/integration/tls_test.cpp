@@ -142,13 +142,28 @@ void set_timeouts(int fd, int seconds) {
 class TlsConn {
  public:
   // Connects to 127.0.0.1:port and completes the handshake (SNI and host check: `name`).
-  static std::unique_ptr<TlsConn> connect(std::uint16_t port, SSL_CTX* ctx, const std::string& name, std::string& err) {
-    Conn c = connect_to("127.0.0.1", port);
-    if (!c.valid()) {
-      err = c.error();
-      return nullptr;
+  // With `rcvbuf`, the socket's receive buffer is set that small before it
+  // connects, so that the window it offers stays small.
+  static std::unique_ptr<TlsConn> connect(std::uint16_t port, SSL_CTX* ctx, const std::string& name, std::string& err,
+                                          int rcvbuf = 0) {
+    int fd = -1;
+    if (rcvbuf > 0) {
+      fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+      auto a = make_sockaddr("127.0.0.1", port);
+      if (fd < 0 || !a || ::connect(fd, a->get(), a->length) != 0) {
+        err = std::string("connect: ") + std::strerror(errno);
+        if (fd >= 0) ::close(fd);
+        return nullptr;
+      }
+    } else {
+      Conn c = connect_to("127.0.0.1", port);
+      if (!c.valid()) {
+        err = c.error();
+        return nullptr;
+      }
+      fd = ::dup(c.fd());
     }
-    const int fd = ::dup(c.fd());
     set_timeouts(fd, 30);
     SSL* ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
@@ -218,6 +233,16 @@ class TlsConn {
     return SSL_read_ex(ssl_, &b, 1, &r) != 1;
   }
   void shutdown() { SSL_shutdown(ssl_); }
+  // A TLS 1.3 KeyUpdate asking the peer to update too (it must answer), sent
+  // with `data`; false once the socket stops taking bytes (the send timeout).
+  bool key_update_with(const ByteVec& data) {
+    return SSL_key_update(ssl_, SSL_KEY_UPDATE_REQUESTED) == 1 && write_all(data);
+  }
+  void set_send_timeout(int seconds) {
+    timeval tv{seconds, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  }
+
   std::string peer_subject() const {
     X509* x = SSL_get0_peer_certificate(ssl_);
     if (x == nullptr) return {};
@@ -462,6 +487,59 @@ TEST_CASE("tls: mutual TLS refuses a missing, a foreign and an expired client ce
   const auto f = close_fields(proxy, 4);
   CHECK(f.at("client_peer") == "CN=client.test,O=isoproxy tests");
   CHECK(f.at("client_verify") == "ok");
+}
+
+TEST_CASE("tls: a client that sends KeyUpdates and never reads is stopped at high water", "[tls][integration]") {
+  // Each KeyUpdate the client requests makes isoproxy's TLS answer with one
+  // of its own, queued toward a client that does not read. Past high_water
+  // that client is no longer read, so its writes stall; before, the answers
+  // piled up without bound. (The kernel's send buffer toward the client takes
+  // a few MB of answers first: about 200,000 updates, 13 s.)
+  Certs c;
+  std::atomic<std::size_t> sunk{0};
+  TestServer upstream([&](Conn& conn) {  // CC, then reads and drops everything
+    auto cr = conn.recv_frame(10s);
+    if (!cr) return;
+    if (!conn.send_all(codec::Bytes(cc_for(*cr, 0x00)))) return;
+    std::uint8_t buf[16384];
+    for (;;) {
+      const ssize_t n = ::recv(conn.fd(), buf, sizeof buf, 0);
+      if (n <= 0) return;
+      sunk += static_cast<std::size_t>(n);
+    }
+  });
+  REQUIRE(upstream.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"ku\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(upstream.port()) + "\"\nhigh_water = \"4KiB\"\nlow_water = \"1KiB\"\n" +
+                     server_tls(c.proxy));
+  auto port = proxy.listen_port("ku");
+  REQUIRE(port);
+  auto ctx = client_ctx(c);
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
+  std::string err;
+  // A small receive window: isoproxy's answers soon wait on its side.
+  auto t = TlsConn::connect(*port, ctx.get(), "proxy.test", err, 4096);
+  INFO(err);
+  REQUIRE(t);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  REQUIRE(t->write_all(cr));
+  REQUIRE(t->read_frame());  // the CC; nothing is read from here on
+  t->set_send_timeout(2);
+  const ByteVec dt = make_dt("k");
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  std::size_t updates = 0;
+  bool stalled = false;
+  while (updates < 2'000'000 && std::chrono::steady_clock::now() < deadline) {
+    if (!t->key_update_with(dt)) {
+      stalled = true;
+      break;
+    }
+    ++updates;
+  }
+  INFO(updates << " KeyUpdates sent; " << sunk.load() << " octets reached the upstream");
+  CHECK(stalled);
+  CHECK(sunk.load() >= cr.size() + 100 * dt.size());  // data went through until then
+  CHECK(proxy.running());
 }
 
 TEST_CASE("tls: the upstream's certificate is verified, verify = false is said at start and per session", "[tls][integration]") {
