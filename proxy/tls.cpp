@@ -21,6 +21,21 @@ namespace isoproxy::tls {
 
 namespace {
 
+// OpenSSL 3.0 names the alerts of TLS 1.2 only: those RFC 8446 added (one of
+// them what a server that wants a client certificate sends) and any other
+// number are named here.
+std::string alert_text(int value) {
+  const std::string name = SSL_alert_desc_string_long(value);
+  if (name != "unknown") return name;
+  switch (value) {
+    case 109: return "missing extension";
+    case 115: return "unknown PSK identity";
+    case 116: return "certificate required";
+    case 120: return "no application protocol";
+    default: return "alert " + std::to_string(value);
+  }
+}
+
 struct BioFree {
   void operator()(BIO* b) const { BIO_free(b); }
 };
@@ -548,7 +563,7 @@ void Channel::clear_output() {
 }
 
 void Channel::on_alert_received(int value) {
-  if (alert_received_.empty()) alert_received_ = SSL_alert_desc_string_long(value);
+  if (alert_received_.empty()) alert_received_ = alert_text(value);
 }
 
 void Channel::on_verify_failed(int depth, int err, const std::string& subject) {

@@ -489,6 +489,24 @@ TEST_CASE("tls: mutual TLS refuses a missing, a foreign and an expired client ce
   CHECK(f.at("client_verify") == "ok");
 }
 
+TEST_CASE("tls: an upstream that wants a client certificate we do not have: the alert by its name", "[tls][integration]") {
+  // TLS 1.3's certificate_required (116), which OpenSSL 3.0 does not name.
+  REQUIRE_FALSE(openssl_binary().empty());
+  Certs c;
+  std::uint16_t sport = 0;
+  auto srv = start_s_server(c.upstream, sport, {"-Verify", "1", "-CAfile", c.ca.cert, "-tls1_3"});
+  REQUIRE(sport != 0);
+  ProxyProcess proxy(listener_config("want-cert", sport, upstream_tls("ca = " + q(c.ca.cert) + "\n")));
+  auto port = proxy.listen_port("want-cert");
+  REQUIRE(port);
+  Conn conn = connect_to("127.0.0.1", *port);
+  REQUIRE(conn.send_all(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
+  CHECK(conn.wait_eof(10s));
+  const auto f = close_fields(proxy, 1);
+  INFO(proxy.text());
+  CHECK(f.at("reason") == "tls-alert: upstream: the peer sent \"certificate required\"");
+}
+
 TEST_CASE("tls: a client that sends KeyUpdates and never reads is stopped at high water", "[tls][integration]") {
   // Each KeyUpdate the client requests makes isoproxy's TLS answer with one
   // of its own, queued toward a client that does not read. Past high_water
