@@ -325,7 +325,7 @@ std::string tsap(const json& s, const char* key, bool utf8) {
   const json* t = field(s, key);
   if (!t || !t->is_object()) return "-";
   if (auto a = string_of(*t, "ascii")) return sanitize(*a, utf8);
-  if (auto h = string_of(*t, "hex")) return h->empty() ? "(empty)" : sanitize(*h, utf8);
+  if (auto h = string_of(*t, "hex")) return h->empty() ? "(empty)" : "hex:" + sanitize(*h, utf8);
   return "-";
 }
 

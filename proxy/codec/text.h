@@ -26,8 +26,10 @@ struct TsapText {
   std::string hex;
   std::string ascii;
   bool printable = false;
-  // The display form: "SWISSLIFETSAP" (quoted in JSON by the caller) or "0102".
-  const std::string& display() const { return printable ? ascii : hex; }
+  // The display form, as a filter's configuration writes it, so that what a
+  // log line shows can be pasted back: "SWISSLIFETSAP" or "hex:0102" (an
+  // ASCII TSAP "0102" and the octets 01 02 must not look alike).
+  std::string display() const { return printable || hex.empty() ? ascii : "hex:" + hex; }
 };
 TsapText tsap_text(Bytes b);
 

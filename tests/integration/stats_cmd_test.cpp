@@ -126,6 +126,28 @@ struct LiveSession {
 
 }  // namespace
 
+TEST_CASE("stats: a TSAP that is not printable is shown as hex:, as the close line and the config write it",
+          "[stats-cmd][integration]") {
+  LiveSession live;
+  auto port = live.proxy.listen_port("stats", 10s);
+  REQUIRE(port);
+  // S7's binary TSAPs: the octets 01 00 and 01 02, not the text "0100".
+  Conn s7 = connect_to("127.0.0.1", *port);
+  REQUIRE(s7.valid());
+  const ByteVec calling = {0x01, 0x00}, called = {0x01, 0x02};
+  REQUIRE(s7.send_all(make_cr(isoproxy::codec::Bytes(calling), isoproxy::codec::Bytes(called))));
+  REQUIRE(s7.recv_frame(5s));
+  auto r = stats({"COLUMNS=250"}, {"--admin", live.admin});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  auto row = line_with(r.out, "hex:0100");
+  REQUIRE(row);
+  CHECK(row->find("hex:0102") != std::string::npos);
+  s7.close();
+  const auto line = live.proxy.wait_for_line(std::regex(R"(close reason=.* calling=hex:0100 called=hex:0102 )"), 10s);
+  CHECK(line);
+}
+
 TEST_CASE("stats: a live relayed session appears in the table, and --json has it", "[stats-cmd][integration]") {
   LiveSession live;
   auto r = stats({}, {"--admin", live.admin});

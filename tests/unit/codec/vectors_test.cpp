@@ -913,7 +913,7 @@ class RowChecker {
           if (!check(t.has_value(), m.str(0) + ": TSAP missing")) continue;
           const TsapText tt = tsap_text(*t);
           check(tt.printable == ascii, m.str(0) + ": tsap_text(" + hex(*t) + ").printable is " + (tt.printable ? "true" : "false"));
-          check(tt.display() == (ascii ? std::string(t->begin(), t->end()) : hex(*t)),
+          check(tt.display() == (ascii ? std::string(t->begin(), t->end()) : "hex:" + hex(*t)),
                 m.str(0) + ": tsap_text display \"" + tt.display() + "\"");
         }
       });

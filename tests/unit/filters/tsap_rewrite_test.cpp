@@ -92,7 +92,7 @@ TEST_CASE("tsap-rewrite: same length, in place", "[filters][tsap-rewrite]") {
   CHECK(codes(owned(r.bytes)) == codes(owned(v5)));
   CHECK(ctx.count_of("rw.rewritten-cr") == 1);
   REQUIRE(ctx.logs.size() == 1);
-  CHECK(ctx.logs[0] == "rw: CR called \"0102\" -> \"0203\"");
+  CHECK(ctx.logs[0] == "rw: CR called \"hex:0102\" -> \"hex:0203\"");
 }
 
 TEST_CASE("tsap-rewrite: a longer TSAP in the CR, and the CC put back", "[filters][tsap-rewrite]") {
@@ -172,7 +172,7 @@ to = "hex:0102"
   CHECK(bv(*out->tpdu.calling_tsap()) == ascii("AB"));
   CHECK(bv(*out->tpdu.called_tsap()) == ByteVec{0x01, 0x02});
   CHECK(ctx.count_of("rw.rewritten-cr") == 1);  // one per CR, however many TSAPs
-  CHECK(ctx.logs.at(0) == "rw: CR calling \"0-0ABCD0\" -> \"AB\", called \"0-0ZYXW1\" -> \"0102\"");
+  CHECK(ctx.logs.at(0) == "rw: CR calling \"0-0ABCD0\" -> \"AB\", called \"0-0ZYXW1\" -> \"hex:0102\"");
 
   // The CC echoes both rewritten values; both are put back.
   ByteVec cc_in = with_param(row("V8"), codec::param::kCallingTsap, ascii("AB"));
