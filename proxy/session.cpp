@@ -1123,8 +1123,12 @@ void Session::on_timer() {
   }
   if (state_ != SessionState::kEstablished && !non_rfc1006_ && c.handshake_timeout.count() > 0 &&
       now >= start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count())) {
-    close(std::string("handshake-timeout: ") + (cr_ms_ ? "no CC or DR" : "no CR") + " within " +
-          conf::format_duration(c.handshake_timeout));
+    // After a DR the peers are to close (RFC 1006 §6); the timeout also
+    // ends a session where neither did, and says so.
+    const auto kDr = static_cast<std::size_t>(codec::TpduType::kDR);
+    const bool dr_seen = ann_.dr_reason || to_client_.stats.tpdu(kDr) != 0 || to_upstream_.stats.tpdu(kDr) != 0;
+    const char* what = !cr_ms_ ? "no CR" : dr_seen ? "a DR refused the connection and neither peer closed" : "no CC or DR";
+    close(std::string("handshake-timeout: ") + what + " within " + conf::format_duration(c.handshake_timeout));
     return;
   }
   if (close_if_idle(now)) return;

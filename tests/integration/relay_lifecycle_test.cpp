@@ -694,6 +694,32 @@ TEST_CASE("relay-life: handshake_timeout ends a session that never completes CR/
   CHECK(upstream_eofs.load() == 1);
 }
 
+TEST_CASE("relay-life: a DR that neither peer follows with a close ends at handshake_timeout, which says so",
+          "[relay-life][timeout]") {
+  TestServer upstream([&](Conn& c) {
+    // Refuses the CR with a DR, then keeps the connection open.
+    if (!c.recv_frame(10000ms) || !c.send_all(codec::Bytes(t::make_dr(0x01, 0x0001, 0x0029)))) return;
+    while (!c.eof_seen()) {
+      if (!c.recv_some(65536, 10000ms) && !c.eof_seen()) return;
+    }
+  });
+  REQUIRE(upstream.ok());
+  auto proxy = start_proxy(listener_toml("dr", upstream.port(), "handshake_timeout = \"500ms\""));
+  const auto lport = port_of(*proxy, "dr");
+  const auto m = mark(*proxy);
+  Conn c = t::connect_to(kLocal, lport);
+  REQUIRE(c.valid());
+  const Watch client = watch(c, m);
+  REQUIRE(c.send_all(codec::Bytes(test_cr())));
+  const auto dr = c.recv_frame(5000ms);
+  REQUIRE(dr);  // relayed to the client, which keeps the connection open too
+  const auto f = wait_close(*proxy, client, 5000ms);
+  INFO(proxy->text());
+  REQUIRE(f);
+  CHECK(field(*f, "reason") == "handshake-timeout: a DR refused the connection and neither peer closed within 500ms");
+  CHECK(c.wait_eof(2000ms));
+}
+
 TEST_CASE("relay-life: idle_timeout ends an established session once no byte moves", "[relay-life][timeout]") {
   TestServer upstream(t::responder_handler(plain_responder()));
   REQUIRE(upstream.ok());
