@@ -115,15 +115,22 @@ BIO_METHOD* sink_method() {
 Channel* channel_of(const SSL* ssl) { return static_cast<Channel*>(SSL_get_app_data(ssl)); }
 
 // Records the first certificate verification refused, and lets OpenSSL's
-// verdict stand.
+// verdict stand; a peer certificate that verified but is not on a server's
+// allow-lists is refused here, so that the handshake fails with an alert
+// that tells the client.
 int verify_callback(int ok, X509_STORE_CTX* store) {
+  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  Channel* ch = ssl != nullptr ? channel_of(ssl) : nullptr;
+  if (ch == nullptr) return ok;
+  X509* cert = X509_STORE_CTX_get_current_cert(store);
   if (ok == 0) {
-    auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
-    if (Channel* ch = ssl != nullptr ? channel_of(ssl) : nullptr) {
-      const X509* cert = X509_STORE_CTX_get_current_cert(store);
-      ch->on_verify_failed(X509_STORE_CTX_get_error_depth(store), X509_STORE_CTX_get_error(store),
-                           cert != nullptr ? name_text(X509_get_subject_name(cert)) : std::string());
-    }
+    ch->on_verify_failed(X509_STORE_CTX_get_error_depth(store), X509_STORE_CTX_get_error(store),
+                         cert != nullptr ? name_text(X509_get_subject_name(cert)) : std::string());
+    return 0;
+  }
+  if (X509_STORE_CTX_get_error_depth(store) == 0 && cert != nullptr && !ch->on_peer_certificate(cert)) {
+    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
   }
   return ok;
 }
@@ -499,31 +506,35 @@ void Channel::complete_handshake() {
     const long v = SSL_get_verify_result(ssl_);
     info_.verify = v == X509_V_OK ? "ok" : X509_verify_cert_error_string(v);
   }
-  // Mutual TLS: after verification, the allow-lists (exact subject, or a
-  // subjectAltName DNS name or IP address; wildcards in the certificate do
-  // not match an entry).
-  if (ctx_->role() == Context::Role::kServer && (!ctx_->allow_subjects().empty() || !ctx_->allow_sans().empty())) {
-    bool allowed = false;
-    if (peer != nullptr) {
-      for (const auto& s : ctx_->allow_subjects()) allowed = allowed || s == info_.peer_subject;
-      for (const auto& s : ctx_->allow_sans()) {
-        if (allowed) break;
-        if (is_ip_literal(s)) {
-          allowed = X509_check_ip_asc(peer, s.c_str(), 0) == 1;
-        } else {
-          allowed = X509_check_host(peer, s.c_str(), s.size(),
-                                    X509_CHECK_FLAG_NO_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, nullptr) == 1;
-        }
-      }
-      ERR_clear_error();
-    }
-    if (!allowed) {
-      failed_ = true;
-      failure_ = {"tls-peer-not-allowed",
-                  peer == nullptr ? std::string("no client certificate")
-                                  : "\"" + info_.peer_subject + "\" matches neither allow_subjects nor allow_sans"};
+  // Mutual TLS with allow-lists: a certificate was judged by the verify
+  // callback (on_peer_certificate); without one, with verify_client =
+  // "optional", the client is refused here.
+  if (ctx_->role() == Context::Role::kServer && (!ctx_->allow_subjects().empty() || !ctx_->allow_sans().empty()) &&
+      peer == nullptr) {
+    failed_ = true;
+    failure_ = {"tls-peer-not-allowed", "no client certificate"};
+  }
+}
+
+bool Channel::on_peer_certificate(X509* peer) {
+  // The allow-lists: an exact subject, or a subjectAltName DNS name or IP
+  // address (a wildcard in the certificate does not match an entry).
+  if (ctx_->role() != Context::Role::kServer || (ctx_->allow_subjects().empty() && ctx_->allow_sans().empty())) return true;
+  const std::string subject = name_text(X509_get_subject_name(peer));
+  bool allowed = false;
+  for (const auto& s : ctx_->allow_subjects()) allowed = allowed || s == subject;
+  for (const auto& s : ctx_->allow_sans()) {
+    if (allowed) break;
+    if (is_ip_literal(s)) {
+      allowed = X509_check_ip_asc(peer, s.c_str(), 0) == 1;
+    } else {
+      allowed = X509_check_host(peer, s.c_str(), s.size(), X509_CHECK_FLAG_NO_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT,
+                                nullptr) == 1;
     }
   }
+  ERR_clear_error();
+  if (!allowed && not_allowed_.empty()) not_allowed_ = "\"" + subject + "\" matches neither allow_subjects nor allow_sans";
+  return allowed;
 }
 
 Channel::ReadResult Channel::read(std::uint8_t* buf, std::size_t cap) {
@@ -584,7 +595,9 @@ Channel::Status Channel::fail(int ssl_ret, bool in_handshake) {
   const std::string reason = last_error(err == SSL_ERROR_ZERO_RETURN ? "the peer closed during the handshake"
                                         : err == SSL_ERROR_SYSCALL  ? "unexpected end of stream"
                                                                     : "failed");
-  if (!verify_failure_.empty()) {
+  if (!not_allowed_.empty()) {
+    failure_ = {"tls-peer-not-allowed", not_allowed_};
+  } else if (!verify_failure_.empty()) {
     failure_ = {"tls-verify-failed", verify_failure_};
   } else if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
     failure_ = {"tls-verify-failed", "no client certificate"};

@@ -32,6 +32,7 @@
 
 struct ssl_ctx_st;
 struct ssl_st;
+struct x509_st;
 struct bio_st;
 
 namespace isoproxy::conf {
@@ -188,6 +189,8 @@ class Channel {
   // Internal (OpenSSL callbacks).
   void on_alert_received(int value);
   void on_verify_failed(int depth, int err, const std::string& subject);
+  // The peer's certificate (verified): false if a server's allow-lists refuse it.
+  bool on_peer_certificate(x509_st* peer);
   std::vector<std::uint8_t>& sink() { return out_; }
 
  private:
@@ -205,6 +208,7 @@ class Channel {
   // certificate the verification refused.
   std::string alert_received_;
   std::string verify_failure_;
+  std::string not_allowed_;  // why the allow-lists refused the peer's certificate
   Info info_;
   Failure failure_;
 };

@@ -315,6 +315,17 @@ TEST_CASE("tls: mutual TLS allow-lists by subject and by subjectAltName", "[tls]
       CHECK(server->failed());
       CHECK(server->failure().name == "tls-peer-not-allowed");
       CHECK(server->failure().detail == "\"" + c.who.subject + "\" matches neither allow_subjects nor allow_sans");
+      // Refused during the handshake: the client is told by an alert, not a
+      // bare close. (The handshake handed it over; a TLS 1.3 client, done
+      // with its side of the handshake, reads it with the next record.)
+      CHECK(server->output().empty());
+      if (!client->failed()) {
+        std::uint8_t b[16];
+        CHECK(client->read(b, sizeof b).status == Status::kError);
+      }
+      CHECK(client->failed());
+      CHECK(client->failure().name == "tls-alert");
+      CHECK(client->failure().detail == "the peer sent \"handshake failure\"");
     }
   }
 }
