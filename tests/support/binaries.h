@@ -10,6 +10,14 @@
 #include <cstdlib>
 #include <string>
 
+// Compiled in by tests/CMakeLists.txt for the integration tests; empty elsewhere.
+#ifndef ISOPROXY_BINARY
+#define ISOPROXY_BINARY ""
+#endif
+#ifndef RFC1006_PEER_BINARY
+#define RFC1006_PEER_BINARY ""
+#endif
+
 namespace isoproxy::test {
 
 inline std::string binary_from_env(const char* name, const char* built) {
@@ -17,20 +25,7 @@ inline std::string binary_from_env(const char* name, const char* built) {
   return built;
 }
 
-inline std::string isoproxy_binary() {
-#ifdef ISOPROXY_BINARY
-  return binary_from_env("ISOPROXY_TEST_BINARY", ISOPROXY_BINARY);
-#else
-  return binary_from_env("ISOPROXY_TEST_BINARY", "");
-#endif
-}
-
-inline std::string peer_binary() {
-#ifdef RFC1006_PEER_BINARY
-  return binary_from_env("RFC1006_PEER_TEST_BINARY", RFC1006_PEER_BINARY);
-#else
-  return binary_from_env("RFC1006_PEER_TEST_BINARY", "");
-#endif
-}
+inline std::string isoproxy_binary() { return binary_from_env("ISOPROXY_TEST_BINARY", ISOPROXY_BINARY); }
+inline std::string peer_binary() { return binary_from_env("RFC1006_PEER_TEST_BINARY", RFC1006_PEER_BINARY); }
 
 }  // namespace isoproxy::test
