@@ -205,7 +205,10 @@ bool Cidr::contains(const sockaddr* addr) const {
   // still match the IPv4 ranges the operator wrote, and vice versa.
   if (fam == AF_INET6 && family == AF_INET && std::memcmp(b, kV4MappedPrefix, 12) == 0)
     return prefix_equal(b + 12, bytes, prefix);
-  if (fam == AF_INET && family == AF_INET6) {
+  // The other way only for a range inside ::ffff:0:0/96: "::/0" means every
+  // IPv6 client to the operator who writes it, not every client (IPv6
+  // listeners are IPv6-only, so an IPv4 client is never one of them).
+  if (fam == AF_INET && family == AF_INET6 && prefix >= 96 && std::memcmp(bytes, kV4MappedPrefix, 12) == 0) {
     std::uint8_t mapped[16];
     std::memcpy(mapped, kV4MappedPrefix, 12);
     std::memcpy(mapped + 12, b, 4);

@@ -347,6 +347,15 @@ TEST_CASE("Cidr::contains matches on the prefix, across v4-mapped addresses", "[
   const Cidr mapped = *parse_cidr("::ffff:10.0.0.0/104");
   CHECK(mapped.contains(sa(v4("10.9.9.9"))));
   CHECK_FALSE(mapped.contains(sa(v4("11.9.9.9"))));
+
+  // An IPv6 range wider than ::ffff:0:0/96 is about IPv6 clients only:
+  // "::/0" is every IPv6 client, not every client.
+  const Cidr any6 = *parse_cidr("::/0");
+  CHECK(any6.contains(sa(v6("2001:db8::1"))));
+  CHECK_FALSE(any6.contains(sa(v4("10.9.9.9"))));
+  CHECK_FALSE(parse_cidr("::/1")->contains(sa(v4("10.9.9.9"))));
+  CHECK_FALSE(parse_cidr("::fffe:0:0/95")->contains(sa(v4("10.9.9.9"))));
+  CHECK(parse_cidr("::ffff:0:0/96")->contains(sa(v4("10.9.9.9"))));
 }
 
 TEST_CASE("SocketAddress::port reads either family", "[conf]") {
