@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 
 #include "conf/config.h"
 
@@ -201,11 +202,70 @@ void load_own(SSL_CTX* ctx, const std::string& cert, const std::string& key, std
   }
 }
 
+// "5d3c0f1a.0": the name under which OpenSSL looks a CA up in a directory
+// (the hash of its subject, then a collision counter).
+bool is_hashed_name(const std::string& name) {
+  const auto dot = name.find('.');
+  if (dot != 8 || dot + 1 == name.size()) return false;
+  auto hex = [](char ch) { return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'); };
+  auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
+  return std::all_of(name.begin(), name.begin() + 8, hex) && std::all_of(name.begin() + 9, name.end(), digit);
+}
+
+// OpenSSL finds a CA in a directory only by its hashed name, never by reading
+// the files, so a directory not prepared with `openssl rehash` loads without
+// a word and then refuses every peer at handshake time. A directory with no
+// hashed name at all is an error; certificates that have none (added after
+// the last rehash) are warned about.
+void check_ca_dir(const std::string& key, const std::string& path, std::vector<KeyError>& errors,
+                  std::vector<KeyError>& warnings) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::vector<std::string> hashed, others;
+  for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;  // follows symlinks, as OpenSSL does
+    std::string name = it->path().filename().string();
+    (is_hashed_name(name) ? hashed : others).push_back(std::move(name));
+  }
+  if (ec) {
+    errors.push_back({key, path + ": cannot list the CA directory (" + ec.message() + ")"});
+    return;
+  }
+  const std::string fix = ": prepare it with `openssl rehash " + path + "` (or name a PEM file)";
+  if (hashed.empty()) {
+    errors.push_back({key, path + ": no CA certificate under a hashed name (like 5d3c0f1a.0), so OpenSSL would find none and refuse "
+                                  "every peer" + fix});
+    return;
+  }
+  std::vector<std::string> missing;
+  for (const std::string& name : others) {
+    BIO* in = BIO_new_file((fs::path(path) / name).c_str(), "r");
+    if (in == nullptr) continue;
+    while (X509* x = PEM_read_bio_X509(in, nullptr, nullptr, nullptr)) {
+      char prefix[16];
+      std::snprintf(prefix, sizeof prefix, "%08lx.", X509_subject_name_hash(x));
+      if (std::none_of(hashed.begin(), hashed.end(), [&](const std::string& h) { return h.rfind(prefix, 0) == 0; }))
+        missing.push_back(name + " (" + name_text(X509_get_subject_name(x)) + ")");
+      X509_free(x);
+    }
+    BIO_free(in);
+  }
+  ERR_clear_error();
+  if (!missing.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < missing.size() && i < 3; ++i) list += (i == 0 ? "" : ", ") + missing[i];
+    if (missing.size() > 3) list += " and " + std::to_string(missing.size() - 3) + " more";
+    warnings.push_back({key, path + ": " + std::to_string(missing.size()) + " CA certificate(s) with no hashed name, which OpenSSL "
+                                    "will not find: " + list + fix});
+  }
+}
+
 // CA certificates to verify the peer with: a PEM file or a hashed directory
 // (c_rehash). `client_list`: also announce them to clients (server side).
 void load_ca(SSL_CTX* ctx, const std::string& key, const std::string& path, bool client_list,
-             std::vector<KeyError>& errors) {
+             std::vector<KeyError>& errors, std::vector<KeyError>& warnings) {
   if (is_directory(path)) {
+    check_ca_dir(key, path, errors, warnings);
     if (SSL_CTX_load_verify_dir(ctx, path.c_str()) != 1) {
       errors.push_back({key, path + ": cannot use as a CA directory (" + last_error("cannot read") + ")"});
       return;
@@ -356,7 +416,7 @@ Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_server_contex
   out->client_verify_ = c.verify_client == "require"    ? Context::ClientVerify::kRequire
                         : c.verify_client == "optional" ? Context::ClientVerify::kOptional
                                                         : Context::ClientVerify::kOff;
-  if (!c.client_ca.empty()) load_ca(ctx, "client_ca", c.client_ca, true, errors);
+  if (!c.client_ca.empty()) load_ca(ctx, "client_ca", c.client_ca, true, errors, out->warnings_);
   if (!c.crl.empty()) load_crl(ctx, c.crl, "client_ca", c.client_ca, errors, out->warnings_, out->crls_);
   switch (out->client_verify_) {
     case Context::ClientVerify::kRequire:
@@ -388,7 +448,7 @@ Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_client_contex
   out->verify_peer_ = c.verify;
   if (c.verify) {
     if (!c.ca.empty()) {
-      load_ca(ctx, "ca", c.ca, false, errors);
+      load_ca(ctx, "ca", c.ca, false, errors, out->warnings_);
     } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
       errors.push_back({"ca", "the system's CA store cannot be read (" + last_error("cannot read") + "): name a ca file"});
     }

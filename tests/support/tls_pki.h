@@ -17,6 +17,7 @@
 
 #include <stdlib.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -97,6 +98,28 @@ class TestPki {
     BIO_free(b);
     X509_CRL_free(crl);
     return p;
+  }
+
+  // A CA directory `sub` (made if need be) holding the certificates of `cas`
+  // as NAME.pem, each also under its hashed name (HHHHHHHH.0, a symlink, as
+  // `openssl rehash` makes it) when `hashed`. Its path.
+  std::string make_ca_dir(const std::string& sub, const std::vector<std::string>& cas, bool hashed) {
+    const std::filesystem::path d = dir_ / sub;
+    std::filesystem::create_directories(d);
+    for (const auto& name : cas) {
+      X509* cert = entries_.at(name).cert;
+      const std::filesystem::path file = d / (name + ".pem");
+      BIO* b = BIO_new_file(file.c_str(), "w");
+      if (b == nullptr) throw std::runtime_error("cannot write " + file.string());
+      PEM_write_bio_X509(b, cert);
+      BIO_free(b);
+      if (hashed) {
+        char link[16];
+        std::snprintf(link, sizeof link, "%08lx.0", X509_subject_name_hash(cert));
+        std::filesystem::create_symlink(name + ".pem", d / link);
+      }
+    }
+    return d.string();
   }
 
   // Writes text to a file in the directory (a broken PEM, a config...).

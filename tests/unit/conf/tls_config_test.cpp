@@ -83,13 +83,14 @@ TEST_CASE("tls config: a listener's tls and upstream_tls with their defaults, pa
 
 TEST_CASE("tls config: every key is read", "[conf][tls]") {
   Files f;
+  const std::string ca_dir = f.pki.make_ca_dir("cas", {"ca"}, true);
   auto r = f.load(std::string(kListener) +
                   "[listener.tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n"
                   "verify_client = \"optional\"\nallow_subjects = [\"CN=client.test,O=isoproxy tests\"]\n"
                   "allow_sans = [\"client.test\", \"192.0.2.1\"]\nmin_version = \"1.3\"\n"
                   "ciphers = \"ECDHE-ECDSA-AES256-GCM-SHA384\"\nciphersuites = \"TLS_AES_256_GCM_SHA384\"\n"
                   "groups = \"X25519:P-256\"\nhandshake_timeout = \"3s\"\n"
-                  "[listener.upstream_tls]\nca = \"" + f.pki.dir().string() + "\"\nserver_name = \"mta.example.net\"\n"
+                  "[listener.upstream_tls]\nca = \"" + ca_dir + "\"\nserver_name = \"mta.example.net\"\n"
                   "cert = \"client.crt\"\nkey = \"client.key\"\nmin_version = \"1.3\"\nhandshake_timeout = \"4s\"\n");
   INFO(all(r));
   REQUIRE(r.ok());
@@ -105,7 +106,7 @@ TEST_CASE("tls config: every key is read", "[conf][tls]") {
   CHECK(t.handshake_timeout == 3s);
   CHECK(t.context->client_verify() == tls::Context::ClientVerify::kOptional);
   const auto& u = *r->listeners[0].upstream_tls;
-  CHECK(u.ca == f.pki.dir().string());  // a directory of CA certificates is fine too
+  CHECK(u.ca == ca_dir);  // a directory of CA certificates (hashed) is fine too
   CHECK(u.server_name == "mta.example.net");
   CHECK(u.cert == f.client.cert);
   CHECK(u.handshake_timeout == 4s);

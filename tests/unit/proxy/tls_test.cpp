@@ -185,6 +185,70 @@ TEST_CASE("tls: the upstream's certificate is verified, by name or by IP", "[tls
   }
 }
 
+TEST_CASE("tls: a CA directory is used by its hashed names, and one without them is an error", "[tls][unit]") {
+  Pki p;
+  auto sctx = server_ctx(server_config(p));
+  auto handshake_with = [&](const std::string& ca_dir) {
+    auto cc = client_config(p);
+    cc.ca = ca_dir;
+    cc.server_name = "site-b.test";
+    auto client = Channel::connect(client_ctx(cc), "127.0.0.1");
+    auto server = Channel::accept(sctx);
+    handshake(*client, *server);
+    return client->established() && client->info().verify == "ok";
+  };
+  // As `openssl rehash` leaves it: the server's chain verifies, nothing to say.
+  const std::string hashed = p.pki.make_ca_dir("hashed", {"ca", "other-ca"}, true);
+  {
+    auto cc = client_config(p);
+    cc.ca = hashed;
+    auto r = tls::make_client_context(cc);
+    REQUIRE(r.ok());
+    CHECK((*r)->warnings().empty());
+  }
+  CHECK(handshake_with(hashed));
+
+  // Certificates copied in without a rehash: OpenSSL would find none and
+  // refuse every peer, so the configuration is refused and says how to fix it.
+  const std::string plain = p.pki.make_ca_dir("plain", {"ca"}, false);
+  for (bool server_side : {false, true}) {
+    INFO("server side: " << server_side);
+    std::vector<tls::KeyError> errors;
+    if (server_side) {
+      auto c = server_config(p);
+      c.client_ca = plain;
+      c.verify_client = "require";
+      auto r = tls::make_server_context(c);
+      REQUIRE_FALSE(r.ok());
+      errors = r.error();
+    } else {
+      auto c = client_config(p);
+      c.ca = plain;
+      auto r = tls::make_client_context(c);
+      REQUIRE_FALSE(r.ok());
+      errors = r.error();
+    }
+    REQUIRE(errors.size() == 1);
+    CHECK(errors[0].key == (server_side ? "client_ca" : "ca"));
+    CHECK_THAT(errors[0].message, Catch::StartsWith(plain + ": no CA certificate under a hashed name"));
+    CHECK_THAT(errors[0].message, Catch::EndsWith("prepare it with `openssl rehash " + plain + "` (or name a PEM file)"));
+  }
+
+  // A CA added after the last rehash: loads, with a warning that names it,
+  // and indeed its certificates do not verify until the directory is rehashed.
+  const std::string partial = p.pki.make_ca_dir("partial", {"other-ca"}, true);
+  p.pki.make_ca_dir("partial", {"ca"}, false);
+  auto cc = client_config(p);
+  cc.ca = partial;
+  auto r = tls::make_client_context(cc);
+  REQUIRE(r.ok());
+  REQUIRE((*r)->warnings().size() == 1);
+  CHECK((*r)->warnings()[0].key == "ca");
+  CHECK_THAT((*r)->warnings()[0].message,
+             Catch::StartsWith(partial + ": 1 CA certificate(s) with no hashed name, which OpenSSL will not find: ca.pem (CN=ca"));
+  CHECK_FALSE(handshake_with(partial));
+}
+
 TEST_CASE("tls: a server certificate from another CA, and verify = false", "[tls][unit]") {
   Pki p;
   auto sc = server_config(p);
