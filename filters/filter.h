@@ -212,6 +212,14 @@ class FilterFactory {
   // (source = "client": IP_TRANSPARENT, which needs CAP_NET_ADMIN), so that
   // `run --user` keeps that capability.
   virtual bool uses_client_source() const { return false; }
+  // The fixed source addresses the filter may bind outbound connections to
+  // (a route's source = "fixed"), each with who names it ("route NAME"), so
+  // that start-up and reload check them as they check a listener's.
+  struct FixedSource {
+    std::string who;
+    conf::IpAddress address;
+  };
+  virtual std::vector<FixedSource> fixed_sources() const { return {}; }
   // The effective settings as TOML lines ("key = value\n"), defaults
   // included, for `isoproxy check --verbose`.
   virtual std::string settings_toml() const = 0;

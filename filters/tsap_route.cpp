@@ -107,6 +107,14 @@ class TsapRouteFactory final : public FilterFactory {
     }
     return false;
   }
+  std::vector<FixedSource> fixed_sources() const override {
+    std::vector<FixedSource> out;
+    for (const auto& r : s_.routes) {
+      if (r.source && r.source->mode == conf::SourceMode::kFixed && r.source->address)
+        out.push_back({"route " + r.name, *r.source->address});
+    }
+    return out;
+  }
   std::string settings_toml() const override {
     std::string out;
     if (s_.fallback) out += "default = \"" + s_.fallback->text + "\"\n";

@@ -142,14 +142,21 @@ void Server::check_source_names() {
   // caller's host name refuses a source IP without one: say so at start-up,
   // not at 3 a.m. Asynchronous; the answer is logged when it comes.
   if (!config_->global.reverse_dns || draining_) return;
-  std::set<std::string> seen;
+  std::vector<std::pair<std::string, conf::IpAddress>> fixed;  // who, address
   for (const auto& l : config_->listeners) {
-    if (l.source.mode != conf::SourceMode::kFixed || !l.source.address) continue;
-    const std::string ip = l.source.address->text;
+    if (l.source.mode == conf::SourceMode::kFixed && l.source.address) fixed.emplace_back("listener " + l.name, *l.source.address);
+  }
+  for (const auto& [name, f] : config_->filters) {
+    if (!f.factory) continue;
+    for (const auto& src : f.factory->fixed_sources()) fixed.emplace_back("filter " + name + " " + src.who, src.address);
+  }
+  std::set<std::string> seen;
+  for (const auto& [owner, address] : fixed) {
+    const std::string ip = address.text;
     if (!seen.insert(ip).second) continue;
-    const std::string who = "listener " + l.name + ": source_address " + ip;
-    const std::string canonical = numeric_host(l.source.address->sa());  // as getaddrinfo prints it
-    rdns_.lookup(l.source.address->sa(), [this, ip, who, canonical](std::optional<std::string> name, std::string error) {
+    const std::string who = owner + ": source_address " + ip;
+    const std::string canonical = numeric_host(address.sa());  // as getaddrinfo prints it
+    rdns_.lookup(address.sa(), [this, ip, who, canonical](std::optional<std::string> name, std::string error) {
       if (draining_) return;  // cancelled by the shutdown: nothing was learnt
       if (!name) {
         spdlog::warn("{} has no reverse-DNS (PTR) name ({}): receivers that identify the calling MTA by its host name "

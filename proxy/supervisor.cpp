@@ -52,6 +52,15 @@ Result<std::vector<Server::Sockets>> Supervisor::prepare(const conf::Config& con
       }
     }
   }
+  for (const auto& [name, f] : config.filters) {
+    if (!f.factory) continue;
+    for (const auto& src : f.factory->fixed_sources()) {
+      if (auto ok = check_source_is_local(src.address); !ok) {
+        return unexpected(Error{ok.error().kind, "filter " + name + " " + src.who + ": source_address " +
+                                                     ok.error().message + " (outbound connections could not be bound to it)"});
+      }
+    }
+  }
   // Listeners whose sockets are unchanged keep them; the others get new
   // ones, bound here for every worker before anything changes: if one
   // fails, the running configuration stays in force on every worker.

@@ -864,6 +864,20 @@ TEST_CASE("relay-life: start-up fails with exit 1 naming the address: non-local 
     CHECK(proxy.count_lines(std::regex(R"(error .*192\.0\.2\.77.*not an address of this host)")) == 1);
     CHECK(proxy.count_lines(std::regex("listening on")) == 0);
   }
+  SECTION("a tsap-route's source_address that is not an address of this host") {
+    TestServer upstream(t::echo_handler());
+    REQUIRE(upstream.ok());
+    const std::string up = "127.0.0.1:" + std::to_string(upstream.port());
+    ProxyProcess proxy("[[listener]]\nname = \"routed\"\nlisten = \"127.0.0.1:0\"\nfilters = [\"route\"]\n\n"
+                       "[filter.route]\nkind = \"tsap-route\"\ndefault = \"" + up + "\"\n\n[[filter.route.route]]\n"
+                       "name = \"far\"\ncalled = [\"FAR\"]\nupstream = \"" + up +
+                       "\"\nsource = \"fixed\"\nsource_address = \"192.0.2.78\"\n");
+    REQUIRE(proxy.started());
+    CHECK(proxy.wait_exit() == 1);
+    INFO(proxy.text());
+    CHECK(proxy.count_lines(std::regex(R"(error .*filter route route far: source_address 192\.0\.2\.78 is not an address of this host)")) == 1);
+    CHECK(proxy.count_lines(std::regex("listening on")) == 0);
+  }
   SECTION("listen address already in use") {
     TestServer holder(t::echo_handler());  // holds 127.0.0.1:PORT in LISTEN
     REQUIRE(holder.ok());
