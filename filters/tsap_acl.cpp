@@ -62,7 +62,7 @@ bool rule_matches(const AclRule& r, const codec::Tpdu& t, const sockaddr* client
 }
 
 std::string tsap_display(std::optional<codec::Bytes> b) {
-  return b ? "\"" + codec::tsap_text(*b).display() + "\"" : std::string("-");
+  return b ? codec::tsap_text(*b).quoted() : std::string("-");
 }
 
 class TsapAcl final : public Filter {

@@ -39,7 +39,7 @@ struct RewriteSettings {
   std::vector<RewriteRule> rules;
 };
 
-std::string show(codec::Bytes b) { return "\"" + codec::tsap_text(b).display() + "\""; }
+std::string show(codec::Bytes b) { return codec::tsap_text(b).quoted(); }
 
 // One parameter to give a new value.
 struct Edit {

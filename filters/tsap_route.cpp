@@ -41,7 +41,11 @@ bool any_match(const std::vector<TsapPattern>& pats, const std::optional<codec::
 }
 
 std::string tsap_or_none(const std::optional<codec::Bytes>& t) {
-  return t ? codec::tsap_text(*t).display() : std::string("(none)");
+  if (!t) return "(none)";
+  // Quoted only when it could be read as more than one value.
+  const codec::TsapText text = codec::tsap_text(*t);
+  std::string d = text.display();
+  return d.find_first_of(" \"=\\") == std::string::npos ? d : text.quoted();
 }
 
 class TsapRoute final : public Filter {

@@ -84,6 +84,19 @@ TsapText tsap_text(Bytes b) {
   return t;
 }
 
+std::string TsapText::quoted() const {
+  const std::string d = display();
+  std::string out;
+  out.reserve(d.size() + 2);
+  out.push_back('"');
+  for (char c : d) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
 AddressText address_text(Bytes b) {
   AddressText a;
   std::vector<std::string> readings;

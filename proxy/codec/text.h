@@ -30,6 +30,9 @@ struct TsapText {
   // log line shows can be pasted back: "SWISSLIFETSAP" or "hex:0102" (an
   // ASCII TSAP "0102" and the octets 01 02 must not look alike).
   std::string display() const { return printable || hex.empty() ? ascii : "hex:" + hex; }
+  // display() in double quotes, with '"' and '\\' escaped, for log lines: a
+  // TSAP is the peer's text and must not be able to fake the fields after it.
+  std::string quoted() const;
 };
 TsapText tsap_text(Bytes b);
 

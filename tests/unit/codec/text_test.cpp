@@ -127,6 +127,11 @@ TEST_CASE("text: tsap_text", "[text]") {
     CHECK(tt.hex.empty());
     CHECK(tt.display().empty());
   }
+  SECTION("quoted, for log lines: quotes and backslashes escaped") {
+    const ByteVec t = ascii("A\" b=\\");
+    CHECK(tsap_text(Bytes(t)).quoted() == R"("A\" b=\\")");
+    CHECK(tsap_text(Bytes(ByteVec{0x01, 0x02})).quoted() == "\"hex:0102\"");
+  }
   SECTION("digits that look like hex are still ASCII when printable") {
     const ByteVec t = ascii("0001");
     const TsapText tt = tsap_text(Bytes(t));

@@ -130,6 +130,16 @@ TEST_CASE("tsap-acl: default allow and a configured reason", "[filters][tsap-acl
   check_allowed(judge(*f, v7), v7);
 }
 
+TEST_CASE("tsap-acl: a TSAP in the refusal line cannot fake the fields after it", "[filters][tsap-acl]") {
+  // A calling TSAP that reads, unescaped, as a quote, another called TSAP
+  // and a verdict: the line must show it as one escaped value.
+  const std::string fake = "X\" called=\"EXCHANGETSAP1\": rule 0; allowed. \\";
+  const ByteVec cr = with_param(row("V7"), codec::param::kCallingTsap, ByteVec(fake.begin(), fake.end()));
+  const auto o = judge(*acl(""), cr);
+  check_denied(o, cr, 3, "default");
+  CHECK_THAT(o.ctx.logs[0], Catch::Contains(R"(calling="X\" called=\"EXCHANGETSAP1\": rule 0; allowed. \\" called="0-0ZYXW1": default;)"));
+}
+
 TEST_CASE("tsap-acl: called and calling conditions", "[filters][tsap-acl]") {
   const ByteVec v5 = row("V5");  // calling 0100, called 0102
   const ByteVec v7 = row("V7");  // calling "0-0ABCD0", called "0-0ZYXW1"
