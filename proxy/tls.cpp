@@ -187,9 +187,24 @@ void load_own(SSL_CTX* ctx, const std::string& cert, const std::string& key, std
                                     time_text(X509_get0_notBefore(x))});
     }
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
+  // An encrypted key would make OpenSSL ask for its pass phrase on the
+  // terminal, which freezes a reload (the main loop waits on the prompt).
+  // The callback answers nothing and notes that a pass phrase was wanted.
+  bool encrypted = false;
+  SSL_CTX_set_default_passwd_cb(ctx, [](char*, int, int, void* asked) -> int {
+    if (asked != nullptr) *static_cast<bool*>(asked) = true;
+    return 0;
+  });
+  SSL_CTX_set_default_passwd_cb_userdata(ctx, &encrypted);
+  const int used = SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM);
+  SSL_CTX_set_default_passwd_cb_userdata(ctx, nullptr);
+  if (used != 1) {
     const unsigned long e = ERR_peek_last_error();
-    if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+    if (encrypted) {
+      ERR_clear_error();
+      errors.push_back({"key", key + ": is encrypted, and isoproxy cannot ask for a pass phrase: store it unencrypted "
+                                     "(openssl pkey -in " + key + " -out NEW.key) in a file only isoproxy's user can read"});
+    } else if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
       ERR_clear_error();
       errors.push_back({"key", key + ": does not match the certificate in " + cert});
     } else {

@@ -468,6 +468,27 @@ TEST_CASE("tls: context errors name their key", "[tls][unit]") {
     CHECK_THAT(e[0], Catch::StartsWith("key: " + p.client.key + ": does not match the certificate in " + p.server.cert));
   }
   {
+    // An encrypted key is an error at once, never a pass-phrase prompt (which
+    // would hold a reload on the terminal).
+    BIO* in = BIO_new_file(p.server.key.c_str(), "r");
+    REQUIRE(in != nullptr);
+    EVP_PKEY* pkey = PEM_read_bio_PrivateKey(in, nullptr, nullptr, nullptr);
+    BIO_free(in);
+    REQUIRE(pkey != nullptr);
+    const std::string enc = p.pki.path("server-encrypted.key");
+    BIO* out = BIO_new_file(enc.c_str(), "w");
+    REQUIRE(out != nullptr);
+    char pass[] = "secret";
+    CHECK(PEM_write_bio_PrivateKey(out, pkey, EVP_aes_256_cbc(), nullptr, 0, nullptr, pass) == 1);
+    BIO_free(out);
+    EVP_PKEY_free(pkey);
+    auto c = server_config(p);
+    c.key = enc;
+    const auto e = errors_of(tls::make_server_context(c));
+    REQUIRE(e.size() == 1);
+    CHECK_THAT(e[0], Catch::StartsWith("key: " + enc + ": is encrypted, and isoproxy cannot ask for a pass phrase"));
+  }
+  {
     auto c = server_config(p);
     c.cert = p.expired.cert;
     c.key = p.expired.key;
