@@ -210,8 +210,11 @@ class Loader {
       // Opened at start (and by SIGUSR1); what would fail there is said here.
       const std::filesystem::path file(g.access_log);
       std::error_code ec;
-      if (std::filesystem::is_directory(file, ec)) {
+      const auto st = std::filesystem::status(file, ec);
+      if (std::filesystem::is_directory(st)) {
         r.error("access_log", g.access_log + ": is a directory: name a file in it, e.g. \"" + (file / "access.log").string() + "\"");
+      } else if (std::filesystem::exists(st) && !std::filesystem::is_regular_file(st)) {
+        r.error("access_log", g.access_log + ": not a regular file (a FIFO, a socket or a device): name a file");
       } else if (!std::filesystem::is_directory(file.parent_path(), ec)) {
         r.error("access_log", file.parent_path().string() + ": no such directory (isoproxy creates the file, not its directory)");
       }
@@ -593,6 +596,8 @@ LoadResult load_config_file(const std::string& path) {
   const auto status = std::filesystem::status(path, ec);
   if (ec) return fail("cannot read: " + ec.message());
   if (std::filesystem::is_directory(status)) return fail("cannot read: is a directory");
+  // A FIFO would block the reload (on the main loop) until a writer came.
+  if (!std::filesystem::is_regular_file(status)) return fail("cannot read: not a regular file (a FIFO, a socket or a device)");
   if (std::filesystem::is_regular_file(status) && std::filesystem::file_size(path, ec) > kMaxFileSize && !ec)
     return fail("larger than 4MiB: not a configuration file");
   std::ifstream in(path, std::ios::binary);

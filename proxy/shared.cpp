@@ -5,8 +5,10 @@
 #include <cstring>
 
 #include <nlohmann/json.hpp>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -19,6 +21,33 @@ AccessLog::~AccessLog() {
   if (journal_fd_ >= 0) ::close(journal_fd_);
 }
 
+namespace {
+
+// Opens the access-log file for appending, or says why not. Never blocks: a
+// FIFO put where the file was would hold open() until a reader came, on the
+// loop that handles reloads and signals.
+std::FILE* open_log_file(const std::string& path, std::string& why) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0666);
+  if (fd < 0) {
+    why = errno == ENXIO ? "a FIFO with no reader: not a regular file" : std::strerror(errno);
+    return nullptr;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    why = "not a regular file";
+    return nullptr;
+  }
+  std::FILE* file = ::fdopen(fd, "a");
+  if (file == nullptr) {
+    why = std::strerror(errno);
+    ::close(fd);
+  }
+  return file;
+}
+
+}  // namespace
+
 std::optional<std::string> AccessLog::configure(const std::string& want) {
   std::lock_guard lock(mutex_);
   if (want == path_) return std::nullopt;
@@ -30,8 +59,9 @@ std::optional<std::string> AccessLog::configure(const std::string& want) {
     journal = open_journal_socket();
     if (journal < 0) return "access_log journal: cannot reach journald at " + std::string(kJournalSocket) + ": " + std::strerror(-journal);
   } else if (want != "off") {
-    file = std::fopen(want.c_str(), "ae");
-    if (!file) return "access_log " + want + ": " + std::strerror(errno);
+    std::string why;
+    file = open_log_file(want, why);
+    if (!file) return "access_log " + want + ": " + why;
   }
   if (file_ && file_ != stderr) std::fclose(file_);
   if (journal_fd_ >= 0) ::close(journal_fd_);
@@ -49,10 +79,10 @@ void AccessLog::reopen() {
     return;
   }
   // The new file first: if it cannot be opened, lines keep going to the old one.
-  std::FILE* file = std::fopen(path_.c_str(), "ae");
+  std::string why;
+  std::FILE* file = open_log_file(path_, why);
   if (file == nullptr) {
-    spdlog::error("SIGUSR1: cannot reopen access_log {}: {}; still writing to the file opened before", path_,
-                  std::strerror(errno));
+    spdlog::error("SIGUSR1: cannot reopen access_log {}: {}; still writing to the file opened before", path_, why);
     return;
   }
   std::fclose(file_);

@@ -2,6 +2,7 @@
 // the file is renamed, the signal sent, and the next lines land in a new
 // file of the configured name while the renamed one keeps what it had.
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -135,4 +136,33 @@ TEST_CASE("SIGUSR1 without an access-log file changes nothing", "[access-log][lo
   CHECK(c.recv_exact(dt.size(), 5s) == dt);
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("SIGUSR1: a FIFO put where the log was is refused at once, not waited on", "[access-log][logrotate][integration]") {
+  TestServer up(responder_handler());
+  REQUIRE(up.ok());
+  TempDir dir;
+  REQUIRE(!dir.path.empty());
+  const fs::path log = dir.path / "access.log";
+  ProxyProcess proxy("[global]\naccess_log = \"" + log.string() +
+                     "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  auto port = proxy.listen_port("r", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  one_session(proxy, *port, "FIRST", 0);
+  // open() of a FIFO for writing blocks until a reader comes: on the loop
+  // that handles signals, that would be for ever.
+  fs::rename(log, dir.path / "access.log.1");
+  REQUIRE(::mkfifo(log.c_str(), 0600) == 0);
+  REQUIRE(proxy.signal(SIGUSR1));
+  REQUIRE(proxy.wait_for_line(std::regex("SIGUSR1: cannot reopen access_log " + log.string() +
+                                         ": a FIFO with no reader: not a regular file; still writing to the file opened before"),
+                              10s));
+  one_session(proxy, *port, "SECOND", 1);
+  REQUIRE(proxy.signal(SIGTERM));
+  REQUIRE(proxy.wait_exit(10s) == 0);
+  const auto lines = read_lines(dir.path / "access.log.1");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[1]["calling_tsap"]["ascii"] == "SECOND");
 }

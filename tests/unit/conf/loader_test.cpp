@@ -3,6 +3,7 @@
 // errors); several mistakes are all reported; the effective configuration
 // loads back to the same configuration; `isoproxy check` prints and exits as
 // documented. Runs against the real filter registry.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -693,6 +694,19 @@ TEST_CASE("load_config_file reads the file, or says why it cannot", "[conf][load
     auto r = load_config_file(f.dir());
     REQUIRE_FALSE(r.ok());
     CHECK_THAT(r.error()[0].message, Catch::Contains("is a directory"));
+  }
+  SECTION("a FIFO: refused, not waited on (a reload would block until a writer came)") {
+    TempFile f("");
+    const std::string fifo = f.dir() + "/fifo.toml";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    auto r = load_config_file(fifo);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error()[0].to_string() == fifo + ": cannot read: not a regular file (a FIFO, a socket or a device)");
+    // The same for an access log that is one.
+    auto a = load_config_string("[global]\naccess_log = \"" + fifo + "\"\n\n[[listener]]\nlisten = \"127.0.0.1:2641\"\nupstream = \"192.0.2.10:102\"\n", "x.toml");
+    REQUIRE_FALSE(a.ok());
+    CHECK(a.error()[0].message == fifo + ": not a regular file (a FIFO, a socket or a device): name a file");
+    ::unlink(fifo.c_str());
   }
   SECTION("not a text file") {
     TempFile f(std::string("[[listener]]\nlisten = \"\xff\xfe\"\n"));
