@@ -442,7 +442,7 @@ std::string render_metrics(Supervisor& server) {
     out += "isoproxy_filter_actions_total{filter=\"" + label(k.substr(0, dot)) + "\",action=\"" +
            label(dot == std::string::npos ? "" : k.substr(dot + 1)) + "\"} " + std::to_string(v) + "\n";
   }
-  family(out, "isoproxy_access_log_dropped_total", "counter", "Access-log lines the journal did not take (journald not keeping up).");
+  family(out, "isoproxy_access_log_dropped_total", "counter", "Access-log lines not written whole (file: a failed write, e.g. disk full) or not taken by the journal (journald not keeping up).");
   out += "isoproxy_access_log_dropped_total " + std::to_string(server.shared().access_log.dropped()) + "\n";
   family(out, "isoproxy_reverse_dns_lookups_total", "counter", "Reverse-DNS lookups of client and upstream addresses, by result.");
   const auto& dns = t.dns;

@@ -67,6 +67,8 @@ std::optional<std::string> AccessLog::configure(const std::string& want) {
   if (journal_fd_ >= 0) ::close(journal_fd_);
   file_ = file;
   journal_fd_ = journal;
+  failing_ = torn_ = false;
+  streak_ = 0;
   path_ = want;
   enabled_ = want != "off";
   return std::nullopt;
@@ -87,6 +89,7 @@ void AccessLog::reopen() {
   }
   std::fclose(file_);
   file_ = file;
+  torn_ = false;  // a new file: whatever the old one ends in stays there
   spdlog::info("SIGUSR1: reopened access log {}", path_);
 }
 
@@ -96,11 +99,45 @@ void AccessLog::write(const std::string& text) {
     // The journal's fields come from the parsed record (only in this mode).
     journal(nlohmann::json::parse(text, nullptr, false), text);
   } else if (file_) {
-    const std::string line = text + "\n";
-    // One write per line, flushed, so that a line is never split between writers.
-    if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
-      spdlog::warn("access log {}: write failed: {}", path_, std::strerror(errno));
+    // One write(2) per line on the O_APPEND descriptor, so that a line is
+    // never split between writers and no stdio buffer keeps half a line for
+    // later. A line cut short (disk full, file size limit) is ended with a
+    // newline before the next one: every whole line stays JSON on its own.
+    std::string line;
+    line.reserve(text.size() + 2);
+    if (torn_) line += '\n';
+    line += text;
+    line += '\n';
+    const int fd = ::fileno(file_);
+    std::size_t done = 0;
+    int err = 0;
+    while (done < line.size()) {
+      const ssize_t n = ::write(fd, line.data() + done, line.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        err = n < 0 ? errno : EIO;
+        break;
+      }
+      done += static_cast<std::size_t>(n);
     }
+    if (done == line.size()) {
+      torn_ = false;
+      if (failing_) spdlog::info("access log {}: writing again ({} line(s) lost meanwhile)", path_, streak_);
+      failing_ = false;
+      streak_ = 0;
+      return;
+    }
+    // Some of it went out: the file now ends in part of a line, unless all
+    // that went out was the newline that ended the last torn one.
+    if (done > 0) torn_ = !(torn_ && done == 1);
+    ++dropped_;
+    ++streak_;
+    // Once per failure streak: a full disk must not flood stderr as well.
+    if (!failing_) {
+      spdlog::warn("access log {}: write failed: {}; lines are lost until it works again (counted in access_log_dropped)",
+                   path_, std::strerror(err));
+    }
+    failing_ = true;
   }
 }
 
@@ -170,13 +207,13 @@ void AccessLog::journal(const nlohmann::json& snapshot, const std::string& text_
   if (n < 0) {
     ++dropped_;
     // Once per failure streak: a journal that is down must not flood stderr.
-    if (!journal_failing_) {
+    if (!failing_) {
       spdlog::warn("access log journal: line dropped: {}{}", std::strerror(errno),
                    errno == EAGAIN ? " (journald is not keeping up; counted in access_log_dropped)" : "");
     }
-    journal_failing_ = true;
+    failing_ = true;
   } else {
-    journal_failing_ = false;
+    failing_ = false;
   }
 }
 

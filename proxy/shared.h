@@ -55,9 +55,11 @@ class AccessLog {
   std::FILE* file_ = nullptr;  // stderr or an opened file; nullptr when off
   std::string path_;           // "off", "stderr", "journal" or the file
   int journal_fd_ = -1;
-  bool journal_failing_ = false;
+  bool failing_ = false;    // the last line was not written (whole)
+  bool torn_ = false;       // the file ends in part of a line
+  std::uint64_t streak_ = 0;  // lines lost since failing_ began
   std::atomic<bool> enabled_{false};
-  std::atomic<std::uint64_t> dropped_{0};  // lines the journal did not take
+  std::atomic<std::uint64_t> dropped_{0};  // lines not written whole (file) or not taken (journal)
 };
 
 // One end of a TCP connection in 20 bytes: an IPv4 address (also as a

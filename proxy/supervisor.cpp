@@ -198,6 +198,9 @@ Status<> Supervisor::start() {
   crl_timer_.data = this;
   // A peer that resets while we write must not kill the process.
   std::signal(SIGPIPE, SIG_IGN);
+  // A file size limit (ulimit -f) makes a write fail with EFBIG, which the
+  // access log and the trace handle, instead of killing the relay.
+  std::signal(SIGXFSZ, SIG_IGN);
   // The admin endpoint first, so that it is up when the listeners announce themselves.
   if (config_->admin.enabled) {
     admin_http_ = std::make_unique<AdminHttpServer>(&loop_, admin_);

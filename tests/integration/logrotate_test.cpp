@@ -2,6 +2,7 @@
 // the file is renamed, the signal sent, and the next lines land in a new
 // file of the configured name while the renamed one keeps what it had.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,8 +12,10 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "support/http.h"
 #include "support/peers.h"
 #include "support/proxy_process.h"
 
@@ -165,4 +168,55 @@ TEST_CASE("SIGUSR1: a FIFO put where the log was is refused at once, not waited 
   const auto lines = read_lines(dir.path / "access.log.1");
   REQUIRE(lines.size() == 2);
   CHECK(lines[1]["calling_tsap"]["ascii"] == "SECOND");
+}
+
+TEST_CASE("access log: a write that fails midway leaves every whole line readable, and is counted", "[access-log][integration]") {
+  TestServer up(responder_handler());
+  REQUIRE(up.ok());
+  TempDir dir;
+  REQUIRE(!dir.path.empty());
+  const fs::path log = dir.path / "access.log";
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\n\n[global]\naccess_log = \"" + log.string() +
+                     "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  auto port = proxy.listen_port("r", 10s);
+  REQUIRE(port);
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+  INFO(proxy.text());
+  one_session(proxy, *port, "WHOLE1", 0);
+  REQUIRE(proxy.wait_for_line(std::regex("close reason="), 10s));
+  // The line is written just after the close line: wait until it is there.
+  for (int i = 0; i < 200 && read_lines(log).size() < 1; ++i) std::this_thread::sleep_for(10ms);
+  REQUIRE(read_lines(log).size() == 1);
+  // A file size limit 40 bytes past the end: the next line is cut there
+  // (EFBIG; SIGXFSZ must not kill the relay), the one after gets nothing.
+  const auto size = fs::file_size(log);
+  rlimit lim{size + 40, RLIM_INFINITY};  // the soft limit: raised again below
+  REQUIRE(::prlimit(proxy.pid(), RLIMIT_FSIZE, &lim, nullptr) == 0);
+  one_session(proxy, *port, "CUT", 1);
+  REQUIRE(proxy.wait_for_line(std::regex("access log " + log.string() + ": write failed: File too large; lines are lost"), 10s));
+  one_session(proxy, *port, "LOST", 2);
+  // Its line is written after its close line: wait until it is counted lost.
+  auto dropped = [&] {
+    auto r = http(*aport, "GET", "/stats");
+    return r.status == 200 ? nlohmann::json::parse(r.body)["access_log_dropped"].get<int>() : -1;
+  };
+  for (int i = 0; i < 500 && dropped() < 2; ++i) std::this_thread::sleep_for(10ms);
+  REQUIRE(dropped() == 2);
+  lim = {RLIM_INFINITY, RLIM_INFINITY};
+  REQUIRE(::prlimit(proxy.pid(), RLIMIT_FSIZE, &lim, nullptr) == 0);
+  one_session(proxy, *port, "WHOLE2", 3);
+  REQUIRE(proxy.wait_for_line(std::regex("access log " + log.string() + R"(: writing again \(2 line\(s\) lost meanwhile\))"), 10s));
+  CHECK(dropped() == 2);
+  CHECK(proxy.count_lines(std::regex("write failed")) == 1);  // once per streak
+
+  std::ifstream in(log);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  REQUIRE(lines.size() == 3);
+  CHECK(nlohmann::json::parse(lines[0])["calling_tsap"]["ascii"] == "WHOLE1");
+  CHECK(lines[1].size() == 40);  // the cut line, alone on its line
+  CHECK_FALSE(nlohmann::json::accept(lines[1]));
+  CHECK(nlohmann::json::parse(lines[2])["calling_tsap"]["ascii"] == "WHOLE2");
 }
