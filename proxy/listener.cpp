@@ -14,7 +14,10 @@
 namespace isoproxy {
 
 Listener::Listener(Server& server, std::shared_ptr<const ListenerRuntime> rt)
-    : server_(server), rt_(std::move(rt)), shared_active_(&server_.shared().listener_sessions(rt_->cfg.name)) {}
+    : server_(server),
+      rt_(std::move(rt)),
+      counters_(&server_.listener_counters(rt_->cfg.name)),
+      shared_active_(&server_.shared().listener_sessions(rt_->cfg.name)) {}
 
 Listener::~Listener() = default;
 
@@ -153,7 +156,7 @@ void Listener::refuse(uv_stream_t* server_stream, const std::string& why) {
   auto* t = new uv_tcp_t;
   uv_tcp_init(server_.loop(), t);
   if (uv_accept(server_stream, reinterpret_cast<uv_stream_t*>(t)) == 0) {
-    ++refused_;
+    ++counters_->refused;
     server_.stats().refused++;
     // One line a second at most, with the count of those not logged.
     const std::uint64_t now = server_.now_ms();

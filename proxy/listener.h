@@ -46,17 +46,25 @@ class Listener {
   const std::shared_ptr<const ListenerRuntime>& runtime() const { return rt_; }
   // New sessions use `rt` from now on (reload); the sockets stay.
   void set_runtime(std::shared_ptr<const ListenerRuntime> rt);
-  std::uint32_t active() const { return active_; }
+  // This worker's counters of the listener's name: a reload that replaces
+  // the listener (new sockets) keeps them, and the sessions the old one
+  // accepted still count as its active ones until they end.
+  struct Counters {
+    std::uint32_t active = 0;
+    std::uint64_t accepted = 0;
+    std::uint64_t refused = 0;
+  };
+  std::uint32_t active() const { return counters_->active; }
   void session_started() {
-    ++active_;
-    ++accepted_;
+    ++counters_->active;
+    ++counters_->accepted;
   }
-  std::uint64_t accepted() const { return accepted_; }
+  std::uint64_t accepted() const { return counters_->accepted; }
   void session_ended() {
-    --active_;
+    --counters_->active;
     shared_active_->fetch_sub(1, std::memory_order_relaxed);
   }
-  std::uint64_t refused() const { return refused_; }
+  std::uint64_t refused() const { return counters_->refused; }
   // The addresses actually bound (port 0 resolved).
   const std::vector<std::string>& bound() const { return bound_; }
 
@@ -78,10 +86,8 @@ class Listener {
   std::vector<std::unique_ptr<Socket>> sockets_;
   std::vector<std::string> bound_;
   int open_sockets_ = 0;
-  std::uint32_t active_ = 0;  // this worker's sessions of the listener
+  Counters* counters_;  // this worker's, by name (Server::listener_counters)
   std::atomic<std::uint32_t>* shared_active_;  // every worker's, against max_sessions (Shared)
-  std::uint64_t accepted_ = 0;
-  std::uint64_t refused_ = 0;
   std::uint64_t last_refusal_log_ms_ = 0;
   std::uint64_t refusals_not_logged_ = 0;
 };

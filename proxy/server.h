@@ -109,6 +109,9 @@ class Server {
   // Takes one of the process-wide max_sessions slots; false at the limit.
   bool reserve_session() { return shared_.reserve_session(config_->global.max_sessions); }
   Shared& shared() { return shared_; }
+  // The counters of listener `name` on this worker, kept across reloads
+  // (never removed: one entry per name ever configured).
+  Listener::Counters& listener_counters(const std::string& name) { return listener_counters_[name]; }
   // Registers a new session (its slot reserved) and returns it.
   Session* new_session(Listener& l, const std::shared_ptr<const ListenerRuntime>& rt);
   void session_closed(std::uint64_t id);
@@ -200,6 +203,7 @@ class Server {
   LoopMemory loop_memory_;
   uv_loop_t& loop_ = *loop_memory_.loop;
   std::shared_ptr<const conf::Config> config_;
+  std::map<std::string, Listener::Counters> listener_counters_;  // before the listeners: they point into it
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Listener>> stopping_listeners_;
   // Before the sessions: a parked session's destructor takes its sockets out.

@@ -5,10 +5,12 @@
 #include <condition_variable>
 #include <mutex>
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 
 #include "codec/x224.h"
+#include "support/http.h"
 #include "support/peers.h"
 #include "support/proxy_process.h"
 
@@ -240,6 +242,61 @@ TEST_CASE("SIGHUP adds and removes listeners as configured", "[reload][integrati
 
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("SIGHUP that moves a listener keeps its counters, and its open sessions count as active",
+          "[reload][admin][integration]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  auto config = [&](const std::string& ip) {
+    return "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"one\"\nlisten = \"" + ip +
+           ":0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n";
+  };
+  ProxyProcess proxy(config("127.0.0.1"));
+  auto before = proxy.listen_port("one", 10s);
+  REQUIRE(before);
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+  INFO(proxy.text());
+  auto echo = [](Conn& c) {
+    const ByteVec dt = make_dt("hello");
+    if (!c.send_all(dt)) return false;
+    auto back = c.recv_exact(dt.size(), 5s);
+    return back && *back == dt;
+  };
+  auto listener_stats = [&] {
+    auto r = http(*aport, "GET", "/stats");
+    REQUIRE(r.status == 200);
+    const auto j = nlohmann::json::parse(r.body);
+    REQUIRE(j["listeners"].size() == 1);
+    return std::make_pair(j["listeners"][0]["accepted"].get<int>(), j["listeners"][0]["active"].get<int>());
+  };
+  Conn a = connect_to("127.0.0.1", *before, 2s);
+  Conn b = connect_to("127.0.0.1", *before, 2s);
+  REQUIRE(echo(a));
+  REQUIRE(echo(b));
+  CHECK(listener_stats() == std::make_pair(2, 2));
+
+  // Another address: the listener is replaced by one on new sockets.
+  REQUIRE(proxy.write_config(config("127.0.0.2")));
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), 1, 10s));
+  REQUIRE(proxy.wait_for_lines(std::regex(R"(listening on 127\.0\.0\.2:\d+ \(listener one\))"), 1, 10s));
+  auto after = proxy.listen_port(std::size_t{1}, 10s);  // the second "listening on" line
+  REQUIRE(after);
+  CHECK(echo(a));  // the old sessions go on
+  CHECK(listener_stats() == std::make_pair(2, 2));
+  Conn c = connect_to("127.0.0.2", *after, 2s);
+  REQUIRE(echo(c));
+  CHECK(listener_stats() == std::make_pair(3, 3));
+  auto m = http(*aport, "GET", "/metrics");
+  CHECK_THAT(m.body, Catch::Contains("isoproxy_sessions_accepted_total{listener=\"one\"} 3\n"));
+  CHECK_THAT(m.body, Catch::Contains("isoproxy_sessions_active{listener=\"one\"} 3\n"));
+  // Sessions of the old sockets that end are taken off the same count.
+  a.close();
+  b.close();
+  REQUIRE(proxy.wait_for_lines(std::regex("close reason="), 2, 10s));
+  CHECK(listener_stats() == std::make_pair(3, 1));
 }
 
 // A CR and a broken frame in one segment, with the upstream chosen by the CR:
