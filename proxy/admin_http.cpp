@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <cerrno>
 #include <cstddef>
@@ -178,7 +179,7 @@ struct AdminHttpServer::Impl {
       kLingering,  // shut down: drop what the client still sends until EOF or kLingerTimeout
       kClosing,    // uv_close called: nothing is written or parsed any more
     };
-    enum class Wait { kRequest, kIdle, kLinger };
+    enum class Wait { kRequest, kIdle, kLinger, kWrite };
 
     Impl* owner = nullptr;
     std::list<Connection>::iterator self;
@@ -191,6 +192,7 @@ struct AdminHttpServer::Impl {
     Wait wait = Wait::kRequest;
     bool peer_eof = false;
     std::size_t writes_in_flight = 0;
+    std::size_t unread_at_last_look = 0;  // Wait::kWrite: the write queue then
     std::string peer;
     // Pipelined requests wait while an answer is still queued: a client that
     // sends many and reads none holds one answer, not one per request.
@@ -277,7 +279,7 @@ struct AdminHttpServer::Impl {
   dev_t unix_dev_ = 0;
   ino_t unix_ino_ = 0;
   std::list<Connection> connections_;
-  std::size_t active_ = 0;        // connections not closing: what max_connections counts
+  std::atomic<std::size_t> active_{0};  // connections not closing: what max_connections counts
   std::size_t open_handles_ = 0;  // listener + connection + refused handles not yet closed
   std::array<char, 65536> read_buf_{};  // reads are handled synchronously: one buffer serves all
 };
@@ -550,9 +552,13 @@ bool AdminHttpServer::Impl::Connection::start_reading() {
 
 void AdminHttpServer::Impl::Connection::arm(Wait w) {
   if (state == State::kClosing) return;
+  const std::size_t unread = uv_stream_get_write_queue_size(as_stream());
+  if (w == Wait::kIdle && unread > 0) w = Wait::kWrite;  // not idle while an answer goes out: watch it move
+  if (w == Wait::kWrite) unread_at_last_look = unread;
   wait = w;
   const auto ms = w == Wait::kRequest ? limits().request_timeout
                   : w == Wait::kIdle  ? limits().idle_timeout
+                  : w == Wait::kWrite ? limits().write_stall_timeout
                                       : kLingerTimeout;
   uv_timer_start(&timer, [](uv_timer_t* t) noexcept { static_cast<Connection*>(t->data)->on_timer(); },
                  static_cast<std::uint64_t>(std::max<std::int64_t>(1, ms.count())), 0);
@@ -564,6 +570,20 @@ void AdminHttpServer::Impl::Connection::on_timer() {
     // A request that trickles in (slow loris) is cut off after request_timeout.
     reject(408, "request not complete within " + std::to_string(limits().request_timeout.count()) + " ms");
     return;
+  }
+  if (wait == Wait::kWrite) {
+    const std::size_t unread = uv_stream_get_write_queue_size(as_stream());
+    if (unread > 0 && unread < unread_at_last_look) {
+      arm(Wait::kWrite);  // the client reads, however slowly
+      return;
+    }
+    if (unread > 0) {
+      spdlog::debug("admin: {} took nothing of its answer for {} ms ({} bytes unread): closed", peer,
+                    limits().write_stall_timeout.count(), unread);
+    } else {
+      arm(Wait::kIdle);  // all written; on_write_done is on its way
+      return;
+    }
   }
   close();
 }
@@ -764,7 +784,7 @@ void AdminHttpServer::Impl::Connection::respond() {
   // The handler may have called stop(): then nothing is written.
   if (state != State::kReading) return;
   write_response(res, head, keep_alive);
-  if (state != State::kReading) return;  // cut off: output over max_pending_output
+  if (state != State::kReading) return;
   if (keep_alive) {
     arm(Wait::kIdle);
   } else {
@@ -835,13 +855,8 @@ void AdminHttpServer::Impl::Connection::send(std::string_view head, std::string_
     return;
   }
   ++writes_in_flight;
-  // What the socket did not take at once waits in libuv's queue; a client
-  // that does not read must not make it grow without bound.
-  const std::size_t queued = uv_stream_get_write_queue_size(as_stream());
-  if (queued > limits().max_pending_output) {
-    spdlog::debug("admin: {} does not read its responses ({} bytes pending): closed", peer, queued);
-    close();
-  }
+  // What the socket did not take at once waits in libuv's queue, one answer
+  // at most (reading pauses meanwhile); arm() watches it move.
 }
 
 void AdminHttpServer::Impl::Connection::on_write_done(int status) {
@@ -928,5 +943,7 @@ Status<> AdminHttpServer::listen(const std::string& address) { return impl_->lis
 const std::string& AdminHttpServer::bound() const { return impl_->bound_; }
 void AdminHttpServer::stop() { impl_->stop(); }
 bool AdminHttpServer::closed() const { return impl_->open_handles_ == 0; }
+
+std::size_t AdminHttpServer::connections() const { return impl_->active_.load(std::memory_order_relaxed); }
 
 }  // namespace isoproxy

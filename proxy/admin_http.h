@@ -46,7 +46,11 @@ struct AdminLimits {
   std::size_t max_body_bytes = 4096;
   std::chrono::milliseconds request_timeout{5000};  // to receive a whole request
   std::chrono::milliseconds idle_timeout{30000};    // keep-alive between requests
-  std::size_t max_pending_output = 16 * 1024 * 1024;  // a client that does not read is cut off
+  // A client that takes nothing of its answer for this long is cut off; one
+  // that reads, however large the answer and however slowly, gets all of it.
+  // (Pipelined requests wait while an answer is unread, so a connection
+  // holds one answer at most.)
+  std::chrono::milliseconds write_stall_timeout{10000};
 };
 
 class AdminHttpServer {
@@ -64,6 +68,8 @@ class AdminHttpServer {
   // every handle's close callback ran.
   void stop();
   bool closed() const;
+  // Connections open and not closing (any thread may ask).
+  std::size_t connections() const;
 
  private:
   struct Impl;

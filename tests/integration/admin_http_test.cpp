@@ -86,6 +86,7 @@ class Harness {
     return hp ? hp->port : 0;
   }
   const std::string& bound() const { return server_->bound(); }
+  std::size_t connections() const { return server_->connections(); }
   EchoHandler& handler() { return handler_; }
 
   // Stops the server, runs the loop until nothing is left and closes it;
@@ -505,18 +506,25 @@ TEST_CASE("admin http: a 2 MiB response reaches a slow reader complete", "[admin
 
 TEST_CASE("admin http: a client that never reads is cut off, others are served meanwhile", "[admin-http]") {
   AdminLimits limits;
-  limits.max_pending_output = 1 << 20;
+  limits.write_stall_timeout = 300ms;
   Harness h(limits);
   REQUIRE(h.ok());
   Conn hog = connect_to("127.0.0.1", h.port());
   REQUIRE(hog.valid());
   REQUIRE(hog.send_all(get("/big?n=67108864")));
   // Another client is answered at once while the hog sits on its response.
-  Client other = tcp_client(h);
-  REQUIRE(other.send(get("/ping")));
-  auto r = other.read(5000ms);
-  REQUIRE(r);
-  CHECK(r->status == 200);
+  {
+    Client other = tcp_client(h);
+    REQUIRE(other.send(get("/ping")));
+    auto r = other.read(5000ms);
+    REQUIRE(r);
+    CHECK(r->status == 200);
+  }
+  // The hog's answer does not move for write_stall_timeout: the server
+  // closes it (the other client has gone: no connection left).
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (h.connections() > 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  REQUIRE(h.connections() == 0);
   // The hog finally reads: a prefix of the response, then the server's close.
   std::size_t total = 0;
   for (;;) {
@@ -527,6 +535,42 @@ TEST_CASE("admin http: a client that never reads is cut off, others are served m
   CHECK(hog.eof_seen());
   CHECK(total > 0);
   CHECK(total < (std::size_t{64} << 20));
+  CHECK(h.shutdown());
+}
+
+TEST_CASE("admin http: an answer larger than any buffer reaches a client that reads it, however long it pauses between reads",
+          "[admin-http]") {
+  // 48 MiB, more than socket buffers and libuv's queue would ever be cut at
+  // before (16 MiB), read with pauses: the answer moves between the server's
+  // looks, so it is never cut however long it takes.
+  AdminLimits limits;
+  limits.write_stall_timeout = 400ms;
+  Harness h(limits);
+  REQUIRE(h.ok());
+  Conn conn = connect_to("127.0.0.1", h.port());
+  REQUIRE(conn.valid());
+  constexpr std::size_t kSize = std::size_t{48} << 20;
+  REQUIRE(conn.send_all(get("/big?n=" + std::to_string(kSize))));
+  std::string head;
+  std::size_t body = 0, since_pause = 0, end = std::string::npos;
+  while (end == std::string::npos || body < kSize) {
+    auto chunk = conn.recv_some(1 << 16, 10s);
+    REQUIRE(chunk);
+    if (end == std::string::npos) {
+      head.append(chunk->begin(), chunk->end());
+      end = head.find("\r\n\r\n");
+      if (end != std::string::npos) body = head.size() - end - 4;
+    } else {
+      body += chunk->size();
+      since_pause += chunk->size();
+    }
+    if (since_pause >= (std::size_t{1} << 20) && body < kSize / 4) {
+      since_pause = 0;
+      std::this_thread::sleep_for(150ms);  // the reader's pace, not a wait for the server
+    }
+  }
+  CHECK(head.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(body == kSize);
   CHECK(h.shutdown());
 }
 
