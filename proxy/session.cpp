@@ -2094,14 +2094,15 @@ std::string Session::tls_json(const tls::Channel* t) {
 }
 
 bool Session::matches_tsap(std::string_view text) const {
+  // The ASCII text, or the octets in hex (either case), bare or as the close
+  // line and the filters write them ("hex:0102": hex only).
+  const bool hex_only = text.size() > 4 && (text.substr(0, 4) == "hex:" || text.substr(0, 4) == "HEX:");
+  std::string upper(hex_only ? text.substr(4) : text);
+  for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   for (const auto* t : {&ann_.calling_tsap, &ann_.called_tsap}) {
     if (!*t) continue;
     const codec::TsapText tt = codec::tsap_text(**t);
-    if (tt.hex == text || (tt.printable && tt.ascii == text)) return true;
-    // hex is matched case-insensitively
-    std::string upper(text);
-    for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    if (tt.hex == upper) return true;
+    if (tt.hex == upper || (!hex_only && tt.printable && tt.ascii == text)) return true;
   }
   return false;
 }

@@ -102,6 +102,11 @@ TEST_CASE("admin: counters move while a session streams, closed sessions keep re
   // Filtering by TSAP and by peer; an unknown state is a 400.
   CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=EXCHANGETSAP1").body)["sessions"].size() == 1);
   CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=NOPE").body)["sessions"].empty());
+  // In hex, bare or as the close line shows a TSAP ("hex:..."), in either case.
+  CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=45584348414E4745545341503").body)["sessions"].empty());
+  CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=45584348414e47455453415031").body)["sessions"].size() == 1);
+  CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=hex:45584348414E47455453415031").body)["sessions"].size() == 1);
+  CHECK(json::parse(http(*aport, "GET", "/sessions?tsap=hex:EXCHANGETSAP1").body)["sessions"].empty());
   CHECK(json::parse(http(*aport, "GET", "/sessions?peer=127.0.0.1").body)["sessions"].size() == 1);
   CHECK(http(*aport, "GET", "/sessions?state=sideways").status == 400);
   // Compact JSON by default (one line), indented with ?pretty=1; the same document.
