@@ -27,7 +27,7 @@ std::shared_ptr<const ListenerRuntime> make_runtime(const conf::Config& c, const
 bool same_sockets(const conf::ListenerConfig& a, const conf::ListenerConfig& b) {
   if (a.transparent != b.transparent || a.listen.size() != b.listen.size()) return false;
   for (std::size_t i = 0; i < a.listen.size(); ++i) {
-    if (a.listen[i].text != b.listen[i].text) return false;
+    if (!a.listen[i].same_endpoint(b.listen[i])) return false;  // however written: "[::1]" is "[0:0::1]"
   }
   return true;
 }

@@ -130,3 +130,34 @@ TEST_CASE("a reload that renames a listener on a fixed port, with one worker, sa
   REQUIRE(c.send_all(make_cr("CALLING", "CALLED")));
   CHECK(c.recv_frame(5s));
 }
+
+TEST_CASE("a reload that writes a listener's address differently keeps its socket", "[listen][integration]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  std::uint16_t port = 0;
+  {
+    TestServer probe(echo_handler());
+    REQUIRE(probe.ok());
+    port = probe.port();
+  }
+  auto config = [&](const std::string& host) {
+    return "[[listener]]\nname = \"a\"\nlisten = \"" + host + ":" + std::to_string(port) + "\"\nupstream = \"127.0.0.1:" +
+           std::to_string(up.port()) + "\"\n";
+  };
+  ProxyProcess proxy(config("[::1]"));
+  REQUIRE(proxy.listen_port("a", 10s) == port);
+  INFO(proxy.text());
+  // The same endpoint written another way: with one worker, a listener seen
+  // as changed would have to bind the port a second time, and the reload
+  // would fail ("held by the running listener a").
+  REQUIRE(proxy.write_config(config("[0:0::1]")));
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_lines(std::regex("reload(ed |.*failed)"), 1, 10s));
+  CHECK(proxy.count_lines(std::regex("reload failed")) == 0);
+  CHECK(proxy.count_lines(std::regex("reloaded ")) == 1);
+  CHECK(proxy.count_lines(std::regex(R"(listening on .* \(listener a\))")) == 1);
+  Conn c = connect_to("::1", port);
+  REQUIRE(c.valid());
+  REQUIRE(c.send_all(make_cr("CALLING", "CALLED")));
+  CHECK(c.recv_frame(5s));
+}
