@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -164,6 +165,12 @@ OpenFiles& open_files() {
   return files;
 }
 
+// The last trace file's sequence number, for the whole process: a reload
+// makes new sinks, and a count of their own would start again at 1, so that
+// a file opened after the reload within the same second sorted before the
+// older ones and max_files removed it first.
+std::atomic<std::uint64_t> g_last_seq{0};
+
 // "isoproxy-<listener>-<yyyymmddThhmmss>-<seq>.pcap" -> sort key, or nothing
 // if the name is not one of this listener's trace files.
 std::optional<std::pair<std::string, std::uint64_t>> trace_file_key(std::string_view name, std::string_view listener) {
@@ -266,7 +273,6 @@ class TraceSink {
     std::uint64_t generation = 0;
     std::uint64_t flows = 0;     // flows registered in the current file
     std::uint64_t reserved = 0;  // room kept for the FINs of its open flows
-    std::uint64_t seq = 0;       // of the last file opened
     bool broken = false;
   };
 
@@ -295,7 +301,7 @@ class TraceSink {
     // left by an earlier run is never overwritten.
     do {
       path = (fs::path(s_.directory) /
-              ("isoproxy-" + listener + "-" + stamp + "-" + std::to_string(++f.seq) + ".pcap"))
+              ("isoproxy-" + listener + "-" + stamp + "-" + std::to_string(++g_last_seq) + ".pcap"))
                  .string();
     } while (fs::exists(path, ec));
     auto w = PcapWriter::open(path);

@@ -327,6 +327,22 @@ TEST_CASE("trace: rotation by size and max_files", "[filters][trace]") {
     CHECK(down == want_down);
   }
 
+  SECTION("the numbering goes on across reloads: max_files keeps the files opened last") {
+    // Each reload makes a new sink with files of its own; within one second
+    // their names must still sort in the order they were opened.
+    std::vector<std::string> clients;
+    for (int i = 1; i <= 4; ++i) {
+      auto factory = trace_factory(dir, "max_files = 2\n");  // a reload: a new sink
+      clients.push_back("192.0.2." + std::to_string(i) + ":40000");
+      FakeContext ctx(clients.back());
+      run_session(*factory, ctx, {{kUp, cr}, {kDown, cc}});
+    }  // each sink goes with its factory, as after a reload, closing its file
+    const auto files = trace_files(dir.str());
+    REQUIRE(files.size() == 2);
+    CHECK(read_capture(files[0]).streams.at(0).info.client == clients[2]);
+    CHECK(read_capture(files[1]).streams.at(0).info.client == clients[3]);
+  }
+
   SECTION("max_files = 2 keeps the newest two, each readable") {
     // A file from an earlier run counts too (and, being oldest, goes first);
     // files of other listeners and other names are left alone.
