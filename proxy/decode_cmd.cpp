@@ -344,12 +344,27 @@ int decode_addresses(const DecodeCmdOptions& o, std::ostream& out, std::ostream&
 int decode_hex(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, std::ostream& err) {
   std::vector<std::string> inputs;  // with --cotp: one TPDU each; else joined into one stream
   if (o.from_stdin) {
+    // Hex pasted or piped from a log, not a capture: bounded, so that
+    // `decode - < /dev/zero` ends with a message, not with the memory.
+    constexpr std::size_t kMaxStdin = std::size_t{16} << 20;
+    std::size_t total = 0;
+    std::string all;
+    char buf[65536];
+    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+      total += static_cast<std::size_t>(in.gcount());
+      if (total > kMaxStdin) {
+        err << kPrefix << "standard input: more than 16 MiB of hex; decode a capture with --pcap, or split the input\n";
+        return 2;
+      }
+      all.append(buf, static_cast<std::size_t>(in.gcount()));
+    }
     if (o.cotp) {
-      for (std::string l; std::getline(in, l);) {
+      std::istringstream lines(all);
+      for (std::string l; std::getline(lines, l);) {
         if (l.find_first_not_of(" \t\r") != std::string::npos) inputs.push_back(l);
       }
     } else {
-      inputs.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      inputs.push_back(std::move(all));
     }
     if (in.bad()) {
       err << kPrefix << "cannot read standard input\n";

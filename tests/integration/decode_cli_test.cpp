@@ -96,6 +96,16 @@ TEST_CASE("decode - reads a stream of every accepted vector from standard input"
   }
 }
 
+TEST_CASE("decode - stops at 16 MiB of standard input with a message", "[decode][cli][errors]") {
+  // Endless input (decode - < /dev/zero) must end with a message, not with
+  // all the memory: 16 MiB and one byte of valid hex is refused as such.
+  std::string big((std::size_t{16} << 20) + 1, '0');
+  auto r = decode({"-"}, big);
+  CHECK(r.exit_code == 2);
+  CHECK(r.err == "isoproxy: decode: standard input: more than 16 MiB of hex; decode a capture with --pcap, or split the input\n");
+  CHECK(r.out.empty());
+}
+
 TEST_CASE("decode --cotp decodes bare TPDUs, one per argument", "[decode][cli]") {
   auto r = decode({"--json", "--cotp", "15E00000000000C00108C703001030AB0548656C6C6F010203", "0470000001"});
   REQUIRE(r.exit_code == 0);
