@@ -140,6 +140,18 @@ class Loader {
     load_listeners(r, listener);
   }
 
+  // Only [admin] (isoproxy stats -c): the rest may be unreadable by the
+  // user asking (a TLS key), or mid-edit, and is none of its business.
+  void run_admin_only() {
+    const toml::node* admin = root_.get("admin");
+    if (admin == nullptr) return;
+    if (const auto* t = admin->as_table()) {
+      load_admin(*t);
+    } else {
+      TableReader(root_, "", sink_).table("admin");  // says what it should be
+    }
+  }
+
  private:
   void load_admin(const toml::table& t) {
     TableReader r(t, "admin", sink_);
@@ -570,7 +582,9 @@ std::string toml_size(std::uint64_t bytes) {
 
 }  // namespace
 
-LoadResult load_config_string(std::string_view toml_text, const std::string& file_name) {
+namespace {
+
+LoadResult load_string(std::string_view toml_text, const std::string& file_name, bool admin_only) {
   toml::table root;
   try {
     root = toml::parse(toml_text, std::string_view(file_name));
@@ -582,13 +596,18 @@ LoadResult load_config_string(std::string_view toml_text, const std::string& fil
   ErrorSink sink(file_name);
   Config config;
   config.path = file_name;
-  Loader(root, sink, config).run();
+  Loader loader(root, sink, config);
+  if (admin_only) {
+    loader.run_admin_only();
+  } else {
+    loader.run();
+  }
   if (!sink.empty()) return unexpected(sorted(sink.errors()));
   for (const auto& w : sorted(sink.warnings())) config.warnings.push_back(w.to_string());
   return config;
 }
 
-LoadResult load_config_file(const std::string& path) {
+LoadResult load_file(const std::string& path, bool admin_only) {
   auto fail = [&](std::string message) {
     return LoadResult(unexpected(std::vector<ConfigError>{ConfigError{path, 0, 0, "", std::move(message)}}));
   };
@@ -609,8 +628,18 @@ LoadResult load_config_file(const std::string& path) {
     if (text.size() > kMaxFileSize) return fail("larger than 4MiB: not a configuration file");
   }
   if (in.bad()) return fail(std::string("cannot read: ") + std::strerror(errno));
-  return load_config_string(text, path);
+  return load_string(text, path, admin_only);
 }
+
+}  // namespace
+
+LoadResult load_config_string(std::string_view toml_text, const std::string& file_name) {
+  return load_string(toml_text, file_name, false);
+}
+
+LoadResult load_config_file(const std::string& path) { return load_file(path, false); }
+
+LoadResult load_admin_config_file(const std::string& path) { return load_file(path, true); }
 
 std::string effective_config_toml(const Config& c) {
   std::ostringstream o;

@@ -702,12 +702,12 @@ int run_stats(const StatsCmdOptions& opts, std::ostream& out, std::ostream& err)
     if (!a) return usage("--admin " + a.error().message);
     address = *a;
   } else if (!opts.config.empty()) {
-    auto config = conf::load_config_file(opts.config);
+    auto config = conf::load_admin_config_file(opts.config);
     if (!config) {
       const auto& errors = config.error();
       err << "isoproxy stats: cannot read the admin address from " << stats_view::sanitize(opts.config, false) << ": "
           << (errors.empty() ? std::string("invalid") : stats_view::sanitize(errors.front().to_string(), false))
-          << (errors.size() > 1 ? " (and " + std::to_string(errors.size() - 1) + " more errors: isoproxy check -c FILE)" : "") << "\n";
+          << (errors.size() > 1 ? " (and " + std::to_string(errors.size() - 1) + " more in [admin]: isoproxy check -c FILE)" : "") << "\n";
       return 1;
     }
     if (!config->admin.enabled) {

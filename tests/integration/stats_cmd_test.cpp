@@ -383,6 +383,23 @@ TEST_CASE("stats: -c reads [admin] listen, a Unix socket here, 'off' is a clear 
   auto z = stats({}, {"-c", zero.string()});
   CHECK(z.exit_code == 1);
   CHECK(z.err.find("port 0") != std::string::npos);
+  // Only [admin] matters: a listener this user cannot load (a key it may
+  // not read, a file mid-edit) does not keep stats from finding the
+  // endpoint; an error in [admin] itself is named.
+  const auto other = dir / "other.toml";
+  {
+    std::ofstream(other) << "[admin]\nlisten = \"off\"\n\n[[listener]]\nname = \"x\"\nlisten = \"127.0.0.1:10102\"\n"
+                            "upstream = \"127.0.0.1:102\"\n[listener.tls]\ncert = \"/nonexistent/x.crt\"\nkey = \"/nonexistent/x.key\"\n";
+  }
+  auto o = stats({}, {"-c", other.string()});
+  CHECK(o.exit_code == 1);
+  CHECK(o.err.find("the admin endpoint is off in " + other.string()) != std::string::npos);
+  const auto bad_admin = dir / "bad-admin.toml";
+  { std::ofstream(bad_admin) << "[admin]\nlisten = \"nowhere\"\n\n[[listener]]\nbogus = 1\n"; }
+  auto b = stats({}, {"-c", bad_admin.string()});
+  CHECK(b.exit_code == 1);
+  CHECK(b.err.find("admin.listen") != std::string::npos);
+  CHECK(b.err.find("bogus") == std::string::npos);
   // A file that does not load.
   auto missing = stats({}, {"-c", (dir / "missing.toml").string()});
   CHECK(missing.exit_code == 1);
