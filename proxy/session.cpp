@@ -1084,10 +1084,18 @@ void Session::arm_timer() {
   for (const Leg* l : {&io_->client, &io_->upstream}) {
     if (l->tls && !l->tls->established() && l->tls_deadline_ms != 0) deadline = std::min(deadline, l->tls_deadline_ms);
   }
-  if (state_ != SessionState::kEstablished && !non_rfc1006_ && c.handshake_timeout.count() > 0) {
+  if (handshake_timed()) {
     deadline = std::min<std::uint64_t>(deadline, start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count()));
   }
   server_.timers().set(*this, deadline);  // UINT64_MAX: none
+}
+
+bool Session::handshake_timed() const {
+  // Once a direction is relayed raw (not RFC 1006, or a frame that did not
+  // decode), its CR, CC or DR can no longer be seen: a handshake isoproxy
+  // does not follow is not timed either.
+  return state_ != SessionState::kEstablished && !non_rfc1006_ && !to_client_.raw && !to_upstream_.raw &&
+         rt_->cfg.handshake_timeout.count() > 0;
 }
 
 void Session::on_timer() {
@@ -1121,8 +1129,7 @@ void Session::on_timer() {
           local_destination_hint());
     return;
   }
-  if (state_ != SessionState::kEstablished && !non_rfc1006_ && c.handshake_timeout.count() > 0 &&
-      now >= start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count())) {
+  if (handshake_timed() && now >= start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count())) {
     // After a DR the peers are to close (RFC 1006 §6); the timeout also
     // ends a session where neither did, and says so.
     const auto kDr = static_cast<std::size_t>(codec::TpduType::kDR);

@@ -297,6 +297,7 @@ class Session final : public filters::FilterContext {
   bool peer_reset(Leg& l);
   void arm_timer();
   void on_timer();
+  bool handshake_timed() const;  // handshake_timeout applies now
   // idle_timeout has passed: closes and says so.
   bool close_if_idle(std::uint64_t now);
   // The upstream leg's keepalive, due kKeepaliveAfterMs after connect.

@@ -884,6 +884,43 @@ TEST_CASE("relay-stream: a malformed frame mid-session is passed on and the rest
   rig.stop();
 }
 
+TEST_CASE("relay-stream: a CC that does not decode is relayed raw, and the handshake timeout then leaves the session alone",
+          "[relay-stream]") {
+  // The CC cannot be told from anything else once it does not decode: the
+  // proxy no longer follows the handshake, so it must not time it either
+  // (a session that works would be closed as "no CC or DR").
+  Options o;
+  o.listener_extra = "handshake_timeout = \"300ms\"";
+  Rig rig(o);
+  REQUIRE_RIG(rig);
+  Session s = rig.open();
+  const ByteVec cr = t::vector_bytes("V5");
+  const ByteVec bad_cc = t::vector_bytes("N3");
+  REQUIRE_FALSE(codec::decode_frame(codec::Bytes(bad_cc)).ok());
+  handshake(rig, s, cr, bad_cc, bad_cc);
+  // Data both ways for three times the handshake timeout.
+  const ByteVec dt = t::vector_bytes("V10"), reply = t::vector_bytes("V10r");
+  std::size_t up_bytes = cr.size();
+  const auto until = std::chrono::steady_clock::now() + Millis(900);
+  int rounds = 0;
+  while (std::chrono::steady_clock::now() < until && rounds < 10000) {
+    REQUIRE(s.client.send_all(codec::Bytes(dt)));
+    up_bytes += dt.size();
+    REQUIRE(s.up->wait_bytes(up_bytes));
+    REQUIRE(s.up->send(reply));
+    INFO(rig.log());
+    const auto back = s.client.recv_exact(reply.size(), kWait);
+    REQUIRE(back);
+    CHECK(hex(*back) == hex(reply));
+    ++rounds;
+  }
+  CHECK(rounds > 0);
+  const auto f = close_by_client(rig, s);
+  CHECK(field(f, "reason") == "client-closed");
+  CHECK(field(f, "raw") == "1");
+  rig.stop();
+}
+
 TEST_CASE("relay-stream: malformed = close with malformed_send_er sends an ER to the sender, then closes",
           "[relay-stream]") {
   const std::string id = GENERATE(as<std::string>{}, "N3", "N4");
