@@ -118,6 +118,7 @@ Totals totals(Supervisor& sup) {
     add_map(out.g.sessions_by_upstream, p.g.sessions_by_upstream);
     add_map(out.g.sessions_by_called_tsap, p.g.sessions_by_called_tsap);
     out.g.sessions_called_tsap_other += p.g.sessions_called_tsap_other;
+    out.g.sessions_upstream_other += p.g.sessions_upstream_other;
     for (const ListenerRow& r : p.listeners) {
       auto it = std::find_if(out.listeners.begin(), out.listeners.end(), [&](const ListenerRow& o) { return o.name == r.name; });
       if (it == out.listeners.end()) {
@@ -136,13 +137,9 @@ Totals totals(Supervisor& sup) {
     out.dns_cached += p.dns_cached;
     out.dns_in_flight += p.dns_in_flight;
   }
-  // Each worker bounds its TSAP labels; the sum is bounded the same way.
-  const std::size_t limit = sup.config().admin.metrics_tsap_labels;
-  auto& tsaps = out.g.sessions_by_called_tsap;
-  while (tsaps.size() > limit) {
-    out.g.sessions_called_tsap_other += std::prev(tsaps.end())->second;
-    tsaps.erase(std::prev(tsaps.end()));
-  }
+  // The workers count under one set of labels (Shared), so the sum has no
+  // more of them than any worker: nothing to fold here, and no counter ever
+  // moves from a label to "other" and back.
   return out;
 }
 
@@ -384,6 +381,7 @@ AdminResponse Admin::stats() {
                              {"listeners", listeners},
                              {"workers", t.workers},
                              {"upstreams", g.sessions_by_upstream},
+                             {"upstreams_other", g.sessions_upstream_other},
                              {"connect_failures", g.connect_failures},
                              {"decode_errors", g.decode_errors},
                              {"filter_actions", g.filter_actions},
@@ -421,6 +419,9 @@ std::string render_metrics(Supervisor& server) {
   for (const auto& [k, v] : g.sessions_by_upstream) {
     out += "isoproxy_upstream_sessions_total{upstream=\"" + label(k) + "\"} " + std::to_string(v) + "\n";
   }
+  family(out, "isoproxy_upstream_other_sessions_total", "counter",
+         "Sessions connected to an upstream that came after 1000 distinct upstream addresses had a label.");
+  out += "isoproxy_upstream_other_sessions_total " + std::to_string(g.sessions_upstream_other) + "\n";
   family(out, "isoproxy_bytes_total", "counter", "Bytes relayed, by direction.");
   out += "isoproxy_bytes_total{direction=\"to_upstream\"} " + std::to_string(g.bytes_to_upstream) + "\n";
   out += "isoproxy_bytes_total{direction=\"to_client\"} " + std::to_string(g.bytes_to_client) + "\n";

@@ -411,6 +411,17 @@ void Server::retire(std::unique_ptr<Session> s) {
   while (closed_.size() > keep) closed_.pop_front();  // the oldest goes (apply() trims after a reload)
 }
 
+void Server::count_upstream(const std::string& address) {
+  auto it = stats_.sessions_by_upstream.find(address);
+  if (it != stats_.sessions_by_upstream.end()) {
+    ++it->second;
+  } else if (shared_.admit_upstream_label(address)) {
+    stats_.sessions_by_upstream[address] = 1;
+  } else {
+    ++stats_.sessions_upstream_other;
+  }
+}
+
 void Server::count_called_tsap(const std::string& display) {
   const std::size_t limit = config_->admin.metrics_tsap_labels;
   if (limit == 0) return;

@@ -49,7 +49,8 @@ struct GlobalStats {
   std::map<std::string, std::uint64_t> decode_errors;     // by kind
   std::map<std::string, std::uint64_t> filter_actions;    // "<filter>.<action>"
   std::map<std::string, std::uint64_t> close_reasons;
-  std::map<std::string, std::uint64_t> sessions_by_upstream;    // by upstream address, at connect
+  std::map<std::string, std::uint64_t> sessions_by_upstream;    // by upstream address, at connect (Shared::admit_upstream_label)
+  std::uint64_t sessions_upstream_other = 0;  // upstreams that came after that bound was reached
   std::map<std::string, std::uint64_t> sessions_by_called_tsap; // bounded by admin.metrics_tsap_labels
   std::uint64_t sessions_called_tsap_other = 0;  // called TSAPs that came after the bound was reached
 };
@@ -135,6 +136,9 @@ class Server {
   bool wants_access_log() const { return shared_.access_log.enabled(); }
   void write_access_log(const std::string& json) { shared_.access_log.write(json); }
   void count_called_tsap(const std::string& display);
+  // One session connected to `address`, under its label while the labels are
+  // fewer than Shared::kMaxUpstreamLabels, else in sessions_upstream_other.
+  void count_upstream(const std::string& address);
   // Filter counters ("<filter>.<action>") by a small key, so that a session
   // keeps 16 bytes per counter rather than the name (the names are few: the
   // configuration's filters times their actions).

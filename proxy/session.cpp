@@ -322,7 +322,7 @@ void Session::on_connect(int status) {
   }
   io_->upstream.connected = true;
   if (source_ss_.sa.sa_family == 0) local_name(io_->upstream, source_ss_);
-  server_.stats().sessions_by_upstream[upstream_addr_]++;
+  server_.count_upstream(upstream_addr_);
   const auto& c = rt_->cfg;
   uv_tcp_nodelay(&io_->upstream.tcp, 1);
   // Keepalive on the upstream leg from kKeepaliveAfterMs on (arm_timer):

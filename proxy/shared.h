@@ -131,13 +131,15 @@ struct Shared {
   // `limit` values seen by any worker, so that each worker counts the same
   // ones and a sum over workers never drops a labelled series. True if
   // `label` is (now) one of them.
-  bool admit_tsap_label(const std::string& label, std::size_t limit) {
-    std::lock_guard lock(tsap_labels_mutex_);
-    if (tsap_labels_.count(label) != 0) return true;
-    if (tsap_labels_.size() >= limit) return false;
-    tsap_labels_.insert(label);
-    return true;
-  }
+  // A reload that lowers the limit keeps the values already admitted (their
+  // counters go on; a series never vanishes or goes back), and admits no
+  // new ones until fewer than the limit are left.
+  bool admit_tsap_label(const std::string& label, std::size_t limit) { return tsap_labels_.admit(label, limit); }
+  // The upstream addresses /stats and /metrics count sessions by, bounded
+  // the same way: in transparent mode every destination a client dials is
+  // one, and the map must not grow with them.
+  static constexpr std::size_t kMaxUpstreamLabels = 1000;
+  bool admit_upstream_label(const std::string& label) { return upstream_labels_.admit(label, kMaxUpstreamLabels); }
 
   // Sessions of one listener (by name) across every worker, against its
   // max_sessions. The counter lives as long as the process, so a reload
@@ -166,8 +168,22 @@ struct Shared {
   std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint32_t>>> listener_sessions_;
 
  private:
-  std::mutex tsap_labels_mutex_;
-  std::unordered_set<std::string> tsap_labels_;
+  class LabelSet {
+   public:
+    bool admit(const std::string& label, std::size_t limit) {
+      std::lock_guard lock(mutex_);
+      if (labels_.count(label) != 0) return true;
+      if (labels_.size() >= limit) return false;
+      labels_.insert(label);
+      return true;
+    }
+
+   private:
+    std::mutex mutex_;
+    std::unordered_set<std::string> labels_;
+  };
+  LabelSet tsap_labels_;
+  LabelSet upstream_labels_;
 };
 
 }  // namespace isoproxy

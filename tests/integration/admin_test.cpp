@@ -267,6 +267,69 @@ TEST_CASE("admin: /metrics is valid Prometheus text", "[admin][integration][metr
   CHECK(proxy.wait_exit(10s) == 0);
 }
 
+TEST_CASE("admin: a reload that changes metrics_tsap_labels never moves a count back", "[admin][integration][metrics]") {
+  TestServer up(responder_handler({.reserved = 0x11}));
+  REQUIRE(up.ok());
+  auto config = [&](int labels) {
+    return "[admin]\nlisten = \"127.0.0.1:0\"\nmetrics_tsap_labels = " + std::to_string(labels) +
+           "\n\n[global]\nworkers = 2\n\n[[listener]]\nname = \"m\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+           std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n";
+  };
+  ProxyProcess proxy(config(2));
+  auto port = proxy.listen_port("m", 10s);
+  auto aport = admin_port(proxy);
+  REQUIRE(port);
+  REQUIRE(aport);
+  INFO(proxy.text());
+  std::size_t closed = 0;
+  auto session = [&](const char* called) {
+    {
+      Conn c = connect_to("127.0.0.1", *port);
+      REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", called)));
+      REQUIRE(c.recv_frame(5s));
+    }
+    REQUIRE(proxy.wait_for_lines(std::regex("close reason="), ++closed, 10s));
+  };
+  auto metric = [&](const std::string& series) -> long {
+    const std::string body = http(*aport, "GET", "/metrics").body;
+    const auto at = body.find("\n" + series + " ");
+    return at == std::string::npos ? -1 : std::stol(body.substr(at + series.size() + 2));
+  };
+  const std::string zz = "isoproxy_called_tsap_sessions_total{called_tsap=\"ZZ\"}";
+  const std::string aa = "isoproxy_called_tsap_sessions_total{called_tsap=\"AA\"}";
+  const std::string other = "isoproxy_called_tsap_other_sessions_total";
+  // The first two values get labels, whatever their order in the alphabet.
+  for (const char* called : {"ZZ", "YY", "AA", "BB"}) session(called);
+  CHECK(metric(zz) == 1);
+  CHECK(metric(aa) == -1);
+  CHECK(metric(other) == 2);
+  auto reload = [&](int labels, int n) {
+    REQUIRE(proxy.write_config(config(labels)));
+    REQUIRE(proxy.signal(SIGHUP));
+    REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), static_cast<std::size_t>(n), 10s));
+  };
+  // Fewer labels: the labelled series go on, nothing moves into "other".
+  reload(1, 1);
+  CHECK(metric(zz) == 1);
+  CHECK(metric(other) == 2);
+  session("ZZ");
+  session("CC");
+  CHECK(metric(zz) == 2);
+  CHECK(metric(other) == 3);
+  // More again: "other" does not give anything back; a new value gets a label.
+  reload(3, 2);
+  CHECK(metric(other) == 3);
+  session("DD");
+  CHECK(metric("isoproxy_called_tsap_sessions_total{called_tsap=\"DD\"}") == 1);
+  CHECK(metric(other) == 3);
+  // The upstreams are counted under a bounded label set too.
+  CHECK(metric("isoproxy_upstream_sessions_total{upstream=\"127.0.0.1:" + std::to_string(up.port()) + "\"}") == 7);
+  CHECK(metric("isoproxy_upstream_other_sessions_total") == 0);
+  CHECK(json::parse(http(*aport, "GET", "/stats").body)["upstreams_other"] == 0);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
 TEST_CASE("access log: one JSON line per session at close, the same fields as /sessions", "[admin][access-log][integration]") {
   TestServer up(responder_handler({.reserved = 0x11}));
   REQUIRE(up.ok());
