@@ -1142,8 +1142,17 @@ void Session::on_timer() {
   const std::uint64_t park_after = c.park_after.count() > 0 ? park_delay() : 0;
   if (park_after > 0 && state_ == SessionState::kEstablished && now >= last_activity_ms_ + park_after &&
       now >= park_retry_ms_) {
-    // Something still in flight (a slow reader, a FIN on its way): look again later.
-    if (!park_eligible() || !park()) park_retry_ms_ = now + park_after;
+    // Something still in flight (a slow reader, a FIN on its way): look again
+    // later; never again when what keeps it lasts as long as the session
+    // (else every such idle session would wake every park_after for ever).
+    if (!park_eligible() || !park()) {
+      if (const char* why = never_parks()) {
+        park_retry_ms_ = UINT64_MAX;
+        spdlog::debug("[S{}] will not park: {}", id_, why);
+      } else {
+        park_retry_ms_ = now + park_after;
+      }
+    }
   }
   arm_timer();
 }
@@ -1608,6 +1617,16 @@ bool Session::park_eligible() const {
     if (!f->raw && framer_of(*f).held() != 0) return false;
   }
   return true;
+}
+
+const char* Session::never_parks() const {
+  if (!io_ || draining_ || closing_) return "closing";
+  if (io_->chain.needs_data_phase()) return "a filter sees the data phase";
+  for (const Leg* l : {&io_->client, &io_->upstream}) {
+    if (l->tls) return "a TLS leg";
+    if (l->eof || l->shutdown_sent) return "half-closed";
+  }
+  return nullptr;
 }
 
 bool Session::park() {

@@ -298,6 +298,9 @@ class Session final : public filters::FilterContext {
   void arm_timer();
   void on_timer();
   bool handshake_timed() const;  // handshake_timeout applies now
+  // Why the session cannot park for the rest of its life, or nullptr if it
+  // may later (a slow reader, a FIN on its way).
+  const char* never_parks() const;
   // idle_timeout has passed: closes and says so.
   bool close_if_idle(std::uint64_t now);
   // The upstream leg's keepalive, due kKeepaliveAfterMs after connect.

@@ -543,6 +543,45 @@ TEST_CASE("park: a listener whose filters see the data phase does not park", "[p
   CHECK_FALSE(in_passthrough(*last));
 }
 
+namespace {
+// Voluntary context switches of every thread of `pid`: how often it slept
+// and woke (a timer, a socket), from /proc.
+long wakeups(pid_t pid) {
+  long total = 0;
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream in(task.path() / "status");
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::stol(line.substr(24));
+    }
+  }
+  return total;
+}
+}  // namespace
+
+TEST_CASE("park: a session that can never park stops looking, instead of waking every park_after", "[park]") {
+  // A data-phase filter keeps the session from parking for its whole life;
+  // with park_after = 10ms, looking again each time would wake the worker
+  // 100 times a second per idle session.
+  const std::string filters = "park_after = \"10ms\"\nfilters = [\"dt\"]\n\n[filter.dt]\nkind = \"tpkt-reserved\"\ntpdu = [\"any\"]\n";
+  Rig rig(filters, "log_level = \"debug\"\n");
+  auto framed = rig.open(true, rig.ports[0]);
+  INFO(rig.log());
+  REQUIRE(rig.proxy->wait_for_line(std::regex(R"(\[S1\] will not park: a filter sees the data phase)"), 10s));
+  const long before = wakeups(rig.proxy->pid());
+  const auto start = Clock::now();
+  std::this_thread::sleep_for(1s);  // the span measured, not a wait for an event
+  const long woke = wakeups(rig.proxy->pid()) - before;
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+  INFO("wake-ups in " << ms << " ms: " << woke);
+  CHECK(woke < 30);
+  CHECK(rig.proxy->count_lines(std::regex("will not park")) == 1);
+  // It still relays.
+  const ByteVec dt = t::make_dt("after the idle second");
+  REQUIRE(framed.client.send_all(codec::Bytes(dt)));
+  REQUIRE(framed.up->recv_exact(dt.size(), 5s));
+}
+
 TEST_CASE("park: a peer that polls stops parking its session (back-off), one that goes quiet parks again", "[park]") {
   Rig rig(std::string(kFramed) + kPark);
   auto p = rig.open();
