@@ -341,8 +341,21 @@ AdminResponse Admin::action(const AdminRequest& r) {
     return resp;
   }
   if (r.path == "/reload") {
-    server_.request_reload();
-    return json_response(202, {{"reload", "started"}});
+    // The reload runs before the answer: a deploy script learns whether the
+    // new configuration is in force, not only that it was asked for.
+    using Kind = Supervisor::ReloadOutcome::Kind;
+    const auto out = server_.request_reload();
+    switch (out.kind) {
+      case Kind::kDone:
+        return json_response(200, {{"reload", "done"}, {"config", server_.config().path}});
+      case Kind::kIncomplete:
+        return json_response(202, {{"reload", "incomplete"}, {"errors", out.errors}});
+      case Kind::kRefused:
+        return json_response(503, {{"reload", "refused"}, {"errors", out.errors}});
+      case Kind::kFailed:
+        break;
+    }
+    return json_response(422, {{"reload", "failed"}, {"errors", out.errors}});
   }
   const std::string prefix = "/sessions/";
   const std::string suffix = "/close";

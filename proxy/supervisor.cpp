@@ -308,7 +308,7 @@ void Supervisor::on_signal(int signum) {
       spdlog::warn("SIGHUP while shutting down: ignored");
       return;
     }
-    reload();
+    (void)reload();
     return;
   }
   if (signum == SIGUSR1) {
@@ -368,7 +368,19 @@ void Supervisor::maybe_stop() {
   }
 }
 
-void Supervisor::reload() {
+Supervisor::ReloadOutcome Supervisor::request_reload() {
+  if (draining_) {
+    // As for SIGHUP: a reload would bind the listeners again, and the
+    // process would never finish. (The admin endpoint closes when the drain
+    // begins; a request it had already read may still come here.)
+    spdlog::warn("POST /reload while shutting down: refused");
+    return {ReloadOutcome::Kind::kRefused, {"isoproxy is shutting down"}};
+  }
+  return reload();
+}
+
+Supervisor::ReloadOutcome Supervisor::reload() {
+  using Kind = ReloadOutcome::Kind;
   spdlog::info("SIGHUP: reloading {}", config_->path);
   // RELOADING=1 now and READY=1 however the reload ends.
   const notify::Reload reloading("reloading " + config_->path, [this] {
@@ -380,7 +392,9 @@ void Supervisor::reload() {
     for (const auto& e : loaded.error()) spdlog::error("reload: {}", e.to_string());
     spdlog::error("reload failed: {} error{}; the running configuration stays in force", loaded.error().size(),
                   loaded.error().size() == 1 ? "" : "s");
-    return;
+    ReloadOutcome out{Kind::kFailed, {}};
+    for (const auto& e : loaded.error()) out.errors.push_back(e.to_string());
+    return out;
   }
   auto cfg = std::make_shared<const conf::Config>(std::move(*loaded));
   if (cfg->admin.enabled != config_->admin.enabled || cfg->admin.listen != config_->admin.listen) {
@@ -395,7 +409,7 @@ void Supervisor::reload() {
   auto sockets = prepare(*cfg, config_.get());
   if (!sockets) {
     spdlog::error("reload failed: {}; the running configuration stays in force", sockets.error().message);
-    return;
+    return {Kind::kFailed, {sockets.error().message}};
   }
   if (auto failed = shared_.access_log.configure(cfg->global.access_log)) {
     spdlog::error("reload: {}; the access log stays as it was", *failed);
@@ -423,10 +437,11 @@ void Supervisor::reload() {
     // loop gets to it).
     spdlog::warn("reload incomplete: worker {} did not confirm within {}ms; it applies {} when its loop is free",
                  pending, kWorkerAnswer.count(), config_->path);
-    return;
+    return {Kind::kIncomplete, {"worker " + pending + " did not confirm within " + std::to_string(kWorkerAnswer.count()) + "ms"}};
   }
   spdlog::info("reloaded {}: {} listener{}; established sessions keep their configuration", config_->path,
                config_->listeners.size(), config_->listeners.size() == 1 ? "" : "s");
+  return {Kind::kDone, {}};
 }
 
 }  // namespace isoproxy

@@ -48,7 +48,12 @@ class Supervisor {
   const conf::Config& config() const { return *config_; }
   unsigned workers() const { return static_cast<unsigned>(servers_.size()); }
   Shared& shared() { return shared_; }
-  void request_reload() { reload(); }
+  // How a reload ended, for POST /reload (SIGHUP only logs it).
+  struct ReloadOutcome {
+    enum class Kind { kDone, kFailed, kIncomplete, kRefused } kind = Kind::kDone;
+    std::vector<std::string> errors;  // kFailed, kRefused: why; kIncomplete: the workers still on the old one
+  };
+  ReloadOutcome request_reload();
 
   // How long the admin endpoint waits for a worker's part of an answer.
   static constexpr std::chrono::milliseconds kWorkerAnswer{2000};
@@ -61,7 +66,7 @@ class Supervisor {
  private:
   void on_signal(int signum);
   void begin_drain();
-  void reload();
+  ReloadOutcome reload();
   void maybe_stop();
   void on_worker_done();
   // Host checks and the sockets of the listeners `config` adds or changes

@@ -172,10 +172,22 @@ TEST_CASE("admin: counters move while a session streams, closed sessions keep re
   CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-tesT\r\n").status == 401);
   CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test-\r\n").status == 401);
   CHECK(http(*aport, "POST", "/reload", "Authorization: Basic 0123456789abcdef-test\r\n").status == 401);
-  CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n").status == 202);
+  // The reload has run when the answer comes: it says how it ended.
+  auto done = http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n");
+  CHECK(done.status == 200);
+  CHECK(json::parse(done.body)["reload"] == "done");
+  CHECK(proxy.count_lines(std::regex("reloaded ")) == 1);
   // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
-  REQUIRE(proxy.wait_for_line(std::regex("reloaded "), 10s));
-  CHECK(http(*aport, "POST", "/reload", "Authorization: bearer 0123456789abcdef-test\r\n").status == 202);
+  CHECK(http(*aport, "POST", "/reload", "Authorization: bearer 0123456789abcdef-test\r\n").status == 200);
+  // A configuration that does not load: 422, with the errors, and the old one stays.
+  REQUIRE(proxy.write_config("[[listener]]\nname = \"live\"\nlisten = \"127.0.0.1:0\"\nupstream = \"nowhere\"\n"));
+  auto failed = http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n");
+  CHECK(failed.status == 422);
+  const json fj = json::parse(failed.body);
+  CHECK(fj["reload"] == "failed");
+  REQUIRE(fj["errors"].size() == 1);
+  CHECK(fj["errors"][0].get<std::string>().find("listener[0].upstream") != std::string::npos);
+  CHECK(http(*aport, "GET", "/stats").status == 200);
   CHECK(http(*aport, "DELETE", "/sessions").status == 405);
   CHECK(http(*aport, "GET", "/nothing-here").status == 404);
 
