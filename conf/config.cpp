@@ -196,6 +196,12 @@ std::uint16_t SocketAddress::port() const {
   return 0;
 }
 
+bool valid_listener_name(std::string_view s) {
+  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+  });
+}
+
 bool Cidr::contains(const sockaddr* addr) const {
   if (addr == nullptr) return false;
   std::uint8_t b[16];

@@ -60,6 +60,10 @@ struct Cidr {
   bool contains(const sockaddr* addr) const;
 };
 
+// A listener's or a route's name: letters, digits, _, - and ., at most 64.
+// Names end up in log lines, the close line, stats and Prometheus labels.
+bool valid_listener_name(std::string_view s);
+
 // Parsers shared by the loader and the CLI; errors are sentences for humans.
 Result<Duration> parse_duration(std::string_view s);      // "250ms", "5s", "2m", "1h", "0"
 Result<std::uint64_t> parse_size(std::string_view s);     // "65535", "256KiB", "4MiB", "1GiB"

@@ -47,13 +47,6 @@ bool valid_filter_name(std::string_view s) {
   });
 }
 
-// Listener names end up in log lines, stats and Prometheus labels.
-bool valid_listener_name(std::string_view s) {
-  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
-  });
-}
-
 // Address bytes and port of a socket address, for comparisons.
 struct Endpoint {
   int family = AF_UNSPEC;

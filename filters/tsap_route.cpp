@@ -163,6 +163,11 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
   t.tables("route", "a table with upstream and called or calling", [&](conf::TableReader& r, std::size_t i) {
     RouteRule rule;
     rule.name = r.string("name", "route-" + std::to_string(i));
+    if (r.node("name") != nullptr && r.node("name")->is_string() && !conf::valid_listener_name(rule.name)) {
+      r.error("name", "route names may use only letters, digits, _, - and . (at most 64): "
+                      "they appear in the close line (route=FILTER/NAME) and the logs");
+      ok = false;
+    }
     rule.called = read_tsap_patterns(r, "called", ok);
     rule.calling = read_tsap_patterns(r, "calling", ok);
     auto up = r.socket_address("upstream");

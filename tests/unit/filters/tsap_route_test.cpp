@@ -121,6 +121,15 @@ TEST_CASE("tsap-route: configuration errors, one each, with their key", "[filter
   bool suggested = false;
   for (const auto& e : unknown) suggested = suggested || e.find("filter.r.route[0].caled: unknown key; did you mean \"called\"?") != std::string::npos;
   CHECK(suggested);
+  // A route's name is shown in the close line: no newline or space in it.
+  const auto bad_name = errors_for("[[route]]\nname = \"a\\nreason=fake\"\ncalled = \"X\"\nupstream = \"192.0.2.1:102\"\n");
+  REQUIRE(bad_name.size() == 1);
+  CHECK(bad_name[0] == "test.toml:2:8: filter.r.route[0].name: route names may use only letters, digits, _, - and . (at most 64): "
+                       "they appear in the close line (route=FILTER/NAME) and the logs");
+  std::vector<conf::ConfigError> none;
+  CHECK(factory_from_toml("tsap-route", "[[route]]\nname = \"Exchange-2.b_x\"\ncalled = \"X\"\nupstream = \"192.0.2.1:102\"\n",
+                          &none, "r") != nullptr);
+  CHECK(none.empty());
   // A route's upstream and source are checked as a listener's are.
   const std::string route = "[[route]]\ncalled = \"X\"\n";
   CHECK(errors_for("default = \"0.0.0.0:102\"\n") ==
