@@ -5,6 +5,7 @@
 #include "conf/loader.h"
 
 #include <arpa/inet.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <toml++/toml.h>
@@ -103,6 +104,9 @@ struct ListenSeen {
   std::size_t listener;
 };
 
+// sun_path's size less its terminating NUL.
+constexpr std::size_t kMaxUnixPath = sizeof(sockaddr_un::sun_path) - 1;
+
 class Loader {
  public:
   Loader(const toml::table& root, ErrorSink& sink, Config& config) : root_(root), sink_(sink), config_(config) {}
@@ -153,7 +157,12 @@ class Loader {
     if (listen == "off") {
       a.enabled = false;
     } else if (listen.rfind("unix:", 0) == 0) {
-      if (listen.size() <= 5 || listen[5] != '/') r.error("listen", "a Unix socket needs an absolute path: \"unix:/run/isoproxy/admin.sock\"");
+      if (listen.size() <= 5 || listen[5] != '/') {
+        r.error("listen", "a Unix socket needs an absolute path: \"unix:/run/isoproxy/admin.sock\"");
+      } else if (listen.size() - 5 > kMaxUnixPath) {
+        r.error("listen", "the Unix socket path is " + std::to_string(listen.size() - 5) + " bytes long; the kernel takes at most " +
+                              std::to_string(kMaxUnixPath) + " (sockaddr_un): choose a shorter one");
+      }
       a.listen = listen;
     } else {
       auto addr = parse_socket_address(listen, 9102, /*allow_port_zero=*/true);

@@ -317,7 +317,7 @@ const http_parser_settings& AdminHttpServer::Impl::Connection::parser_settings()
 
 Status<> AdminHttpServer::Impl::listen(const std::string& address) {
   if (listener_initialised_ || stopping_) {
-    return unexpected(Error{"admin-listen", "admin: listen() called twice or after stop()"});
+    return unexpected(Error{"admin-listen", "listen() called twice or after stop()"});
   }
   if (address.rfind("unix:", 0) == 0) return listen_unix(address.substr(5));
   return listen_tcp(address);
@@ -328,15 +328,15 @@ Status<> AdminHttpServer::Impl::listen_tcp(const std::string& address) {
   const bool has_port = !address.empty() && (address.find("]:") != std::string::npos ||
                                              (address.front() != '[' && std::count(address.begin(), address.end(), ':') == 1));
   if (!has_port) {
-    return unexpected(Error{"bad-address", "admin: \"" + address + "\": expected HOST:PORT, [IPV6]:PORT or unix:/PATH"});
+    return unexpected(Error{"bad-address", "\"" + address + "\": expected HOST:PORT, [IPV6]:PORT or unix:/PATH"});
   }
   auto parsed = conf::parse_socket_address(address, 0, true);
-  if (!parsed) return unexpected(Error{parsed.error().kind, "admin: " + parsed.error().message});
+  if (!parsed) return unexpected(Error{parsed.error().kind, parsed.error().message});
   const conf::SocketAddress& a = *parsed;
   // Bound with plain calls, so that a failure leaves no libuv handle to close
   // and the server can be destroyed at once.
   const int fd = ::socket(a.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return unexpected(Error{"listen", "admin: socket: " + errno_text(errno)});
+  if (fd < 0) return unexpected(Error{"listen", "socket: " + errno_text(errno)});
   const int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   // [::] takes IPv6 only, as the relay's listeners do.
@@ -348,7 +348,7 @@ Status<> AdminHttpServer::Impl::listen_tcp(const std::string& address) {
     if (err == EADDRINUSE) hint = " (another process holds the port)";
     if (err == EACCES) hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)";
     if (err == EADDRNOTAVAIL) hint = " (not an address of this host)";
-    return unexpected(Error{"listen", "admin: cannot listen on " + a.text + ": " + errno_text(err) + hint});
+    return unexpected(Error{"listen", "cannot listen on " + a.text + ": " + errno_text(err) + hint});
   }
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -361,12 +361,12 @@ Status<> AdminHttpServer::Impl::listen_unix(const std::string& path) {
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof sun.sun_path) {
-    return unexpected(Error{"bad-address", "admin: unix socket path \"" + path + "\" is empty or longer than " +
+    return unexpected(Error{"bad-address", "unix socket path \"" + path + "\" is empty or longer than " +
                                                std::to_string(sizeof sun.sun_path - 1) + " bytes"});
   }
   std::memcpy(sun.sun_path, path.data(), path.size());
   auto fail = [&](const std::string& what, int err) -> Status<> {
-    return unexpected(Error{"listen", "admin: cannot listen on unix:" + path + ": " + what + ": " + errno_text(err)});
+    return unexpected(Error{"listen", "cannot listen on unix:" + path + ": " + what + ": " + errno_text(err)});
   };
   // A socket file left by a process that died is removed; one that still
   // answers belongs to a live server, and anything else is not ours to delete.
@@ -409,7 +409,7 @@ Status<> AdminHttpServer::Impl::adopt(int fd, bool is_unix) {
   int r = is_unix ? uv_pipe_init(loop_, &listener_.pipe, 0) : uv_tcp_init(loop_, &listener_.tcp);
   if (r != 0) {
     ::close(fd);
-    return unexpected(Error{"listen", "admin: " + uv_error_text(r)});
+    return unexpected(Error{"listen", uv_error_text(r)});
   }
   listener_.handle.data = this;
   listener_initialised_ = true;
@@ -426,7 +426,7 @@ Status<> AdminHttpServer::Impl::adopt(int fd, bool is_unix) {
     // Practically unreachable (the socket already listens); the handle is
     // closed like any other, so closed() turns true once the loop ran.
     stop();
-    return unexpected(Error{"listen", "admin: cannot listen on " + bound_ + ": " + uv_error_text(r)});
+    return unexpected(Error{"listen", "cannot listen on " + bound_ + ": " + uv_error_text(r)});
   }
   return Ok{};
 }

@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "Run the proxy in the foreground (logs to standard error)");
   run->add_option("-c,--config", run_config, "Configuration file (TOML)")->required();
   run->add_option("-u,--user", run_user,
-                  "Started as root: bind, then run as this user, keeping only the capabilities the configuration needs");
+                  "Started as root: bind, then run as this user, keeping only the capabilities the configuration needs")
+      ->check([](const std::string& u) { return u.empty() ? std::string("names no user (e.g. --user isoproxy)") : std::string(); });
 
   std::string check_config;
   bool check_verbose = false;
@@ -55,6 +56,12 @@ int main(int argc, char** argv) {
   stats->add_option("--timeout", st.timeout_s, "Seconds to connect, and to receive each answer (0.1..600)")->type_name("SECONDS")->default_val(5.0);
   stats->add_option("--width", st.width, "Output width in columns, 0 for unlimited (default: the terminal's, else $COLUMNS, else 80)")->type_name("N");
 
+  // An unknown word where the subcommand goes is named, not reported as a
+  // missing subcommand.
+  if (argc > 1 && argv[1][0] != '-' && app.get_subcommands([&](CLI::App* sub) { return sub->get_name() == argv[1]; }).empty()) {
+    std::cerr << "isoproxy: no command \"" << argv[1] << "\": the commands are run, check, decode and stats (see isoproxy --help)\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

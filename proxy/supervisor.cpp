@@ -207,8 +207,7 @@ Status<> Supervisor::start() {
     auto listening = admin_http_->listen(config_->admin.listen);
     if (!listening) {
       begin_drain();
-      return unexpected(Error{"admin", "admin endpoint: cannot listen on " + config_->admin.listen + ": " +
-                                           listening.error().message + " (set [admin] listen, or \"off\")"});
+      return unexpected(Error{"admin", "admin endpoint: " + listening.error().message + " (set [admin] listen, or \"off\")"});
     }
     spdlog::info("admin endpoint on {}{}", admin_http_->bound(),
                  config_->admin.token.empty() ? " (read-only: no admin.token)" : "");

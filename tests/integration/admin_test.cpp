@@ -195,6 +195,17 @@ TEST_CASE("admin: counters move while a session streams, closed sessions keep re
   CHECK(proxy.wait_exit(10s) == 0);
 }
 
+TEST_CASE("admin: an endpoint that cannot listen stops the start with one clear line", "[admin][integration]") {
+  ProxyProcess proxy("[admin]\nlisten = \"unix:/nonexistent-isoproxy-dir/admin.sock\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n"
+                     "upstream = \"127.0.0.1:9\"\n");
+  REQUIRE(proxy.started());
+  CHECK(proxy.wait_exit(10s) == 1);
+  INFO(proxy.text());
+  CHECK(proxy.count_lines(std::regex(R"(error admin endpoint: cannot listen on unix:/nonexistent-isoproxy-dir/admin\.sock: )"
+                                     R"(bind: No such file or directory \(set \[admin\] listen, or "off"\)$)")) == 1);
+  CHECK(proxy.count_lines(std::regex("listening on")) == 0);
+}
+
 TEST_CASE("admin: a DR from the upstream is decoded in the closed session", "[admin][integration]") {
   // An upstream that refuses every CR with DR reason 0x80.
   TestServer up([](Conn& conn) {

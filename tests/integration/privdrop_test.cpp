@@ -298,6 +298,15 @@ TEST_CASE("run --user: refused clearly before anything is bound", "[privdrop][in
   CHECK(missing.exit_code == 1);
   CHECK(missing.err.find("--user no-such-user-isoproxy: no such user; not starting") != std::string::npos);
   CHECK(missing.err.find("listening on") == std::string::npos);
+  // An empty name (a variable left unset in a unit file) is no user: it
+  // must not mean "stay root".
+  auto empty = run_process({isoproxy::test::isoproxy_binary(), "run", "-c", file, "--user", ""}, "", 20s);
+  CHECK(empty.exit_code == 2);
+  CHECK(empty.err == "isoproxy: --user: names no user (e.g. --user isoproxy) (see isoproxy --help)\n");
+  // A command that does not exist is named as such.
+  auto bogus = run_process({isoproxy::test::isoproxy_binary(), "bogus"}, "", 20s);
+  CHECK(bogus.exit_code == 2);
+  CHECK(bogus.err == "isoproxy: no command \"bogus\": the commands are run, check, decode and stats (see isoproxy --help)\n");
 
   if (::geteuid() == 0) {
     auto root = run_process({isoproxy::test::isoproxy_binary(), "run", "-c", file, "--user", "root"}, "", 20s);

@@ -355,6 +355,8 @@ const BadConfig kBadConfigs[] = {
      "2:10", "listener[0].listen", "is an IPv4-mapped IPv6 address: write the IPv4 address itself"},
     {"a listener on the admin endpoint's port", "[admin]\nlisten = \"127.0.0.1:9102\"\n\n[[listener]]\nlisten = \"0.0.0.0:9102\"\nupstream = \"192.0.2.10:102\"\n",
      "5:10", "listener[0].listen", "0.0.0.0:9102 is taken by the admin endpoint ([admin] listen = \"127.0.0.1:9102\")"},
+    {"an admin Unix socket path the kernel cannot take", "[admin]\nlisten = \"unix:/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n\n" LISTENER, "2:10",
+     "admin.listen", "the Unix socket path is 108 bytes long; the kernel takes at most 107 (sockaddr_un): choose a shorter one"},
     {"an access log that is a directory", "[global]\naccess_log = \"/tmp\"\n\n" LISTENER, "2:14", "global.access_log", "/tmp: is a directory"},
     {"an access log in no directory", "[global]\naccess_log = \"/nonexistent-isoproxy/access.log\"\n\n" LISTENER, "2:14", "global.access_log",
      "/nonexistent-isoproxy: no such directory"},
