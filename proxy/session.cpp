@@ -1259,7 +1259,18 @@ void Session::inject(filters::Direction toward, std::vector<std::uint8_t> frame)
 
 void Session::end_session(std::string reason) { io_->pending_close_reason = std::move(reason); }
 
-void Session::log(std::string_view message) { spdlog::info("[S{}] {}", id_, message); }
+void Session::log(std::string_view message) {
+  // Filters log connection-phase events (a repair, a refusal), which a
+  // session has a few of; a peer that repeats its CR on one connection must
+  // not turn that into a flood. The counts go on either way.
+  if (filter_log_lines_ >= kMaxFilterLogLines) return;
+  if (++filter_log_lines_ == kMaxFilterLogLines) {
+    spdlog::info("[S{}] {} (further filter lines of this session are not logged; its counts go on in the close line)", id_,
+                 message);
+    return;
+  }
+  spdlog::info("[S{}] {}", id_, message);
+}
 
 // ---------------------------------------------------------------------------
 // Pass-through (issue 7). Once the handshake is over and no filter needs the

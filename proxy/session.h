@@ -381,6 +381,8 @@ class Session final : public filters::FilterContext {
 
   // Parked: the two sockets (client, upstream), watched by the Server's ParkSet.
   std::array<int, 2> park_fd_{-1, -1};
+  static constexpr std::uint16_t kMaxFilterLogLines = 16;  // per session (log())
+  std::uint16_t filter_log_lines_ = 0;
   std::uint64_t park_retry_ms_ = 0;   // not eligible at its deadline: the next look
   std::uint32_t park_delay_ms_ = 0;   // backed off after a quick wake (0: park_after)
   static constexpr std::uint64_t kParkBackoffMax = 64;

@@ -329,3 +329,29 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
   for (const auto& r : received) all.insert(all.end(), r.begin(), r.end());
   CHECK(all == expect_upstream);
 }
+
+TEST_CASE("filter log lines are bounded per session: a client repeating its CR does not flood the log",
+          "[integration][log]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"f\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) +
+                     "\"\nfilters = [\"reserved\"]\n\n[filter.reserved]\nkind = \"tpkt-reserved\"\ntpdu = [\"CR\"]\n");
+  auto port = proxy.listen_port("f", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  // 40 CRs with the reserved byte 0x11 in one connection, each repaired.
+  ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  cr[1] = 0x11;
+  ByteVec burst;
+  for (int i = 0; i < 40; ++i) burst.insert(burst.end(), cr.begin(), cr.end());
+  Conn c = connect_to("127.0.0.1", *port);
+  REQUIRE(c.send_all(burst));
+  auto back = c.recv_exact(burst.size(), 10s);  // the upstream echoes them: all went through the chain
+  REQUIRE(back);
+  c.close();
+  auto close_line = proxy.wait_for_line(std::regex("close reason="), 10s);
+  REQUIRE(close_line);
+  CHECK(close_line->find("reserved.repaired=40") != std::string::npos);
+  CHECK(proxy.count_lines(std::regex(R"(\[S1\] reserved: CR client-to-upstream: TPKT reserved byte 0x11 -> 0x00)")) == 16);
+  CHECK(proxy.count_lines(std::regex("further filter lines of this session are not logged")) == 1);
+}
