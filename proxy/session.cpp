@@ -541,12 +541,21 @@ void Session::process(Leg& from, codec::MutableBytes data) {
       break;  // the rest of `in` goes out raw below
     }
     f.seen_frame = true;
+    // Draining, this frame completes the one in flight when the drain
+    // began: it goes out, and nothing after it (a frame begun after the
+    // drain is not relayed; on_read() then stops reading this side).
+    const bool last_of_drain = draining_ && f.drain_in_flight;
     f.drain_in_flight = false;  // whatever was in flight is complete now
     const bool in_buffer = r.frame.data() >= begin && r.frame.data() < end;
     handle_frame(from, f, codec::MutableBytes(const_cast<std::uint8_t*>(r.frame.data()), r.frame.size()), out);
     if (!in_buffer && !out.empty()) {
       send(to, out.data(), static_cast<unsigned>(out.size()));
       out.clear();
+    }
+    if (last_of_drain) {
+      f.drain_discarded += in.size();
+      in = {};
+      break;
     }
 
   }

@@ -1509,6 +1509,69 @@ std::optional<double> wait_keepalive(const std::string& filter, Millis within) {
 // The client leg inherits keepalive from the listening socket; the upstream
 // leg gets it once the session has lived a second (a shorter one never needs
 // it: the first probe comes keepalive_interval after the last byte anyway).
+namespace {
+// Bytes waiting in the receive queue of the proxy's socket of the connection
+// from client port `client` to proxy port `proxy` (/proc/net/tcp), or -1.
+long proxy_rx_queue(std::uint16_t proxy, std::uint16_t client) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // the header
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string slot, local, remote, state, queues;
+    f >> slot >> local >> remote >> state >> queues;
+    const auto port = [](const std::string& a) { return std::stoul(a.substr(a.find(':') + 1), nullptr, 16); };
+    if (port(local) == proxy && port(remote) == client) return std::stol(queues.substr(queues.find(':') + 1), nullptr, 16);
+  }
+  return -1;
+}
+}  // namespace
+
+TEST_CASE("relay-life: a drain relays the frame in flight, not the frames begun after it, whole or not",
+          "[relay-life][drain]") {
+  // The upstream answers the CR, then takes everything until the proxy's FIN.
+  std::mutex mu;
+  ByteVec got;
+  TestServer upstream([&](Conn& c) {
+    if (!c.recv_frame(10000ms) || !c.send_all(codec::Bytes(test_cc()))) return;
+    for (;;) {
+      auto chunk = c.recv_some(65536, 20000ms);
+      if (!chunk || chunk->empty()) break;
+      std::lock_guard lock(mu);
+      got.insert(got.end(), chunk->begin(), chunk->end());
+    }
+  });
+  REQUIRE(upstream.ok());
+  // Framed to the end, never parked: the drain's frame rule is what is tested.
+  auto proxy = start_proxy("[global]\ndrain_timeout = \"20s\"\n\n" +
+                           listener_toml("inflight", upstream.port(), "passthrough = false\npark_after = \"0\""));
+  const auto lport = port_of(*proxy, "inflight");
+  const auto m = mark(*proxy);
+  Conn c = open_session(lport);
+  const Watch a = watch(c, m);
+  const ByteVec f1 = dt_of(1000, 1), f2 = dt_of(6, 2), f3 = dt_of(40, 3);
+  // Half of f1, read by the proxy (its socket's queue empties) before the signal.
+  REQUIRE(c.send_all(codec::Bytes(f1.data(), 500)));
+  const auto until = Clock::now() + 10s;
+  while (proxy_rx_queue(lport, c.local_port()) != 0 && Clock::now() < until) std::this_thread::yield();
+  REQUIRE(proxy_rx_queue(lport, c.local_port()) == 0);
+  REQUIRE(proxy->signal(SIGTERM));
+  INFO(proxy->text());
+  REQUIRE(proxy->wait_for_line(std::regex(R"(SIGTERM: draining 1 session)"), 5000ms));
+  // The rest of f1, a whole f2 and the start of f3, in one write.
+  ByteVec rest(f1.begin() + 500, f1.end());
+  rest.insert(rest.end(), f2.begin(), f2.end());
+  rest.insert(rest.end(), f3.begin(), f3.begin() + 5);
+  REQUIRE(c.send_all(codec::Bytes(rest)));
+  const auto f = wait_close(*proxy, a);
+  REQUIRE(f);
+  CHECK(field(*f, "reason") == "drain");
+  CHECK(num_field(*f, "drain_discarded") == f2.size() + 5);
+  CHECK(upstream.wait_finished(1, 10000ms));
+  std::lock_guard lock(mu);
+  CHECK(codec::to_hex(codec::Bytes(got)) == codec::to_hex(codec::Bytes(f1)));  // f1 whole, and nothing begun after the drain
+}
+
 TEST_CASE("relay-life: what a client sends after the drain's FIN is counted as drain_discarded",
           "[relay-life][drain]") {
   // The upstream answers the CR, then waits for the proxy's FIN and closes.
