@@ -54,13 +54,18 @@ class Listener {
     std::uint64_t accepted = 0;
     std::uint64_t refused = 0;
   };
-  std::uint32_t active() const { return counters_->active; }
+  std::uint32_t active() const { return counters_->active; }  // of the name: this object's and its predecessors'
+  // Sessions this object accepted that are still open: a replaced listener
+  // (and its runtime: filters, TLS contexts, trace files) is freed at 0.
+  std::uint32_t own_active() const { return own_active_; }
   void session_started() {
+    ++own_active_;
     ++counters_->active;
     ++counters_->accepted;
   }
   std::uint64_t accepted() const { return counters_->accepted; }
   void session_ended() {
+    --own_active_;
     --counters_->active;
     shared_active_->fetch_sub(1, std::memory_order_relaxed);
   }
@@ -87,6 +92,7 @@ class Listener {
   std::vector<std::string> bound_;
   int open_sockets_ = 0;
   Counters* counters_;  // this worker's, by name (Server::listener_counters)
+  std::uint32_t own_active_ = 0;
   std::atomic<std::uint32_t>* shared_active_;  // every worker's, against max_sessions (Shared)
   std::uint64_t last_refusal_log_ms_ = 0;
   std::uint64_t refusals_not_logged_ = 0;

@@ -253,7 +253,7 @@ void Server::schedule_reap() {
       self->finished_.clear();
       self->reaper_active_ = false;
       uv_idle_stop(h);
-      std::erase_if(self->stopping_listeners_, [](const auto& l) { return l->stopped() && l->active() == 0; });
+      std::erase_if(self->stopping_listeners_, [](const auto& l) { return l->stopped() && l->own_active() == 0; });
       self->maybe_stop();
     });
   }

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -297,6 +298,66 @@ TEST_CASE("SIGHUP that moves a listener keeps its counters, and its open session
   b.close();
   REQUIRE(proxy.wait_for_lines(std::regex("close reason="), 2, 10s));
   CHECK(listener_stats() == std::make_pair(3, 1));
+}
+
+namespace {
+// The files of `dir` that process `pid` holds open (/proc/PID/fd).
+std::size_t files_open_in(pid_t pid, const std::string& dir) {
+  std::size_t n = 0;
+  std::error_code ec;
+  for (const auto& fd : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    const auto target = std::filesystem::read_symlink(fd.path(), ec);
+    if (!ec && target.string().rfind(dir + "/", 0) == 0) ++n;
+  }
+  return n;
+}
+}  // namespace
+
+TEST_CASE("SIGHUP that moves a listener frees the old one once its own sessions end, whatever the new one holds",
+          "[reload][integration]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  std::string tmpl = (std::filesystem::temp_directory_path() / "isoproxy-reap-XXXXXX").string();
+  REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+  const std::string dir = tmpl;
+  // A trace filter: each configuration's runtime has its own pcap file open
+  // while it lives, which shows when the old listener and its runtime go.
+  auto config = [&](const std::string& ip) {
+    return "[[listener]]\nname = \"one\"\nlisten = \"" + ip + ":0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) +
+           "\"\nfilters = [\"t\"]\n\n[filter.t]\nkind = \"trace\"\ndirectory = \"" + dir + "\"\n";
+  };
+  ProxyProcess proxy(config("127.0.0.1"));
+  auto before = proxy.listen_port("one", 10s);
+  REQUIRE(before);
+  INFO(proxy.text());
+  auto echo = [](Conn& c) {
+    const ByteVec cr = make_cr("CALLING", "CALLED");
+    if (!c.send_all(cr)) return false;
+    auto back = c.recv_exact(cr.size(), 5s);
+    return back && *back == cr;
+  };
+  Conn a = connect_to("127.0.0.1", *before, 2s);
+  REQUIRE(echo(a));
+  REQUIRE(files_open_in(proxy.pid(), dir) == 1);
+  REQUIRE(proxy.write_config(config("127.0.0.2")));
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), 1, 10s));
+  auto after = proxy.listen_port(std::size_t{1}, 10s);
+  REQUIRE(after);
+  Conn b = connect_to("127.0.0.2", *after, 2s);
+  REQUIRE(echo(b));
+  REQUIRE(files_open_in(proxy.pid(), dir) == 2);  // the old runtime's file and the new one's
+  // The old listener's only session ends; the new one's goes on.
+  a.close();
+  REQUIRE(proxy.wait_for_lines(std::regex("close reason="), 1, 10s));
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (files_open_in(proxy.pid(), dir) != 1 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  CHECK(files_open_in(proxy.pid(), dir) == 1);
+  CHECK(echo(b));
+  b.close();
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+  std::filesystem::remove_all(dir);
 }
 
 // A CR and a broken frame in one segment, with the upstream chosen by the CR:
