@@ -178,8 +178,14 @@ class FilterContext {
   virtual void inject(Direction toward, std::vector<std::uint8_t> frame) = 0;
   // Ends the session once the frames already queued are written.
   virtual void end_session(std::string reason) = 0;
-  // A session log line at info level, prefixed with [S<id>].
+  // A session log line at info level, prefixed with [S<id>]. At most 16 per
+  // session (a peer that repeats its CR must not flood the log): for the
+  // connection-phase events of a filter (a repair, a rewrite, a refusal).
   virtual void log(std::string_view message) = 0;
+  // The same without the bound, for events that are not the peer's to
+  // repeat and are bounded by their own nature (a trace file rotated,
+  // created or removed, which the bytes relayed set the pace of).
+  virtual void log_event(std::string_view message) { log(message); }
 };
 
 class Filter {

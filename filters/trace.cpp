@@ -229,7 +229,7 @@ class TraceSink {
       const std::string old = f.path;
       close_file(f);
       ctx.count(name_, "files-rotated");
-      ctx.log(name_ + ": trace file " + old + " reached max_file_size (" + conf::format_size(s_.max_file_size) +
+      ctx.log_event(name_ + ": trace file " + old + " reached max_file_size (" + conf::format_size(s_.max_file_size) +
               "); rotating");
     }
     if (!f.writer) {
@@ -316,7 +316,7 @@ class TraceSink {
       std::lock_guard lock(open_files().mu);
       open_files().paths.insert(path);
     }
-    ctx.log(name_ + ": writing trace file " + path);
+    ctx.log_event(name_ + ": writing trace file " + path);
     remove_old_files(ctx, listener);
     return Ok{};
   }
@@ -332,7 +332,7 @@ class TraceSink {
       if (auto key = trace_file_key(it->path().filename().string(), listener)) found.emplace_back(*key, it->path());
     }
     if (ec) {
-      ctx.log(name_ + ": cannot list " + s_.directory + " to remove old trace files: " + ec.message());
+      ctx.log_event(name_ + ": cannot list " + s_.directory + " to remove old trace files: " + ec.message());
       return;
     }
     const auto keep = static_cast<std::size_t>(s_.max_files);
@@ -343,9 +343,9 @@ class TraceSink {
       const std::string p = found[i].second.string();
       if (open_files().paths.count(p) != 0) continue;
       if (fs::remove(found[i].second, ec)) {
-        ctx.log(name_ + ": removed old trace file " + p + " (max_files = " + std::to_string(s_.max_files) + ")");
+        ctx.log_event(name_ + ": removed old trace file " + p + " (max_files = " + std::to_string(s_.max_files) + ")");
       } else if (ec) {
-        ctx.log(name_ + ": cannot remove old trace file " + p + ": " + ec.message());
+        ctx.log_event(name_ + ": cannot remove old trace file " + p + ": " + ec.message());
       }
     }
   }

@@ -1281,6 +1281,8 @@ void Session::log(std::string_view message) {
   spdlog::info("[S{}] {}", id_, message);
 }
 
+void Session::log_event(std::string_view message) { spdlog::info("[S{}] {}", id_, message); }
+
 // ---------------------------------------------------------------------------
 // Pass-through (issue 7). Once the handshake is over and no filter needs the
 // data phase, the bytes go socket -> pipe -> socket with splice(2) and never

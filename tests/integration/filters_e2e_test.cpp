@@ -355,3 +355,36 @@ TEST_CASE("filter log lines are bounded per session: a client repeating its CR d
   CHECK(proxy.count_lines(std::regex(R"(\[S1\] reserved: CR client-to-upstream: TPKT reserved byte 0x11 -> 0x00)")) == 16);
   CHECK(proxy.count_lines(std::regex("further filter lines of this session are not logged")) == 1);
 }
+
+TEST_CASE("trace: every file event of a long session is logged, past the per-session bound of filter lines",
+          "[trace][integration][log]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  std::string tmpl = (std::filesystem::temp_directory_path() / "isoproxy-rot-XXXXXX").string();
+  REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+  const std::string dir = tmpl;
+  ProxyProcess proxy("[[listener]]\nname = \"f\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) +
+                     "\"\nfilters = [\"t\"]\n\n[filter.t]\nkind = \"trace\"\ndirectory = \"" + dir +
+                     "\"\nmax_file_size = \"64KiB\"\nmax_files = 2\n");
+  auto port = proxy.listen_port("f", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  Conn c = connect_to("127.0.0.1", *port);
+  REQUIRE(c.send_all(make_cr("CALLING", "CALLED")));
+  REQUIRE(c.recv_exact(make_cr("CALLING", "CALLED").size(), 5s));
+  // About 1.2 MB each way through 64 KiB files: some 36 files, each logged
+  // as written, most as rotated and removed: far more than 16 lines.
+  const ByteVec dt = make_dt(std::string(20000, 'x'));
+  for (int i = 0; i < 60; ++i) {
+    REQUIRE(c.send_all(dt));
+    REQUIRE(c.recv_exact(dt.size(), 5s));
+  }
+  c.close();
+  REQUIRE(proxy.wait_for_line(std::regex("close reason="), 10s));
+  const auto written = proxy.count_lines(std::regex(R"(\[S1\] t: writing trace file )"));
+  CHECK(written > 16);
+  CHECK(proxy.count_lines(std::regex(R"(\[S1\] t: trace file .* reached max_file_size)")) == written - 1);
+  CHECK(proxy.count_lines(std::regex(R"(\[S1\] t: removed old trace file )")) == written - 2);
+  CHECK(proxy.count_lines(std::regex("further filter lines")) == 0);
+  std::filesystem::remove_all(dir);
+}
