@@ -411,30 +411,35 @@ void Server::retire(std::unique_ptr<Session> s) {
   while (closed_.size() > keep) closed_.pop_front();  // the oldest goes (apply() trims after a reload)
 }
 
-void Server::count_upstream(const std::string& address) {
-  auto it = stats_.sessions_by_upstream.find(address);
-  if (it != stats_.sessions_by_upstream.end()) {
+namespace {
+
+// One more under `label` if it has (or now gets) one of the bounded label
+// set shared by the workers (`admit`), else one more in `other`: no label
+// value can stand for the rest (any text may be a TSAP or an address).
+template <class Admit>
+void count_label(std::map<std::string, std::uint64_t>& by_label, std::uint64_t& other, const std::string& label, Admit admit) {
+  auto it = by_label.find(label);
+  if (it != by_label.end()) {
     ++it->second;
-  } else if (shared_.admit_upstream_label(address)) {
-    stats_.sessions_by_upstream[address] = 1;
+  } else if (admit(label)) {
+    by_label[label] = 1;
   } else {
-    ++stats_.sessions_upstream_other;
+    ++other;
   }
+}
+
+}  // namespace
+
+void Server::count_upstream(const std::string& address) {
+  count_label(stats_.sessions_by_upstream, stats_.sessions_upstream_other, address,
+              [this](const std::string& l) { return shared_.admit_upstream_label(l); });
 }
 
 void Server::count_called_tsap(const std::string& display) {
   const std::size_t limit = config_->admin.metrics_tsap_labels;
   if (limit == 0) return;
-  // Bounded label set, shared by the workers: values beyond it are counted
-  // apart (no label value can stand for them: any text may be a TSAP).
-  auto it = stats_.sessions_by_called_tsap.find(display);
-  if (it != stats_.sessions_by_called_tsap.end()) {
-    ++it->second;
-  } else if (shared_.admit_tsap_label(display, limit)) {
-    stats_.sessions_by_called_tsap[display] = 1;
-  } else {
-    ++stats_.sessions_called_tsap_other;
-  }
+  count_label(stats_.sessions_by_called_tsap, stats_.sessions_called_tsap_other, display,
+              [this, limit](const std::string& l) { return shared_.admit_tsap_label(l, limit); });
 }
 
 }  // namespace isoproxy
