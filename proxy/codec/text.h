@@ -29,7 +29,11 @@ struct TsapText {
   // The display form, as a filter's configuration writes it, so that what a
   // log line shows can be pasted back: "SWISSLIFETSAP" or "hex:0102" (an
   // ASCII TSAP "0102" and the octets 01 02 must not look alike).
-  std::string display() const { return printable || hex.empty() ? ascii : "hex:" + hex; }
+  // An ASCII TSAP that itself begins "hex:" is shown in hex too, as a rule
+  // must write it (a rule reads "hex:..." as hex).
+  std::string display() const {
+    return (printable && ascii.rfind("hex:", 0) != 0) || hex.empty() ? ascii : "hex:" + hex;
+  }
   // display() in double quotes, with '"' and '\\' escaped, for log lines: a
   // TSAP is the peer's text and must not be able to fake the fields after it.
   std::string quoted() const;

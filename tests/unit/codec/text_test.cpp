@@ -127,6 +127,14 @@ TEST_CASE("text: tsap_text", "[text]") {
     CHECK(tt.hex.empty());
     CHECK(tt.display().empty());
   }
+  SECTION("an ASCII TSAP that reads like the hex form is shown in hex, as a rule writes it") {
+    const ByteVec t = ascii("hex:0102");
+    const TsapText tt = tsap_text(Bytes(t));
+    CHECK(tt.printable);
+    CHECK(tt.ascii == "hex:0102");
+    CHECK(tt.display() == "hex:6865783A30313032");
+    CHECK(tsap_text(Bytes(ByteVec{0x01, 0x02})).display() == "hex:0102");  // the binary one keeps its form
+  }
   SECTION("quoted, for log lines: quotes and backslashes escaped") {
     const ByteVec t = ascii("A\" b=\\");
     CHECK(tsap_text(Bytes(t)).quoted() == R"("A\" b=\\")");
