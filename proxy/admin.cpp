@@ -347,9 +347,9 @@ AdminResponse Admin::action(const AdminRequest& r) {
     const auto out = server_.request_reload();
     switch (out.kind) {
       case Kind::kDone:
-        return json_response(200, {{"reload", "done"}, {"config", server_.config().path}});
+        return json_response(200, {{"reload", "done"}, {"config", server_.config().path}, {"warnings", out.warnings}});
       case Kind::kIncomplete:
-        return json_response(202, {{"reload", "incomplete"}, {"errors", out.errors}});
+        return json_response(202, {{"reload", "incomplete"}, {"errors", out.errors}, {"warnings", out.warnings}});
       case Kind::kRefused:
         return json_response(503, {{"reload", "refused"}, {"errors", out.errors}});
       case Kind::kFailed:

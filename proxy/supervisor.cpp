@@ -373,7 +373,7 @@ Supervisor::ReloadOutcome Supervisor::request_reload() {
     // process would never finish. (The admin endpoint closes when the drain
     // begins; a request it had already read may still come here.)
     spdlog::warn("POST /reload while shutting down: refused");
-    return {ReloadOutcome::Kind::kRefused, {"isoproxy is shutting down"}};
+    return {ReloadOutcome::Kind::kRefused, {"isoproxy is shutting down"}, {}};
   }
   return reload();
 }
@@ -391,7 +391,7 @@ Supervisor::ReloadOutcome Supervisor::reload() {
     for (const auto& e : loaded.error()) spdlog::error("reload: {}", e.to_string());
     spdlog::error("reload failed: {} error{}; the running configuration stays in force", loaded.error().size(),
                   loaded.error().size() == 1 ? "" : "s");
-    ReloadOutcome out{Kind::kFailed, {}};
+    ReloadOutcome out{Kind::kFailed, {}, {}};
     for (const auto& e : loaded.error()) out.errors.push_back(e.to_string());
     return out;
   }
@@ -408,10 +408,12 @@ Supervisor::ReloadOutcome Supervisor::reload() {
   auto sockets = prepare(*cfg, config_.get());
   if (!sockets) {
     spdlog::error("reload failed: {}; the running configuration stays in force", sockets.error().message);
-    return {Kind::kFailed, {sockets.error().message}};
+    return {Kind::kFailed, {sockets.error().message}, {}};
   }
+  std::vector<std::string> warnings = cfg->warnings;
   if (auto failed = shared_.access_log.configure(cfg->global.access_log)) {
     spdlog::error("reload: {}; the access log stays as it was", *failed);
+    warnings.push_back(*failed + "; the access log stays as it was");
   }
   config_ = cfg;
   log_config(*config_);
@@ -436,11 +438,12 @@ Supervisor::ReloadOutcome Supervisor::reload() {
     // loop gets to it).
     spdlog::warn("reload incomplete: worker {} did not confirm within {}ms; it applies {} when its loop is free",
                  pending, kWorkerAnswer.count(), config_->path);
-    return {Kind::kIncomplete, {"worker " + pending + " did not confirm within " + std::to_string(kWorkerAnswer.count()) + "ms"}};
+    return {Kind::kIncomplete, {"worker " + pending + " did not confirm within " + std::to_string(kWorkerAnswer.count()) + "ms"},
+            std::move(warnings)};
   }
   spdlog::info("reloaded {}: {} listener{}; established sessions keep their configuration", config_->path,
                config_->listeners.size(), config_->listeners.size() == 1 ? "" : "s");
-  return {Kind::kDone, {}};
+  return {Kind::kDone, {}, std::move(warnings)};
 }
 
 }  // namespace isoproxy

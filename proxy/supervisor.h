@@ -52,6 +52,7 @@ class Supervisor {
   struct ReloadOutcome {
     enum class Kind { kDone, kFailed, kIncomplete, kRefused } kind = Kind::kDone;
     std::vector<std::string> errors;  // kFailed, kRefused: why; kIncomplete: the workers still on the old one
+    std::vector<std::string> warnings;  // kDone, kIncomplete: the configuration's, and an access log kept as it was
   };
   ReloadOutcome request_reload();
 

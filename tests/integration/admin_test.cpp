@@ -62,11 +62,13 @@ std::vector<std::string> prometheus_problems(const std::string& text) {
 TEST_CASE("admin: counters move while a session streams, closed sessions keep reason and DR", "[admin][integration]") {
   TestServer up(responder_handler({.reserved = 0x11}));
   REQUIRE(up.ok());
-  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-test\"\nallowed_hosts = [\"Proxy1.example.net\"]\n\n[[listener]]\nname = \"live\"\n"
-                     // Framed through the data phase: DT counts and the DR are what this watches.
-                     "passthrough = false\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
-                     "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n");
+  const std::string config_text =
+      "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-test\"\nallowed_hosts = [\"Proxy1.example.net\"]\n\n[[listener]]\nname = \"live\"\n"
+      // Framed through the data phase: DT counts and the DR are what this watches.
+      "passthrough = false\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+      std::to_string(up.port()) + "\"\nfilters = [\"annotate\", \"reserved\"]\n\n"
+      "[filter.annotate]\nkind = \"tsap-annotate\"\n[filter.reserved]\nkind = \"tpkt-reserved\"\n";
+  ProxyProcess proxy(config_text);
   auto port = proxy.listen_port("live", 10s);
   REQUIRE(port);
   auto aport = admin_port(proxy);
@@ -176,6 +178,7 @@ TEST_CASE("admin: counters move while a session streams, closed sessions keep re
   auto done = http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n");
   CHECK(done.status == 200);
   CHECK(json::parse(done.body)["reload"] == "done");
+  CHECK(json::parse(done.body)["warnings"].empty());
   CHECK(proxy.wait_for_line(std::regex("reloaded "), 10s));  // logged before the answer; read from the pipe since
   // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
   CHECK(http(*aport, "POST", "/reload", "Authorization: bearer 0123456789abcdef-test\r\n").status == 200);
@@ -188,6 +191,15 @@ TEST_CASE("admin: counters move while a session streams, closed sessions keep re
   REQUIRE(fj["errors"].size() == 1);
   CHECK(fj["errors"][0].get<std::string>().find("listener[0].upstream") != std::string::npos);
   CHECK(http(*aport, "GET", "/stats").status == 200);
+  // One that loads with something to say: 200, and the warnings with it
+  // (here an access log that cannot be opened, which stays as it was).
+  REQUIRE(proxy.write_config(config_text + "\n[global]\naccess_log = \"/proc/isoproxy-access.log\"\n"));
+  auto warned = http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n");
+  CHECK(warned.status == 200);
+  const json wj = json::parse(warned.body);
+  CHECK(wj["reload"] == "done");
+  REQUIRE(wj["warnings"].size() == 1);
+  CHECK(wj["warnings"][0].get<std::string>().find("the access log stays as it was") != std::string::npos);
   CHECK(http(*aport, "DELETE", "/sessions").status == 405);
   CHECK(http(*aport, "GET", "/nothing-here").status == 404);
 
