@@ -42,6 +42,12 @@ void one_session(ProxyProcess& proxy, std::uint16_t port, const std::string& cal
   REQUIRE(proxy.wait_for_lines(std::regex("close reason="), closed_so_far + 1, 10s));
 }
 
+// Listener "r" toward the upstream on `up_port`, annotating, with the access log at `log`.
+std::string access_log_config(const fs::path& log, std::uint16_t up_port) {
+  return "[global]\naccess_log = \"" + log.string() + "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+         std::to_string(up_port) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n";
+}
+
 struct TempDir {
   fs::path path;
   TempDir() {
@@ -62,9 +68,7 @@ TEST_CASE("SIGUSR1 reopens the access log after it was renamed", "[access-log][l
   TempDir dir;
   REQUIRE(!dir.path.empty());
   const fs::path log = dir.path / "access.log";
-  ProxyProcess proxy("[global]\naccess_log = \"" + log.string() +
-                     "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  ProxyProcess proxy(access_log_config(log, up.port()));
   auto port = proxy.listen_port("r", 10s);
   REQUIRE(port);
   INFO(proxy.text());
@@ -100,9 +104,7 @@ TEST_CASE("SIGUSR1: a log that cannot be reopened keeps the old file", "[access-
   REQUIRE(!dir.path.empty());
   fs::create_directories(dir.path / "logs");
   const fs::path log = dir.path / "logs" / "access.log";
-  ProxyProcess proxy("[global]\naccess_log = \"" + log.string() +
-                     "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  ProxyProcess proxy(access_log_config(log, up.port()));
   auto port = proxy.listen_port("r", 10s);
   REQUIRE(port);
   INFO(proxy.text());
@@ -147,9 +149,7 @@ TEST_CASE("SIGUSR1: a FIFO put where the log was is refused at once, not waited 
   TempDir dir;
   REQUIRE(!dir.path.empty());
   const fs::path log = dir.path / "access.log";
-  ProxyProcess proxy("[global]\naccess_log = \"" + log.string() +
-                     "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  ProxyProcess proxy(access_log_config(log, up.port()));
   auto port = proxy.listen_port("r", 10s);
   REQUIRE(port);
   INFO(proxy.text());
@@ -176,9 +176,7 @@ TEST_CASE("access log: a write that fails midway leaves every whole line readabl
   TempDir dir;
   REQUIRE(!dir.path.empty());
   const fs::path log = dir.path / "access.log";
-  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\n\n[global]\naccess_log = \"" + log.string() +
-                     "\"\n\n[[listener]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\nfilters = [\"annotate\"]\n\n[filter.annotate]\nkind = \"tsap-annotate\"\n");
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\n\n" + access_log_config(log, up.port()));
   auto port = proxy.listen_port("r", 10s);
   REQUIRE(port);
   auto aport = admin_port(proxy);
