@@ -706,6 +706,11 @@ int AdminHttpServer::Impl::Connection::on_header_field(const char* at, std::size
   header_data += len + 4;  // ": " and CRLF
   if (header_data > limits().max_header_bytes) return refuse(431, "request headers too large");
   if (last_was_value) commit_header();
+  // "Host : evil" must not pass as some other header than Host (RFC 9112
+  // §5.1: whitespace before the colon is an error the server rejects).
+  if (std::find_if(at, at + len, [](char c) { return c == ' ' || c == '\t'; }) != at + len) {
+    return refuse(400, "whitespace in a header field name (RFC 9112 section 5.1)");
+  }
   field.append(at, len);
   return 0;
 }
@@ -734,6 +739,9 @@ int AdminHttpServer::Impl::Connection::on_headers_complete() {
   if (last_was_value || !field.empty()) commit_header();
   headers_done = true;
   if (parser.http_major != 1) return refuse(505, "only HTTP/1.x is served");
+  // RFC 9112 §3.2: an HTTP/1.1 request without Host gets a 400 (the admin
+  // endpoint's DNS-rebinding check reads Host; it must be there to read).
+  if (parser.http_minor >= 1 && request.headers.count("host") == 0) return refuse(400, "an HTTP/1.1 request needs a Host header");
   const std::uint64_t cl = parser.content_length;
   if ((parser.flags & F_CONTENTLENGTH) != 0 && cl > limits().max_body_bytes) {
     return refuse(413, "request body of " + std::to_string(cl) + " bytes exceeds " +

@@ -344,6 +344,18 @@ TEST_CASE("admin http: malformed requests get 400 naming the parser error and ar
     CHECK(r->headers["connection"] == "close");
     CHECK(c.wait_eof());
   }
+  SECTION("HTTP/1.1 without Host, or with whitespace before a header's colon: 400 (RFC 9112)") {
+    for (const std::string req : {"GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost : a\r\n\r\n"}) {
+      INFO(req);
+      Client c = tcp_client(h);
+      REQUIRE(c.send(req));
+      auto r = c.read();
+      REQUIRE(r);
+      CHECK(r->status == 400);
+      CHECK(c.wait_eof());
+    }
+    // (HTTP/1.0 may go without Host: "HTTP/1.0 and Connection: close ..." sends none.)
+  }
   SECTION("HTTP/2.0 is not served") {
     Client c = tcp_client(h);
     REQUIRE(c.send("GET / HTTP/2.0\r\n\r\n"));
