@@ -488,7 +488,15 @@ class Loader {
 
   // Catches an upstream that can only lead back into this proxy or nowhere.
   void check_upstream(TableReader& r, const ListenerConfig& l) {
-    const SocketAddress& up = *l.upstream;
+    // An IPv4 upstream written v4-mapped ([::ffff:127.0.0.1]:102) is the same
+    // endpoint as the IPv4 one, and loops back the same way.
+    SocketAddress up = *l.upstream;
+    if (is_v4_mapped(up)) {
+      const Endpoint e = endpoint_of(up);
+      char text[INET_ADDRSTRLEN] = {};
+      inet_ntop(AF_INET, e.bytes + 12, text, sizeof text);
+      if (auto v4 = parse_socket_address(std::string(text) + ":" + std::to_string(up.port()))) up = *v4;
+    }
     if (up.is_wildcard()) {
       r.error("upstream", up.text + " is the wildcard address, which cannot be connected to: write the upstream's own address");
       return;
@@ -498,7 +506,7 @@ class Loader {
       // ([::] is bound IPv6-only, proxy/listener.cpp).
       const bool via_wildcard = a.is_wildcard() && a.family() == up.family() && a.port() == up.port() && is_loopback(up);
       if (a.same_endpoint(up) || via_wildcard) {
-        r.error("upstream", up.text + " is this listener's own address (listen " + a.text +
+        r.error("upstream", l.upstream->text + " is this listener's own address (listen " + a.text +
                                 "): every connection would loop back into the proxy");
         return;
       }

@@ -355,6 +355,8 @@ const BadConfig kBadConfigs[] = {
      "2:10", "listener[0].listen", "is an IPv4-mapped IPv6 address: write the IPv4 address itself"},
     {"a listener on the admin endpoint's port", "[admin]\nlisten = \"127.0.0.1:9102\"\n\n[[listener]]\nlisten = \"0.0.0.0:9102\"\nupstream = \"192.0.2.10:102\"\n",
      "5:10", "listener[0].listen", "0.0.0.0:9102 is taken by the admin endpoint ([admin] listen = \"127.0.0.1:9102\")"},
+    {"an upstream that is the listener itself, written v4-mapped", "[[listener]]\nlisten = \"127.0.0.1:2641\"\nupstream = \"[::ffff:127.0.0.1]:2641\"\n",
+     "3:12", "listener[0].upstream", "[::ffff:127.0.0.1]:2641 is this listener's own address (listen 127.0.0.1:2641): every connection would loop back into the proxy"},
     {"an admin Unix socket path the kernel cannot take", "[admin]\nlisten = \"unix:/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n\n" LISTENER, "2:10",
      "admin.listen", "the Unix socket path is 108 bytes long; the kernel takes at most 107 (sockaddr_un): choose a shorter one"},
     {"an access log that is a directory", "[global]\naccess_log = \"/tmp\"\n\n" LISTENER, "2:14", "global.access_log", "/tmp: is a directory"},
