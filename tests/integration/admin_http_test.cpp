@@ -331,7 +331,8 @@ TEST_CASE("admin http: malformed requests get 400 naming the parser error and ar
   const std::string cases[] = {tls_hello, "GET / HTTP/9.9x\r\n\r\n", "FOO / HTTP/1.1\r\n\r\n",
                                "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
                                "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"};
-  for (const auto& req : cases) {
+  // A 400 in one text line, then the close.
+  auto refused = [&](const std::string& req) {
     INFO(req);
     Client c = tcp_client(h);
     REQUIRE(c.send(req));
@@ -339,21 +340,18 @@ TEST_CASE("admin http: malformed requests get 400 naming the parser error and ar
     REQUIRE(r);
     CHECK(r->status == 400);
     CHECK(r->headers["content-type"].rfind("text/plain", 0) == 0);
-    CHECK(r->body.find("HPE_") != std::string::npos);
     CHECK(std::count(r->body.begin(), r->body.end(), '\n') == 1);
     CHECK(r->headers["connection"] == "close");
     CHECK(c.wait_eof());
+    return r->body;
+  };
+  for (const auto& req : cases) {
+    INFO(req);
+    CHECK(refused(req).find("HPE_") != std::string::npos);
   }
   SECTION("HTTP/1.1 without Host, or with whitespace before a header's colon: 400 (RFC 9112)") {
-    for (const std::string req : {"GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost : a\r\n\r\n"}) {
-      INFO(req);
-      Client c = tcp_client(h);
-      REQUIRE(c.send(req));
-      auto r = c.read();
-      REQUIRE(r);
-      CHECK(r->status == 400);
-      CHECK(c.wait_eof());
-    }
+    CHECK(refused("GET / HTTP/1.1\r\n\r\n") == "an HTTP/1.1 request needs a Host header\n");
+    CHECK(refused("GET / HTTP/1.1\r\nHost : a\r\n\r\n") == "whitespace in a header field name (RFC 9112 section 5.1)\n");
     // (HTTP/1.0 may go without Host: "HTTP/1.0 and Connection: close ..." sends none.)
   }
   SECTION("HTTP/2.0 is not served") {

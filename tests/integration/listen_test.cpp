@@ -97,17 +97,20 @@ TEST_CASE("isoproxy check validates a file through the command line", "[check][i
   std::filesystem::remove_all(dir);
 }
 
+namespace {
+// A port that was free a moment ago (a listener bound it and let it go).
+std::uint16_t free_port() {
+  TestServer probe(echo_handler());
+  REQUIRE(probe.ok());
+  return probe.port();
+}
+}  // namespace
+
 TEST_CASE("a reload that renames a listener on a fixed port, with one worker, says why it cannot and keeps serving",
           "[listen][integration]") {
   TestServer up(echo_handler());
   REQUIRE(up.ok());
-  // A port that was free a moment ago: the listener below takes it.
-  std::uint16_t port = 0;
-  {
-    TestServer probe(echo_handler());
-    REQUIRE(probe.ok());
-    port = probe.port();
-  }
+  const std::uint16_t port = free_port();  // the listener below takes it
   auto config = [&](const std::string& name) {
     return "[[listener]]\nname = \"" + name + "\"\nlisten = \"127.0.0.1:" + std::to_string(port) +
            "\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n";
@@ -134,12 +137,7 @@ TEST_CASE("a reload that renames a listener on a fixed port, with one worker, sa
 TEST_CASE("a reload that writes a listener's address differently keeps its socket", "[listen][integration]") {
   TestServer up(echo_handler());
   REQUIRE(up.ok());
-  std::uint16_t port = 0;
-  {
-    TestServer probe(echo_handler());
-    REQUIRE(probe.ok());
-    port = probe.port();
-  }
+  const std::uint16_t port = free_port();
   auto config = [&](const std::string& host) {
     return "[[listener]]\nname = \"a\"\nlisten = \"" + host + ":" + std::to_string(port) + "\"\nupstream = \"127.0.0.1:" +
            std::to_string(up.port()) + "\"\n";
