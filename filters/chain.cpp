@@ -20,6 +20,7 @@ FilterChain::FilterChain(const FactoryList& factories) {
   for (const auto& f : factories) {
     filters_.push_back(f->create());
     needs_data_phase_ = needs_data_phase_ || f->needs_data_phase();
+    keeps_session_state_ = keeps_session_state_ || f->keeps_session_state();
     routes_ = routes_ || f->routes();
     guards_cr_ = guards_cr_ || f->guards_cr();
   }

@@ -19,6 +19,8 @@ class FilterChain {
   bool empty() const { return filters_.empty(); }
   // True if any filter must see frames after the connection phase.
   bool needs_data_phase() const { return needs_data_phase_; }
+  // True if a filter keeps per-session state: the session never parks.
+  bool keeps_session_state() const { return keeps_session_state_; }
   // True if a filter chooses the upstream from the CR.
   bool routes() const { return routes_; }
   // True if a filter must judge the client's CR (FilterFactory::guards_cr).
@@ -29,6 +31,7 @@ class FilterChain {
  private:
   std::vector<std::unique_ptr<Filter>> filters_;
   bool needs_data_phase_ = false;
+  bool keeps_session_state_ = false;
   bool routes_ = false;
   bool guards_cr_ = false;
 };

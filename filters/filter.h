@@ -207,6 +207,11 @@ class FilterFactory {
   // False when the filter has nothing to do once the connection is
   // established (CR/CC/DR/ER only): the relay may then skip framing DT data.
   virtual bool needs_data_phase() const { return true; }
+  // True when the filter keeps per-session state that parking (proxy/park.h)
+  // would lose, such as trace's pcap stream or tpkt-reserved's log-once bits:
+  // such a session never parks. A filter that sees the data phase but
+  // remembers nothing of it (tsap-acl judging each CR) lets it park.
+  virtual bool keeps_session_state() const { return needs_data_phase(); }
   // True for a filter that chooses the upstream (set_route): the session then
   // connects only once the CR has been read.
   virtual bool routes() const { return false; }

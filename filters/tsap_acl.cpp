@@ -5,10 +5,10 @@
 // every condition matches decides; none matching, `default` decides.
 //
 // Only CRs from the client are judged, each one (class 0 has a single CR, but
-// a client that sends a DT first and a CR later must not get around the
-// rules). Every other frame passes. Until a CR has been allowed, the session
-// closes rather than relay the client's bytes raw (guards_cr(): a stream that
-// is not RFC 1006, or a frame that does not decode, could hide a CR).
+// a client that sends a DT first, or a second CR in the data phase, must not
+// get around the rules). Every other frame passes. The session closes rather
+// than relay the client's bytes raw (guards_cr(): a stream that is not
+// RFC 1006, or a frame that does not decode, could hide a CR).
 #include <toml++/toml.h>
 
 
@@ -108,7 +108,12 @@ class TsapAclFactory final : public FilterFactory {
   TsapAclFactory(std::string name, AclSettings s) : FilterFactory(std::move(name)), s_(std::move(s)) {}
   std::string_view kind() const override { return "tsap-acl"; }
   std::unique_ptr<Filter> create() const override { return std::make_unique<TsapAcl>(name(), s_); }
-  bool needs_data_phase() const override { return false; }  // judges the CR only
+  // Every CR is judged, a later one in the data phase too (an S7 server
+  // such as snap7's answers a CR at any time, protocol.md 6.3): the
+  // client's frames are never spliced unseen. Nothing is remembered of
+  // them, so the session still parks.
+  bool needs_data_phase() const override { return true; }
+  bool keeps_session_state() const override { return false; }
   bool guards_cr() const override { return true; }
   // Rules as an inline array: it stays inside this filter's table wherever
   // the caller puts the lines.

@@ -17,6 +17,12 @@ class TsapAnnotate final : public Filter {
   Verdict on_frame(FilterContext& ctx, ChainFrame& frame) override {
     const codec::Tpdu& t = frame.decoded().tpdu;
     SessionAnnotations& a = ctx.annotations();
+    // The CR is the client's and the CC the upstream's: one the other way
+    // (a peer confused about its role) is not recorded as theirs.
+    const bool to_upstream = frame.direction() == Direction::kToUpstream;
+    if ((t.type == codec::TpduType::kCR && !to_upstream) || (t.type == codec::TpduType::kCC && to_upstream)) {
+      return Verdict::kContinue;
+    }
     switch (t.type) {
       case codec::TpduType::kCR:
         if (auto c = t.calling_tsap()) a.calling_tsap = *c;

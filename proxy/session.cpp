@@ -492,7 +492,9 @@ void Session::process(Leg& from, codec::MutableBytes data) {
       const std::string what(codec::framer_error_name(r.error));
       f.stats.decode_errors++;
       server_.stats().decode_errors[what]++;
-      const bool first = !f.seen_frame;
+      // Only a stream that does not begin as TPKT at all is "not RFC 1006";
+      // a first TPKT too long or too short for the limits is malformed.
+      const bool first = !f.seen_frame && r.error == codec::FramerError::kBadVersion;
       const auto policy_pass = first ? rt_->cfg.non_rfc1006 == conf::NonRfc1006Policy::kPass
                                      : rt_->cfg.malformed == conf::MalformedPolicy::kPass;
       if (!policy_pass) {
@@ -510,12 +512,14 @@ void Session::process(Leg& from, codec::MutableBytes data) {
         return;
       }
       if (awaiting_route_) {
-        close("not-rfc1006: " + what + " (no CR to choose a route by)");
+        close(std::string(first ? "not-rfc1006: " : "malformed-frame: ") + what + " (no CR to choose a route by)");
         return;
       }
-      if (cr_unjudged()) {
-        // Raw, the client's CR would reach the upstream without the ACL.
-        close(std::string(first ? "not-rfc1006: " : "malformed-frame: ") + what + " (no CR allowed yet)");
+      // Raw, a CR from the client would reach the upstream unjudged. A
+      // first frame that is not RFC 1006 turns both directions raw. What
+      // was relayed before (sent above) is delivered first.
+      if (const char* why = from.side == Side::kClient || first ? client_raw_refused() : nullptr) {
+        close_after_flush(std::string(first ? "not-rfc1006: " : "malformed-frame: ") + what + " (" + why + ")");
         return;
       }
       // Pass through raw: what the framer held back, then the rest.
@@ -591,8 +595,11 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
       close("malformed-frame: " + kind + " (no CR to choose a route by)");
       return;
     }
-    if (from.side == Side::kClient && cr_unjudged()) {
-      close("malformed-frame: " + kind + " (no CR allowed yet)");
+    if (const char* why = from.side == Side::kClient ? client_raw_refused() : nullptr) {
+      // The good frames before it still go out, then the close.
+      if (!out.empty()) send(other(from), out.data(), static_cast<unsigned>(out.size()));
+      out.clear();
+      close_after_flush("malformed-frame: " + kind + " (" + why + ")");
       return;
     }
     // Pass it on untouched and stop framing this direction: do no harm.
@@ -902,16 +909,35 @@ void Session::on_eof(Leg& from) {
   update_reading(from);
   if (!first_fin_) first_fin_ = from.side == Side::kClient ? "client" : "upstream";
   Flow& f = flow_from(from.side);
-  if (!f.raw && framer_of(f).held() > 0) {
-    // The peer closed mid-frame: relay what it sent (do no harm) and count it.
-    codec::Bytes held = framer_of(f).held_bytes();
-    spdlog::info("[S{}] {} closed inside a frame ({} octets of {} declared); relayed as they are", id_,
-                 side_name(from.side), held.size(), framer_of(f).expected());
+  const bool truncated = !f.raw && framer_of(f).held() > 0;
+  if (truncated) {
     f.stats.decode_errors++;
-    f.stats.bytes += held.size();
-    f.stats.raw_bytes += held.size();
     server_.stats().decode_errors["truncated"]++;
-    send_owned(other(from), std::vector<std::uint8_t>(held.begin(), held.end()));
+  }
+  if (from.side == Side::kClient && awaiting_route_) {
+    // No CR chose an upstream, and none can come now: nothing to relay to.
+    close(truncated ? "client-closed: inside its first frame, before a CR chose a route"
+                    : "client-closed: before a CR chose a route");
+    return;
+  }
+  if (truncated) {
+    codec::Bytes held = framer_of(f).held_bytes();
+    // Octet 5 is the TPDU code: the start of a CR (or too little to tell)
+    // is not relayed past a filter that judges every CR.
+    const char* refused = from.side == Side::kClient && (held.size() < 6 || (held[5] & 0xF0) == 0xE0)
+                              ? client_raw_refused()
+                              : nullptr;
+    if (refused) {
+      spdlog::info("[S{}] client closed inside a frame that may be a CR ({} octets of {} declared); not relayed ({})",
+                   id_, held.size(), framer_of(f).expected(), refused);
+    } else {
+      // The peer closed mid-frame: relay what it sent (do no harm) and count it.
+      spdlog::info("[S{}] {} closed inside a frame ({} octets of {} declared); relayed as they are", id_,
+                   side_name(from.side), held.size(), framer_of(f).expected());
+      f.stats.bytes += held.size();
+      f.stats.raw_bytes += held.size();
+      send_owned(other(from), std::vector<std::uint8_t>(held.begin(), held.end()));
+    }
   }
   Leg& to = other(from);
   to.shutdown_wanted = true;
@@ -1615,9 +1641,9 @@ bool Session::park_eligible() const {
     return false;
   }
   if (state_ != SessionState::kEstablished) return false;
-  // A filter that sees the data phase keeps per-session state the Io would
-  // take with it (trace's pcap stream, tpkt-reserved's log-once bits).
-  if (io_->chain.needs_data_phase()) return false;
+  // Per-session filter state the Io would take with it (trace's pcap
+  // stream, tpkt-reserved's log-once bits).
+  if (io_->chain.keeps_session_state()) return false;
   if (!io_->pending_up.empty() || !io_->injected.empty()) return false;
   for (const Leg* l : {&io_->client, &io_->upstream}) {
     if (l->tls || !l->initialised || !l->connected || l->eof || l->shutdown_sent || l->shutdown_wanted ||
@@ -1643,7 +1669,7 @@ bool Session::park_eligible() const {
 
 const char* Session::never_parks() const {
   if (!io_ || draining_ || closing_) return "closing";
-  if (io_->chain.needs_data_phase()) return "a filter sees the data phase";
+  if (io_->chain.keeps_session_state()) return "a filter keeps per-session state";
   for (const Leg* l : {&io_->client, &io_->upstream}) {
     if (l->tls) return "a TLS leg";
     if (l->eof || l->shutdown_sent) return "half-closed";

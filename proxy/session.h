@@ -309,8 +309,15 @@ class Session final : public filters::FilterContext {
   void on_handle_closed();
   void send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame);
   bool passthrough_eligible() const;
-  // A filter must judge the client's CR (tsap-acl) and none has passed yet.
-  bool cr_unjudged() const { return io_->chain.guards_cr() && !cr_passed_; }
+  void filter_line(bool warning, std::string_view message);  // log() and warn(), within one bound
+  // Bytes handed to the kernel or the TLS channel toward `to`: the global counters.
+  void count_sent(const Leg& to, std::size_t n);
+  // Why the client's bytes may not be relayed unframed (hence unjudged): a
+  // filter judges every CR it sends (tsap-acl). nullptr: they may.
+  const char* client_raw_refused() const {
+    if (!io_->chain.guards_cr()) return nullptr;
+    return cr_passed_ ? "a filter judges every CR" : "no CR allowed yet";
+  }
   void maybe_passthrough();
   bool in_passthrough() const;
   void on_poll(Leg& l, int status, int events);

@@ -311,6 +311,45 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
     CHECK(attempt(bad).empty());
     CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame: .*\(no CR allowed yet\))"), 10s));
   }
+  SECTION("a CR in the data phase is judged too, pass-through or not") {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(allowed_cr)));
+    auto cc = c.recv_frame(5s);
+    REQUIRE(cc);
+    // Data both ways: the data phase has begun (pass-through would splice it).
+    REQUIRE(c.send_all(codec::Bytes(dt)));
+    CHECK(c.recv_exact(dt.size(), 5s) == dt);
+    REQUIRE(c.send_all(codec::Bytes(denied_cr)));
+    auto dr = c.recv_frame(5s);
+    REQUIRE(dr);
+    auto decoded = codec::decode_frame(codec::Bytes(*dr));
+    REQUIRE(decoded.ok());
+    CHECK(decoded->tpdu.type == codec::TpduType::kDR);
+    CHECK(c.wait_eof(10000ms));
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="?acl-denied: default.*filters=acl\.allowed=1,acl\.denied=1)"), 10s));
+    expect_upstream = allowed_cr;
+    expect_upstream.insert(expect_upstream.end(), dt.begin(), dt.end());
+  }
+  SECTION("a frame that does not decode after the allowed CR closes the session, not relayed raw") {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(allowed_cr)));
+    REQUIRE(c.recv_frame(5s));
+    ByteVec bytes = {0x03, 0x00, 0x00, 0x08, 0x03, 0xF0, 0x80, 0x00};  // a DT with LI 3
+    bytes.insert(bytes.end(), denied_cr.begin(), denied_cr.end());
+    REQUIRE(c.send_all(codec::Bytes(bytes)));
+    CHECK(c.wait_eof(10000ms));
+    CHECK(c.take_buffered().empty());
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame: .*\(a filter judges every CR\))"), 10s));
+    expect_upstream = allowed_cr;
+  }
+  SECTION("a client that closes inside a CR: none of it is relayed") {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(denied_cr).first(denied_cr.size() - 1)));
+    c.shutdown_write();
+    CHECK(c.wait_eof(10000ms));
+    CHECK(proxy.wait_for_line(std::regex(R"(closed inside a frame that may be a CR .*not relayed \(no CR allowed yet\))"), 10s));
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="?client-closed)"), 10s));
+  }
   SECTION("a stream that is not RFC 1006 is closed, not passed raw") {
     const std::string text = "GET / HTTP/1.0\r\n\r\n";
     ByteVec bytes(text.begin(), text.end());

@@ -543,6 +543,23 @@ TEST_CASE("park: a listener whose filters see the data phase does not park", "[p
   CHECK_FALSE(in_passthrough(*last));
 }
 
+TEST_CASE("park: a tsap-acl session is framed to its end (a later CR is judged) and still parks", "[park][acl]") {
+  Rig rig(std::string(kPark) + "filters = [\"acl\"]\n\n[filter.acl]\nkind = \"tsap-acl\"\ndefault = \"allow\"\n");
+  auto p = rig.open(true);
+  rig.wait_parked(p.addr);
+  auto s = rig.session(p.addr);
+  REQUIRE(s);
+  INFO(s->dump());
+  CHECK_FALSE(in_passthrough(*s));
+  // Woken by a DT, it relays it byte-exact, still framed.
+  REQUIRE(p.client.send_all(codec::Bytes(first_dt())));
+  REQUIRE(mismatch(p.up->recv_exact(first_dt().size()), first_dt()) == "");
+  s = rig.session(p.addr);
+  REQUIRE(s);
+  CHECK(parks(*s) >= 1);
+  CHECK_FALSE(in_passthrough(*s));
+}
+
 namespace {
 // Voluntary context switches of every thread of `pid`: how often it slept
 // and woke (a timer, a socket), from /proc.
@@ -567,7 +584,7 @@ TEST_CASE("park: a session that can never park stops looking, instead of waking 
   Rig rig(filters, "log_level = \"debug\"\n");
   auto framed = rig.open(true, rig.ports[0]);
   INFO(rig.log());
-  REQUIRE(rig.proxy->wait_for_line(std::regex(R"(\[S1\] will not park: a filter sees the data phase)"), 10s));
+  REQUIRE(rig.proxy->wait_for_line(std::regex(R"(\[S1\] will not park: a filter keeps per-session state)"), 10s));
   const long before = wakeups(rig.proxy->pid());
   const auto start = Clock::now();
   std::this_thread::sleep_for(1s);  // the span measured, not a wait for an event

@@ -978,6 +978,50 @@ TEST_CASE("relay-stream: malformed = close with malformed_send_er sends an ER to
   rig.stop();
 }
 
+TEST_CASE("relay-stream: a first TPKT longer than max_frame is a malformed frame, not a stream that is not RFC 1006",
+          "[relay-stream]") {
+  const ByteVec cr = t::make_cr(std::string(40, 'A'), std::string(40, 'B'));
+  REQUIRE(cr.size() > 64);
+  SECTION("malformed = close: an ER to the client, nothing upstream") {
+    Options o;
+    o.listener_extra = "max_frame = 64\nmalformed = \"close\"\nmalformed_send_er = true";
+    Rig rig(o);
+    REQUIRE_RIG(rig);
+    Session s = rig.open();
+    REQUIRE(s.client.send_all(codec::Bytes(cr)));
+    CHECK(s.client.wait_eof());
+    const ByteVec got = s.client.take_buffered();
+    INFO("client received " << hex(got));
+    const auto decoded = codec::decode_frame(codec::Bytes(got));
+    CHECK((decoded.ok() && decoded->tpdu.type == codec::TpduType::kER));
+    CHECK(s.up->wait_eof());
+    CHECK(s.up->size() == 0);
+    const auto f = rig.close_fields(s.client_addr);
+    CHECK(field(f, "reason") == "malformed-frame: tpkt-length-too-long");
+    CHECK(f.count("non_rfc1006") == 0);
+    rig.stop();
+  }
+  SECTION("malformed = pass: relayed raw in its direction, the upstream's CC still repaired") {
+    Options o;
+    o.listener_extra = "max_frame = 64";
+    Rig rig(o);
+    REQUIRE_RIG(rig);
+    Session s = rig.open();
+    REQUIRE(s.client.send_all(codec::Bytes(cr)));
+    REQUIRE(s.up->wait_bytes(cr.size()));
+    CHECK(hex(s.up->bytes()) == hex(cr));
+    REQUIRE(s.up->send(t::vector_bytes("V1")));  // the vendor CC: reserved 0x11
+    const auto got = s.client.recv_exact(t::vector_bytes("V2").size());
+    REQUIRE(got);
+    CHECK(hex(*got) == hex(t::vector_bytes("V2")));
+    const auto f = close_by_client(rig, s);
+    CHECK(field(f, "raw") == "1");
+    CHECK(f.count("non_rfc1006") == 0);
+    CHECK(field(f, "filters").find("reserved.repaired=1") != std::string::npos);
+    rig.stop();
+  }
+}
+
 // ---------------------------------------------------------------------------
 // 6. Garbage
 

@@ -32,6 +32,14 @@ std::string routed_config(std::uint16_t exchange_port, std::uint16_t s7_port) {
          std::to_string(s7_port) + "\"\n";
 }
 
+// A DT sent on an established session comes back from the echo upstream.
+bool echoes(Conn& c) {
+  const ByteVec dt = make_dt("hello");
+  if (!c.send_all(dt)) return false;
+  auto back = c.recv_exact(dt.size(), 5s);
+  return back && *back == dt;
+}
+
 // CR, then the CC back; returns the CC's bytes (empty on failure).
 ByteVec handshake(Conn& c, const ByteVec& cr) {
   if (!c.send_all(cr)) return {};
@@ -110,6 +118,50 @@ TEST_CASE("tsap-route refuses a CR no route takes with a DR", "[route][integrati
   CHECK(s7.accepted_count() == 0);
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
+}
+
+TEST_CASE("tsap-route: a client that closes before its CR is complete is closed at once, nothing relayed",
+          "[route][integration]") {
+  TestServer exchange(responder_handler({}));
+  TestServer s7(responder_handler({}));
+  ProxyProcess proxy(routed_config(exchange.port(), s7.port()));
+  auto port = proxy.listen_port("routed", 10s);
+  REQUIRE(port);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  // handshake_timeout is 30 s: the close must not wait for it.
+  SECTION("inside the CR") {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(cr).first(10)));
+    c.shutdown_write();
+    CHECK(c.wait_eof(5s));
+    CHECK(c.take_buffered().empty());
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="client-closed: inside its first frame, before a CR chose a route")"), 5s));
+  }
+  SECTION("before any byte") {
+    Conn c = connect_to("127.0.0.1", *port);
+    c.shutdown_write();
+    CHECK(c.wait_eof(5s));
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="client-closed: before a CR chose a route")"), 5s));
+  }
+  SECTION("a first TPKT too long to be framed is malformed, not a stream that is not RFC 1006") {
+    std::string limited = routed_config(exchange.port(), s7.port());
+    limited.replace(limited.find("filters = "), 0, "max_frame = 64\n");
+    REQUIRE(proxy.write_config(limited));
+    REQUIRE(proxy.signal(SIGHUP));
+    REQUIRE(proxy.wait_for_line(std::regex("reloaded "), 10s));
+    const ByteVec long_cr = make_cr(std::string(40, 'A'), "EXCHANGETSAP1");
+    REQUIRE(long_cr.size() > 64);
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(long_cr)));
+    CHECK(c.wait_eof(5s));
+    CHECK(proxy.wait_for_line(
+        std::regex(R"re(close reason="malformed-frame: tpkt-length-too-long \(no CR to choose a route by\)")re"), 5s));
+  }
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+  CHECK(proxy.count_lines(std::regex("relayed as they are")) == 0);
+  CHECK(exchange.accepted_count() == 0);
+  CHECK(s7.accepted_count() == 0);
 }
 
 TEST_CASE("SIGHUP reloads under load: no session drops, new sessions follow the newest valid config",

@@ -144,6 +144,31 @@ TEST_CASE("chain: the reserved repair at random splits changes only byte 1 of th
   }
 }
 
+TEST_CASE("tsap-annotate records the client's CR and the upstream's CC, not one sent the other way", "[filters][chain]") {
+  auto annotate = factory_from_toml("tsap-annotate", "", nullptr, "annotate");
+  REQUIRE(annotate);
+  filters::FilterChain chain({annotate});
+  FakeContext ctx;
+  const auto tsap = [](const filters::TsapValue& v) { return v ? ByteVec((*v).begin(), (*v).end()) : ByteVec{}; };
+  feed(chain, ctx, row("V5"), Direction::kToUpstream, 1);  // the client's CR: calling 0100, called 0102
+  CHECK(tsap(ctx.ann.calling_tsap) == ByteVec{0x01, 0x00});
+  // A CR from the upstream (calling "0-0ABCD0", TPDU size 1024) and a CC
+  // from the client: neither is theirs to say.
+  feed(chain, ctx, row("V7"), Direction::kToClient, 2);
+  feed(chain, ctx, row("V2"), Direction::kToUpstream, 3);
+  CHECK(tsap(ctx.ann.calling_tsap) == ByteVec{0x01, 0x00});
+  CHECK(tsap(ctx.ann.called_tsap) == ByteVec{0x01, 0x02});
+  CHECK(ctx.ann.tpdu_size_code_cr == std::optional<std::uint8_t>{0x0A});
+  CHECK_FALSE(ctx.ann.tpdu_size_code_cc);
+  CHECK(ctx.count_of("annotate.cr") == 1);
+  CHECK(ctx.count_of("annotate.cc") == 0);
+  // The upstream's CC is recorded (its TSAPs do not replace the CR's).
+  feed(chain, ctx, row("V2"), Direction::kToClient, 4);
+  CHECK(ctx.ann.tpdu_size_code_cc == std::optional<std::uint8_t>{0x0B});
+  CHECK(ctx.count_of("annotate.cc") == 1);
+  CHECK(tsap(ctx.ann.calling_tsap) == ByteVec{0x01, 0x00});
+}
+
 TEST_CASE("chain: drop, length-changing replace and end-session", "[filters][chain]") {
   const auto rows = load_vectors();
   const auto cr = find_vector(rows, "V5").bytes();

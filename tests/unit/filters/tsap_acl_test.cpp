@@ -103,12 +103,15 @@ std::vector<conf::ConfigError> errors_of(std::string_view body) {
   return errors;
 }
 
-TEST_CASE("tsap-acl: registered, acts on the connection phase only", "[filters][tsap-acl]") {
+TEST_CASE("tsap-acl: registered, sees the data phase (a later CR), keeps no state that stops parking",
+          "[filters][tsap-acl]") {
   const auto* k = filters::find_filter_kind("tsap-acl");
   REQUIRE(k != nullptr);
   auto f = acl("");
   CHECK(f->kind() == "tsap-acl");
-  CHECK_FALSE(f->needs_data_phase());
+  CHECK(f->needs_data_phase());
+  CHECK_FALSE(f->keeps_session_state());
+  CHECK(f->guards_cr());
   CHECK_FALSE(f->routes());
 }
 
