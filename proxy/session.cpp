@@ -290,9 +290,10 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
     self->on_connect(status);
   });
   if (r < 0) {
+    // connect() itself failed (no route, no source port left, a source
+    // that cannot reach this destination): said as a failure reported later is.
     delete req;
-    server_.stats().connect_failures[uv_err_name(r)]++;
-    close("connect-failed: " + uv_error_text(r));
+    on_connect(r);
     return;
   }
   // connect() has bound the source port: remember it, so that if this very

@@ -40,6 +40,8 @@
 
 #include "codec/tpkt.h"
 #include "codec/x224.h"
+#include <nlohmann/json.hpp>
+
 #include "support/http.h"
 #include "support/peers.h"
 #include "support/process.h"
@@ -542,6 +544,28 @@ TEST_CASE("relay-life: a refused upstream connect ends the session (connect-refu
   const bool back = eventually([&] { return (now = proxy->open_fds()) == baseline; });
   INFO("fds at start " << *baseline << ", now " << now.value_or(0));
   CHECK(back);
+}
+
+TEST_CASE("relay-life: a connect() that fails at once names the upstream and counts as connect-failed",
+          "[relay-life][connect]") {
+  // From a loopback source to an address off this host: connect() itself
+  // fails (EINVAL, or ENETUNREACH without a route), before any SYN.
+  auto proxy = start_proxy("[[listener]]\nname = \"off\"\nlisten = \"127.0.0.1:0\"\nupstream = \"192.0.2.10:102\"\n"
+                           "source = \"fixed\"\nsource_address = \"127.0.0.2\"\n");
+  const auto lport = port_of(*proxy, "off");
+  const auto m = mark(*proxy);
+  Conn c = t::connect_to(kLocal, lport);
+  REQUIRE(c.valid());
+  const Watch client = watch(c, m);
+  CHECK(c.wait_eof());
+  const auto f = wait_close(*proxy, client);
+  INFO(proxy->text());
+  REQUIRE(f);
+  CHECK(std::regex_search(field(*f, "reason"), std::regex(R"(^connect-failed: 192\.0\.2\.10:102: E[A-Z]+ \()")));
+  auto aport = t::admin_port(*proxy);
+  REQUIRE(aport);
+  const auto st = nlohmann::json::parse(t::http(*aport, "GET", "/stats").body);
+  CHECK(st["connect_failures"] == nlohmann::json{{"connect-failed", 1}});
 }
 
 // ---------------------------------------------------------------------------
