@@ -167,6 +167,14 @@ std::shared_ptr<const TlsServerConfig> read_tls_server(TableReader& parent, std:
       ok = false;
     }
   }
+  if (c->verify_client == "optional" && (!c->allow_subjects.empty() || !c->allow_sans.empty())) {
+    // The lists need a certificate, which "optional" does not ask for: such
+    // a client completes its handshake and is then refused, with no alert.
+    r.warning(c->allow_subjects.empty() ? "allow_sans" : "allow_subjects",
+              "with verify_client = \"optional\", a client without a certificate passes the handshake and is then "
+              "closed (tls-peer-not-allowed), with no TLS alert to say why; verify_client = \"require\" refuses it "
+              "during the handshake");
+  }
   for (const auto& s : c->allow_subjects) {
     if (s.find('=') == std::string::npos) {
       r.error("allow_subjects", in_quotes(s) + " is not a subject: write it as RFC 2253 prints it, e.g. \"CN=mta.example.net,O=Example\" "

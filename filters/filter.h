@@ -231,6 +231,14 @@ class FilterFactory {
     conf::IpAddress address;
   };
   virtual std::vector<FixedSource> fixed_sources() const { return {}; }
+  // The TLS settings toward upstreams of the filter's own (a route's tls),
+  // each with who names it ("route NAME"), so that the CRL watch covers
+  // them as it does a listener's.
+  struct UpstreamTls {
+    std::string who;
+    std::shared_ptr<const conf::TlsClientConfig> tls;
+  };
+  virtual std::vector<UpstreamTls> upstream_tls() const { return {}; }
   // The effective settings as TOML lines ("key = value\n"), defaults
   // included, for `isoproxy check --verbose`.
   virtual std::string settings_toml() const = 0;

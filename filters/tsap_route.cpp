@@ -119,6 +119,13 @@ class TsapRouteFactory final : public FilterFactory {
     }
     return out;
   }
+  std::vector<UpstreamTls> upstream_tls() const override {
+    std::vector<UpstreamTls> out;
+    for (const auto& r : s_.routes) {
+      if (r.tls && *r.tls) out.push_back({"route " + r.name, *r.tls});
+    }
+    return out;
+  }
   std::string settings_toml() const override {
     std::string out;
     if (s_.fallback) out += "default = \"" + s_.fallback->text + "\"\n";

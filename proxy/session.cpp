@@ -377,12 +377,15 @@ void Session::update_reading(Leg& l) {
   // A TLS handshake in progress is read whatever the other leg's queue: it
   // yields no plaintext, and stopping it could stall both legs.
   const bool handshaking = l.tls && !l.tls->established() && !l.tls->failed();
-  // Reading a TLS peer can queue bytes toward it (answers to its KeyUpdates):
-  // one that does not read is not read either while its own queue is over
-  // high water, else a peer could grow that queue without bound.
-  const bool own_backlog = l.tls && l.over_high_water;
+  // Reading a TLS peer can queue bytes toward it (answers to its KeyUpdates,
+  // never data: that stops at high water by not reading the other leg). A
+  // peer that does not read is still read, so that one that writes all
+  // before it reads (full duplex) is not deadlocked, until those answers
+  // pass kTlsControlSlack above high water: then it is not read either,
+  // else it could grow that queue without bound.
+  const bool own_backlog = l.tls && l.over_high_water && l.queued > rt_->cfg.high_water + kTlsControlSlack;
   const bool want = lingering_ ? !closing_ && !l.eof
-                               : !closing_ && !close_after_flush_ && !l.eof && !l.drain_stopped &&
+                               : !closing_ && !close_after_flush_ && !l.eof && (!l.drain_stopped || handshaking) &&
                                      (handshaking || (!o.over_high_water && !held_back && !own_backlog));
   if (want == l.reading) return;
   auto* s = reinterpret_cast<uv_stream_t*>(&l.tcp);
@@ -706,11 +709,11 @@ void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
     if (io_->pending_up.size() > rt_->cfg.high_water) update_reading(io_->client);
     return;
   }
-  (to.side == Side::kUpstream ? server_.stats().bytes_to_upstream : server_.stats().bytes_to_client) += total;
   if (to.tls) {
-    send_tls(to, bufs, n, total);
+    send_tls(to, bufs, n, total);  // counts them once they go to the channel
     return;
   }
+  count_sent(to, total);
   write_wire(to, bufs, n, total);
 }
 
@@ -767,8 +770,8 @@ void Session::check_high_water(Leg& to) {
     // A slow reader pauses the fast writer (DESIGN.md §2.3).
     to.over_high_water = true;
     update_reading(other(to));
-    if (to.tls) update_reading(to);
   }
+  if (to.tls && to.over_high_water && to.reading) update_reading(to);  // its own answers (update_reading)
 }
 
 void Session::check_low_water(Leg& to) {
@@ -852,15 +855,21 @@ void Session::on_tls_established(Leg& l) {
   arm_timer();
 }
 
+void Session::count_sent(const Leg& to, std::size_t n) {
+  (to.side == Side::kUpstream ? server_.stats().bytes_to_upstream : server_.stats().bytes_to_client) += n;
+}
+
 void Session::send_tls(Leg& to, const uv_buf_t* bufs, unsigned n, std::size_t total) {
   tls::Channel& t = *to.tls;
   if (t.failed()) return;
   if (!t.established()) {
+    // Held for the handshake, not relayed yet: a failed handshake drops them.
     for (unsigned i = 0; i < n; ++i) to.tls_pending.insert(to.tls_pending.end(), bufs[i].base, bufs[i].base + bufs[i].len);
     to.queued += total;
     check_high_water(to);
     return;
   }
+  count_sent(to, total);
   for (unsigned i = 0; i < n; ++i) {
     if (t.write(reinterpret_cast<const std::uint8_t*>(bufs[i].base), bufs[i].len) != tls::Channel::Status::kOk) {
       tls_failed(to);

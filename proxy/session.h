@@ -354,6 +354,10 @@ class Session final : public filters::FilterContext {
   bool close_after_flush_ = false;
   bool lingering_ = false;
   bool draining_ = false;                 // SIGTERM: finishing the frame in flight
+  // How far above high water a TLS peer's own queue may grow with answers
+  // to what it sends (KeyUpdates) before it is no longer read: more than one
+  // read's worth of relayed data, which may overshoot high water.
+  static constexpr std::size_t kTlsControlSlack = 256 * 1024;
   static constexpr std::uint64_t kFlushMs = 5000;  // a peer that will not read does not hold the slot
   static constexpr std::uint64_t kKeepaliveAfterMs = 1000;
   static constexpr std::uint64_t kLingerMs = 2000;

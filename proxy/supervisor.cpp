@@ -134,7 +134,7 @@ void Supervisor::watch_crls() {
   auto look_at = [&](std::int64_t t) {
     if (next_look == 0 || t < next_look) next_look = t;
   };
-  auto watch = [&](const std::string& listener, const char* whose, const std::string& file, const tls::Context* ctx) {
+  auto watch = [&](const std::string& owner, const char* whose, const std::string& file, const tls::Context* ctx) {
     if (ctx == nullptr) return;
     const auto& crls = ctx->crls();
     for (const auto& c : crls) {
@@ -145,8 +145,8 @@ void Supervisor::watch_crls() {
       });
       // Expired when loaded: the configuration's warnings said so.
       if (superseded || c.expired) continue;
-      const std::string key = listener + "\n" + whose + "\n" + c.issuer + "\n" + c.next_update;
-      const std::string where = "listener " + listener + ": the CRL of " + c.issuer + " (" + whose + ", " + file + ")";
+      const std::string key = owner + "\n" + whose + "\n" + c.issuer + "\n" + c.next_update;
+      const std::string where = owner + ": the CRL of " + c.issuer + " (" + whose + ", " + file + ")";
       if (now >= c.next_update_unix) {
         if (crls_said_.insert(key + "\nexpired").second) {
           spdlog::warn("{} expired at {}: every certificate it covers is now refused (\"CRL has expired\"); replace "
@@ -166,8 +166,16 @@ void Supervisor::watch_crls() {
     }
   };
   for (const auto& l : config_->listeners) {
-    if (l.tls) watch(l.name, "client certificates", l.tls->crl, l.tls->context.get());
-    if (l.upstream_tls) watch(l.name, "upstream certificates", l.upstream_tls->crl, l.upstream_tls->context.get());
+    if (l.tls) watch("listener " + l.name, "client certificates", l.tls->crl, l.tls->context.get());
+    if (l.upstream_tls) {
+      watch("listener " + l.name, "upstream certificates", l.upstream_tls->crl, l.upstream_tls->context.get());
+    }
+  }
+  for (const auto& [name, f] : config_->filters) {
+    if (!f.factory) continue;
+    for (const auto& u : f.factory->upstream_tls()) {
+      watch("filter " + name + " " + u.who, "upstream certificates", u.tls->crl, u.tls->context.get());
+    }
   }
   if (next_look == 0) {
     uv_timer_stop(&crl_timer_);

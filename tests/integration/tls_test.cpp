@@ -399,6 +399,76 @@ TEST_CASE("tls: plaintext client through isoproxy to openssl s_server, CC repair
   CHECK(one.body == *json_line + "\n");
 }
 
+TEST_CASE("tls: SIGTERM during the upstream handshake: the handshake ends, the CR goes out, then the drain",
+          "[tls][integration][drain]") {
+  REQUIRE_FALSE(openssl_binary().empty());
+  Certs c;
+  std::uint16_t sport = 0;
+  auto srv = start_s_server(c.upstream, sport);
+  REQUIRE(srv->started());
+  REQUIRE(sport != 0);
+  // Both deadlines far beyond the test's: the drain must not wait for them.
+  ProxyProcess proxy("[global]\ndrain_timeout = \"30s\"\n" +
+                     listener_config("tls-out", sport, "handshake_timeout = \"30s\"\n" +
+                                                           upstream_tls("ca = " + q(c.ca.cert) + "\nhandshake_timeout = \"30s\"\n")));
+  auto port = proxy.listen_port("tls-out");
+  REQUIRE(port);
+  // The upstream stopped: its kernel completes the TCP handshake, nobody answers the ClientHello.
+  REQUIRE(::kill(srv->pid(), SIGSTOP) == 0);
+  Conn conn = connect_to("127.0.0.1", *port);
+  REQUIRE(conn.valid());
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  REQUIRE(conn.send_all(cr));
+  // The CR has reached isoproxy and waits for the handshake.
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+  bool read = false;
+  for (int i = 0; i < 200 && !read; ++i) {
+    const auto r = http(*aport, "GET", "/sessions");
+    const auto j = nlohmann::json::parse(r.body, nullptr, false);
+    read = r.status == 200 && !j.is_discarded() && j["sessions"].size() == 1 &&
+           j["sessions"][0]["to_upstream"]["bytes"] == cr.size();
+    if (!read) std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE(read);
+  REQUIRE(proxy.signal(SIGTERM));
+  REQUIRE(proxy.wait_for_line(std::regex(R"(SIGTERM: draining 1 session)"), 5s));
+  REQUIRE(::kill(srv->pid(), SIGCONT) == 0);
+  INFO(proxy.text());
+  CHECK(srv->wait_for_out_bytes(cr, 0, 10s));
+  CHECK(proxy.wait_exit(10s) == 0);
+  const auto f = close_fields(proxy, 1);
+  CHECK(f.at("reason") == "drain");
+  CHECK(f.at("upstream_tls") == "TLSv1.3");
+}
+
+TEST_CASE("tls: bytes held for an upstream handshake that fails are not counted as relayed", "[tls][integration]") {
+  Certs c;
+  // Accepts, reads the ClientHello, never answers.
+  TestServer silent([](Conn& conn) { (void)conn.wait_eof(10s); });
+  REQUIRE(silent.ok());
+  ProxyProcess proxy(listener_config("stall", silent.port(),
+                                     upstream_tls("ca = " + q(c.ca.cert) + "\nhandshake_timeout = \"300ms\"\n")));
+  auto port = proxy.listen_port("stall");
+  REQUIRE(port);
+  Conn conn = connect_to("127.0.0.1", *port);
+  REQUIRE(conn.valid());
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  const ByteVec dt = make_dt(std::string(100, 'x'));
+  ByteVec both = cr;
+  both.insert(both.end(), dt.begin(), dt.end());
+  REQUIRE(conn.send_all(both));
+  CHECK(conn.wait_eof(10s));
+  const auto f = close_fields(proxy, 1);
+  INFO(proxy.text());
+  CHECK(f.at("reason") == "tls-handshake-timeout: upstream: no TLS handshake within 300ms");
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+  const auto st = nlohmann::json::parse(http(*aport, "GET", "/stats").body);
+  CHECK(st["bytes"]["to_upstream"] == 0);
+  CHECK(st["bytes"]["to_client"] == 0);
+}
+
 TEST_CASE("tls: openssl s_client through isoproxy to openssl s_server, TLS on both legs", "[tls][integration]") {
   REQUIRE_FALSE(openssl_binary().empty());
   Certs c;
@@ -560,6 +630,88 @@ TEST_CASE("tls: a client that sends KeyUpdates and never reads is stopped at hig
   CHECK(proxy.running());
 }
 
+TEST_CASE("tls: a TLS client that writes everything before it reads, while the upstream does the same, is not deadlocked",
+          "[tls][integration]") {
+  // Full duplex: each side writes 20 MB and reads only afterwards (the
+  // client) or meanwhile (the upstream). Toward the client the queue passes
+  // high water at once; reading the client must go on, as for a plaintext one.
+  Certs c;
+  constexpr std::size_t kEach = 20u << 20;  // well past what the kernel buffers take
+  const ByteVec chunk = make_dt(std::string(60000, 'u'));
+  const ByteVec client_chunk = make_dt(std::string(60000, 'c'));
+  const std::size_t n_chunks = kEach / chunk.size();
+  std::atomic<std::size_t> upstream_got{0};
+  std::atomic<bool> upstream_sent_all{false};
+  std::atomic<std::size_t> upstream_sent{0};
+  TestServer upstream([&](Conn& conn) {
+    auto cr = conn.recv_frame(10s);
+    if (!cr) return;
+    if (!conn.send_all(codec::Bytes(cc_for(*cr, 0x00)))) return;
+    std::thread reader([&] {
+      std::uint8_t buf[65536];
+      for (;;) {
+        const ssize_t n = ::recv(conn.fd(), buf, sizeof buf, 0);
+        if (n <= 0) return;
+        upstream_got += static_cast<std::size_t>(n);
+      }
+    });
+    bool ok = true;
+    for (std::size_t i = 0; i < n_chunks && ok; ++i) {
+      ok = conn.send_all(codec::Bytes(chunk));
+      if (ok) upstream_sent += chunk.size();
+    }
+    upstream_sent_all = ok;
+    reader.join();
+  });
+  REQUIRE(upstream.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"duplex\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(upstream.port()) + "\"\nhigh_water = \"64KiB\"\nlow_water = \"16KiB\"\n" +
+                     server_tls(c.proxy));
+  auto port = proxy.listen_port("duplex");
+  REQUIRE(port);
+  auto ctx = client_ctx(c);
+  std::string err;
+  auto t = TlsConn::connect(*port, ctx.get(), "proxy.test", err, 65536);
+  INFO(err);
+  REQUIRE(t);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  REQUIRE(t->write_all(cr));
+  REQUIRE(t->read_frame());  // the CC
+  // The upstream first fills every buffer toward the client, until its own
+  // writes block: isoproxy then holds more than high water for a client
+  // that does not read, before that client writes a byte.
+  std::size_t last = 0;
+  for (int i = 0; i < 100; ++i) {
+    std::this_thread::sleep_for(100ms);
+    const std::size_t now = upstream_sent.load();
+    if (now != 0 && now == last) break;
+    last = now;
+  }
+  REQUIRE(last != 0);
+  REQUIRE_FALSE(upstream_sent_all.load());
+  t->set_send_timeout(10);
+  std::size_t written = 0;
+  for (std::size_t i = 0; i < n_chunks; ++i) {
+    if (!t->write_all(client_chunk)) break;
+    written += client_chunk.size();
+  }
+  INFO(proxy.text().substr(0, 4000));
+  CHECK(written == n_chunks * client_chunk.size());
+  // Now the client reads what the upstream sent, all of it, in order.
+  std::size_t got = 0;
+  bool same = true;
+  for (std::size_t i = 0; i < n_chunks && same; ++i) {
+    auto f = t->read_frame();
+    same = f && *f == chunk;
+    if (same) got += f->size();
+  }
+  CHECK(got == n_chunks * chunk.size());
+  CHECK(upstream_sent_all.load());
+  const auto want = n_chunks * client_chunk.size();  // the CR was read by recv_frame
+  for (int i = 0; i < 500 && upstream_got.load() < want; ++i) std::this_thread::sleep_for(10ms);
+  CHECK(upstream_got.load() == want);
+}
+
 TEST_CASE("tls: the upstream's certificate is verified, verify = false is said at start and per session", "[tls][integration]") {
   REQUIRE_FALSE(openssl_binary().empty());
   Certs c;
@@ -688,6 +840,22 @@ TEST_CASE("tls: a CRL refuses revoked client and upstream certificates, SIGHUP l
   CHECK(f.at("reason") == "tls-verify-failed: upstream: certificate revoked (depth 0, CN=upstream.test,O=isoproxy tests)");
   const ByteVec got = srv->out();
   CHECK(std::search(got.begin(), got.end(), cr.begin(), cr.end()) == got.end());
+}
+
+TEST_CASE("tls: a route's CRL that runs out while isoproxy runs is warned about too", "[tls][integration][crl]") {
+  Certs c;
+  const std::string crl = c.pki.make_crl("route-soon.crl", "ca", {}, -TestPki::kDay, 4);  // nextUpdate in 4 s
+  ProxyProcess proxy("[[listener]]\nname = \"routed\"\nlisten = \"127.0.0.1:0\"\nfilters = [\"route\"]\n\n"
+                     "[filter.route]\nkind = \"tsap-route\"\n"
+                     "[[filter.route.route]]\nname = \"remote\"\ncalled = \"EXCHANGETSAP1\"\nupstream = \"127.0.0.1:9\"\n"
+                     "tls = { ca = " + q(c.ca.cert) + ", crl = " + q(crl) + ", server_name = \"upstream.test\" }\n");
+  REQUIRE(proxy.listen_port("routed"));
+  INFO(proxy.text());
+  CHECK(proxy.wait_for_line(std::regex(
+      R"( warning filter route route remote: the CRL of CN=ca,O=isoproxy tests \(upstream certificates, .*route-soon\.crl\) expires at \S+, in less than 24 h)")));
+  CHECK(proxy.wait_for_line(std::regex(
+      R"( warning filter route route remote: the CRL of CN=ca,O=isoproxy tests \(upstream certificates, .*route-soon\.crl\) expired at \S+: every certificate it covers is now refused)"),
+      15s));
 }
 
 TEST_CASE("tls: a CRL that runs out while isoproxy runs is warned about a day ahead and when it does", "[tls][integration][crl]") {

@@ -105,6 +105,10 @@ TEST_CASE("tls config: every key is read", "[conf][tls]") {
   CHECK(t.groups == "X25519:P-256");
   CHECK(t.handshake_timeout == 3s);
   CHECK(t.context->client_verify() == tls::Context::ClientVerify::kOptional);
+  // The allow-lists need a certificate, which "optional" does not ask for.
+  REQUIRE(r->warnings.size() == 1);
+  CHECK(r->warnings[0].find("listener[0].tls.allow_subjects: with verify_client = \"optional\", a client without a "
+                            "certificate passes the handshake and is then closed") != std::string::npos);
   const auto& u = *r->listeners[0].upstream_tls;
   CHECK(u.ca == ca_dir);  // a directory of CA certificates (hashed) is fine too
   CHECK(u.server_name == "mta.example.net");
@@ -115,6 +119,7 @@ TEST_CASE("tls config: every key is read", "[conf][tls]") {
   auto req = f.load(std::string(kListener) + "[listener.tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n");
   REQUIRE(req.ok());
   CHECK(req->listeners[0].tls->verify_client == "require");
+  CHECK(req->warnings.empty());
 }
 
 TEST_CASE("tls config: each mistake at its line:col with its key", "[conf][tls]") {
