@@ -182,6 +182,9 @@ class FilterContext {
   // session (a peer that repeats its CR must not flood the log): for the
   // connection-phase events of a filter (a repair, a rewrite, a refusal).
   virtual void log(std::string_view message) = 0;
+  // The same at warning level, within the same bound: a failure an operator
+  // must hear of at log_level = "warn" (a trace file that cannot be written).
+  virtual void warn(std::string_view message) { log(message); }
   // The same without the bound, for events that are not the peer's to
   // repeat and are bounded by their own nature (a trace file rotated,
   // created or removed, which the bytes relayed set the pace of).

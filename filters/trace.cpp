@@ -211,6 +211,8 @@ class TraceSink {
 
   const std::string& name() const { return name_; }
   const TraceSettings& settings() const { return s_; }
+  // No new file this long after a failure.
+  static constexpr std::chrono::seconds kRetryAfterError{10};
 
   // Writes one frame of `h`'s flow, registering the flow (a handshake) in
   // the current file first if it is not there yet, and rotating first if
@@ -233,7 +235,16 @@ class TraceSink {
               "); rotating");
     }
     if (!f.writer) {
-      if (auto r = open_file(ctx, h.listener, f); !r) return r;
+      // After a failure (a full disk, a directory gone) a new file waits
+      // kRetryAfterError: else each new session would make one more empty
+      // file, and log about it, for as long as the disk stays full.
+      if (std::chrono::steady_clock::now() < f.retry_at) {
+        // A session that was being traced stops, and says so; one that
+        // would start now is only counted (the failure was said already).
+        return unexpected(Error{registered || h.generation != 0 ? "write" : "trace-paused",
+                                "the trace file failed (" + f.last_error + ")"});
+      }
+      if (auto r = open_file(ctx, h.listener, f); !r) return fail(f, r.error());
       registered = false;
     }
     if (!registered) {
@@ -262,7 +273,8 @@ class TraceSink {
     f.reserved -= std::min(f.reserved, close_size(h.ipv6));
     h.generation = 0;
     // No session is left to report to: a failure here only marks the file,
-    // and the next frame written by any session starts a new one.
+    // and the next frame of any session starts a new one (and reports a
+    // failure there, which then waits kRetryAfterError).
     if (!f.writer->close_flow(h.id, now_seconds()) || !f.writer->flush()) f.broken = true;
   }
 
@@ -274,10 +286,15 @@ class TraceSink {
     std::uint64_t flows = 0;     // flows registered in the current file
     std::uint64_t reserved = 0;  // room kept for the FINs of its open flows
     bool broken = false;
+    std::chrono::steady_clock::time_point retry_at{};  // no new file before (after a failure)
+    bool numbered = false;  // the directory's numbers of that second looked at (open_file)
+    std::string last_error;
   };
 
   Status<> fail(Files& f, const Error& e) {
     f.broken = true;
+    f.retry_at = std::chrono::steady_clock::now() + kRetryAfterError;
+    f.last_error = e.message;
     return unexpected(e);
   }
 
@@ -298,7 +315,21 @@ class TraceSink {
     std::string path;
     std::error_code ec;
     // The sequence number tells apart files opened within one second; one
-    // left by an earlier run is never overwritten.
+    // left by an earlier run is never overwritten. After a restart within
+    // the second of that run's last file, the numbers it used that second
+    // (some freed by max_files) are passed over, so that the new file sorts
+    // after every one left and max_files does not take it first.
+    // (Once per listener and sink: later files number above it anyway.)
+    if (!f.numbered) {
+      std::uint64_t highest = 0;
+      for (fs::directory_iterator it(s_.directory, ec), end; !ec && it != end; it.increment(ec)) {
+        const auto key = trace_file_key(it->path().filename().string(), listener);
+        if (key && key->first == stamp) highest = std::max(highest, key->second);
+      }
+      for (std::uint64_t seq = g_last_seq.load(); seq < highest && !g_last_seq.compare_exchange_weak(seq, highest);) {
+      }
+      f.numbered = true;
+    }
     do {
       path = (fs::path(s_.directory) /
               ("isoproxy-" + listener + "-" + stamp + "-" + std::to_string(++g_last_seq) + ".pcap"))
@@ -332,7 +363,7 @@ class TraceSink {
       if (auto key = trace_file_key(it->path().filename().string(), listener)) found.emplace_back(*key, it->path());
     }
     if (ec) {
-      ctx.log_event(name_ + ": cannot list " + s_.directory + " to remove old trace files: " + ec.message());
+      ctx.warn(name_ + ": cannot list " + s_.directory + " to remove old trace files: " + ec.message());
       return;
     }
     const auto keep = static_cast<std::size_t>(s_.max_files);
@@ -345,14 +376,14 @@ class TraceSink {
       if (fs::remove(found[i].second, ec)) {
         ctx.log_event(name_ + ": removed old trace file " + p + " (max_files = " + std::to_string(s_.max_files) + ")");
       } else if (ec) {
-        ctx.log_event(name_ + ": cannot remove old trace file " + p + ": " + ec.message());
+        ctx.warn(name_ + ": cannot remove old trace file " + p + ": " + ec.message());
       }
     }
   }
 
   const std::string name_;
   const TraceSettings s_;
-  std::mutex mu_;  // the loop is single-threaded today; `workers = N` may come
+  std::mutex mu_;  // the workers' loops share the sink (workers = N)
   std::map<std::string, Files, std::less<>> files_;  // by listener
   std::uint64_t generations_ = 0;
 };
@@ -493,8 +524,14 @@ class Trace final : public Filter {
     if (r) return true;
     // Once per session: the relay goes on untraced.
     state_ = State::kOff;
+    if (r.error().kind == "trace-paused") {
+      // The failure was said by the session that met it.
+      ctx.count(sink_->name(), "untraced");
+      return false;
+    }
     ctx.count(sink_->name(), "write-errors");
-    ctx.log(sink_->name() + ": " + r.error().message + "; this session is no longer traced");
+    ctx.warn(sink_->name() + ": " + r.error().message + "; this session is no longer traced (no new trace file for " +
+             std::to_string(TraceSink::kRetryAfterError.count()) + " s)");
     return false;
   }
 

@@ -1304,17 +1304,22 @@ void Session::inject(filters::Direction toward, std::vector<std::uint8_t> frame)
 
 void Session::end_session(std::string reason) { io_->pending_close_reason = std::move(reason); }
 
-void Session::log(std::string_view message) {
+void Session::log(std::string_view message) { filter_line(false, message); }
+
+void Session::warn(std::string_view message) { filter_line(true, message); }
+
+void Session::filter_line(bool warning, std::string_view message) {
+  const auto level = warning ? spdlog::level::warn : spdlog::level::info;
   // Filters log connection-phase events (a repair, a refusal), which a
   // session has a few of; a peer that repeats its CR on one connection must
   // not turn that into a flood. The counts go on either way.
   if (filter_log_lines_ >= kMaxFilterLogLines) return;
   if (++filter_log_lines_ == kMaxFilterLogLines) {
-    spdlog::info("[S{}] {} (further filter lines of this session are not logged; its counts go on in the close line)", id_,
-                 message);
+    spdlog::log(level, "[S{}] {} (further filter lines of this session are not logged; its counts go on in the close line)",
+                id_, message);
     return;
   }
-  spdlog::info("[S{}] {}", id_, message);
+  spdlog::log(level, "[S{}] {}", id_, message);
 }
 
 void Session::log_event(std::string_view message) { spdlog::info("[S{}] {}", id_, message); }

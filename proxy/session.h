@@ -192,6 +192,7 @@ class Session final : public filters::FilterContext {
   void inject(filters::Direction toward, std::vector<std::uint8_t> frame) override;
   void end_session(std::string reason) override;
   void log(std::string_view message) override;
+  void warn(std::string_view message) override;
   void log_event(std::string_view message) override;
 
  private:

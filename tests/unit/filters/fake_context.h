@@ -56,6 +56,10 @@ class FakeContext final : public filters::FilterContext {
   }
   void end_session(std::string reason) override { ended = std::move(reason); }
   void log(std::string_view message) override { logs.emplace_back(message); }
+  void warn(std::string_view message) override {
+    logs.emplace_back(message);
+    warnings.emplace_back(message);
+  }
   void set_route(filters::Route r) override {
     if (!route) {
       route = std::move(r);
@@ -73,6 +77,7 @@ class FakeContext final : public filters::FilterContext {
   std::vector<std::pair<filters::Direction, std::vector<std::uint8_t>>> injected;
   std::string ended;
   std::vector<std::string> logs;
+  std::vector<std::string> warnings;  // those of logs given at warning level
   std::optional<filters::Route> route;
 
  private:

@@ -119,12 +119,15 @@ Capture read_capture(const std::string& path, std::uint16_t port = 102) {
   return c;
 }
 
-std::shared_ptr<const filters::FilterFactory> trace_factory(const TempDir& dir, const std::string& extra = "") {
+std::shared_ptr<const filters::FilterFactory> trace_factory_in(const std::string& dir, const std::string& extra = "") {
   std::vector<conf::ConfigError> errors;
-  auto f = factory_from_toml("trace", "directory = \"" + dir.str() + "\"\n" + extra, &errors, "capture");
+  auto f = factory_from_toml("trace", "directory = \"" + dir + "\"\n" + extra, &errors, "capture");
   for (const auto& e : errors) UNSCOPED_INFO(e.to_string());
   REQUIRE(f);
   return f;
+}
+std::shared_ptr<const filters::FilterFactory> trace_factory(const TempDir& dir, const std::string& extra = "") {
+  return trace_factory_in(dir.str(), extra);
 }
 
 // Runs frames through one session's trace filter, checks each passes
@@ -343,6 +346,33 @@ TEST_CASE("trace: rotation by size and max_files", "[filters][trace]") {
     CHECK(read_capture(files[1]).streams.at(0).info.client == clients[3]);
   }
 
+  SECTION("after a restart within the same second, a new file sorts after the earlier run's") {
+    // The earlier run's files of this second and the next (should the
+    // second turn meanwhile), numbered high; max_files had freed the low numbers.
+    std::vector<std::string> earlier;
+    const std::time_t now = std::time(nullptr);
+    for (std::time_t t : {now, now + 1}) {
+      std::tm tm{};
+      gmtime_r(&t, &tm);
+      char stamp[32];
+      std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
+      earlier.push_back(dir.str() + "/isoproxy-test-" + stamp + "-100000.pcap");
+      std::fclose(std::fopen(earlier.back().c_str(), "w"));
+    }
+    auto factory = trace_factory(dir, "max_files = 2\n");
+    FakeContext ctx("192.0.2.77:40000");
+    run_session(*factory, ctx, {{kUp, cr}, {kDown, cc}});
+    const auto files = trace_files(dir.str());
+    REQUIRE(files.size() == 2);
+    // The oldest went, not the file just written.
+    CHECK_FALSE(fs::exists(earlier[0]));
+    const bool ours_kept = std::any_of(files.begin(), files.end(), [](const std::string& f) {
+      const Capture c = read_capture(f);
+      return !c.streams.empty() && c.streams[0].info.client == "192.0.2.77:40000";
+    });
+    CHECK(ours_kept);
+  }
+
   SECTION("max_files = 2 keeps the newest two, each readable") {
     // A file from an earlier run counts too (and, being oldest, goes first);
     // files of other listeners and other names are left alone.
@@ -459,15 +489,27 @@ TEST_CASE("trace: a write error stops tracing the session, never the relay", "[f
   CHECK(ctx.count_of("capture.write-errors") == 1);
   CHECK(ctx.count_of("capture.frames") == 0);
   REQUIRE(ctx.logs.size() == 1);
+  CHECK(ctx.warnings == ctx.logs);  // at warning level: heard at log_level = "warn"
   CHECK_THAT(ctx.logs[0], Catch::Contains("cannot open " + gone + "/isoproxy-test-"));
-  CHECK_THAT(ctx.logs[0], Catch::EndsWith("; this session is no longer traced"));
+  CHECK_THAT(ctx.logs[0], Catch::EndsWith("; this session is no longer traced (no new trace file for 10 s)"));
   CHECK(ctx.ended.empty());
   CHECK(ctx.injected.empty());
 
-  // The next session tries again (the directory may be back).
+  // Sessions right after it are not traced, silently (counted): on a full
+  // disk each would otherwise make one more empty file and one more line.
   fs::create_directory(gone);
-  FakeContext next("192.0.2.3:40000");
-  run_session(*factory, next, {{kUp, vec("V3")}});
+  FakeContext soon("192.0.2.3:40000");
+  run_session(*factory, soon, {{kUp, vec("V3")}});
+  CHECK(soon.count_of("capture.untraced") == 1);
+  CHECK(soon.count_of("capture.write-errors") == 0);
+  CHECK(soon.count_of("capture.frames") == 0);
+  CHECK(soon.logs.empty());
+  CHECK(trace_files(gone).empty());
+
+  // A reload (a new sink) tries again at once: the directory is back.
+  auto reloaded = trace_factory_in(gone);
+  FakeContext next("192.0.2.4:40000");
+  run_session(*reloaded, next, {{kUp, vec("V3")}});
   CHECK(next.count_of("capture.write-errors") == 0);
   CHECK(next.count_of("capture.frames") == 1);
   fs::remove_all(gone);
