@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,7 +21,11 @@ Listener::Listener(Server& server, std::shared_ptr<const ListenerRuntime> rt)
       counters_(&server_.listener_counters(rt_->cfg.name)),
       shared_active_(&server_.shared().listener_sessions(rt_->cfg.name)) {}
 
-Listener::~Listener() = default;
+Listener::~Listener() {
+  for (auto& s : sockets_) {
+    if (s->standby >= 0) ::close(s->standby);
+  }
+}
 
 namespace {
 
@@ -106,23 +112,63 @@ void Listener::adopt(const std::vector<int>& fds) {
     Socket* raw = s.get();
     sockets_.push_back(std::move(s));
     // Bound and listening already; libuv takes the fd and watches it.
-    int r = uv_tcp_open(h, fds[i]);
-    if (r != 0) ::close(fds[i]);  // the handle did not take it
-    if (r == 0) {
-      r = uv_listen(reinterpret_cast<uv_stream_t*>(h), 511, [](uv_stream_t* st, int status) noexcept {
-        auto* sock = static_cast<Socket*>(st->data);
-        sock->owner->on_connection(*sock, status);
-      });
-    }
-    if (r != 0) {
+    if (int r = listen_on(*raw, fds[i]); r != 0) {
       // Not expected of a listening socket; the others of the listener still serve.
       spdlog::error("listener {}: cannot accept on {}: {}", rt_->cfg.name, raw->addr.text, uv_strerror(r));
       continue;
     }
-    apply_socket_options(*raw);
     bound_.push_back(sock_name(raw->tcp));
+    // A spare reference to the socket, for pause(): without one, an accept
+    // that keeps failing is only logged.
+    if (uv_os_fd_t fd = -1; uv_fileno(reinterpret_cast<const uv_handle_t*>(&raw->tcp), &fd) == 0) {
+      raw->standby = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (raw->standby < 0) {
+        spdlog::warn("listener {}: {}: no spare descriptor ({}): accepting cannot pause at the descriptor limit",
+                     rt_->cfg.name, raw->addr.text, std::strerror(errno));
+      }
+    }
   }
 }
+
+int Listener::listen_on(Socket& s, int fd) {
+  int r = uv_tcp_open(&s.tcp, fd);
+  if (r != 0) {
+    ::close(fd);  // the handle did not take it
+    return r;
+  }
+  r = uv_listen(reinterpret_cast<uv_stream_t*>(&s.tcp), 511, [](uv_stream_t* st, int status) noexcept {
+    auto* sock = static_cast<Socket*>(st->data);
+    sock->owner->on_connection(*sock, status);
+  });
+  if (r == 0) apply_socket_options(s);
+  return r;
+}
+
+void Listener::arm_resume() {
+  if (resume_timer_ == nullptr) {
+    resume_timer_ = new uv_timer_t;
+    uv_timer_init(server_.loop(), resume_timer_);
+    resume_timer_->data = this;
+    ++open_sockets_;  // closed by stop(), like a socket
+  }
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(resume_timer_))) {
+    uv_timer_start(resume_timer_, [](uv_timer_t* t) noexcept { static_cast<Listener*>(t->data)->resume(); }, pause_ms_, 0);
+  }
+}
+
+namespace {
+
+// What an accept error says about the descriptor limits, for the log.
+std::string fd_limit_hint(int status) {
+  if (status == UV_ENFILE) return " (the system's descriptor limit, fs.file-max)";
+  if (status != UV_EMFILE) return {};
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  return " (the process's descriptor limit, " + std::to_string(rl.rlim_cur) +
+         ": raise LimitNOFILE or ulimit -n, or lower max_sessions)";
+}
+
+}  // namespace
 
 void Listener::apply_socket_options(Socket& s) {
   const auto& c = rt_->cfg;
@@ -135,19 +181,94 @@ void Listener::apply_socket_options(Socket& s) {
 void Listener::set_runtime(std::shared_ptr<const ListenerRuntime> rt) {
   rt_ = std::move(rt);
   for (auto& s : sockets_) {
-    if (s->initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&s->tcp))) apply_socket_options(*s);
+    if (s->initialised && s->state == Socket::State::kOpen && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&s->tcp))) {
+      apply_socket_options(*s);
+    }
   }
 }
 
+void Listener::socket_gone(Socket& s) {
+  s.state = Socket::State::kGone;
+  if (s.standby >= 0) ::close(s.standby);
+  s.standby = -1;
+  handle_gone();
+}
+
+void Listener::handle_gone() {
+  if (--open_sockets_ == 0) server_.listener_closed();
+}
+
 void Listener::stop() {
+  if (stopping_) return;
+  stopping_ = true;
   for (auto& s : sockets_) {
+    if (!s->initialised) continue;
+    if (s->state == Socket::State::kPaused) {
+      socket_gone(*s);
+      continue;
+    }
     auto* h = reinterpret_cast<uv_handle_t*>(&s->tcp);
-    if (!s->initialised || uv_is_closing(h)) continue;
+    if (s->state != Socket::State::kOpen || uv_is_closing(h)) continue;  // pausing: its close callback sees stopping_
     uv_close(h, [](uv_handle_t* handle) noexcept {
       auto* sock = static_cast<Socket*>(handle->data);
-      Listener* self = sock->owner;
-      if (--self->open_sockets_ == 0) self->server_.listener_closed();
+      sock->owner->socket_gone(*sock);
     });
+  }
+  if (resume_timer_ != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(resume_timer_), [](uv_handle_t* h) noexcept {
+      auto* self = static_cast<Listener*>(h->data);
+      delete reinterpret_cast<uv_timer_t*>(h);
+      self->handle_gone();
+    });
+    resume_timer_ = nullptr;
+  }
+}
+
+void Listener::pause(Socket& s, int status) {
+  pause_ms_ = std::min<std::uint32_t>(1000, pause_ms_ == 0 ? 100 : 2 * pause_ms_);
+  // One line a second at most, with the count of those not logged.
+  const std::uint64_t now = server_.now_ms();
+  if (now - last_pause_log_ms_ >= 1000 || last_pause_log_ms_ == 0) {
+    spdlog::warn("listener {}: accept on {}: {}{}: not accepting there for {} ms{}", rt_->cfg.name, s.addr.text,
+                 uv_strerror(status), fd_limit_hint(status), pause_ms_,
+                 pauses_not_logged_ ? " (" + std::to_string(pauses_not_logged_) + " more pauses not logged)" : "");
+    last_pause_log_ms_ = now;
+    pauses_not_logged_ = 0;
+  } else {
+    ++pauses_not_logged_;
+  }
+  s.state = Socket::State::kPausing;
+  uv_close(reinterpret_cast<uv_handle_t*>(&s.tcp), [](uv_handle_t* handle) noexcept {
+    auto* sock = static_cast<Socket*>(handle->data);
+    Listener* self = sock->owner;
+    if (self->stopping_) {
+      self->socket_gone(*sock);
+      return;
+    }
+    sock->state = Socket::State::kPaused;
+    self->arm_resume();
+  });
+}
+
+void Listener::resume() {
+  bool again = false;
+  for (auto& sp : sockets_) {
+    Socket& s = *sp;
+    if (s.state != Socket::State::kPaused) continue;
+    const int fd = ::fcntl(s.standby, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+      again = true;  // no descriptor yet either
+      continue;
+    }
+    s.tcp = uv_tcp_t{};
+    uv_tcp_init(server_.loop(), &s.tcp);
+    s.tcp.data = &s;
+    s.state = Socket::State::kOpen;
+    if (int r = listen_on(s, fd); r != 0) pause(s, r);  // closes the handle; tried again after the next pause
+  }
+  if (again) {
+    pause_ms_ = std::min<std::uint32_t>(1000, 2 * pause_ms_);
+    arm_resume();
   }
 }
 
@@ -174,9 +295,30 @@ void Listener::refuse(uv_stream_t* server_stream, const std::string& why) {
 
 void Listener::on_connection(Socket& s, int status) {
   if (status < 0) {
-    spdlog::warn("listener {}: accept on {}: {}", rt_->cfg.name, s.addr.text, uv_strerror(status));
+    // libuv calls back and accepts again at once. An error of that
+    // connection alone (EPERM from a firewall, EPROTO) is gone then; one of
+    // the process's resources is not: libuv drops the pending connections
+    // with a spare descriptor of its own, and once another thread took
+    // that one, fails and calls back for ever. Only closing the handle
+    // ends that loop.
+    const bool resources = status == UV_EMFILE || status == UV_ENFILE || status == UV_ENOBUFS || status == UV_ENOMEM;
+    if (resources && s.standby >= 0 && s.state == Socket::State::kOpen && !stopping_) {
+      pause(s, status);
+      return;
+    }
+    const std::uint64_t now = server_.now_ms();
+    if (now - last_pause_log_ms_ >= 1000 || last_pause_log_ms_ == 0) {
+      spdlog::warn("listener {}: accept on {}: {}{}{}", rt_->cfg.name, s.addr.text, uv_strerror(status),
+                   fd_limit_hint(status),
+                   accept_errors_not_logged_ ? " (" + std::to_string(accept_errors_not_logged_) + " more not logged)" : "");
+      last_pause_log_ms_ = now;
+      accept_errors_not_logged_ = 0;
+    } else {
+      ++accept_errors_not_logged_;
+    }
     return;
   }
+  pause_ms_ = 0;
   auto* stream = reinterpret_cast<uv_stream_t*>(&s.tcp);
   if (server_.draining()) {
     refuse(stream, "shutting down");

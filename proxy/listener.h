@@ -79,8 +79,25 @@ class Listener {
     Listener* owner = nullptr;
     conf::SocketAddress addr;
     bool initialised = false;
+    // Accepting, paused (the handle closed, the socket kept open by
+    // `standby`, see pause()), or on the way there.
+    enum class State : std::uint8_t { kOpen, kPausing, kPaused, kGone } state = State::kOpen;
+    int standby = -1;  // a duplicate of the listening socket, for resume()
   };
   void on_connection(Socket& s, int status);
+  // An accept that fails for good (EMFILE: the descriptor limit) makes
+  // libuv call back again at once, for ever, inside one callback: the loop
+  // never gets back to epoll. The socket's handle is closed (its
+  // duplicate keeps it listening: connections wait in its backlog) and
+  // reopened after a pause.
+  void pause(Socket& s, int status);
+  void resume();
+  void arm_resume();
+  void socket_gone(Socket& s);
+  void handle_gone();  // one of the handles stop() waits for has closed
+  // uv_tcp_open + uv_listen on `fd` (taken, or closed on failure), then the
+  // socket options; a libuv error code.
+  int listen_on(Socket& s, int fd);
   void refuse(uv_stream_t* server_stream, const std::string& why);
   // TCP_NODELAY and keepalive on a listening socket: Linux copies them to
   // every connection it accepts, which then needs no setsockopt of its own.
@@ -96,6 +113,12 @@ class Listener {
   std::atomic<std::uint32_t>* shared_active_;  // every worker's, against max_sessions (Shared)
   std::uint64_t last_refusal_log_ms_ = 0;
   std::uint64_t refusals_not_logged_ = 0;
+  uv_timer_t* resume_timer_ = nullptr;  // from the first pause on; counts in open_sockets_
+  bool stopping_ = false;
+  std::uint32_t pause_ms_ = 0;  // the last pause's length (backs off to 1 s)
+  std::uint64_t last_pause_log_ms_ = 0;
+  std::uint64_t pauses_not_logged_ = 0;
+  std::uint64_t accept_errors_not_logged_ = 0;  // other accept errors, within the same once a second
 };
 
 }  // namespace isoproxy

@@ -1,5 +1,7 @@
 #include "supervisor.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <csignal>
 #include <cstring>
@@ -186,7 +188,37 @@ void Supervisor::watch_crls() {
   uv_timer_start(&crl_timer_, [](uv_timer_t* t) noexcept { static_cast<Supervisor*>(t->data)->watch_crls(); }, ms, 0);
 }
 
+namespace {
+
+// Two descriptors a session, its sockets (a parked one keeps them too), and
+// a pipe pair while spliced bytes are in flight, which few hold at once.
+constexpr rlim_t kFdsPerSession = 2;
+constexpr rlim_t kFdsBesideSessions = 256;  // listeners, admin, logs, traces, resolver
+
+}  // namespace
+
+std::optional<std::string> fit_fd_limit(std::uint32_t max_sessions) {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return std::nullopt;
+  const rlim_t want = static_cast<rlim_t>(max_sessions) * kFdsPerSession + kFdsBesideSessions;
+  if (rl.rlim_cur < want && rl.rlim_cur < rl.rlim_max) {
+    const rlim_t before = rl.rlim_cur;
+    rlimit raised = rl;
+    raised.rlim_cur = std::min(want, rl.rlim_max);
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+      spdlog::info("descriptor limit raised from {} to {} for max_sessions = {}", before, raised.rlim_cur, max_sessions);
+      rl = raised;
+    }
+  }
+  if (rl.rlim_cur >= want) return std::nullopt;
+  return fmt::format("the descriptor limit ({}, hard limit {}) is below the {} that max_sessions = {} needs ({} a "
+                     "session, and more while spliced): past it, accepting pauses and connections wait or are dropped; "
+                     "raise LimitNOFILE (systemd) or ulimit -n, or lower max_sessions",
+                     rl.rlim_cur, rl.rlim_max, want, max_sessions, kFdsPerSession);
+}
+
 Status<> Supervisor::start() {
+  if (auto limit = fit_fd_limit(config_->global.max_sessions)) spdlog::warn("{}", *limit);
   // Log lines go out once per loop iteration, just before a loop waits:
   // this loop's and each worker's (Server) flush what is pending.
   uv_prepare_init(&loop_, &log_flush_);

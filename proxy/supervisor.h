@@ -27,6 +27,10 @@
 
 namespace isoproxy {
 
+// Raises the soft RLIMIT_NOFILE toward the hard limit, to what
+// `max_sessions` may need; what is still short, said as a warning.
+std::optional<std::string> fit_fd_limit(std::uint32_t max_sessions);
+
 class Supervisor {
  public:
   explicit Supervisor(std::shared_ptr<const conf::Config> config);
