@@ -67,6 +67,7 @@ struct ListenerRow {
   std::string name;
   std::vector<std::string> addresses;
   std::uint64_t accepted = 0, active = 0, refused = 0;
+  bool removed = false;  // no longer configured, sessions still open
 };
 struct Totals {
   GlobalStats g;
@@ -84,6 +85,10 @@ Totals worker_totals(Server& s) {
   t.g = s.stats();
   t.active = s.active_sessions();
   for (const Listener* l : s.listeners()) t.listeners.push_back({l->name(), l->bound(), l->accepted(), l->active(), l->refused()});
+  // A listener a reload removed still counts while its sessions last (on
+  // any worker: totals() drops it once none is open), so that the
+  // per-listener figures keep adding up to the totals.
+  for (const auto& [name, c] : s.removed_listeners()) t.listeners.push_back({name, {}, c.accepted, c.active, c.refused, true});
   t.dns = s.rdns().counters();
   t.dns_cached = s.rdns().entries();
   t.dns_in_flight = s.rdns().in_flight();
@@ -128,6 +133,7 @@ Totals totals(Supervisor& sup) {
       it->accepted += r.accepted;
       it->active += r.active;
       it->refused += r.refused;
+      it->removed = it->removed && r.removed;
     }
     out.dns.lookups += p.dns.lookups;
     out.dns.found += p.dns.found;
@@ -137,6 +143,9 @@ Totals totals(Supervisor& sup) {
     out.dns_cached += p.dns_cached;
     out.dns_in_flight += p.dns_in_flight;
   }
+  // A removed listener is listed while a session of it is open on any
+  // worker (summed: one worker's may all have ended).
+  std::erase_if(out.listeners, [](const ListenerRow& r) { return r.removed && r.active == 0; });
   // The workers count under one set of labels (Shared), so the sum has no
   // more of them than any worker: nothing to fold here, and no counter ever
   // moves from a label to "other" and back.
@@ -388,6 +397,7 @@ AdminResponse Admin::stats() {
   json listeners = json::array();
   for (const ListenerRow& l : t.listeners) {
     listeners.push_back({{"name", l.name}, {"addresses", l.addresses}, {"accepted", l.accepted}, {"active", l.active}, {"refused", l.refused}});
+    if (l.removed) listeners.back()["removed"] = true;
   }
   return json_response(200, {{"sessions", {{"accepted", g.accepted}, {"active", t.active}, {"parked", g.parked}, {"refused", g.refused}, {"closed", g.closed}}},
                              {"bytes", {{"to_upstream", g.bytes_to_upstream}, {"to_client", g.bytes_to_client}}},

@@ -42,6 +42,7 @@ constexpr int kBacklog = 128;
 struct WriteReq {
   uv_write_t req;
   std::size_t len;
+  std::size_t* queued;  // the server's count of queued bytes, which holds len until the callback
   uv_buf_t buf;
   char data[1];  // len bytes follow
 
@@ -50,6 +51,7 @@ struct WriteReq {
     if (!mem) std::abort();  // out of memory: nothing sensible to do
     auto* w = static_cast<WriteReq*>(mem);
     w->len = len;
+    w->queued = nullptr;
     w->buf = uv_buf_init(w->data, static_cast<unsigned>(len));
     return w;
   }
@@ -280,6 +282,9 @@ struct AdminHttpServer::Impl {
   ino_t unix_ino_ = 0;
   std::list<Connection> connections_;
   std::atomic<std::size_t> active_{0};  // connections not closing: what max_connections counts
+  std::size_t queued_bytes_ = 0;          // in writes not completed, all connections (max_queued_bytes)
+  std::uint64_t last_budget_warn_ms_ = 0;
+  std::uint64_t budget_refusals_ = 0;
   std::size_t open_handles_ = 0;  // listener + connection + refused handles not yet closed
   std::array<char, 65536> read_buf_{};  // reads are handled synchronously: one buffer serves all
 };
@@ -810,6 +815,31 @@ void AdminHttpServer::Impl::Connection::reject(int status, const std::string& te
 }
 
 void AdminHttpServer::Impl::Connection::write_response(const AdminResponse& res, bool head, bool keep_alive) {
+  // A large answer while the others' fill the budget: try again later. A
+  // small one (an error, /stats) always goes, and so does one with nothing
+  // else queued, however large.
+  constexpr std::size_t kAlwaysSent = 64 * 1024;
+  if (!head && res.body.size() > kAlwaysSent && owner->queued_bytes_ > 0 &&
+      owner->queued_bytes_ + res.body.size() > limits().max_queued_bytes) {
+    // One line a second at most: a client could ask again and again.
+    const std::uint64_t now = uv_now(owner->loop_);
+    if (owner->last_budget_warn_ms_ == 0 || now - owner->last_budget_warn_ms_ >= 1000) {
+      spdlog::warn("admin: {}-byte answer to {} not sent: {} bytes of answers wait for slow readers (the budget is "
+                   "{}); 503, retry later{}",
+                   res.body.size(), peer, owner->queued_bytes_, limits().max_queued_bytes,
+                   owner->budget_refusals_ ? " (" + std::to_string(owner->budget_refusals_) + " more not logged)" : "");
+      owner->last_budget_warn_ms_ = now;
+      owner->budget_refusals_ = 0;
+    } else {
+      ++owner->budget_refusals_;
+    }
+    AdminResponse busy;
+    busy.status = 503;
+    busy.body = "{\"error\":\"answers to other clients fill the admin output budget; retry later\"}\n";
+    busy.headers.emplace_back("Retry-After", "1");
+    write_response(busy, head, keep_alive);
+    return;
+  }
   int status = res.status;
   if (status < 200 || status > 599) {
     spdlog::warn("admin: the handler answered status {}: sent as 500", status);
@@ -852,6 +882,7 @@ void AdminHttpServer::Impl::Connection::send(std::string_view head, std::string_
   const int r = uv_write(&w->req, as_stream(), &w->buf, 1, [](uv_write_t* req, int status) noexcept {
     auto* wr = reinterpret_cast<WriteReq*>(req);
     auto* c = static_cast<Connection*>(req->data);
+    *wr->queued -= wr->len;  // the server outlives its connections' writes
     std::free(wr);
     if (status == UV_ECANCELED) return;  // the handle is closing: touch nothing else
     c->on_write_done(status);
@@ -862,6 +893,8 @@ void AdminHttpServer::Impl::Connection::send(std::string_view head, std::string_
     close();
     return;
   }
+  w->queued = &owner->queued_bytes_;
+  owner->queued_bytes_ += w->len;
   ++writes_in_flight;
   // What the socket did not take at once waits in libuv's queue, one answer
   // at most (reading pauses meanwhile); arm() watches it move.

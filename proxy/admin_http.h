@@ -51,6 +51,10 @@ struct AdminLimits {
   // (Pipelined requests wait while an answer is unread, so a connection
   // holds one answer at most.)
   std::chrono::milliseconds write_stall_timeout{10000};
+  // Answers queued to every client together: a larger answer that would
+  // pass this gets 503 and Retry-After instead, so that slow readers on
+  // every connection cannot hold max_connections times the largest answer.
+  std::size_t max_queued_bytes = std::size_t{256} << 20;
 };
 
 class AdminHttpServer {

@@ -402,6 +402,15 @@ std::vector<const Listener*> Server::listeners() const {
   return out;
 }
 
+std::vector<std::pair<std::string, Listener::Counters>> Server::removed_listeners() const {
+  std::vector<std::pair<std::string, Listener::Counters>> out;
+  for (const auto& [name, c] : listener_counters_) {
+    const bool current = std::any_of(listeners_.begin(), listeners_.end(), [&](const auto& l) { return l->name() == name; });
+    if (!current) out.emplace_back(name, c);
+  }
+  return out;
+}
+
 void Server::retire(std::unique_ptr<Session> s) {
   const std::size_t keep = config_->admin.closed_sessions;
   if (keep > 0 && s->final_state() != nullptr) {

@@ -127,6 +127,10 @@ class Server {
   std::size_t active_sessions() const { return sessions_.size(); }
   std::uint64_t accepted() const { return stats_.accepted; }
   std::vector<const Listener*> listeners() const;
+  // Counters of listener names the configuration no longer has (a reload
+  // removed the listener), by name: the admin endpoint lists those whose
+  // sessions, summed over the workers, are still open.
+  std::vector<std::pair<std::string, Listener::Counters>> removed_listeners() const;
   const std::deque<ClosedSession>& closed_sessions() const { return closed_; }
   // The closed-session list (admin.closed_sessions > 0) keeps sessions that
   // close from now on; they join it once their handles have closed.

@@ -436,21 +436,30 @@ Supervisor::ReloadOutcome Supervisor::reload() {
     return out;
   }
   auto cfg = std::make_shared<const conf::Config>(std::move(*loaded));
+  // Said in the log and in POST /reload's answer: what the reload did not apply.
+  std::vector<std::string> warnings = cfg->warnings;
   if (cfg->admin.enabled != config_->admin.enabled || cfg->admin.listen != config_->admin.listen) {
-    spdlog::warn("reload: [admin] listen = \"{}\" takes effect at the next start; the admin endpoint stays {}",
-                 cfg->admin.enabled ? cfg->admin.listen : "off",
-                 admin_http_ ? "on " + admin_http_->bound() : std::string("off"));
+    warnings.push_back(fmt::format("[admin] listen = \"{}\" takes effect at the next start; the admin endpoint stays {}",
+                                   cfg->admin.enabled ? cfg->admin.listen : "off",
+                                   admin_http_ ? "on " + admin_http_->bound() : std::string("off")));
+    spdlog::warn("reload: {}", warnings.back());
   }
   if (cfg->global.workers != workers()) {
-    spdlog::warn("reload: workers = {} takes effect at the next start; {} worker{} keep running", cfg->global.workers,
-                 workers(), workers() == 1 ? "" : "s");
+    warnings.push_back(fmt::format("workers = {} takes effect at the next start; {} worker{} running",
+                                   cfg->global.workers, workers(), workers() == 1 ? " keeps" : "s keep"));
+    spdlog::warn("reload: {}", warnings.back());
   }
   auto sockets = prepare(*cfg, config_.get());
   if (!sockets) {
     spdlog::error("reload failed: {}; the running configuration stays in force", sockets.error().message);
     return {Kind::kFailed, {sockets.error().message}, {}};
   }
-  std::vector<std::string> warnings = cfg->warnings;
+  if (cfg->global.max_sessions != config_->global.max_sessions) {
+    if (auto limit = fit_fd_limit(cfg->global.max_sessions)) {
+      spdlog::warn("reload: {}", *limit);
+      warnings.push_back(*limit);
+    }
+  }
   if (auto failed = shared_.access_log.configure(cfg->global.access_log)) {
     spdlog::error("reload: {}; the access log stays as it was", *failed);
     warnings.push_back(*failed + "; the access log stays as it was");

@@ -548,6 +548,67 @@ TEST_CASE("admin http: a client that never reads is cut off, others are served m
   CHECK(h.shutdown());
 }
 
+TEST_CASE("admin http: answers held by slow readers are bounded together: a large one past the budget gets 503",
+          "[admin-http]") {
+  AdminLimits limits;
+  limits.max_queued_bytes = std::size_t{32} << 20;
+  Harness h(limits);
+  REQUIRE(h.ok());
+  // Far more than the socket buffers take: most of it stays queued.
+  constexpr std::size_t kBig = std::size_t{24} << 20;
+  // The first slow reader's answer is queued whole (more than socket buffers take).
+  Conn slow = connect_to("127.0.0.1", h.port());
+  REQUIRE(slow.valid());
+  REQUIRE(slow.send_all(get("/big?n=" + std::to_string(kBig))));
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (h.handler().calls.load() < 1 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  REQUIRE(h.handler().calls.load() >= 1);
+  // A large answer on a connection of its own, read whole.
+  auto ask_big = [&](std::size_t n) {
+    Client other = tcp_client(h);
+    REQUIRE(other.send(get("/big?n=" + std::to_string(n))));
+    return other.read(20000ms);
+  };
+  // A second large answer would pass the budget: 503, with Retry-After.
+  {
+    auto r = ask_big(kBig);
+    REQUIRE(r);
+    CHECK(r->status == 503);
+    CHECK(r->headers["retry-after"] == "1");
+    CHECK(r->body.find("admin output budget") != std::string::npos);
+  }
+  // A small answer always goes.
+  {
+    Client other = tcp_client(h);
+    REQUIRE(other.send(get("/ping")));
+    auto r = other.read(5000ms);
+    REQUIRE(r);
+    CHECK(r->status == 200);
+  }
+  // Once the slow reader has read its answer, a large one goes again.
+  std::size_t total = 0;
+  while (total < kBig) {
+    auto chunk = slow.recv_some(1 << 16, 10s);
+    REQUIRE(chunk);
+    total += chunk->size();
+  }
+  {
+    auto r = ask_big(kBig);
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    CHECK(r->body.size() == kBig);
+  }
+  // An answer larger than the whole budget goes too when nothing else waits.
+  {
+    constexpr std::size_t kHuge = std::size_t{40} << 20;
+    auto r = ask_big(kHuge);
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    CHECK(r->body.size() == kHuge);
+  }
+  CHECK(h.shutdown());
+}
+
 TEST_CASE("admin http: an answer larger than any buffer reaches a client that reads it, however long it pauses between reads",
           "[admin-http]") {
   // 48 MiB, more than socket buffers and libuv's queue would ever be cut at

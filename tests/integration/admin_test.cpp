@@ -200,6 +200,14 @@ TEST_CASE("admin: counters move while a session streams, closed sessions keep re
   CHECK(wj["reload"] == "done");
   REQUIRE(wj["warnings"].size() == 1);
   CHECK(wj["warnings"][0].get<std::string>().find("the access log stays as it was") != std::string::npos);
+  // What a reload cannot apply is said in the answer too, not only in the log.
+  REQUIRE(proxy.write_config(config_text + "\n[global]\nworkers = 2\n"));
+  auto later = http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n");
+  CHECK(later.status == 200);
+  const json lj = json::parse(later.body);
+  CHECK(lj["reload"] == "done");
+  REQUIRE(lj["warnings"].size() == 1);
+  CHECK(lj["warnings"][0] == "workers = 2 takes effect at the next start; 1 worker keeps running");
   CHECK(http(*aport, "DELETE", "/sessions").status == 405);
   CHECK(http(*aport, "GET", "/nothing-here").status == 404);
 

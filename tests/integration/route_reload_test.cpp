@@ -297,6 +297,66 @@ TEST_CASE("SIGHUP adds and removes listeners as configured", "[reload][integrati
   CHECK(proxy.wait_exit(10s) == 0);
 }
 
+TEST_CASE("SIGHUP that removes a listener: its open sessions stay in the per-listener figures until they end",
+          "[reload][admin][integration]") {
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  auto listener = [&](const std::string& name) {
+    return "[[listener]]\nname = \"" + name + "\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+           std::to_string(up.port()) + "\"\n";
+  };
+  // Two workers: the removed listener's figures are summed over both, one
+  // of which may have none of its sessions open.
+  const std::string admin = "[global]\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n";
+  ProxyProcess proxy(admin + listener("keep") + listener("gone"));
+  REQUIRE(proxy.wait_listening(10s, 2));
+  auto keep = proxy.listen_port("keep", 10s);
+  auto gone = proxy.listen_port("gone", 10s);
+  REQUIRE(keep);
+  REQUIRE(gone);
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+  INFO(proxy.text());
+  Conn k = connect_to("127.0.0.1", *keep, 2s);
+  Conn g1 = connect_to("127.0.0.1", *gone, 2s);
+  Conn g2 = connect_to("127.0.0.1", *gone, 2s);
+  REQUIRE(echoes(k));
+  REQUIRE(echoes(g1));
+  REQUIRE(echoes(g2));
+  REQUIRE(proxy.write_config(admin + listener("keep")));
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), 1, 10s));
+  CHECK(echoes(g1));  // the removed listener's sessions go on
+  auto stats = [&] {
+    auto r = http(*aport, "GET", "/stats");
+    REQUIRE(r.status == 200);
+    return nlohmann::json::parse(r.body);
+  };
+  auto st = stats();
+  INFO(st.dump());
+  REQUIRE(st["listeners"].size() == 2);
+  CHECK(st["listeners"][0]["name"] == "keep");
+  CHECK(st["listeners"][0]["active"] == 1);
+  CHECK(st["listeners"][0].count("removed") == 0);
+  CHECK(st["listeners"][1]["name"] == "gone");
+  CHECK(st["listeners"][1]["active"] == 2);
+  CHECK(st["listeners"][1]["accepted"] == 2);
+  CHECK(st["listeners"][1]["removed"] == true);
+  CHECK(st["sessions"]["active"] == 3);
+  const auto m = http(*aport, "GET", "/metrics");
+  CHECK_THAT(m.body, Catch::Contains("isoproxy_sessions_active{listener=\"gone\"} 2\n"));
+  CHECK_THAT(m.body, Catch::Contains("isoproxy_sessions_active{listener=\"keep\"} 1\n"));
+  // Once they end, the removed listener is gone from the figures.
+  g1.close();
+  g2.close();
+  REQUIRE(proxy.wait_for_lines(std::regex("close reason="), 2, 10s));
+  st = stats();
+  CHECK(st["listeners"].size() == 1);
+  CHECK(st["sessions"]["active"] == 1);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
 TEST_CASE("SIGHUP that moves a listener keeps its counters, and its open sessions count as active",
           "[reload][admin][integration]") {
   TestServer up(echo_handler());
