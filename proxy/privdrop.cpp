@@ -129,6 +129,15 @@ std::vector<Capability> needed_capabilities(const conf::Config& config) {
   return out;
 }
 
+bool has_effective(cap_value_t c) {
+  cap_t caps = cap_get_proc();
+  if (caps == nullptr) return true;
+  cap_flag_value_t v = CAP_CLEAR;
+  const bool read = cap_get_flag(caps, c, CAP_EFFECTIVE, &v) == 0;
+  cap_free(caps);
+  return !read || v == CAP_SET;
+}
+
 Status<> drop(const Account& account, const std::vector<Capability>& keep) {
   const std::uint64_t keep_mask = mask_of(keep);
   // The bounding set first: reducing it needs CAP_SETPCAP, which is gone

@@ -36,6 +36,10 @@ Result<Account> prepare(const std::string& name);
 // transparent or a listener or route uses source = "client" (IP_TRANSPARENT).
 std::vector<Capability> needed_capabilities(const conf::Config& config);
 
+// True if the process has `c` in its effective set now (true when that
+// cannot be read: the socket calls then say what is missing).
+bool has_effective(cap_value_t c);
+
 // Becomes `account` (supplementary groups from the group database, then gid,
 // then uid) keeping `keep` permitted and effective and nothing else: the
 // bounding set is reduced to `keep`, the inheritable and ambient sets are

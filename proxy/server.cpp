@@ -108,7 +108,16 @@ void Server::apply(std::shared_ptr<const conf::Config> config, Sockets fresh_soc
   for (auto& l : listeners_) {
     if (!l) continue;
     if (index_ == 0) {
-      spdlog::info("listener {} removed or changed: no longer accepting on {}", l->name(), fmt::join(l->bound(), ", "));
+      const bool kept_name = std::any_of(config->listeners.begin(), config->listeners.end(),
+                                         [&](const conf::ListenerConfig& lc) { return lc.name == l->name(); });
+      if (kept_name) {
+        // Its new sockets are bound already (the "listening on" lines): an
+        // address in both lists is served on without a gap.
+        spdlog::info("listener {} changed: its sockets on {} are closed, its new ones accept", l->name(),
+                     fmt::join(l->bound(), ", "));
+      } else {
+        spdlog::info("listener {} removed: no longer accepting on {}", l->name(), fmt::join(l->bound(), ", "));
+      }
     }
     l->stop();
     stopping_listeners_.push_back(std::move(l));

@@ -12,6 +12,7 @@
 
 #include "conf/loader.h"
 #include "listener.h"
+#include "privdrop.h"
 #include "log.h"
 #include "notify.h"
 #include "tls.h"
@@ -46,6 +47,16 @@ Supervisor::~Supervisor() {
 
 Result<std::vector<Server::Sockets>> Supervisor::prepare(const conf::Config& config, const conf::Config* current) {
   // Host checks first, so that a config this host cannot serve changes nothing.
+  // source = "client" sets IP_TRANSPARENT on every upstream socket: without
+  // CAP_NET_ADMIN each session would fail, not the start or the reload (a
+  // transparent listener's own bind says so anyway, earlier is clearer).
+  for (const auto& cap : privdrop::needed_capabilities(config)) {
+    if (cap.value == CAP_NET_ADMIN && !privdrop::has_effective(CAP_NET_ADMIN)) {
+      return unexpected(Error{"capability", cap.why + ", which needs CAP_NET_ADMIN, and this process does not have it "
+                                            "(run --user keeps only what the start-up configuration needed: restart "
+                                            "to gain it; under systemd, AmbientCapabilities=CAP_NET_ADMIN)"});
+    }
+  }
   for (const auto& l : config.listeners) {
     if (l.source.mode == conf::SourceMode::kFixed && l.source.address) {
       if (auto ok = check_source_is_local(*l.source.address); !ok) {
@@ -80,19 +91,31 @@ Result<std::vector<Server::Sockets>> Supervisor::prepare(const conf::Config& con
         if (addr.port() == 0) continue;  // a fresh port each time
         for (const auto& c : current->listeners) {
           // The same endpoint however it is written, or a wildcard of its family on its port.
-          const bool held = std::any_of(c.listen.begin(), c.listen.end(),
-                                        [&](const conf::SocketAddress& a) { return a.overlaps(addr); });
-          if (!held) continue;
+          const auto held = std::find_if(c.listen.begin(), c.listen.end(),
+                                         [&](const conf::SocketAddress& a) { return a.overlaps(addr); });
+          if (held == c.listen.end()) continue;
           for (auto& per_worker : out) {
             for (auto& [name, list] : per_worker) {
               for (int fd : list) ::close(fd);
             }
           }
+          const auto next = std::find_if(config.listeners.begin(), config.listeners.end(),
+                                         [&](const conf::ListenerConfig& n) { return n.name == c.name; });
+          if (next != config.listeners.end() && same_sockets(c, *next)) {
+            // c stays bound as it is: the new listener overlaps it.
+            return unexpected(Error{
+                "listen", "listener " + lc.name + ": " + addr.text + " overlaps " + held->text + " of listener " +
+                              c.name + ", which stays bound: with one worker running (a change of workers waits "
+                              "for a restart), both cannot be bound; restart isoproxy, or drop one of them"});
+          }
+          const std::string change = next == config.listeners.end() ? "which this configuration removes or renames"
+                                     : next->transparent != c.transparent ? "whose transparent setting changes"
+                                                                          : "whose other addresses or their order change";
           return unexpected(Error{
-              "listen", "listener " + lc.name + ": " + addr.text + " is held by the running listener " + c.name +
-                            ", which changes (its name, its other addresses or their order): with workers = 1 a "
-                            "listener keeps its sockets only if its name and its listen list stay the same; make "
-                            "the change in two reloads (first without " + addr.text + "), or restart isoproxy"});
+              "listen", "listener " + lc.name + ": " + addr.text + " is held by the running listener " + c.name + ", " +
+                            change + ": with workers = 1 a listener keeps its sockets only if its name, its listen "
+                            "list and its transparent setting stay the same; make the change in two reloads (first "
+                            "without " + addr.text + "), or restart isoproxy"});
         }
       }
     }
@@ -252,20 +275,16 @@ Status<> Supervisor::start() {
     spdlog::info("admin endpoint on {}{}", admin_http_->bound(),
                  config_->admin.token.empty() ? " (read-only: no admin.token)" : "");
   }
+  // The access log is an error at start-up (on reload: logged, kept as it
+  // was), found before any listener is bound and announced.
+  if (auto failed = shared_.access_log.configure(config_->global.access_log)) {
+    begin_drain();
+    return unexpected(Error{"access-log", *failed});
+  }
   auto sockets = prepare(*config_, nullptr);
   if (!sockets) {
     begin_drain();
     return unexpected(sockets.error());
-  }
-  // The access log is an error at start-up (on reload: logged, kept as it was).
-  if (auto failed = shared_.access_log.configure(config_->global.access_log)) {
-    for (auto& per_worker : *sockets) {
-      for (auto& [name, list] : per_worker) {
-        for (int fd : list) ::close(fd);
-      }
-    }
-    begin_drain();
-    return unexpected(Error{"access-log", *failed});
   }
   log_config(*config_);
   watch_crls();

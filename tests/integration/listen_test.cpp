@@ -130,10 +130,27 @@ TEST_CASE("a reload that renames a listener on a fixed port, with one worker, sa
   INFO(proxy.text());
   REQUIRE(line);
   CHECK(line->find("reload failed: listener b: 127.0.0.1:" + std::to_string(port) +
-                   " is held by the running listener a, which changes (its name, its other addresses or their "
-                   "order): with workers = 1 a listener keeps its sockets only if its name and its listen list stay "
-                   "the same; make the change in two reloads") != std::string::npos);
+                   " is held by the running listener a, which this configuration removes or renames: with "
+                   "workers = 1 a listener keeps its sockets only if its name, its listen list and its transparent "
+                   "setting stay the same; make the change in two reloads") != std::string::npos);
   CHECK(line->find("another process") == std::string::npos);
+  // A change of its transparent setting alone is named as such.
+  REQUIRE(proxy.write_config("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:" + std::to_string(port) +
+                             "\"\ntransparent = true\n"));
+  REQUIRE(proxy.signal(SIGHUP));
+  CHECK(proxy.wait_for_line(std::regex("reload failed: listener a: 127\\.0\\.0\\.1:" + std::to_string(port) +
+                                       " is held by the running listener a, whose transparent setting changes: "),
+                            10s));
+  // workers = 2 waits for a restart: a new wildcard listener beside an
+  // unchanged one on the same port cannot be bound by the one worker running.
+  REQUIRE(proxy.write_config("[global]\nworkers = 2\n\n" + config("a") + "\n[[listener]]\nname = \"wild\"\n"
+                             "listen = \"0.0.0.0:" + std::to_string(port) + "\"\nupstream = \"127.0.0.1:" +
+                             std::to_string(up.port()) + "\"\n"));
+  REQUIRE(proxy.signal(SIGHUP));
+  CHECK(proxy.wait_for_line(std::regex("reload failed: listener wild: 0\\.0\\.0\\.0:" + std::to_string(port) +
+                                       " overlaps 127\\.0\\.0\\.1:" + std::to_string(port) +
+                                       " of listener a, which stays bound: with one worker running"),
+                            10s));
   // Listener a still serves.
   Conn c = connect_to("127.0.0.1", port);
   REQUIRE(c.valid());

@@ -217,6 +217,15 @@ TEST_CASE("run --user: a configuration without privileged needs keeps no capabil
                                        "CAP_NET_BIND_SERVICE\\)"),
                             10s));
   relays("127.0.0.1", *port, "still here");
+  // source = "client" needs CAP_NET_ADMIN on every connection: refused at
+  // the reload, not session by session after it.
+  REQUIRE(proxy.write_config(first + "source = \"client\"\n"));
+  let_user_read(proxy);
+  REQUIRE(proxy.signal(SIGHUP));
+  CHECK(proxy.wait_for_line(std::regex("reload failed: listener high uses source = \"client\", which needs "
+                                       "CAP_NET_ADMIN, and this process does not have it"),
+                            10s));
+  relays("127.0.0.1", *port, "and still");
   check_credentials(proxy.pid(), user, 0);
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);

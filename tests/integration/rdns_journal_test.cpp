@@ -341,6 +341,8 @@ TEST_CASE("access log: journald target sends one entry per session with searchab
   CHECK(none.wait_exit(10s) == 1);
   CHECK(none.wait_for_line(BackgroundProcess::Stream::kErr,
                            std::regex(R"(access_log journal: cannot reach journald at /run/systemd/journal/socket: No such file)"), 5s));
+  // Found before any listener was bound and announced.
+  CHECK(none.text(BackgroundProcess::Stream::kErr).find("listening on") == std::string::npos);
   close(fd);
   std::filesystem::remove_all(dir);
 }

@@ -288,7 +288,9 @@ TEST_CASE("SIGHUP adds and removes listeners as configured", "[reload][integrati
   REQUIRE(proxy.write_config(listener("one")));
   REQUIRE(proxy.signal(SIGHUP));
   REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), 2, 10s));
-  REQUIRE(proxy.wait_for_line(std::regex(R"(listener two removed)"), 10s));
+  REQUIRE(proxy.wait_for_line(std::regex(R"(listener two removed: no longer accepting on 127\.0\.0\.1:)" +
+                                         std::to_string(*two) + "$"),
+                              10s));
   CHECK(relays(*one));
   Conn gone = connect_to("127.0.0.1", *two, 2s);
   CHECK_FALSE(gone.valid());  // nothing listens there any more
@@ -371,12 +373,6 @@ TEST_CASE("SIGHUP that moves a listener keeps its counters, and its open session
   auto aport = admin_port(proxy);
   REQUIRE(aport);
   INFO(proxy.text());
-  auto echo = [](Conn& c) {
-    const ByteVec dt = make_dt("hello");
-    if (!c.send_all(dt)) return false;
-    auto back = c.recv_exact(dt.size(), 5s);
-    return back && *back == dt;
-  };
   auto listener_stats = [&] {
     auto r = http(*aport, "GET", "/stats");
     REQUIRE(r.status == 200);
@@ -386,8 +382,8 @@ TEST_CASE("SIGHUP that moves a listener keeps its counters, and its open session
   };
   Conn a = connect_to("127.0.0.1", *before, 2s);
   Conn b = connect_to("127.0.0.1", *before, 2s);
-  REQUIRE(echo(a));
-  REQUIRE(echo(b));
+  REQUIRE(echoes(a));
+  REQUIRE(echoes(b));
   CHECK(listener_stats() == std::make_pair(2, 2));
 
   // Another address: the listener is replaced by one on new sockets.
@@ -397,10 +393,13 @@ TEST_CASE("SIGHUP that moves a listener keeps its counters, and its open session
   REQUIRE(proxy.wait_for_lines(std::regex(R"(listening on 127\.0\.0\.2:\d+ \(listener one\))"), 1, 10s));
   auto after = proxy.listen_port(std::size_t{1}, 10s);  // the second "listening on" line
   REQUIRE(after);
-  CHECK(echo(a));  // the old sessions go on
+  CHECK(proxy.wait_for_line(std::regex(R"(listener one changed: its sockets on 127\.0\.0\.1:)" + std::to_string(*before) +
+                                       " are closed, its new ones accept$"),
+                            10s));
+  CHECK(echoes(a));  // the old sessions go on
   CHECK(listener_stats() == std::make_pair(2, 2));
   Conn c = connect_to("127.0.0.2", *after, 2s);
-  REQUIRE(echo(c));
+  REQUIRE(echoes(c));
   CHECK(listener_stats() == std::make_pair(3, 3));
   auto m = http(*aport, "GET", "/metrics");
   CHECK_THAT(m.body, Catch::Contains("isoproxy_sessions_accepted_total{listener=\"one\"} 3\n"));

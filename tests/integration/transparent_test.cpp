@@ -243,6 +243,9 @@ std::vector<std::string> stale_namespaces() {
 struct Expect {
   std::string source_lines;  // the listener's source settings
   std::string server_sees;   // the IP the server must see the connection come from
+  // source = "client": the upstream leg's ICMP errors are addressed to the
+  // client's IP, and the recipe must bring them to isoproxy's socket too.
+  bool icmp_to_client_ip = false;
 };
 
 void run_scenario(const Expect& e) {
@@ -336,6 +339,25 @@ void run_scenario(const Expect& e) {
   CHECK(field(f, "reason") == "client-closed");
   CHECK(field(f, "filters").find("reserved.repaired=1") != std::string::npos);
 
+  if (e.icmp_to_client_ip) {
+    // The server's host now refuses port 102 with an ICMP error: the
+    // connect must fail at once (EHOSTUNREACH), not wait for connect_timeout
+    // while the router forwards the error to the client.
+    const auto rej = t::run_process(
+        net.in(net.server(), {which("nft"), "-f", "-"}),
+        "table ip rej {\n  chain input {\n    type filter hook input priority 0; policy accept;\n"
+        "    tcp dport 102 reject with icmp type host-unreachable\n  }\n}\n",
+        std::chrono::seconds(30));
+    INFO("nft reject:\n" << rej.out << rej.err);
+    REQUIRE(rej.exit_code == 0);
+    const auto refused = t::run_process(net.in(net.client(), connect), {}, std::chrono::seconds(30));
+    CHECK(refused.exit_code != 0);
+    const auto line = proxy.wait_for_line(Out::kErr, std::regex(R"(\[S2\] close )"));
+    REQUIRE(line);
+    INFO("close line: " << *line);
+    CHECK(field(t::parse_fields(*line), "reason").rfind(std::string("connect-failed: ") + kServer + ": EHOSTUNREACH", 0) == 0);
+  }
+
   CHECK(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit() == 0);
   CHECK(responder.signal(SIGTERM));
@@ -352,7 +374,7 @@ void run_scenario(const Expect& e) {
 
 TEST_CASE("transparent: source = client, the server sees the client's own address and the CC is repaired",
           "[transparent]") {
-  run_scenario({R"(source = "client")", kClientIp});
+  run_scenario({R"(source = "client")", kClientIp, true});
 }
 
 TEST_CASE("transparent: source = fixed, the server sees source_address", "[transparent]") {

@@ -28,8 +28,10 @@
 #     chain prerouting {
 #       type filter hook prerouting priority mangle; policy accept;
 #       # packets of connections that already have a transparent socket
-#       # (accepted client legs, upstream legs with source = "client"):
-#       meta l4proto tcp socket transparent 1 meta mark set 1 accept
+#       # (accepted client legs, upstream legs with source = "client"), and
+#       # ICMP errors about them, which nft's socket match looks into (with
+#       # "meta l4proto tcp" they are forwarded to the client instead):
+#       socket transparent 1 meta mark set 1 accept
 #       # new connections to port 102, whatever their destination:
 #       meta l4proto tcp tcp dport 102 tproxy ip to 127.0.0.1:10102 meta mark set 1 accept
 #     }
@@ -117,7 +119,7 @@ setup() {
 table ip isoproxy_tproxy {
   chain prerouting {
     type filter hook prerouting priority mangle; policy accept;
-    meta l4proto tcp socket transparent 1 meta mark set 1 accept
+    socket transparent 1 meta mark set 1 accept
     meta l4proto tcp tcp dport 102 tproxy ip to $tproxy_to meta mark set 1 accept
   }
 }
