@@ -1024,7 +1024,12 @@ TEST_CASE("relay-life: backpressure: 1 GiB into a slow reader keeps the proxy's 
     explicit Up(const BpFrames& g) : check(g) {}
   } up(gen);
   TestServer upstream([&](Conn& c) {
-    c.set_rcvbuf(16 * 1024);  // small: the proxy's writes back up quickly
+    // Small, so that the proxy's writes back up quickly; not smaller. On
+    // loopback (64 KiB MTU) the proxy's MSS toward us is 32 KiB (half the
+    // window it first saw): a buffer whose whole window stays under that
+    // (16 KiB gave 31 KiB) stalls TCP itself, the sender waiting for a
+    // window of one MSS and only zero-window probes trickling through.
+    c.set_rcvbuf(64 * 1024);
     const auto cr = c.recv_frame(10000ms);
     if (!cr || *cr != test_cr() || !c.send_all(codec::Bytes(test_cc()))) {
       std::lock_guard<std::mutex> lk(up.mu);
