@@ -48,7 +48,6 @@ constexpr std::size_t kMaxPending = 256 * 1024;
 // an IP header and a 20-octet TCP header; payloads are cut into segments of
 // at most 65000 octets (pcap_writer.cpp). Used to rotate before a file would
 // pass max_file_size rather than after.
-constexpr std::uint64_t kPcapFileHeader = 24;
 constexpr std::uint64_t kSegmentPayloadMax = 65000;
 std::uint64_t segment_overhead(bool ipv6) { return 16 + (ipv6 ? 40 : 20) + 20; }
 std::uint64_t data_size(std::uint64_t payload, bool ipv6) {

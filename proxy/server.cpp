@@ -125,7 +125,8 @@ void Server::apply(std::shared_ptr<const conf::Config> config, Sockets fresh_soc
   listeners_ = std::move(next);
   // Sockets of listeners the config no longer has (never expected) are closed.
   for (auto& [name, fds] : fresh_sockets) {
-    if (std::none_of(listeners_.begin(), listeners_.end(), [&](const auto& l) { return l->name() == name; })) {
+    const std::string& n = name;  // a structured binding is not captured before clang 16
+    if (std::none_of(listeners_.begin(), listeners_.end(), [&](const auto& l) { return l->name() == n; })) {
       for (int fd : fds) ::close(fd);
     }
   }
@@ -414,7 +415,8 @@ std::vector<const Listener*> Server::listeners() const {
 std::vector<std::pair<std::string, Listener::Counters>> Server::removed_listeners() const {
   std::vector<std::pair<std::string, Listener::Counters>> out;
   for (const auto& [name, c] : listener_counters_) {
-    const bool current = std::any_of(listeners_.begin(), listeners_.end(), [&](const auto& l) { return l->name() == name; });
+    const std::string& n = name;  // a structured binding is not captured before clang 16
+    const bool current = std::any_of(listeners_.begin(), listeners_.end(), [&](const auto& l) { return l->name() == n; });
     if (!current) out.emplace_back(name, c);
   }
   return out;

@@ -90,7 +90,10 @@ bool hand_over(Channel& from, Channel& to) {
 void handshake(Channel& client, Channel& server) {
   client.handshake();
   for (int i = 0; i < 20; ++i) {
-    const bool moved = hand_over(client, server) | hand_over(server, client);
+    // Both ways each round (not ||, which would skip the second).
+    const bool to_server = hand_over(client, server);
+    const bool to_client = hand_over(server, client);
+    const bool moved = to_server || to_client;
     if (!moved) break;
   }
 }
