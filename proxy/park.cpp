@@ -3,9 +3,16 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace isoproxy {
+
+std::uint32_t park_backoff(bool woke_soon, std::uint64_t delay_ms, std::uint64_t park_after_ms) {
+  if (!woke_soon || park_after_ms > UINT32_MAX) return 0;
+  // delay_ms is park_after_ms or an earlier backoff: both fit 32 bits here.
+  return static_cast<std::uint32_t>(std::min<std::uint64_t>({2 * delay_ms, kParkBackoffMax * park_after_ms, UINT32_MAX}));
+}
 
 // The loop has closed the poll handle by now (Server::maybe_stop or its
 // destructor's walk); the epoll set goes with its owner.

@@ -14,6 +14,17 @@
 
 namespace isoproxy {
 
+// A session woken soon after it parked (a peer that polls) waits twice as
+// long before parking again, up to this many times park_after.
+inline constexpr std::uint64_t kParkBackoffMax = 64;
+
+// The quiet a woken session waits before it parks again, in ms (0: park_after
+// itself): twice `delay_ms` (the quiet it had waited) if it woke soon, at most
+// kParkBackoffMax times `park_after_ms`, never less than park_after. Kept in
+// 32 bits per session: capped at 49.7 days, and a park_after longer than that
+// is not backed off (rather than cut short).
+std::uint32_t park_backoff(bool woke_soon, std::uint64_t delay_ms, std::uint64_t park_after_ms);
+
 class ParkSet {
  public:
   // Called on the loop for each parked session whose socket has an event.

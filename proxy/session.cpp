@@ -1795,9 +1795,7 @@ void Session::unpark(bool resume) {
   const std::uint64_t now = server_.now_ms();
   const std::uint64_t delay = park_delay();
   const auto base = static_cast<std::uint64_t>(rt_->cfg.park_after.count());
-  park_delay_ms_ = now - last_activity_ms_ < 4 * delay
-                       ? static_cast<std::uint32_t>(std::min<std::uint64_t>({2 * delay, kParkBackoffMax * base, UINT32_MAX}))
-                       : 0;
+  park_delay_ms_ = park_backoff(now - last_activity_ms_ < 4 * delay, delay, base);
   // What woke it (bytes, a FIN) is activity: it parks again only after
   // that long of quiet.
   last_activity_ms_ = now;

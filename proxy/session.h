@@ -398,7 +398,6 @@ class Session final : public filters::FilterContext {
   std::uint16_t filter_log_lines_ = 0;
   std::uint64_t park_retry_ms_ = 0;   // not eligible at its deadline: the next look
   std::uint32_t park_delay_ms_ = 0;   // backed off after a quick wake (0: park_after)
-  static constexpr std::uint64_t kParkBackoffMax = 64;
   std::uint64_t park_delay() const;   // the quiet before parking, now
   std::uint32_t parks_ = 0;           // times parked (stats)
   bool parked_ = false;
