@@ -1,12 +1,17 @@
 // Filters of the chain end to end, through the real binary and real sockets.
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <regex>
 #include <sstream>
+#include <cstring>
+#include <thread>
 
 #include "codec/text.h"
 #include "codec/x224.h"
@@ -367,6 +372,85 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
   ByteVec all;
   for (const auto& r : received) all.insert(all.end(), r.begin(), r.end());
   CHECK(all == expect_upstream);
+}
+
+TEST_CASE("tsap-acl end to end: a malformed client frame behind backed-up data closes after the good frames are out",
+          "[acl][integration]") {
+  // The upstream reads slowly, so the proxy holds relayed frames in its own
+  // queue (the kernel's buffers toward the upstream full) when it meets the
+  // malformed frame: closing at once would drop them.
+  std::mutex mu;
+  ByteVec received;
+  bool eof = false;
+  TestServer up([&](Conn& c) {
+    c.set_rcvbuf(64 * 1024);  // not smaller: see the backpressure test in relay_lifecycle_test.cpp
+    ByteVec all;
+    bool got_eof = false;
+    const auto cr = c.recv_frame(10000ms);
+    if (cr) {
+      all = *cr;
+      const auto d = codec::decode_frame(codec::Bytes(*cr));
+      if (d && c.send_all(codec::Bytes(make_cc_reply(d->tpdu, 0x0029, 0x00)))) {
+        const ByteVec early = c.take_buffered();
+        all.insert(all.end(), early.begin(), early.end());
+        std::vector<std::uint8_t> buf(16 * 1024);
+        for (;;) {
+          pollfd p{c.fd(), POLLIN, 0};
+          if (::poll(&p, 1, 20000) <= 0) break;
+          const ssize_t n = ::recv(c.fd(), buf.data(), buf.size(), 0);
+          if (n <= 0) {
+            got_eof = n == 0;
+            break;
+          }
+          all.insert(all.end(), buf.begin(), buf.begin() + n);
+          std::this_thread::sleep_for(2ms);  // the slow reader's pace (about 8 MB/s), not a wait
+        }
+      }
+    }
+    std::lock_guard<std::mutex> lk(mu);
+    received = std::move(all);
+    eof = got_eof;
+  });
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"acl\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nfilters = [\"acl\"]\n\n" +
+                     "[filter.acl]\nkind = \"tsap-acl\"\ndefault = \"deny\"\n[[filter.acl.rule]]\naction = \"allow\"\n"
+                     "called = [\"OK\"]\n");
+  auto port = proxy.listen_port("acl", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  const ByteVec allowed_cr = make_cr("CALLING", "OK");
+  Conn c = connect_to("127.0.0.1", *port);
+  REQUIRE(c.send_all(codec::Bytes(allowed_cr)));
+  REQUIRE(c.recv_frame(5s));
+  // 8 MiB of numbered DTs (more than the kernel's buffers and high water
+  // hold), then a DT with LI 3, which does not decode.
+  ByteVec good;
+  for (std::uint32_t i = 0; i < 1024; ++i) {
+    ByteVec payload(8185, static_cast<std::uint8_t>(i));
+    std::memcpy(payload.data(), &i, sizeof i);
+    const ByteVec dt = make_dt(codec::Bytes(payload));
+    good.insert(good.end(), dt.begin(), dt.end());
+  }
+  ByteVec bytes = good;
+  const ByteVec malformed = {0x03, 0x00, 0x00, 0x08, 0x03, 0xF0, 0x80, 0x00};
+  bytes.insert(bytes.end(), malformed.begin(), malformed.end());
+  bool sent = false;
+  std::thread sender([&] { sent = c.send_all(codec::Bytes(bytes)); });
+  CHECK(c.wait_eof(60000ms));
+  sender.join();
+  CHECK(sent);
+  REQUIRE(up.wait_finished(1, 30000ms));
+  CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame: .*\(a filter judges every CR\))"), 10s));
+  std::lock_guard<std::mutex> lk(mu);
+  ByteVec expected = allowed_cr;
+  expected.insert(expected.end(), good.begin(), good.end());
+  const auto diff = std::mismatch(received.begin(), received.end(), expected.begin(), expected.end());
+  INFO("upstream received " << received.size() << " octets of " << expected.size() << ", the first "
+                            << (diff.first - received.begin()) << " as sent");
+  CHECK(received.size() == expected.size());
+  CHECK((diff.first == received.end() && diff.second == expected.end()));
+  CHECK(eof);
 }
 
 TEST_CASE("filter log lines are bounded per session: a client repeating its CR does not flood the log",
