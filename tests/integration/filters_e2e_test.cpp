@@ -9,8 +9,8 @@
 #include <map>
 #include <mutex>
 #include <regex>
-#include <sstream>
 #include <cstring>
+#include <sstream>
 #include <thread>
 
 #include "codec/text.h"
@@ -418,13 +418,12 @@ TEST_CASE("tsap-acl end to end: a malformed client frame behind backed-up data c
                      "called = [\"OK\"]\n");
   auto port = proxy.listen_port("acl", 10s);
   REQUIRE(port);
-  INFO(proxy.text());
   const ByteVec allowed_cr = make_cr("CALLING", "OK");
   Conn c = connect_to("127.0.0.1", *port);
   REQUIRE(c.send_all(codec::Bytes(allowed_cr)));
   REQUIRE(c.recv_frame(5s));
-  // 8 MiB of numbered DTs (more than the kernel's buffers and high water
-  // hold), then a DT with LI 3, which does not decode.
+  // 8 MiB of numbered DTs (more than the buffers toward the upstream, the
+  // kernel's and high water, hold), then a DT with LI 3, which does not decode.
   ByteVec good;
   for (std::uint32_t i = 0; i < 1024; ++i) {
     ByteVec payload(8185, static_cast<std::uint8_t>(i));
@@ -435,13 +434,13 @@ TEST_CASE("tsap-acl end to end: a malformed client frame behind backed-up data c
   ByteVec bytes = good;
   const ByteVec malformed = {0x03, 0x00, 0x00, 0x08, 0x03, 0xF0, 0x80, 0x00};
   bytes.insert(bytes.end(), malformed.begin(), malformed.end());
-  bool sent = false;
-  std::thread sender([&] { sent = c.send_all(codec::Bytes(bytes)); });
+  // The proxy sends the client nothing before it closes: one thread sends,
+  // then reads. The send ends once the slow upstream has taken most of it.
+  REQUIRE(c.send_all(codec::Bytes(bytes), 60000ms));
   CHECK(c.wait_eof(60000ms));
-  sender.join();
-  CHECK(sent);
   REQUIRE(up.wait_finished(1, 30000ms));
   CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame: .*\(a filter judges every CR\))"), 10s));
+  INFO(proxy.text());
   std::lock_guard<std::mutex> lk(mu);
   ByteVec expected = allowed_cr;
   expected.insert(expected.end(), good.begin(), good.end());

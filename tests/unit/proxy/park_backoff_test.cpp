@@ -28,4 +28,7 @@ TEST_CASE("park backoff: a long park_after is capped at 32 bits, never cut below
   const std::uint64_t days60 = 60ULL * 24 * 3600 * 1000;
   CHECK(park_backoff(true, days60, days60) == 0);
   CHECK(park_backoff(false, days60, days60) == 0);
+  // The edge: a park_after of UINT32_MAX ms still fits, one more does not.
+  CHECK(park_backoff(true, UINT32_MAX, UINT32_MAX) == UINT32_MAX);
+  CHECK(park_backoff(true, std::uint64_t{UINT32_MAX} + 1, std::uint64_t{UINT32_MAX} + 1) == 0);
 }
