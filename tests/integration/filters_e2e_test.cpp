@@ -33,6 +33,15 @@ std::filesystem::path make_temp_dir(const std::string& tag) {
   return d;
 }
 
+// A listener "acl" toward 127.0.0.1:`upstream_port` whose tsap-acl allows
+// the called TSAP "OK" only.
+std::string acl_config(std::uint16_t upstream_port) {
+  return "[[listener]]\nname = \"acl\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+         std::to_string(upstream_port) + "\"\nfilters = [\"acl\"]\n\n" +
+         "[filter.acl]\nkind = \"tsap-acl\"\ndefault = \"deny\"\n[[filter.acl.rule]]\naction = \"allow\"\n"
+         "called = [\"OK\"]\n";
+}
+
 }  // namespace
 
 TEST_CASE("trace writes a pcap of both directions that tshark dissects as COTP", "[trace][integration]") {
@@ -256,10 +265,7 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
   });
   REQUIRE(up.ok());
   // malformed and non_rfc1006 are left at "pass": the ACL must hold anyway.
-  ProxyProcess proxy("[[listener]]\nname = \"acl\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\nfilters = [\"acl\"]\n\n" +
-                     "[filter.acl]\nkind = \"tsap-acl\"\ndefault = \"deny\"\n[[filter.acl.rule]]\naction = \"allow\"\n"
-                     "called = [\"OK\"]\n");
+  ProxyProcess proxy(acl_config(up.port()));
   auto port = proxy.listen_port("acl", 10s);
   REQUIRE(port);
   INFO(proxy.text());
@@ -412,10 +418,7 @@ TEST_CASE("tsap-acl end to end: a malformed client frame behind backed-up data c
     eof = got_eof;
   });
   REQUIRE(up.ok());
-  ProxyProcess proxy("[[listener]]\nname = \"acl\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
-                     std::to_string(up.port()) + "\"\nfilters = [\"acl\"]\n\n" +
-                     "[filter.acl]\nkind = \"tsap-acl\"\ndefault = \"deny\"\n[[filter.acl.rule]]\naction = \"allow\"\n"
-                     "called = [\"OK\"]\n");
+  ProxyProcess proxy(acl_config(up.port()));
   auto port = proxy.listen_port("acl", 10s);
   REQUIRE(port);
   const ByteVec allowed_cr = make_cr("CALLING", "OK");
