@@ -347,6 +347,11 @@ void Session::on_connect(int status) {
     update_reading(io_->client);
     // The session is closing after a flush: what waited goes, then our FIN.
     if (lingering_ || close_after_flush_) io_->upstream.shutdown_wanted = true;
+  } else if (lingering_) {
+    // It lingers already (a DR went to the client while we connected): the
+    // upstream gets our FIN at once and no CR, as linger() gives a leg that
+    // was up; else it would hold the session open until kLingerMs.
+    io_->upstream.shutdown_wanted = true;
   }
   if (io_->upstream.tls) {
     // The ClientHello; what the client sent meanwhile waits for the handshake.

@@ -269,6 +269,25 @@ class Blackhole {
   bool ready() const { return ready_; }
   const std::string& error() const { return error_; }
   std::uint16_t port() const { return port_; }
+  // Makes room in the accept queue: the fillers go (those queued are
+  // accepted and closed), so that the next SYN, a connect()'s retry a
+  // second after the first, gets in.
+  void open_up() {
+    for (const int fd : fillers_) ::close(fd);
+    fillers_.clear();
+    pollfd p{listen_fd_, POLLIN, 0};
+    while (::poll(&p, 1, 0) == 1 && (p.revents & POLLIN)) {
+      const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) break;
+      ::close(fd);
+    }
+  }
+  // The next connection accepted, within `timeout` (an invalid Conn if none).
+  Conn accept(Millis timeout) {
+    pollfd p{listen_fd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return Conn::failure("nothing to accept");
+    return Conn(::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC));
+  }
 
  private:
   int listen_fd_ = -1;
@@ -602,6 +621,47 @@ TEST_CASE("relay-life: an upstream that never answers the SYN ends the session a
   const bool back = eventually([&] { return (now = proxy->open_fds()) == baseline; });
   INFO("fds at start " << *baseline << ", now " << now.value_or(0));
   CHECK(back);
+}
+
+TEST_CASE("relay-life: an upstream connect that lands after a DR went to the client gets its FIN at once",
+          "[relay-life][connect][acl]") {
+  // The ACL refuses the CR while the upstream connect is still in flight
+  // (its first SYN dropped: a full accept queue), and the session lingers:
+  // FIN toward each leg that is up, then wait for the peers'. When the
+  // connect lands (the SYN's retry, a second later), the upstream needs that
+  // FIN as well, at once: it gets no CR, and without the FIN it kept the
+  // connection, and the session, until the linger's end, 2 s after the DR.
+  Blackhole hole;
+  INFO(hole.error());
+  REQUIRE(hole.ready());
+  auto proxy = start_proxy(listener_toml("late", hole.port(),
+                                         "filters = [\"acl\"]\n\n[filter.acl]\nkind = \"tsap-acl\"\ndefault = \"deny\""));
+  const auto lport = port_of(*proxy, "late");
+  const auto m = mark(*proxy);
+  Conn c = t::connect_to(kLocal, lport);
+  REQUIRE(c.valid());
+  const Watch client = watch(c, m);
+  REQUIRE(c.send_all(codec::Bytes(test_cr())));
+  const auto dr = c.recv_frame(5000ms);
+  REQUIRE(dr);
+  const auto decoded = codec::decode_frame(codec::Bytes(*dr));
+  REQUIRE(decoded.ok());
+  CHECK(decoded->tpdu.type == codec::TpduType::kDR);
+  // The client keeps its end open: the upstream alone decides when it ends.
+  hole.open_up();
+  Conn up = hole.accept(5000ms);
+  INFO(proxy->text());
+  REQUIRE(up.valid());
+  const auto t0 = Clock::now();
+  CHECK(up.wait_eof(700ms));
+  INFO("the upstream saw EOF after " << ms_since(t0) << " ms");
+  CHECK_FALSE(up.reset_seen());
+  CHECK(up.buffered() == 0);  // not a byte: the CR was refused
+  up.close();
+  c.close();
+  const auto f = wait_close(*proxy, client, 5000ms);
+  REQUIRE(f);
+  CHECK(field(*f, "reason") == "acl-denied: default");
 }
 
 // ---------------------------------------------------------------------------
