@@ -1918,7 +1918,7 @@ std::string Session::close_line() const {
     if (auto o = codec::tpdu_size_octets(*c)) number("tpdu_size", *o);
   }
   if (ann_.class_cc || ann_.class_cr) number("class", ann_.class_cc ? *ann_.class_cc : *ann_.class_cr);
-  if (cc_ms_ && cr_ms_) number("cr_to_cc_ms", cc_ms_ - cr_ms_);
+  if (auto ms = cr_to_cc_ms()) number("cr_to_cc_ms", *ms);
   number("c2u_bytes", to_upstream_.stats.bytes);
   number("c2u_frames", to_upstream_.stats.frames);
   number("u2c_bytes", to_client_.stats.bytes);
@@ -2119,7 +2119,7 @@ std::string Session::snapshot_text() const {
   w.key("client_tls");
   tls(io_ ? &io_->client : nullptr, fin ? &fin->client_tls : nullptr);
   opt_string("close_reason", io_ ? io_->close_reason : fin ? fin->close_reason : std::string());
-  opt_number("cr_to_cc_ms", (cc_ms_ && cr_ms_) ? std::optional<std::uint64_t>(cc_ms_ - cr_ms_) : std::nullopt);
+  opt_number("cr_to_cc_ms", cr_to_cc_ms());
   w.key("dr");
   if (ann_.dr_reason) {
     const auto n = codec::dr_reason_name(*ann_.dr_reason);

@@ -378,6 +378,12 @@ class Session final : public filters::FilterContext {
   // The upstream connection, as registered with the Server (loop check).
   EndpointPair outbound_key() const;
   static bool local_name(const Leg& l, SockAddr& out);
+  // The CR's wait for its CC; none without both, or for a CC the upstream
+  // sent before the client's CR (a peer out of order: no such wait).
+  std::optional<std::uint64_t> cr_to_cc_ms() const {
+    if (cc_ms_ == 0 || cr_ms_ == 0 || cc_ms_ < cr_ms_) return std::nullopt;
+    return cc_ms_ - cr_ms_;
+  }
   bool awaiting_route_ = false;              // a routing filter chooses the upstream from the CR
   bool cr_passed_ = false;                   // a client CR went through the chain (kept while parked)
   bool awaiting_client_tls_ = false;         // the upstream is connected once the client's TLS handshake is done

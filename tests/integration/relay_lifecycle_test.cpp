@@ -587,6 +587,39 @@ TEST_CASE("relay-life: a connect() that fails at once names the upstream and cou
   CHECK(st["connect_failures"] == nlohmann::json{{"connect-failed", 1}});
 }
 
+TEST_CASE("relay-life: a CC the upstream sends before the client's CR gives no cr_to_cc_ms", "[relay-life][stats]") {
+  // An upstream out of order: its CC comes at once, the client's CR after
+  // it. There is no CR-to-CC wait to show (the time between the two would
+  // wrap around to twenty digits).
+  TestServer up([](Conn& c) {
+    if (!c.send_all(codec::Bytes(t::make_cc("CALLED", "CALLING")))) return;
+    (void)c.wait_eof(10000ms);
+  });
+  REQUIRE(up.ok());
+  auto proxy = start_proxy(listener_toml("early", up.port()));
+  const auto lport = port_of(*proxy, "early");
+  const auto m = mark(*proxy);
+  Conn c = t::connect_to(kLocal, lport);
+  REQUIRE(c.valid());
+  const Watch client = watch(c, m);
+  REQUIRE(c.recv_frame(5000ms));  // the early CC, relayed
+  // A millisecond of the loop's clock at least between the CC and the CR.
+  std::this_thread::sleep_for(20ms);
+  REQUIRE(c.send_all(codec::Bytes(test_cr())));
+  c.shutdown_write();
+  CHECK(c.wait_eof(5000ms));
+  const auto f = wait_close(*proxy, client);
+  INFO(proxy->text());
+  REQUIRE(f);
+  CHECK(field(*f, "c2u_frames") == "1");  // the CR, relayed after the CC
+  CHECK(f->count("cr_to_cc_ms") == 0);
+  const auto aport = t::admin_port(*proxy);
+  REQUIRE(aport);
+  const auto sessions = nlohmann::json::parse(t::http(*aport, "GET", "/sessions?closed=1").body)["sessions"];
+  REQUIRE(sessions.size() == 1);
+  CHECK(sessions[0]["cr_to_cc_ms"].is_null());
+}
+
 // ---------------------------------------------------------------------------
 // 3. Upstream silent: connect timeout
 
