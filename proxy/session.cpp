@@ -1254,8 +1254,9 @@ void Session::close(std::string reason, bool reset_peers) {
   // Before the close line: with several workers, whoever reads the close
   // line (a test, then SIGUSR1 from logrotate) finds the access-log line written.
   if (server_.wants_access_log()) server_.write_access_log(snapshot_text());
-  // Exactly one summary line per session (DESIGN.md §6).
-  spdlog::info("[S{}] close {}", id_, close_line());
+  // Exactly one summary line per session (DESIGN.md §6), built only when
+  // it is written (log_level = "warn" skips half a kilobyte of formatting).
+  if (spdlog::should_log(spdlog::level::info)) spdlog::info("[S{}] close {}", id_, close_line());
   if (ann_.called_tsap) server_.count_called_tsap(codec::tsap_text(*ann_.called_tsap).display());
   (void)was;
 
