@@ -1266,7 +1266,7 @@ void Session::close(std::string reason, bool reset_peers) {
     // The polls before the tcp handles: each owns its socket until closed.
     for (auto& p : io_->pt->poll) {
       if (p.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&p.handle))) {
-        uv_close(reinterpret_cast<uv_handle_t*>(&p.handle), on_closed);
+        uv_close(reinterpret_cast<uv_handle_t*>(&p.handle), on_poll_closed);
       }
     }
     for (auto& d : io_->pt->dir) {
@@ -1292,6 +1292,15 @@ void Session::close(std::string reason, bool reset_peers) {
 
 void Session::on_handle_closed() {
   if (--open_handles_ == 0) server_.session_closed(id_);
+}
+
+void Session::on_poll_closed(uv_handle_t* h) noexcept {
+  auto* leg = static_cast<Leg*>(h->data);
+  Session* self = leg->session;
+  // uv_is_closing() stays true once the close is done: `initialised` is what
+  // says whether a close is still pending (park_eligible waits for it).
+  self->io_->pt->poll[leg_index(leg->side)].initialised = false;
+  self->on_handle_closed();
 }
 
 void Session::count(std::string_view filter, std::string_view action, std::uint64_t n) {
@@ -1438,9 +1447,7 @@ void Session::enter_passthrough() {
       // UV_EEXIST: libuv still watches the fd. Give it back and stay framed.
       for (auto& q : io_->pt->poll) {
         if (q.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&q.handle))) {
-          uv_close(reinterpret_cast<uv_handle_t*>(&q.handle), [](uv_handle_t* h) noexcept {
-            static_cast<Leg*>(h->data)->session->on_handle_closed();
-          });
+          uv_close(reinterpret_cast<uv_handle_t*>(&q.handle), on_poll_closed);
         }
       }
       refuse(std::string("uv_poll_init: ") + uv_error_text(r));
@@ -1630,9 +1637,7 @@ void Session::leave_passthrough() {
   // handles are libuv's again.
   for (auto& p : io_->pt->poll) {
     if (p.initialised && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&p.handle))) {
-      uv_close(reinterpret_cast<uv_handle_t*>(&p.handle), [](uv_handle_t* h) noexcept {
-        static_cast<Leg*>(h->data)->session->on_handle_closed();
-      });
+      uv_close(reinterpret_cast<uv_handle_t*>(&p.handle), on_poll_closed);
     }
     p.events = 0;
   }

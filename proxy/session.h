@@ -308,6 +308,8 @@ class Session final : public filters::FilterContext {
   // The upstream leg's keepalive, due kKeepaliveAfterMs after connect.
   void upstream_keepalive_on();
   void on_handle_closed();
+  // A pass-through poll handle closed: its slot is free (then on_handle_closed).
+  static void on_poll_closed(uv_handle_t* h) noexcept;
   void send_er(Leg& toward, const codec::DecodeError& e, codec::Bytes frame);
   bool passthrough_eligible() const;
   void filter_line(bool warning, std::string_view message);  // log() and warn(), within one bound
