@@ -303,6 +303,14 @@ void Server::maybe_stop() {
   for (auto& l : stopping_listeners_) {
     if (!l->stopped()) return;
   }
+  if (on_drained_ && !released_) {
+    // Held (hold_after_drain): the loop goes on answering mail until release().
+    if (!drained_) {
+      drained_ = true;
+      on_drained_();
+    }
+    return;
+  }
   // Nothing is left to serve: no more mail, close our own handles and let the loop end.
   {
     std::lock_guard lock(mail_mutex_);
@@ -319,6 +327,11 @@ void Server::maybe_stop() {
   }
   // run() finishes the closing; it does not wait for the resolver.
   uv_stop(&loop_);
+}
+
+void Server::release() {
+  released_ = true;
+  maybe_stop();
 }
 
 void Server::session_parked() {

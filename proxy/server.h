@@ -177,6 +177,13 @@ class Server {
   void begin_drain();
   // A second SIGTERM: close every session now.
   void close_all(const std::string& reason);
+  // With several threads, the Supervisor keeps each worker's loop after its
+  // drain, so that the admin endpoint can still ask it (its totals, its
+  // closed sessions) while other workers drain: `drained` runs (on this
+  // worker's thread) once its last session and listener are gone, and the
+  // loop ends only at release() (posted). Without it, the loop ends when drained.
+  void hold_after_drain(std::function<void()> drained) { on_drained_ = std::move(drained); }
+  void release();
   // Pipes and the deferred take-over for sessions in pass-through (splice.h).
   SpliceSupport& splice() { return splice_; }
   // The sockets of parked sessions (park.h).
@@ -239,6 +246,9 @@ class Server {
   bool mail_open_ = true;
   bool reaper_active_ = false;
   bool draining_ = false;
+  bool drained_ = false;   // drained and said so (on_drained_)
+  bool released_ = false;  // the loop may end once drained
+  std::function<void()> on_drained_;
   bool handles_closed_ = false;
   GlobalStats stats_;
   std::deque<std::string> counter_names_;  // by counter_key (a deque: references stay valid)

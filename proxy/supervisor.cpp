@@ -308,6 +308,15 @@ int Supervisor::run() {
   } else {
     started_threads_ = true;
     for (std::size_t i = 0; i < servers_.size(); ++i) {
+      // Drained, a worker waits for maybe_stop() to release it: until then
+      // the admin endpoint still gets its answers.
+      servers_[i]->hold_after_drain([this] {
+        std::lock_guard lock(done_mutex_);
+        ++workers_drained_;
+        uv_async_send(&done_async_);
+      });
+    }
+    for (std::size_t i = 0; i < servers_.size(); ++i) {
       threads_.emplace_back([this, i] {
         const int r = servers_[i]->run();
         std::lock_guard lock(done_mutex_);
@@ -389,7 +398,8 @@ void Supervisor::begin_drain() {
   draining_ = true;
   const std::uint32_t active = shared_.active_sessions.load();
   notify::stopping("draining " + std::to_string(active) + (active == 1 ? " session" : " sessions"));
-  if (admin_http_) admin_http_->stop();
+  // The admin endpoint stays up while sessions drain (/sessions?state=draining,
+  // isoproxy stats); maybe_stop() closes it once every worker has drained.
   if (started_threads_) {
     for (auto& s : servers_) (void)s->post([](Server& w) { w.begin_drain(); });
   }
@@ -408,12 +418,25 @@ void Supervisor::maybe_stop() {
   if (!draining_ || stopping_) return;
   {
     std::lock_guard lock(done_mutex_);
-    if (workers_done_ < servers_.size()) return;  // on_worker_done() comes back here
+    // on_worker_done() comes back here. Without threads, each worker's loop
+    // ran its drain to the end already (run()).
+    if (started_threads_ && workers_drained_ < servers_.size()) return;
+    if (!started_threads_ && workers_done_ < servers_.size()) return;
   }
+  // Every session is gone: the admin endpoint closes, then the workers end.
+  if (admin_http_) admin_http_->stop();
   if (admin_http_ && !admin_http_->closed()) {
     // Look again shortly: its connections are closing.
     uv_timer_start(&stop_timer_, [](uv_timer_t* t) noexcept { static_cast<Supervisor*>(t->data)->maybe_stop(); }, 10, 0);
     return;
+  }
+  if (started_threads_ && !workers_released_) {
+    workers_released_ = true;
+    for (auto& s : servers_) (void)s->post([](Server& w) { w.release(); });
+  }
+  {
+    std::lock_guard lock(done_mutex_);
+    if (workers_done_ < servers_.size()) return;
   }
   // Nothing is left to serve: close our own handles and let the loop end.
   stopping_ = true;
@@ -429,8 +452,8 @@ void Supervisor::maybe_stop() {
 Supervisor::ReloadOutcome Supervisor::request_reload() {
   if (draining_) {
     // As for SIGHUP: a reload would bind the listeners again, and the
-    // process would never finish. (The admin endpoint closes when the drain
-    // begins; a request it had already read may still come here.)
+    // process would never finish. (The admin endpoint answers until the
+    // last session is gone.)
     spdlog::warn("POST /reload while shutting down: refused");
     return {ReloadOutcome::Kind::kRefused, {"isoproxy is shutting down"}, {}};
   }

@@ -90,7 +90,9 @@ class Supervisor {
   std::vector<std::thread> threads_;
   std::vector<int> loop_close_results_;
   std::mutex done_mutex_;
-  unsigned workers_done_ = 0;
+  unsigned workers_done_ = 0;     // their loops have ended
+  unsigned workers_drained_ = 0;  // their sessions are gone (hold_after_drain)
+  bool workers_released_ = false;
   uv_async_t done_async_{};
   uv_signal_t sigterm_{}, sigint_{}, sighup_{}, sigusr1_{};
   uv_prepare_t log_flush_{};  // writes the log lines of each loop iteration (log::defer)

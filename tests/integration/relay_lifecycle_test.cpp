@@ -1736,6 +1736,65 @@ TEST_CASE("relay-life: what a client sends after the drain's FIN is counted as d
   CHECK(upstream_extra == 0);  // nothing of the late DT reached the upstream
 }
 
+TEST_CASE("relay-life: the admin endpoint answers while sessions drain and closes when the last is gone",
+          "[relay-life][drain][admin]") {
+  // An operator watches a long drain: which sessions hold it, and why.
+  TestServer upstream([](Conn& c) {
+    if (!c.recv_frame(10000ms) || !c.send_all(codec::Bytes(test_cc()))) return;
+    (void)c.wait_eof(20000ms);
+  });
+  REQUIRE(upstream.ok());
+  const std::string token = "0123456789abcdef-drain";
+  const unsigned workers = GENERATE(1u, 2u);
+  INFO("workers = " << workers);
+  auto proxy = start_proxy("[global]\ndrain_timeout = \"20s\"\nworkers = " + std::to_string(workers) +
+                           "\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"" + token + "\"\n\n" +
+                           listener_toml("held", upstream.port(), "passthrough = false\npark_after = \"0\""));
+  const auto lport = port_of(*proxy, "held");
+  const auto aport = t::admin_port(*proxy);
+  REQUIRE(aport);
+  const auto m = mark(*proxy);
+  Conn c = open_session(lport);
+  const Watch a = watch(c, m);
+  // A frame begun before the signal holds the drain until it is complete.
+  const ByteVec f1 = dt_of(100, 7);
+  REQUIRE(c.send_all(codec::Bytes(f1.data(), 10)));
+  const auto until = Clock::now() + 10s;
+  while (proxy_rx_queue(lport, c.local_port()) != 0 && Clock::now() < until) std::this_thread::yield();
+  REQUIRE(proxy_rx_queue(lport, c.local_port()) == 0);
+  REQUIRE(proxy->signal(SIGTERM));
+  INFO(proxy->text());
+  REQUIRE(proxy->wait_for_line(std::regex(R"(SIGTERM: draining 1 session)"), 5000ms));
+
+  const auto listed = t::http(*aport, "GET", "/sessions?state=draining");
+  CHECK(listed.status == 200);
+  const auto sessions = nlohmann::json::parse(listed.body)["sessions"];
+  REQUIRE(sessions.size() == 1);
+  CHECK(sessions[0]["state"] == "draining");
+  const auto stats = t::http(*aport, "GET", "/stats");
+  CHECK(stats.status == 200);
+  CHECK(nlohmann::json::parse(stats.body)["sessions"]["active"] == 1);
+  const auto cli = t::run_process({ProxyProcess::default_binary(), "stats", "--admin", "127.0.0.1:" + std::to_string(*aport),
+                                   "--state", "draining", "--width", "0"});
+  CHECK(cli.exit_code == 0);
+  CHECK(cli.out.find("draining") != std::string::npos);
+  const auto reload = t::http(*aport, "POST", "/reload", "Authorization: Bearer " + token + "\r\n");
+  CHECK(reload.status == 503);
+  CHECK(reload.body.find("refused") != std::string::npos);
+
+  // The frame completes: the session drains, and with it the process.
+  REQUIRE(c.send_all(codec::Bytes(f1.data() + 10, f1.size() - 10)));
+  CHECK(c.wait_eof(10000ms));
+  c.close();
+  const auto f = wait_close(*proxy, a);
+  REQUIRE(f);
+  CHECK(field(*f, "reason") == "drain");
+  const auto code = proxy->wait_exit(10000ms);
+  REQUIRE(code);
+  CHECK(*code == 0);
+  CHECK_FALSE(t::connect_to(kLocal, *aport, 1000ms).valid());
+}
+
 TEST_CASE("relay-life: keepalive on both legs with the configured interval, and none when off",
           "[relay-life][keepalive]") {
   if (!t::on_path("ss")) {
