@@ -265,6 +265,7 @@ Status<> Supervisor::start() {
   // access log and the trace handle, instead of killing the relay.
   std::signal(SIGXFSZ, SIG_IGN);
   // The admin endpoint first, so that it is up when the listeners announce themselves.
+  admin_listen_started_ = config_->admin.enabled ? config_->admin.listen : std::string();
   if (config_->admin.enabled) {
     admin_http_ = std::make_unique<AdminHttpServer>(&loop_, admin_);
     auto listening = admin_http_->listen(config_->admin.listen);
@@ -480,7 +481,9 @@ Supervisor::ReloadOutcome Supervisor::reload() {
   auto cfg = std::make_shared<const conf::Config>(std::move(*loaded));
   // Said in the log and in POST /reload's answer: what the reload did not apply.
   std::vector<std::string> warnings = cfg->warnings;
-  if (cfg->admin.enabled != config_->admin.enabled || cfg->admin.listen != config_->admin.listen) {
+  // Against the endpoint as started, not the last file loaded: a reload back
+  // to the running address after one that changed it changes nothing.
+  if ((cfg->admin.enabled ? cfg->admin.listen : std::string()) != admin_listen_started_) {
     warnings.push_back(fmt::format("[admin] listen = \"{}\" takes effect at the next start; the admin endpoint stays {}",
                                    cfg->admin.enabled ? cfg->admin.listen : "off",
                                    admin_http_ ? "on " + admin_http_->bound() : std::string("off")));

@@ -105,6 +105,7 @@ class Supervisor {
   bool stopping_ = false;  // our handles are closing
   Admin admin_{*this};
   std::unique_ptr<AdminHttpServer> admin_http_;
+  std::string admin_listen_started_;  // [admin] listen at start ("" for off): a reload cannot move it
 };
 
 template <class T>

@@ -492,6 +492,11 @@ TEST_CASE("admin: a reload that moves the endpoint says it waits for a restart",
                    std::to_string(*aport)) != std::string::npos);
   REQUIRE(proxy.wait_for_line(std::regex("reloaded "), 10s));
   CHECK(http(*aport, "GET", "/stats").status == 200);
+  // Back to the address the endpoint runs on: nothing waits for a restart now.
+  REQUIRE(proxy.write_config("[admin]\nlisten = \"127.0.0.1:0\"\n\n" + listener));
+  REQUIRE(proxy.signal(SIGHUP));
+  REQUIRE(proxy.wait_for_lines(std::regex("reloaded "), 2, 10s));
+  CHECK(proxy.count_lines(std::regex("reload: \\[admin\\] listen")) == 1);
 }
 
 TEST_CASE("admin: closed_sessions = 0 keeps no closed session", "[admin][integration]") {
