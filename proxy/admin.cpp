@@ -231,8 +231,30 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
   const std::string* peer = get("peer");
   const std::string* closed = get("closed");
   static const std::set<std::string> kStates = {"connecting", "awaiting-cc", "established", "draining", "closed"};
+  // A filter that cannot match is an operator's typo: said, not answered
+  // with an empty list that reads as "no such session".
+  static const std::set<std::string> kParams = {"state", "tsap", "peer", "closed", "pretty"};
+  for (const auto& [key, value] : r.query) {
+    if (!kParams.count(key)) {
+      return error_response(400, "unknown parameter \"" + key.substr(0, 64) +
+                                     "\": /sessions takes state, tsap, peer, closed (and pretty)");
+    }
+  }
   if (state && !kStates.count(*state)) {
     return error_response(400, "state must be one of connecting, awaiting-cc, established, draining, closed");
+  }
+  if (closed && *closed != "0" && *closed != "1") return error_response(400, "closed must be 0 or 1");
+  if (tsap) {
+    // ASCII as it is, or octets in hex after "hex:" (as the close line writes them).
+    const bool hex = tsap->size() >= 4 && (tsap->compare(0, 4, "hex:") == 0 || tsap->compare(0, 4, "HEX:") == 0);
+    const std::string_view digits = hex ? std::string_view(*tsap).substr(4) : std::string_view();
+    if (tsap->empty() || (hex && (digits.empty() || digits.size() % 2 != 0 ||
+                                  !std::all_of(digits.begin(), digits.end(), [](unsigned char c) { return std::isxdigit(c) != 0; })))) {
+      return error_response(400, "tsap must be a TSAP in ASCII, or its octets in hex (bare, or after hex: with an even number of digits)");
+    }
+  }
+  if (peer && !conf::parse_ip(*peer) && !conf::parse_socket_address(*peer)) {
+    return error_response(400, "peer must be an IP address or IP:PORT ([IPv6]:PORT), as /sessions shows client and upstream");
   }
   // Closed sessions are in state "closed": ?state=established&closed=1 has none.
   const bool with_closed = (closed && *closed == "1" && !state) || (state && *state == "closed");

@@ -453,6 +453,27 @@ TEST_CASE("stats: an HTTP error from the endpoint is shown with its message", "[
                      " answered 503 Service Unavailable: draining: try again \\x1B[2J later\n");
 }
 
+TEST_CASE("stats: a --peer or --tsap that can never match is a clear error and not an empty table",
+          "[stats-cmd][integration]") {
+  LiveSession live;
+  for (const std::vector<std::string>& filter : {std::vector<std::string>{"--peer", "garbage"},
+                                                std::vector<std::string>{"--tsap", "hex:zz"}}) {
+    std::vector<std::string> args = {"--admin", live.admin};
+    args.insert(args.end(), filter.begin(), filter.end());
+    auto r = stats({}, args);
+    INFO(filter[0] << " " << filter[1] << ": " << r.out << r.err);
+    CHECK(r.exit_code == 1);
+    CHECK(r.out.empty());
+    CHECK(r.err.rfind("isoproxy stats: the admin endpoint at " + live.admin + " answered 400 Bad Request: " +
+                          filter[0].substr(2) + " must be ", 0) == 0);
+  }
+  // The same filters, well written, find the session.
+  auto r = stats({}, {"--admin", live.admin, "--peer", "127.0.0.1", "--tsap", kCalled});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(line_with(r.out, kCalling));
+}
+
 TEST_CASE("stats: an answer that is not isoproxy's is a clear error, never a crash", "[stats-cmd][integration]") {
   // A server that answers every request with 200 and `body`.
   auto serving = [](std::string body) {
