@@ -1229,6 +1229,11 @@ void Session::close(std::string reason, bool reset_peers) {
   // A parked session closes through its handles, as any other.
   unpark(false);
   closing_ = true;
+  // Half a frame read and never to be relayed (a timeout, a reset, an
+  // admin close): said in the close line, not lost from the counts.
+  for (Flow* f : {&to_upstream_, &to_client_}) {
+    if (!f->raw) f->held_at_close = static_cast<std::uint32_t>(framer_of(*f).held());
+  }
   if (outbound_registered_) server_.outbound_closed(outbound_key());
   if (!io_->upstream.connected) source_ss_ = {};  // "source" names a connection made, not one tried
   io_->close_reason = std::move(reason);
@@ -1929,6 +1934,8 @@ std::string Session::close_line() const {
   number("c2u_frames", to_upstream_.stats.frames);
   number("u2c_bytes", to_client_.stats.bytes);
   number("u2c_frames", to_client_.stats.frames);
+  if (const auto n = held_bytes(to_upstream_)) number("c2u_held", n);
+  if (const auto n = held_bytes(to_client_)) number("u2c_held", n);
   const auto anomalies = to_upstream_.stats.anomalies + to_client_.stats.anomalies;
   if (anomalies) number("anomalies", anomalies);
   const std::uint64_t errors = to_upstream_.stats.decode_errors + to_client_.stats.decode_errors;
@@ -2027,12 +2034,13 @@ std::string rfc3339_utc(std::int64_t unix_ms) {
   return out;
 }
 
-void direction_text_json(json_text::Writer& w, const DirectionStats& d) {
+void direction_text_json(json_text::Writer& w, const DirectionStats& d, std::uint64_t held) {
   w.begin_object();
   w.key("anomalies").value(d.anomalies);
   w.key("bytes").value(d.bytes);
   w.key("decode_errors").value(d.decode_errors);
   w.key("frames").value(d.frames);
+  w.key("held_bytes").value(held);
   w.key("passthrough_bytes").value(d.passthrough_bytes);
   w.key("raw_bytes").value(d.raw_bytes);
   // By name, as a JSON object's members are listed everywhere else.
@@ -2171,9 +2179,9 @@ std::string Session::snapshot_text() const {
   w.key("started").value(rfc3339_utc(start_unix_ms_));
   w.key("state").value(session_state_name(state()));
   w.key("to_client");
-  direction_text_json(w, to_client_.stats);
+  direction_text_json(w, to_client_.stats, held_bytes(to_client_));
   w.key("to_upstream");
-  direction_text_json(w, to_upstream_.stats);
+  direction_text_json(w, to_upstream_.stats, held_bytes(to_upstream_));
   opt_number("tpdu_size", size_of(ann_.tpdu_size_code_cc));
   opt_number("tpdu_size_proposed", size_of(ann_.tpdu_size_code_cr));
   opt_string("upstream", upstream_addr_);
@@ -2189,6 +2197,11 @@ std::string Session::tls_json(const tls::Channel* t) {
   json_text::Writer w(out);
   tls_text_json(w, t);
   return out;
+}
+
+std::uint64_t Session::held_bytes(const Flow& f) const {
+  if (state_ == SessionState::kClosed) return f.held_at_close;
+  return io_ && !f.raw ? framer_of(f).held() : 0;
 }
 
 bool Session::matches_tsap(std::string_view text) const {

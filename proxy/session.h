@@ -223,6 +223,7 @@ class Session final : public filters::FilterContext {
     bool raw = false;         // passing bytes through unframed
     bool seen_frame = false;  // at least one whole TPKT
     bool drain_in_flight = false;        // draining: a frame was half-read when the drain began
+    std::uint32_t held_at_close = 0;     // octets of a frame still incomplete at close: read, never relayed
     std::uint64_t drain_discarded = 0;   // draining: octets of frames begun after it, or sent after its FIN, not relayed
     DirectionStats stats;
   };
@@ -262,6 +263,8 @@ class Session final : public filters::FilterContext {
   Leg& other(Leg& l) { return l.side == Side::kClient ? io_->upstream : io_->client; }
   Flow& flow_from(Side s) { return s == Side::kClient ? to_upstream_ : to_client_; }
   codec::TpktFramer& framer_of(const Flow& f) const { return io_->framer[&f == &to_upstream_ ? 0 : 1]; }
+  // Octets of a frame not complete yet that the framer holds (at close: held then).
+  std::uint64_t held_bytes(const Flow& f) const;
   static std::string_view side_name(Side s) { return s == Side::kClient ? "client" : "upstream"; }
 
   void start_upstream();

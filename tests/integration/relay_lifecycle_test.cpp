@@ -866,6 +866,50 @@ TEST_CASE("relay-life: idle_timeout ends an established session once no byte mov
   CHECK(c.wait_eof(2000ms));
 }
 
+TEST_CASE("relay-life: half a frame held when idle_timeout closes is shown live and in the close line",
+          "[relay-life][timeout][stats]") {
+  // The client sends the start of a DT and goes quiet: the proxy holds
+  // those octets (it relays whole frames) and, at the close, never relays
+  // them. They are read all the same: /sessions shows them held, and the
+  // close line says how many the close dropped.
+  std::atomic<std::size_t> upstream_got{0};
+  TestServer upstream([&](Conn& c) {
+    const auto cr = c.recv_frame(10000ms);
+    if (!cr || !c.send_all(codec::Bytes(test_cc()))) return;
+    (void)c.wait_eof(10000ms);
+    upstream_got = cr->size() + c.buffered();
+  });
+  REQUIRE(upstream.ok());
+  auto proxy = start_proxy(listener_toml("half", upstream.port(), "idle_timeout = \"1s\"\npassthrough = false\npark_after = \"0\""));
+  const auto aport = t::admin_port(*proxy);
+  REQUIRE(aport);
+  const auto m = mark(*proxy);
+  Conn c = open_session(port_of(*proxy, "half"));
+  const Watch client = watch(c, m);
+  const ByteVec dt = dt_of(50, 9);
+  REQUIRE(c.send_all(codec::Bytes(dt.data(), 20)));
+  nlohmann::json live;
+  const bool seen = eventually([&] {
+    live = nlohmann::json::parse(t::http(*aport, "GET", "/sessions").body)["sessions"];
+    return live.size() == 1 && live[0]["to_upstream"]["held_bytes"] == 20;
+  });
+  INFO(live.dump());
+  CHECK(seen);
+  const auto f = wait_close(*proxy, client, 5000ms);
+  INFO(proxy->text());
+  REQUIRE(f);
+  CHECK(field(*f, "reason") == "idle-timeout: no byte either way for 1s");
+  CHECK(num_field(*f, "c2u_bytes") == test_cr().size());
+  CHECK(num_field(*f, "c2u_held") == 20);
+  CHECK(f->count("u2c_held") == 0);
+  CHECK(upstream.wait_finished(1, 5000ms));
+  CHECK(upstream_got == test_cr().size());  // the half frame never went out
+  const auto closed = nlohmann::json::parse(t::http(*aport, "GET", "/sessions?state=closed").body)["sessions"];
+  REQUIRE(closed.size() == 1);
+  CHECK(closed[0]["to_upstream"]["held_bytes"] == 20);
+  CHECK(closed[0]["to_client"]["held_bytes"] == 0);
+}
+
 // ---------------------------------------------------------------------------
 // 6. Session limits
 
