@@ -467,7 +467,7 @@ std::string render_metrics(Supervisor& server) {
   family(out, "isoproxy_upstream_other_sessions_total", "counter",
          "Sessions connected to an upstream that came after 1000 distinct upstream addresses had a label.");
   out += "isoproxy_upstream_other_sessions_total " + std::to_string(g.sessions_upstream_other) + "\n";
-  family(out, "isoproxy_bytes_total", "counter", "Bytes relayed, by direction.");
+  family(out, "isoproxy_bytes_total", "counter", "Bytes written toward each side (after the filters, with isoproxy's own DRs and ERs), by direction.");
   out += "isoproxy_bytes_total{direction=\"to_upstream\"} " + std::to_string(g.bytes_to_upstream) + "\n";
   out += "isoproxy_bytes_total{direction=\"to_client\"} " + std::to_string(g.bytes_to_client) + "\n";
   family(out, "isoproxy_session_closes_total", "counter", "Sessions closed, by close reason.");
