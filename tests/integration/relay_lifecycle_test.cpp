@@ -1672,27 +1672,6 @@ std::optional<double> wait_keepalive(const std::string& filter, Millis within) {
 
 }  // namespace
 
-// The client leg inherits keepalive from the listening socket; the upstream
-// leg gets it once the session has lived a second (a shorter one never needs
-// it: the first probe comes keepalive_interval after the last byte anyway).
-namespace {
-// Bytes waiting in the receive queue of the proxy's socket of the connection
-// from client port `client` to proxy port `proxy` (/proc/net/tcp), or -1.
-long proxy_rx_queue(std::uint16_t proxy, std::uint16_t client) {
-  std::ifstream in("/proc/net/tcp");
-  std::string line;
-  std::getline(in, line);  // the header
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    std::string slot, local, remote, state, queues;
-    f >> slot >> local >> remote >> state >> queues;
-    const auto port = [](const std::string& a) { return std::stoul(a.substr(a.find(':') + 1), nullptr, 16); };
-    if (port(local) == proxy && port(remote) == client) return std::stol(queues.substr(queues.find(':') + 1), nullptr, 16);
-  }
-  return -1;
-}
-}  // namespace
-
 TEST_CASE("relay-life: a drain relays the frame in flight, not the frames begun after it, whole or not",
           "[relay-life][drain]") {
   // The upstream answers the CR, then takes everything until the proxy's FIN.
@@ -1719,8 +1698,8 @@ TEST_CASE("relay-life: a drain relays the frame in flight, not the frames begun 
   // Half of f1, read by the proxy (its socket's queue empties) before the signal.
   REQUIRE(c.send_all(codec::Bytes(f1.data(), 500)));
   const auto until = Clock::now() + 10s;
-  while (proxy_rx_queue(lport, c.local_port()) != 0 && Clock::now() < until) std::this_thread::yield();
-  REQUIRE(proxy_rx_queue(lport, c.local_port()) == 0);
+  while (t::rx_queue(lport, c.local_port()) != 0 && Clock::now() < until) std::this_thread::yield();
+  REQUIRE(t::rx_queue(lport, c.local_port()) == 0);
   REQUIRE(proxy->signal(SIGTERM));
   INFO(proxy->text());
   REQUIRE(proxy->wait_for_line(std::regex(R"(SIGTERM: draining 1 session)"), 5000ms));
@@ -1804,8 +1783,8 @@ TEST_CASE("relay-life: the admin endpoint answers while sessions drain and close
   const ByteVec f1 = dt_of(100, 7);
   REQUIRE(c.send_all(codec::Bytes(f1.data(), 10)));
   const auto until = Clock::now() + 10s;
-  while (proxy_rx_queue(lport, c.local_port()) != 0 && Clock::now() < until) std::this_thread::yield();
-  REQUIRE(proxy_rx_queue(lport, c.local_port()) == 0);
+  while (t::rx_queue(lport, c.local_port()) != 0 && Clock::now() < until) std::this_thread::yield();
+  REQUIRE(t::rx_queue(lport, c.local_port()) == 0);
   REQUIRE(proxy->signal(SIGTERM));
   INFO(proxy->text());
   REQUIRE(proxy->wait_for_line(std::regex(R"(SIGTERM: draining 1 session)"), 5000ms));
@@ -1839,6 +1818,9 @@ TEST_CASE("relay-life: the admin endpoint answers while sessions drain and close
   CHECK_FALSE(t::connect_to(kLocal, *aport, 1000ms).valid());
 }
 
+// The client leg inherits keepalive from the listening socket; the upstream
+// leg gets it once the session has lived a second (a shorter one never needs
+// it: the first probe comes keepalive_interval after the last byte anyway).
 TEST_CASE("relay-life: keepalive on both legs with the configured interval, and none when off",
           "[relay-life][keepalive]") {
   if (!t::on_path("ss")) {

@@ -33,11 +33,13 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -446,6 +448,25 @@ inline Conn connect_to(const std::string& addr, std::uint16_t port, Millis timeo
 
 // ---------------------------------------------------------------------------
 // Frame builders (protocol.md §2.3; encoded by the codec, LI and TPKT length computed)
+
+// Octets waiting in the receive queue of this host's IPv4 TCP socket with
+// local port `local` and remote port `remote` (/proc/net/tcp), or -1 when
+// there is none: 0 once a process has read all a peer sent it.
+inline long rx_queue(std::uint16_t local, std::uint16_t remote) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // the header
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string slot, local_addr, remote_addr, state, queues;
+    f >> slot >> local_addr >> remote_addr >> state >> queues;
+    const auto port = [](const std::string& a) { return std::stoul(a.substr(a.find(':') + 1), nullptr, 16); };
+    if (port(local_addr) == local && port(remote_addr) == remote) {
+      return std::stol(queues.substr(queues.find(':') + 1), nullptr, 16);
+    }
+  }
+  return -1;
+}
 
 inline ByteVec ascii(std::string_view s) { return ByteVec(s.begin(), s.end()); }
 
