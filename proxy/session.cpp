@@ -952,6 +952,7 @@ void Session::on_eof(Leg& from) {
       f.stats.bytes += held.size();
       f.stats.raw_bytes += held.size();
       send_owned(other(from), std::vector<std::uint8_t>(held.begin(), held.end()));
+      framer_of(f).discard();  // relayed: not held any more
     }
   }
   Leg& to = other(from);
@@ -1231,8 +1232,9 @@ void Session::close(std::string reason, bool reset_peers) {
   closing_ = true;
   // Half a frame read and never to be relayed (a timeout, a reset, an
   // admin close): said in the close line, not lost from the counts.
+  // (Not after a framing error: what the framer kept then is no frame.)
   for (Flow* f : {&to_upstream_, &to_client_}) {
-    if (!f->raw) f->held_at_close = static_cast<std::uint32_t>(framer_of(*f).held());
+    if (!f->raw && !framer_of(*f).failed()) f->held_at_close = static_cast<std::uint32_t>(framer_of(*f).held());
   }
   if (outbound_registered_) server_.outbound_closed(outbound_key());
   if (!io_->upstream.connected) source_ss_ = {};  // "source" names a connection made, not one tried

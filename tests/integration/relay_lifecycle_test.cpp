@@ -880,7 +880,7 @@ TEST_CASE("relay-life: half a frame held when idle_timeout closes is shown live 
     upstream_got = cr->size() + c.buffered();
   });
   REQUIRE(upstream.ok());
-  auto proxy = start_proxy(listener_toml("half", upstream.port(), "idle_timeout = \"1s\"\npassthrough = false\npark_after = \"0\""));
+  auto proxy = start_proxy(listener_toml("half", upstream.port(), "idle_timeout = \"3s\"\npassthrough = false\npark_after = \"0\""));
   const auto aport = t::admin_port(*proxy);
   REQUIRE(aport);
   const auto m = mark(*proxy);
@@ -895,10 +895,10 @@ TEST_CASE("relay-life: half a frame held when idle_timeout closes is shown live 
   });
   INFO(live.dump());
   CHECK(seen);
-  const auto f = wait_close(*proxy, client, 5000ms);
+  const auto f = wait_close(*proxy, client, 10000ms);
   INFO(proxy->text());
   REQUIRE(f);
-  CHECK(field(*f, "reason") == "idle-timeout: no byte either way for 1s");
+  CHECK(field(*f, "reason") == "idle-timeout: no byte either way for 3s");
   CHECK(num_field(*f, "c2u_bytes") == test_cr().size());
   CHECK(num_field(*f, "c2u_held") == 20);
   CHECK(f->count("u2c_held") == 0);

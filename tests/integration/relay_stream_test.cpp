@@ -821,6 +821,28 @@ TEST_CASE("relay-stream: a non-RFC 1006 stream is relayed untouched by default, 
     CHECK(field(f, "c2u_bytes") == "0");
     rig.stop();
   }
+
+  SECTION("close, with the first read shorter than a TPKT header") {
+    // The framer keeps "GE" until a whole header is there to judge; what it
+    // kept is no frame, so the close line says nothing held.
+    Options o;
+    o.listener_extra = "non_rfc1006 = \"close\"";
+    Rig rig(o);
+    REQUIRE_RIG(rig);
+    Session s = rig.open(false);
+    REQUIRE(s.client.send_all(codec::Bytes(req.data(), 2)));
+    const auto until = std::chrono::steady_clock::now() + kWait;
+    while (t::rx_queue(rig.port, s.client.local_port()) != 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::yield();
+    }
+    REQUIRE(t::rx_queue(rig.port, s.client.local_port()) == 0);
+    REQUIRE(s.client.send_all(codec::Bytes(req.data() + 2, req.size() - 2)));
+    CHECK(s.client.wait_eof());
+    const auto f = rig.close_fields(s.client_addr);
+    CHECK(field(f, "reason").rfind("not-rfc1006", 0) == 0);
+    CHECK(f.count("c2u_held") == 0);
+    rig.stop();
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -1223,5 +1245,6 @@ TEST_CASE("relay-stream: a client that closes mid-frame still has its bytes rela
   CHECK(field(f, "c2u_frames") == "1");
   // c2u_bytes counts what went toward the upstream, the relayed partial frame included.
   CHECK(field(f, "c2u_bytes") == std::to_string(cr.size() + part.size()));
+  CHECK(f.count("c2u_held") == 0);  // relayed, so not held at the close
   rig.stop();
 }
