@@ -214,9 +214,11 @@ class StreamDecoder {
 
   // Bytes were skipped (a gap in a capture): what follows does not continue
   // the frame under way, so decoding resumes at the next segment that starts one.
-  void lose_sync(const std::string& label, const std::string& why, const json& extra) {
+  void lose_sync(const std::string& label, const std::string& why, const json& extra, bool at_end) {
     const std::string text = why.starts_with("gap: ") ? why.substr(5) : why;  // the kind says it
-    error(label, "gap", text + "; decoding resumes at the next segment that starts a frame", extra);
+    error(label, "gap",
+          text + (at_end ? "; nothing captured follows it" : "; decoding resumes at the next segment that starts a frame"),
+          extra);
     resync("after the gap", true);
   }
 
@@ -454,7 +456,8 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
         if (n.packet != 0) where["packet"] = n.packet;  // none at the end of the file
         if (n.bytes_skipped) {
           decoder_for(*n.stream, n.direction)
-              .lose_sync("stream " + std::to_string(n.stream->id) + " " + dir_name(n.direction) + ": ", n.message, where);
+              .lose_sync("stream " + std::to_string(n.stream->id) + " " + dir_name(n.direction) + ": ", n.message, where,
+                         n.at_end);
           return;
         }
         if (o.json) {
@@ -484,6 +487,18 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
     if (first_error.empty()) first_error = dec->first_error();
     for (auto& f : dec->json_frames()) all_frames.push_back(std::move(f));
     for (auto& e : dec->json_errors()) all_errors.push_back(std::move(e));
+  }
+  if (!res->read_error.empty()) {
+    // A capture cut short (tcpdump stopped mid-write): what it holds before
+    // the damage is decoded above; the damage is an error, not unreadable input.
+    const std::string msg = res->read_error + "; the packets before it are decoded";
+    ++errors;
+    if (first_error.empty()) first_error = msg;
+    if (o.json) {
+      all_errors.push_back({{"kind", "pcap-read"}, {"detail", msg}});
+    } else {
+      out << "error: pcap-read: " << msg << "\n";
+    }
   }
   if (o.json) {
     // Capture order, as tshark lists them.

@@ -301,6 +301,8 @@ struct DirectionState {
   bool started = false;   // next_seq is known
   bool from_syn = false;  // ... because a SYN was seen
   bool fin = false;
+  std::uint32_t fin_seq = 0;      // the FIN's sequence number (the first FIN seen)
+  std::uint64_t fin_packet = 0;
   std::uint32_t isn = 0;
   std::uint32_t next_seq = 0;  // sequence number of the next octet to deliver
   // The same octet as an offset from where delivery started. Held segments
@@ -359,9 +361,13 @@ class Reassembler {
   // Skips the holes the receiver has acknowledged: it has those bytes, so no
   // retransmission will come; only the capture missed them.
   void skip_acknowledged(Stream& s, PcapDirection dir, std::uint64_t number);
+  // At the end of the capture: the bytes after the last ones delivered that
+  // the sender's FIN or the receiver's ACK says were sent (a gap no later
+  // segment showed).
+  void end_gap(Stream& s, PcapDirection dir);
   void deliver(Stream& s, PcapDirection dir, codec::Bytes bytes, std::uint64_t number, double time);
   void notice(const Stream& s, PcapDirection dir, std::string message, bool bytes_skipped = false,
-              std::uint64_t number = 0);
+              std::uint64_t number = 0, bool at_end = false);
 
   std::uint16_t port_;
   const std::function<void(const PcapChunk&)>& on_chunk_;
@@ -423,8 +429,8 @@ Stream* Reassembler::find_or_create(const TcpSegment& t) {
 }
 
 void Reassembler::notice(const Stream& s, PcapDirection dir, std::string message, bool bytes_skipped,
-                         std::uint64_t number) {
-  on_notice_(PcapNotice{s.info, dir, std::move(message), bytes_skipped, number});
+                         std::uint64_t number, bool at_end) {
+  on_notice_(PcapNotice{s.info, dir, std::move(message), bytes_skipped, number, at_end});
 }
 
 void Reassembler::deliver(Stream& s, PcapDirection dir, codec::Bytes bytes, std::uint64_t number,
@@ -593,7 +599,11 @@ void Reassembler::packet(std::uint64_t number, double time, const Packet& p) {
     }
     accept(*s, dir, data_seq, t.payload, number, time);
   }
-  if ((t.flags & kTcpFin) != 0) d.fin = true;
+  if ((t.flags & kTcpFin) != 0 && !d.fin) {
+    d.fin = true;
+    d.fin_seq = data_seq + static_cast<std::uint32_t>(std::max(t.payload.size(), t.declared_payload));
+    d.fin_packet = number;
+  }
   if ((t.flags & kTcpRst) != 0) s->reset = true;
   // The sender's packet after the receiver acknowledged a hole did not fill it.
   skip_acknowledged(*s, dir, number);
@@ -606,8 +616,34 @@ void Reassembler::finish() {
     for (PcapDirection dir : {PcapDirection::kClientToServer, PcapDirection::kServerToClient}) {
       skip_acknowledged(s, dir, 0);
       while (!s.dirs[direction_index(dir)].held.empty()) skip_hole(s, dir, "by the end of the capture", 0);
+      end_gap(s, dir);
     }
   }
+}
+
+void Reassembler::end_gap(Stream& s, PcapDirection dir) {
+  // Bytes the sender sent after the last ones captured, with nothing
+  // captured after them to show the hole: its FIN says where its bytes
+  // ended, else the receiver's highest ACK (which counts a FIN the capture
+  // missed as one octet more).
+  DirectionState& d = s.dirs[direction_index(dir)];
+  if (!d.started) return;
+  std::int32_t missing = 0;
+  std::string why;
+  if (d.fin) {
+    missing = static_cast<std::int32_t>(d.fin_seq - d.next_seq);
+    why = "before the FIN at packet " + std::to_string(d.fin_packet);
+  } else if (d.acked) {
+    missing = static_cast<std::int32_t>(d.ack - d.next_seq);
+    why = "acknowledged by the receiver at packet " + std::to_string(d.ack_packet);
+  }
+  if (missing <= 0) return;
+  notice(s, dir,
+         "gap: " + std::to_string(missing) + " bytes never captured at the end of the direction (seq " +
+             std::to_string(d.next_seq) + ", stream offset " + std::to_string(d.next_pos) + "), " + why,
+         true, 0, true);
+  d.next_seq += static_cast<std::uint32_t>(missing);
+  d.next_pos += missing;
 }
 
 struct PcapCloser {
@@ -653,11 +689,10 @@ Result<PcapSummary> read_pcap_streams(const std::string& path, std::uint16_t por
     if (rc == PCAP_ERROR_BREAK) break;  // end of file
     if (rc != 1) {
       // A damaged or cut-off file: what was read so far has been delivered;
-      // report the held data, then the error.
-      reassembler.finish();
-      return unexpected(Error{"pcap-read", path + ": cannot read packet " +
-                                               std::to_string(summary.packets + 1) + ": " +
-                                               pcap_geterr(pcap.get())});
+      // the held data goes too (finish()), and the summary says where it ended.
+      summary.read_error = path + ": cannot read packet " + std::to_string(summary.packets + 1) + ": " +
+                           pcap_geterr(pcap.get());
+      break;
     }
     ++summary.packets;
     const double time =

@@ -40,12 +40,16 @@ struct PcapNotice {
   // what came before, so a framer over it has lost its place.
   bool bytes_skipped = false;
   std::uint64_t packet = 0;  // the packet being read when it arose; 0: at the end of the file
+  bool at_end = false;       // the skipped bytes end the direction: nothing captured follows
 };
 
 struct PcapSummary {
   std::uint64_t packets = 0;       // packets in the file
   std::uint64_t tcp_packets = 0;   // TCP packets on the port
   std::vector<PcapStreamInfo> streams;
+  // The file ends inside a record or is damaged at one (tcpdump killed while
+  // writing): everything before it was read; this says where and why.
+  std::string read_error;
 };
 
 // Calls on_chunk for every in-order run of payload and on_notice for every

@@ -354,6 +354,67 @@ TEST_CASE("decode --pcap resumes at the next frame after a midway join, a gap or
     CHECK(t.err.find("isoproxy: decode: stream 1 client->server: 57 bytes never captured") != std::string::npos);
   }
 
+  SECTION("the last segments the capture dropped: before the FIN, or acknowledged") {
+    // Nothing captured after the hole shows it: the sender's FIN, or the
+    // receiver's ACK, says how far the bytes went.
+    const bool with_fin = GENERATE(true, false);
+    INFO((with_fin ? "FIN" : "ACK"));
+    craft::PcapFile pcap(craft::kLinkRaw);
+    pcap.add(craft::ipv4(conv.c(999, {}, kSyn)));
+    pcap.add(craft::ipv4(conv.s(4999, {}, kSyn | kAck)));
+    std::uint32_t seq = 1000;
+    pcap.add(craft::ipv4(conv.c(seq, f1)));
+    seq += static_cast<std::uint32_t>(f1.size() + f2.size());  // f2 never captured
+    if (with_fin) {
+      pcap.add(craft::ipv4(conv.c(seq, {}, craft::kFin | kAck)));
+    } else {
+      craft::Tcp ack = conv.s(5000, {}, kAck);
+      ack.ack = seq;
+      pcap.add(craft::ipv4(ack));
+    }
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 1);
+    const json j = json::parse(r.out);
+    REQUIRE(j["frames"].size() == 1);
+    REQUIRE(j["errors"].size() == 1);
+    CHECK(j["errors"][0]["kind"] == "gap");
+    CHECK(j["errors"][0]["detail"] ==
+          "57 bytes never captured at the end of the direction (seq 1107, stream offset 107), " +
+              std::string(with_fin ? "before the FIN at packet 4" : "acknowledged by the receiver at packet 4") +
+              "; nothing captured follows it");
+    // Captured in full, the same session is clean.
+    craft::PcapFile whole(craft::kLinkRaw);
+    whole.add(craft::ipv4(conv.c(999, {}, kSyn)));
+    whole.add(craft::ipv4(conv.s(4999, {}, kSyn | kAck)));
+    whole.add(craft::ipv4(conv.c(1000, f1)));
+    whole.add(craft::ipv4(conv.c(1000 + static_cast<std::uint32_t>(f1.size()), f2)));
+    whole.add(craft::ipv4(conv.c(seq, {}, craft::kFin | kAck)));
+    whole.save(path.string());
+    auto c = decode({"--json", "--pcap", path.string()});
+    INFO(c.out << c.err);
+    CHECK(c.exit_code == 0);
+    CHECK(json::parse(c.out)["errors"].empty());
+  }
+
+  SECTION("a capture cut short inside its last record") {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    pcap.add(craft::ipv4(conv.c(999, {}, kSyn)));
+    pcap.add(craft::ipv4(conv.c(1000, f1)));
+    pcap.add(craft::ipv4(conv.c(1000 + static_cast<std::uint32_t>(f1.size()), f2)));
+    craft::ByteVec bytes = pcap.bytes();
+    bytes.resize(bytes.size() - 10);  // tcpdump stopped while writing f2's record
+    craft::write_file(path.string(), bytes);
+    auto r = decode({"--pcap", path.string()});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 1);  // an incomplete capture, not one that cannot be read
+    CHECK(r.out.find("frame 1: DT") != std::string::npos);
+    CHECK(r.out.find("error: pcap-read: " + path.string() + ": cannot read packet 3: ") != std::string::npos);
+    CHECK(r.out.find("2 packets, 1 stream on port 102, 1 frames, 0 anomalies, 1 error") != std::string::npos);
+    CHECK(r.err.find("cannot read packet 3") != std::string::npos);
+  }
+
   SECTION("bytes that are not RFC 1006, then frames again") {
     craft::PcapFile pcap(craft::kLinkRaw);
     pcap.add(craft::ipv4(conv.c(999, {}, kSyn)));
