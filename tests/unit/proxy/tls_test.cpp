@@ -382,6 +382,9 @@ TEST_CASE("tls: mutual TLS allow-lists by subject and by subjectAltName", "[tls]
       CHECK(server->failed());
       CHECK(server->failure().name == "tls-peer-not-allowed");
       CHECK(server->failure().detail == "\"" + c.who.subject + "\" matches neither allow_subjects nor allow_sans");
+      // Verified, then refused: whose certificate it was is said all the same.
+      CHECK(server->info().peer_subject == c.who.subject);
+      CHECK(server->info().verify == "ok");
       // Refused during the handshake: the client is told by an alert, not a
       // bare close. (The handshake handed it over; a TLS 1.3 client, done
       // with its side of the handshake, reads it with the next record.)
