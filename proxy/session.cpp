@@ -218,11 +218,19 @@ void Session::start(uv_stream_t* server_stream) {
 }
 
 void Session::start_upstream() {
-  if (io_->chain.routes()) {
+  if (io_->chain.routes() || io_->chain.guards_cr()) {
     // A routing filter picks the upstream from the CR: connect once it has.
+    // A filter that judges the CR (tsap-acl) must allow one first: a client
+    // it refuses never reaches the upstream, not even with a connection
+    // (an S7 PLC has a handful of them), as HAProxy connects to a server
+    // only once its content rules accept.
     awaiting_route_ = true;
     return;
   }
+  connect_configured();
+}
+
+void Session::connect_configured() {
   auto target = upstream_target(rt_->cfg, io_->client.tcp);
   if (!target) {
     close(target.error().kind + ": " + target.error().message);
@@ -232,8 +240,13 @@ void Session::start_upstream() {
 }
 
 void Session::set_route(filters::Route route) {
-  if (!awaiting_route_ || closing_) return;
-  awaiting_route_ = false;
+  if (!awaiting_route_ || closing_ || io_->chosen_route) return;
+  // Connected once the whole chain has let the CR through (handle_frame):
+  // a tsap-acl listed after the routing filter still judges it.
+  io_->chosen_route = std::make_unique<filters::Route>(std::move(route));
+}
+
+void Session::connect_route(const filters::Route& route) {
   route_name_ = route.name;
   spdlog::debug("[S{}] route {} -> {}", id_, route.name, route.upstream.text);
   connect_upstream(route.upstream, route.source ? *route.source : rt_->cfg.source,
@@ -348,7 +361,7 @@ void Session::on_connect(int status) {
     // The session is closing after a flush: what waited goes, then our FIN.
     if (lingering_ || close_after_flush_) io_->upstream.shutdown_wanted = true;
   } else if (lingering_) {
-    // It lingers already (a DR went to the client while we connected): the
+    // It lingers already (refused, or a bad frame, while we connected): the
     // upstream gets our FIN at once and no CR, as linger() gives a leg that
     // was up; else it would hold the session open until kLingerMs.
     io_->upstream.shutdown_wanted = true;
@@ -520,7 +533,7 @@ void Session::process(Leg& from, codec::MutableBytes data) {
         }
         return;
       }
-      if (awaiting_route_) {
+      if (awaiting_route_ && io_->chain.routes()) {
         close(std::string(first ? "not-rfc1006: " : "malformed-frame: ") + what + " (no CR to choose a route by)");
         return;
       }
@@ -600,7 +613,7 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
       close_after_flush("malformed-frame: " + kind);
       return;
     }
-    if (awaiting_route_) {
+    if (awaiting_route_ && io_->chain.routes()) {
       close("malformed-frame: " + kind + " (no CR to choose a route by)");
       return;
     }
@@ -639,7 +652,20 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
   filters::ChainFrame cf(frame, &fr, dir_from(from.side));
   const filters::Verdict v = io_->chain.run(*this, cf);
   Leg& to = other(from);
-  if (v == filters::Verdict::kContinue && type == codec::TpduType::kCR && from.side == Side::kClient) cr_passed_ = true;
+  if (v == filters::Verdict::kContinue && type == codec::TpduType::kCR && from.side == Side::kClient) {
+    cr_passed_ = true;
+    // Through the whole chain: to the route's upstream, or without a routing
+    // filter the listener's.
+    if (awaiting_route_ && (io_->chosen_route || !io_->chain.routes())) {
+      awaiting_route_ = false;
+      if (auto route = std::move(io_->chosen_route)) {
+        connect_route(*route);
+      } else {
+        connect_configured();
+      }
+      if (closing_) return;
+    }
+  }
   // kContinue forwards the frame (as changed); kDrop and kEndSession do not.
   if (v == filters::Verdict::kContinue) {
     if (cf.replaced()) {
@@ -930,9 +956,10 @@ void Session::on_eof(Leg& from) {
     server_.stats().decode_errors["truncated"]++;
   }
   if (from.side == Side::kClient && awaiting_route_) {
-    // No CR chose an upstream, and none can come now: nothing to relay to.
-    close(truncated ? "client-closed: inside its first frame, before a CR chose a route"
-                    : "client-closed: before a CR chose a route");
+    // No CR chose an upstream (or was allowed), and none can come now:
+    // nothing to relay to.
+    const char* what = io_->chain.routes() ? "a CR chose a route" : "a CR was allowed";
+    close(std::string(truncated ? "client-closed: inside its first frame, before " : "client-closed: before ") + what);
     return;
   }
   if (truncated) {
@@ -1073,6 +1100,8 @@ bool Session::peer_reset(Leg& l) {
 void Session::close_after_flush(std::string reason) {
   if (closing_ || close_after_flush_) return;
   close_after_flush_ = true;
+  // Held for an upstream not chosen or allowed yet: none will be now.
+  if (!io_->upstream.initialised) io_->pending_up.clear();
   io_->flush_start_ms = server_.now_ms();
   io_->pending_close_reason = std::move(reason);
   arm_timer();

@@ -242,6 +242,7 @@ class Session final : public filters::FilterContext {
     std::vector<std::uint8_t> pending_up;     // bytes for the upstream before its socket exists
     std::vector<std::pair<filters::Direction, std::vector<std::uint8_t>>> injected;
     std::unique_ptr<Passthrough> pt;          // null unless the session became eligible for pass-through
+    std::unique_ptr<filters::Route> chosen_route;  // a routing filter's choice, until the CR is through the chain
     int closing_handles = 0;                  // parking: handles still closing (then the Io is freed)
     // What only an awake session needs (a parked one is established and quiet).
     std::string pending_close_reason;  // linger, close after flush, a filter's end_session
@@ -268,6 +269,8 @@ class Session final : public filters::FilterContext {
   static std::string_view side_name(Side s) { return s == Side::kClient ? "client" : "upstream"; }
 
   void start_upstream();
+  void connect_configured();
+  void connect_route(const filters::Route& route);  // to the listener's upstream (or the original destination, transparent)
   void connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source,
                         std::shared_ptr<const conf::TlsClientConfig> tls);
   void on_connect(int status);
@@ -389,7 +392,7 @@ class Session final : public filters::FilterContext {
     if (cc_ms_ == 0 || cr_ms_ == 0 || cc_ms_ < cr_ms_) return std::nullopt;
     return cc_ms_ - cr_ms_;
   }
-  bool awaiting_route_ = false;              // a routing filter chooses the upstream from the CR
+  bool awaiting_route_ = false;              // no upstream before the CR: a routing filter chooses it, or a tsap-acl must allow the CR
   bool cr_passed_ = false;                   // a client CR went through the chain (kept while parked)
   bool awaiting_client_tls_ = false;         // the upstream is connected once the client's TLS handshake is done
   std::uint64_t start_ms_ = 0, last_activity_ms_ = 0, cc_ms_ = 0, cr_ms_ = 0;  // loop time, for timers

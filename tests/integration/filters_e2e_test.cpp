@@ -304,6 +304,8 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
     CHECK(dr->tpdu.type == codec::TpduType::kDR);
     CHECK(dr->tpdu.reason == std::uint8_t{3});
     CHECK(proxy.wait_for_line(std::regex(R"(close reason="?acl-denied: default)"), 10s));
+    // Refused, it never reached the upstream: not even a TCP connection.
+    CHECK(up.accepted_count() == 0);
   }
   SECTION("a frame that does not decode before the CR closes the session") {
     // A DT with LI 3 (class 0 DTs have LI 2), then a CR the ACL refuses.
@@ -311,6 +313,7 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
     bytes.insert(bytes.end(), denied_cr.begin(), denied_cr.end());
     CHECK(attempt(bytes).empty());
     CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame: .*\(no CR allowed yet\))"), 10s));
+    CHECK(up.accepted_count() == 0);
   }
   SECTION("a CR that does not decode closes the session") {
     // A stray octet inside the header: LI and TPKT length count it.
@@ -358,8 +361,8 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
     REQUIRE(c.send_all(codec::Bytes(denied_cr).first(denied_cr.size() - 1)));
     c.shutdown_write();
     CHECK(c.wait_eof(10000ms));
-    CHECK(proxy.wait_for_line(std::regex(R"(closed inside a frame that may be a CR .*not relayed \(no CR allowed yet\))"), 10s));
-    CHECK(proxy.wait_for_line(std::regex(R"(close reason="?client-closed)"), 10s));
+    CHECK(proxy.wait_for_line(std::regex(R"(close reason="client-closed: inside its first frame, before a CR was allowed")"), 10s));
+    CHECK(up.accepted_count() == 0);
   }
   SECTION("a stream that is not RFC 1006 is closed, not passed raw") {
     const std::string text = "GET / HTTP/1.0\r\n\r\n";
@@ -367,6 +370,7 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
     bytes.insert(bytes.end(), denied_cr.begin(), denied_cr.end());
     CHECK(attempt(bytes).empty());
     CHECK(proxy.wait_for_line(std::regex(R"(close reason="?not-rfc1006: .*\(no CR allowed yet\))"), 10s));
+    CHECK(up.accepted_count() == 0);
   }
 
   REQUIRE(proxy.signal(SIGTERM));
@@ -378,6 +382,43 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
   ByteVec all;
   for (const auto& r : received) all.insert(all.end(), r.begin(), r.end());
   CHECK(all == expect_upstream);
+}
+
+TEST_CASE("tsap-acl after tsap-route: the route's upstream is connected only for a CR the ACL lets through",
+          "[acl][route][integration]") {
+  // The routing filter comes first and picks the upstream from the CR; the
+  // ACL after it still decides whether that upstream hears of the client.
+  TestServer up(responder_handler());
+  REQUIRE(up.ok());
+  const std::string upstream = "127.0.0.1:" + std::to_string(up.port());
+  ProxyProcess proxy("[[listener]]\nname = \"ra\"\nlisten = \"127.0.0.1:0\"\nfilters = [\"route\", \"acl\"]\n\n"
+                     "[filter.route]\nkind = \"tsap-route\"\ndefault = \"" + upstream + "\"\n\n"
+                     "[filter.acl]\nkind = \"tsap-acl\"\ndefault = \"deny\"\n[[filter.acl.rule]]\naction = \"allow\"\n"
+                     "called = [\"OK\"]\n");
+  auto port = proxy.listen_port("ra", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(make_cr("CALLING", "BAD"))));
+    CHECK(c.wait_eof(10000ms));
+    const auto dr = codec::decode_frame(codec::Bytes(c.take_buffered()));
+    REQUIRE(dr.ok());
+    CHECK(dr->tpdu.type == codec::TpduType::kDR);
+  }
+  CHECK(proxy.wait_for_line(std::regex(R"(close reason="?acl-denied: default)"), 10s));
+  CHECK(up.accepted_count() == 0);  // the route chose it; the ACL kept the client off it
+  {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(make_cr("CALLING", "OK"))));
+    auto cc = c.recv_frame(5s);
+    REQUIRE(cc);
+    CHECK(codec::decode_frame(codec::Bytes(*cc))->tpdu.type == codec::TpduType::kCC);
+  }
+  CHECK(proxy.wait_for_line(std::regex(R"(close reason=.* route=route/default )"), 10s));
+  CHECK(up.accepted_count() == 1);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
 }
 
 TEST_CASE("tsap-acl end to end: a malformed client frame behind backed-up data closes after the good frames are out",
