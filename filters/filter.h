@@ -163,12 +163,15 @@ class FilterContext {
   virtual std::string_view listener() const = 0;
   virtual std::string client_address() const = 0;  // "ip:port"
   virtual const sockaddr* client_sockaddr() const = 0;  // sockaddr_in or sockaddr_in6
-  // The upstream's "ip:port" once chosen (configured, original destination, or
-  // routed); empty while a routing filter has not chosen yet.
+  // The upstream's "ip:port" once the session connects there (configured,
+  // original destination, or routed); empty before: while a routing filter
+  // has not chosen, and on a listener with a filter that judges CRs
+  // (tsap-acl) until the whole chain has let the first CR through.
   virtual const std::string& upstream_address() const = 0;
-  // A routing filter's choice, made on the CR before it is forwarded: the
-  // session connects there and the CR (and everything after) goes there.
-  // Only the first call counts.
+  // A routing filter's choice, made on the first frame (the CR) before it is
+  // forwarded: once the whole chain has let that frame through, the session
+  // connects there and the frame (and everything after) goes there. Only the
+  // first call counts.
   virtual void set_route(Route route) = 0;
   virtual SessionAnnotations& annotations() = 0;
   // Counts `<filter>.<action>` for this session and globally; `filter` is the

@@ -241,13 +241,13 @@ void Session::connect_configured() {
 
 void Session::set_route(filters::Route route) {
   if (!awaiting_route_ || closing_ || io_->chosen_route) return;
-  // Connected once the whole chain has let the CR through (handle_frame):
-  // a tsap-acl listed after the routing filter still judges it.
+  // Connected once the whole chain has let the frame through (handle_frame):
+  // a tsap-acl listed after the routing filter still judges the CR.
+  route_name_ = route.name;
   io_->chosen_route = std::make_unique<filters::Route>(std::move(route));
 }
 
 void Session::connect_route(const filters::Route& route) {
-  route_name_ = route.name;
   spdlog::debug("[S{}] route {} -> {}", id_, route.name, route.upstream.text);
   connect_upstream(route.upstream, route.source ? *route.source : rt_->cfg.source,
                    route.tls ? *route.tls : rt_->cfg.upstream_tls);
@@ -652,11 +652,15 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
   filters::ChainFrame cf(frame, &fr, dir_from(from.side));
   const filters::Verdict v = io_->chain.run(*this, cf);
   Leg& to = other(from);
-  if (v == filters::Verdict::kContinue && type == codec::TpduType::kCR && from.side == Side::kClient) {
-    cr_passed_ = true;
-    // Through the whole chain: to the route's upstream, or without a routing
-    // filter the listener's.
-    if (awaiting_route_ && (io_->chosen_route || !io_->chain.routes())) {
+  const bool client_cr = type == codec::TpduType::kCR && from.side == Side::kClient;
+  if (v == filters::Verdict::kContinue && client_cr) cr_passed_ = true;
+  if (v == filters::Verdict::kContinue && awaiting_route_ && from.side == Side::kClient) {
+    // Through the whole chain: to the route a routing filter chose (on the
+    // first frame, a CR or, with a default, not), or without one to the
+    // listener's upstream. Where a filter judges CRs, only an allowed CR
+    // opens the way.
+    const bool allowed = client_cr || !io_->chain.guards_cr();
+    if (allowed && (io_->chosen_route || !io_->chain.routes())) {
       awaiting_route_ = false;
       if (auto route = std::move(io_->chosen_route)) {
         connect_route(*route);

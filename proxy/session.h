@@ -269,8 +269,10 @@ class Session final : public filters::FilterContext {
   static std::string_view side_name(Side s) { return s == Side::kClient ? "client" : "upstream"; }
 
   void start_upstream();
+  // Once the chain let the client's frame through: to the listener's
+  // upstream (or the original destination, transparent), or to a route.
   void connect_configured();
-  void connect_route(const filters::Route& route);  // to the listener's upstream (or the original destination, transparent)
+  void connect_route(const filters::Route& route);
   void connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source,
                         std::shared_ptr<const conf::TlsClientConfig> tls);
   void on_connect(int status);

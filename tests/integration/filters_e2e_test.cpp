@@ -421,6 +421,29 @@ TEST_CASE("tsap-acl after tsap-route: the route's upstream is connected only for
   CHECK(proxy.wait_exit(10s) == 0);
 }
 
+TEST_CASE("tsap-route: a first frame that is not a CR goes to the default route at once", "[route][integration]") {
+  // No CR to route by: `default` takes the session, connected and relayed
+  // on that first frame (no filter here judges CRs, so none is waited for).
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"rd\"\nlisten = \"127.0.0.1:0\"\nfilters = [\"route\"]\n\n"
+                     "[filter.route]\nkind = \"tsap-route\"\ndefault = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n");
+  auto port = proxy.listen_port("rd", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  Conn c = connect_to("127.0.0.1", *port);
+  const ByteVec dt = make_dt("no CR first");
+  REQUIRE(c.send_all(codec::Bytes(dt)));
+  const auto echo = c.recv_exact(dt.size(), 5s);
+  REQUIRE(echo);
+  CHECK(*echo == dt);
+  c.shutdown_write();
+  CHECK(c.wait_eof(10000ms));
+  CHECK(proxy.wait_for_line(std::regex(R"(close reason=client-closed .*route=route/default )"), 10s));
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
 TEST_CASE("tsap-acl end to end: a malformed client frame behind backed-up data closes after the good frames are out",
           "[acl][integration]") {
   // The upstream reads slowly, so the proxy holds relayed frames in its own
