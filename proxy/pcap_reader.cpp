@@ -635,6 +635,7 @@ void Reassembler::end_gap(Stream& s, PcapDirection dir) {
     why = "before the FIN at packet " + std::to_string(d.fin_packet);
   } else if (d.acked) {
     missing = static_cast<std::int32_t>(d.ack - d.next_seq);
+    if (missing == 1) missing = 0;  // a FIN the capture missed, not an octet of data
     why = "acknowledged by the receiver at packet " + std::to_string(d.ack_packet);
   }
   if (missing <= 0) return;
