@@ -224,7 +224,7 @@ void Session::start_upstream() {
     // it refuses never reaches the upstream, not even with a connection
     // (an S7 PLC has a handful of them), as HAProxy connects to a server
     // only once its content rules accept.
-    awaiting_route_ = true;
+    awaiting_cr_ = true;
     return;
   }
   connect_configured();
@@ -240,7 +240,7 @@ void Session::connect_configured() {
 }
 
 void Session::set_route(filters::Route route) {
-  if (!awaiting_route_ || closing_ || io_->chosen_route) return;
+  if (!awaiting_cr_ || closing_ || io_->chosen_route) return;
   // Connected once the whole chain has let the frame through (handle_frame):
   // a tsap-acl listed after the routing filter still judges the CR.
   route_name_ = route.name;
@@ -533,7 +533,7 @@ void Session::process(Leg& from, codec::MutableBytes data) {
         }
         return;
       }
-      if (awaiting_route_ && io_->chain.routes()) {
+      if (awaiting_cr_ && io_->chain.routes()) {
         close(std::string(first ? "not-rfc1006: " : "malformed-frame: ") + what + " (no CR to choose a route by)");
         return;
       }
@@ -613,7 +613,7 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
       close_after_flush("malformed-frame: " + kind);
       return;
     }
-    if (awaiting_route_ && io_->chain.routes()) {
+    if (awaiting_cr_ && io_->chain.routes()) {
       close("malformed-frame: " + kind + " (no CR to choose a route by)");
       return;
     }
@@ -654,14 +654,14 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
   Leg& to = other(from);
   const bool client_cr = type == codec::TpduType::kCR && from.side == Side::kClient;
   if (v == filters::Verdict::kContinue && client_cr) cr_passed_ = true;
-  if (v == filters::Verdict::kContinue && awaiting_route_ && from.side == Side::kClient) {
+  if (v == filters::Verdict::kContinue && awaiting_cr_ && from.side == Side::kClient) {
     // Through the whole chain: to the route a routing filter chose (on the
     // first frame, a CR or, with a default, not), or without one to the
     // listener's upstream. Where a filter judges CRs, only an allowed CR
     // opens the way.
     const bool allowed = client_cr || !io_->chain.guards_cr();
     if (allowed && (io_->chosen_route || !io_->chain.routes())) {
-      awaiting_route_ = false;
+      awaiting_cr_ = false;
       if (auto route = std::move(io_->chosen_route)) {
         connect_route(*route);
       } else {
@@ -739,7 +739,7 @@ void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
   if (!to.connected) {
     // The upstream is not chosen yet (routing by TSAP) or not connected yet:
     // hold the bytes, and stop reading the client beyond the high water mark.
-    if (to.side != Side::kUpstream || (!to.initialised && !awaiting_route_)) return;
+    if (to.side != Side::kUpstream || (!to.initialised && !awaiting_cr_)) return;
     for (unsigned i = 0; i < n; ++i) io_->pending_up.insert(io_->pending_up.end(), bufs[i].base, bufs[i].base + bufs[i].len);
     if (io_->pending_up.size() > rt_->cfg.high_water) update_reading(io_->client);
     return;
@@ -959,7 +959,7 @@ void Session::on_eof(Leg& from) {
     f.stats.decode_errors++;
     server_.stats().decode_errors["truncated"]++;
   }
-  if (from.side == Side::kClient && awaiting_route_) {
+  if (from.side == Side::kClient && awaiting_cr_) {
     // No CR chose an upstream (or was allowed), and none can come now:
     // nothing to relay to.
     const char* what = io_->chain.routes() ? "a CR chose a route" : "a CR was allowed";
@@ -1401,7 +1401,7 @@ bool Session::passthrough_eligible() const {
   if (!rt_->cfg.passthrough || io_->chain.needs_data_phase() || rt_->cfg.malformed != conf::MalformedPolicy::kPass) {
     return false;
   }
-  if (closing_ || draining_ || lingering_ || close_after_flush_ || awaiting_route_ || awaiting_client_tls_) return false;
+  if (closing_ || draining_ || lingering_ || close_after_flush_ || awaiting_cr_ || awaiting_client_tls_) return false;
   if (!io_->injected.empty() || !io_->pending_up.empty()) return false;
   for (const Leg* l : {&io_->client, &io_->upstream}) {
     if (l->tls || !l->initialised || !l->connected || l->eof || l->shutdown_sent || l->shutdown_wanted ||
@@ -1702,7 +1702,7 @@ void Session::leave_passthrough() {
 // no TLS (whose state lives in the Io), no deadline but the idle timeout.
 
 bool Session::park_eligible() const {
-  if (!io_ || parked_ || closing_ || draining_ || lingering_ || close_after_flush_ || awaiting_route_ ||
+  if (!io_ || parked_ || closing_ || draining_ || lingering_ || close_after_flush_ || awaiting_cr_ ||
       awaiting_client_tls_) {
     return false;
   }

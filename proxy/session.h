@@ -394,7 +394,7 @@ class Session final : public filters::FilterContext {
     if (cc_ms_ == 0 || cr_ms_ == 0 || cc_ms_ < cr_ms_) return std::nullopt;
     return cc_ms_ - cr_ms_;
   }
-  bool awaiting_route_ = false;              // no upstream before the CR: a routing filter chooses it, or a tsap-acl must allow the CR
+  bool awaiting_cr_ = false;                 // no upstream before the CR: a routing filter chooses it, or a tsap-acl must allow the CR
   bool cr_passed_ = false;                   // a client CR went through the chain (kept while parked)
   bool awaiting_client_tls_ = false;         // the upstream is connected once the client's TLS handshake is done
   std::uint64_t start_ms_ = 0, last_activity_ms_ = 0, cc_ms_ = 0, cr_ms_ = 0;  // loop time, for timers
