@@ -384,6 +384,68 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
   CHECK(all == expect_upstream);
 }
 
+TEST_CASE("tsap-acl: frames before the CR wait for it up to high_water and past it close the session",
+          "[acl][integration]") {
+  // The upstream keeps every octet each connection brought and answers a CR
+  // with a CC.
+  std::mutex mu;
+  std::vector<ByteVec> received;
+  TestServer up([&](Conn& c) {
+    ByteVec all;
+    for (;;) {
+      auto f = c.recv_frame(10000ms);
+      if (!f) break;
+      all.insert(all.end(), f->begin(), f->end());
+      auto d = codec::decode_frame(codec::Bytes(*f));
+      if (d && d->tpdu.type == codec::TpduType::kCR && !c.send_all(codec::Bytes(make_cc_reply(d->tpdu, 0x0029, 0x00)))) break;
+    }
+    std::lock_guard<std::mutex> lk(mu);
+    received.push_back(std::move(all));
+  });
+  REQUIRE(up.ok());
+  // No handshake_timeout: before the fix, a client past high water stalled for ever.
+  std::string config = acl_config(up.port());
+  const std::string filters_line = "filters = [\"acl\"]\n";
+  config.insert(config.find(filters_line) + filters_line.size(),
+                "high_water = \"4KiB\"\nlow_water = \"1KiB\"\nhandshake_timeout = \"0s\"\n");
+  ProxyProcess proxy(config);
+  auto port = proxy.listen_port("acl", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  const ByteVec dt = make_dt(std::string(3000, 'd'));  // 3007 octets: two pass high water
+
+  SECTION("under high water: relayed after the allowed CR, in order") {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(dt)));
+    const ByteVec cr = make_cr("CALLING", "OK");
+    REQUIRE(c.send_all(codec::Bytes(cr)));
+    auto cc = c.recv_frame(5s);
+    REQUIRE(cc);
+    CHECK(codec::decode_frame(codec::Bytes(*cc))->tpdu.type == codec::TpduType::kCC);
+    c.shutdown_write();
+    CHECK(c.wait_eof(10000ms));
+    REQUIRE(up.wait_finished(1, 10000ms));
+    ByteVec expect = dt;
+    expect.insert(expect.end(), cr.begin(), cr.end());
+    std::lock_guard<std::mutex> lk(mu);
+    REQUIRE(received.size() == 1);
+    CHECK(received[0] == expect);
+  }
+  SECTION("past high water: closed at once, the upstream never connected") {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(dt)));
+    REQUIRE(c.send_all(codec::Bytes(dt)));
+    CHECK(c.wait_eof(10000ms));
+    CHECK(c.take_buffered().empty());
+    CHECK(proxy.wait_for_line(
+        std::regex(R"re(close reason="no-cr: 6014 octets before a CR was allowed, over high_water \(4KiB\)".* c2u_bytes=6014 )re"),
+        10s));
+    CHECK(up.accepted_count() == 0);
+  }
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
 TEST_CASE("tsap-acl after tsap-route: the route's upstream is connected only for a CR the ACL lets through",
           "[acl][route][integration]") {
   // The routing filter comes first and picks the upstream from the CR; the
