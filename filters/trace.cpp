@@ -465,12 +465,13 @@ class Trace final : public Filter {
     // the chain); what comes before the client's CR is not traced.
     if (frame.type() != codec::TpduType::kCR || frame.direction() != Direction::kToUpstream) return;
     const codec::Tpdu& t = frame.decoded().tpdu;
-    const auto matches = [](const std::vector<TsapPattern>& patterns, std::optional<codec::Bytes> tsap) {
-      if (patterns.empty()) return true;
-      if (!tsap) return false;
-      return std::any_of(patterns.begin(), patterns.end(), [&](const TsapPattern& p) { return p.matches(*tsap); });
+    // A CR carrying a TSAP twice is traced if any copy matches: the peer may read that one.
+    const auto matches = [&t](const std::vector<TsapPattern>& patterns, std::uint8_t code) {
+      return patterns.empty() || match_copies(patterns, t, code).any;
     };
-    state_ = matches(s.calling, t.calling_tsap()) && matches(s.called, t.called_tsap()) ? State::kTracing : State::kOff;
+    state_ = matches(s.calling, codec::param::kCallingTsap) && matches(s.called, codec::param::kCalledTsap)
+                 ? State::kTracing
+                 : State::kOff;
   }
 
   void make_handle(const IpPort& upstream) {

@@ -33,21 +33,12 @@ struct AclSettings {
   std::vector<AclRule> rules;
 };
 
-// A TSAP condition against every copy of the parameter in the CR. A CR with
-// the same TSAP parameter twice is ambiguous (peers differ on which copy they
-// read), so it is judged by the stricter reading: an allow rule needs every
-// copy to match, a deny rule any one. With no copy, nothing matches.
+// A TSAP condition against every copy of the parameter in the CR, by the
+// stricter reading (match_copies): an allow rule needs every copy to match,
+// a deny rule any one. With no copy, nothing matches.
 bool tsap_condition(const std::vector<TsapPattern>& patterns, const codec::Tpdu& t, std::uint8_t code, bool allow) {
-  bool any = false;
-  bool all = true;
-  for (const codec::Param& p : t.params) {
-    if (p.code != code) continue;
-    bool m = false;
-    for (const TsapPattern& pat : patterns) m = m || pat.matches(p.value);
-    any = any || m;
-    all = all && m;
-  }
-  return allow ? any && all : any;
+  const TsapCopies c = match_copies(patterns, t, code);
+  return allow ? c.every : c.any;
 }
 
 bool rule_matches(const AclRule& r, const codec::Tpdu& t, const sockaddr* client) {

@@ -45,6 +45,20 @@ bool TsapPattern::matches(codec::Bytes tsap) const {
   return tsap.size() == bytes_.size() && std::equal(bytes_.begin(), bytes_.end(), tsap.begin());
 }
 
+TsapCopies match_copies(const std::vector<TsapPattern>& patterns, const codec::Tpdu& t, std::uint8_t code) {
+  TsapCopies out;
+  bool all = true;
+  for (const codec::Param& p : t.params) {
+    if (p.code != code) continue;
+    bool m = false;
+    for (const TsapPattern& pat : patterns) m = m || pat.matches(p.value);
+    out.any = out.any || m;
+    all = all && m;
+  }
+  out.every = out.any && all;
+  return out;
+}
+
 std::vector<std::uint8_t> make_refusal_dr(std::uint16_t cr_src_ref, std::uint8_t reason) {
   codec::OwnedTpdu dr;
   dr.code = 0x80;

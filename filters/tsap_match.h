@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "codec/tpkt.h"
+#include "codec/x224.h"
 #include "result.h"
 
 namespace isoproxy::conf {
@@ -38,6 +39,18 @@ class TsapPattern {
   bool prefix_ = false;
   std::string text_;
 };
+
+// The copies of one TSAP parameter (`code`) in a CR against a list of
+// patterns: `any`, some copy matches one of them; `every`, there is a copy
+// and each matches one of them. A CR carrying the same TSAP parameter twice
+// is ambiguous (peers differ on which copy they read): a filter that lets a
+// CR through by its TSAP (an ACL's allow, a route) asks `every`, one that
+// refuses or selects it (a deny, trace) asks `any`.
+struct TsapCopies {
+  bool any = false;
+  bool every = false;
+};
+TsapCopies match_copies(const std::vector<TsapPattern>& patterns, const codec::Tpdu& t, std::uint8_t code);
 
 // A key of TSAP patterns in a filter's table: one string or a non-empty list
 // of them (an empty list would match nothing). Absent: an empty vector, which

@@ -3,6 +3,7 @@
 // connects only once the CR has been read (it holds the client's bytes until
 // then). A CR no route takes, with no default, is refused with a DR and the
 // session ends.
+#include <algorithm>
 #include <cstdio>
 
 #include "codec/text.h"
@@ -31,13 +32,11 @@ struct RouteSettings {
   std::uint8_t reason = 3;                      // DR reason: address unknown
 };
 
-bool any_match(const std::vector<TsapPattern>& pats, const std::optional<codec::Bytes>& tsap) {
-  if (pats.empty()) return true;
-  if (!tsap) return false;
-  for (const auto& p : pats) {
-    if (p.matches(*tsap)) return true;
-  }
-  return false;
+// A route takes a CR only if every copy of a TSAP it names matches
+// (match_copies): a CR carrying a TSAP twice, one copy a route's and one
+// not, must not reach that route's upstream, which may read the other copy.
+bool route_condition(const std::vector<TsapPattern>& pats, const codec::Tpdu& t, std::uint8_t code) {
+  return pats.empty() || match_copies(pats, t, code).every;
 }
 
 std::string tsap_or_none(const std::optional<codec::Bytes>& t) {
@@ -71,7 +70,8 @@ class TsapRoute final : public Filter {
     const auto called = t.called_tsap();
     const auto calling = t.calling_tsap();
     for (const RouteRule& r : s_.routes) {
-      if (any_match(r.called, called) && any_match(r.calling, calling)) {
+      if (route_condition(r.called, t, codec::param::kCalledTsap) &&
+          route_condition(r.calling, t, codec::param::kCallingTsap)) {
         ctx.set_route({name_ + "/" + r.name, r.upstream, r.source, r.tls});
         ctx.count(name_, "routed");
         return Verdict::kContinue;
@@ -85,7 +85,12 @@ class TsapRoute final : public Filter {
     // X.224 13.5: refuse the CR with a DR; the session ends once it is written.
     ctx.inject(Direction::kToClient, make_refusal_dr(t.src_ref.value_or(0), s_.reason));
     ctx.count(name_, "no-route");
-    ctx.end_session("no-route: called=" + tsap_or_none(called) + " calling=" + tsap_or_none(calling));
+    std::string reason = "no-route: called=" + tsap_or_none(called) + " calling=" + tsap_or_none(calling);
+    for (const auto& [code, what] : {std::pair{codec::param::kCalledTsap, "called"}, std::pair{codec::param::kCallingTsap, "calling"}}) {
+      const auto copies = std::count_if(t.params.begin(), t.params.end(), [&](const codec::Param& p) { return p.code == code; });
+      if (copies > 1) reason += std::string(" (the CR gives the ") + what + " TSAP " + std::to_string(copies) + " times)";
+    }
+    ctx.end_session(reason);
     return Verdict::kEndSession;
   }
 

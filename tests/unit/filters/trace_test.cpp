@@ -22,6 +22,7 @@
 #include "pcap_reader.h"
 #include "support/vectors.h"
 #include "unit/filters/fake_context.h"
+#include "unit/filters/frame_util.h"
 
 namespace isoproxy::test {
 namespace {
@@ -462,6 +463,19 @@ TEST_CASE("trace: selection by client address and TSAP", "[filters][trace]") {
     REQUIRE(c.streams.size() == 1);
     CHECK(c.streams[0].info.client == "192.0.2.2:40000");
     CHECK(c.streams[0].to_server == cr_0100);
+  }
+
+  SECTION("a TSAP given twice: traced if any copy matches, as the peer may read that one") {
+    auto factory = trace_factory(dir, "called = [\"hex:0101\"]\n");
+    codec::OwnedTpdu t = owned(cr_0100);  // V5: called 0102
+    t.params.push_back({codec::param::kCalledTsap, {0x01, 0x01}});
+    const ByteVec twice = encode(t);
+    FakeContext ctx("192.0.2.2:40000");
+    run_session(*factory, ctx, {{kUp, twice}, {kDown, cc}});
+    CHECK(ctx.count_of("capture.frames") == 2);
+    const Capture c = read_capture(trace_files(dir.str()).at(0));
+    REQUIRE(c.streams.size() == 1);
+    CHECK(c.streams[0].to_server == twice);
   }
 
   SECTION("clients and TSAPs together") {
