@@ -65,6 +65,10 @@ class TsapRewrite final : public Filter {
   // (a CR carrying one twice is an anomaly, and the upstream may read either).
   void on_cr(FilterContext& ctx, ChainFrame& frame) {
     const codec::Tpdu& t = frame.decoded().tpdu;
+    // What the CC puts back is this CR's rewrite only: after a later CR
+    // that is not rewritten (or whose rewrite fails), a CC value equal to
+    // an earlier rewrite's `to` is the peer's own.
+    restore_.clear();
     std::vector<Edit> edits;
     std::vector<const RewriteRule*> applied;
     for (std::size_t i = 0; i < t.params.size(); ++i) {

@@ -141,6 +141,15 @@ TEST_CASE("tsap-rewrite: a longer TSAP in the CR, and the CC put back", "[filter
     CHECK(cc.bytes == v8);
     CHECK(ctx.count_of("rw.restored-cc") == 0);
   }
+  SECTION("after a later CR not rewritten, a CC carrying the rewritten value is the peer's own") {
+    // The client's second CR (snap7 answers one at any time) names the new TSAP itself.
+    const ByteVec cr2 = with_param(v7, codec::param::kCalledTsap, ascii("EXCHANGETSAP1"));
+    CHECK(run_filter(*filter, ctx, cr2, Direction::kToUpstream).bytes == cr2);
+    const ByteVec cc_in = with_param(v8, codec::param::kCalledTsap, ascii("EXCHANGETSAP1"));
+    auto cc = run_filter(*filter, ctx, cc_in, Direction::kToClient);
+    CHECK(cc.bytes == cc_in);
+    CHECK(ctx.count_of("rw.restored-cc") == 0);
+  }
   SECTION("the TSAP under the other code is not the one rewritten") {
     const ByteVec cc_in = with_param(v8, codec::param::kCallingTsap, ascii("EXCHANGETSAP1"));
     auto cc = run_filter(*filter, ctx, cc_in, Direction::kToClient);
