@@ -169,6 +169,25 @@ TEST_CASE("tsap-annotate records the client's CR and the upstream's CC, not one 
   CHECK(tsap(ctx.ann.calling_tsap) == ByteVec{0x01, 0x00});
 }
 
+TEST_CASE("tsap-annotate: a later CR replaces the TSAPs, one it lacks included", "[filters][chain]") {
+  auto annotate = factory_from_toml("tsap-annotate", "", nullptr, "annotate");
+  REQUIRE(annotate);
+  filters::FilterChain chain({annotate});
+  FakeContext ctx;
+  feed(chain, ctx, row("V5"), Direction::kToUpstream, 1);  // calling 0100, called 0102
+  REQUIRE(ctx.ann.calling_tsap);
+  // A second CR (snap7 answers one at any time) with a called TSAP only.
+  codec::OwnedTpdu second = owned(row("V5"));
+  std::erase_if(second.params, [](const codec::OwnedParam& p) { return p.code == codec::param::kCallingTsap; });
+  second.params[0].value = {0x01, 0x03};
+  REQUIRE(second.params[0].code == codec::param::kCalledTsap);
+  feed(chain, ctx, encode(second), Direction::kToUpstream, 2);
+  CHECK_FALSE(ctx.ann.calling_tsap);  // not the first CR's 0100
+  REQUIRE(ctx.ann.called_tsap);
+  CHECK(ByteVec((*ctx.ann.called_tsap).begin(), (*ctx.ann.called_tsap).end()) == ByteVec{0x01, 0x03});
+  CHECK(ctx.count_of("annotate.cr") == 2);
+}
+
 TEST_CASE("chain: drop, length-changing replace and end-session", "[filters][chain]") {
   const auto rows = load_vectors();
   const auto cr = find_vector(rows, "V5").bytes();
