@@ -641,6 +641,18 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
       spdlog::debug("[S{}] anomaly from {}: {}: {}", id_, side_name(from.side), codec::anomaly_name(a.kind), a.detail);
     }
   }
+  if (from.side == Side::kClient && !fr.tpdu.trailing.empty() && codec::trailing_holds_cr(fr.tpdu.trailing)) {
+    // A CR after a TPDU without user data: class 0 never concatenates, but
+    // an upstream that reads on as Wireshark does would take a CR no filter
+    // judged. Where one judges every CR, the frame is not relayed.
+    if (const char* why = client_raw_refused()) {
+      if (!out.empty()) send(other(from), out.data(), static_cast<unsigned>(out.size()));
+      out.clear();
+      close_after_flush("malformed-frame: a CR concatenated after a " + std::string(codec::tpdu_type_name(type)) +
+                        " (" + why + ")");
+      return;
+    }
+  }
   // Connection phase (protocol.md §5).
   if (type == codec::TpduType::kCR && from.side == Side::kClient && cr_ms_ == 0) cr_ms_ = server_.now_ms();
   if (type == codec::TpduType::kCC && from.side == Side::kUpstream && state_ == SessionState::kAwaitingCc) {

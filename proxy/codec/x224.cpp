@@ -547,6 +547,20 @@ Result<Tpdu, DecodeError> decode_tpdu(Bytes b, const DecodeOptions& opts, std::v
   return p;
 }
 
+bool trailing_holds_cr(Bytes trailing) {
+  std::size_t at = 0;
+  while (at + 1 < trailing.size()) {
+    const std::uint8_t li = trailing[at];
+    if (li == 0) return false;  // stops Wireshark
+    const std::uint8_t nibble = trailing[at + 1] >> 4;
+    if (nibble == 0xE) return true;  // CR, whatever its credit
+    // CC, DR, DT and ED take the rest as user data.
+    if (nibble == 0xD || nibble == 0x8 || nibble == 0xF || nibble == 0x1) return false;
+    at += std::size_t{li} + 1;
+  }
+  return false;
+}
+
 Result<Frame, DecodeError> decode_frame(Bytes tpkt, const DecodeOptions& opts, std::size_t max_length) {
   using K = DecodeErrorKind;
   if (tpkt.size() < kTpktHeaderSize) {

@@ -162,6 +162,13 @@ struct Tpdu {
 Result<Tpdu, DecodeError> decode_tpdu(Bytes tpdu, const DecodeOptions& opts = {},
                                       std::vector<Anomaly>* anomalies = nullptr);
 
+// Whether the octets after a TPDU without user data (Tpdu::trailing) hold a
+// CR, read as Wireshark reads them (protocol.md §6.1): further TPDUs, each
+// LI+1 octets, until one that carries user data takes the rest (or an LI of
+// 0 stops). Class 0 never concatenates (RFC 1006 §6), but a peer that does
+// could see a CR there that no filter judged.
+bool trailing_holds_cr(Bytes trailing);
+
 // A decoded TPKT: header, the TPDU in it, and everything odd about both.
 struct Frame {
   TpktHeader header;

@@ -356,6 +356,27 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
     CHECK(proxy.wait_for_line(std::regex(R"(close reason="?malformed-frame: .*\(a filter judges every CR\))"), 10s));
     expect_upstream = allowed_cr;
   }
+  SECTION("a CR concatenated after an ER is not relayed, before the CR or after it") {
+    // An ER (LI 4) whose TPKT goes on with the refused CR: an upstream that
+    // reads on after a TPDU without user data (as Wireshark does) would see it.
+    const ByteVec er = {0x04, 0x70, 0x00, 0x00, 0x00};
+    ByteVec er_cr = {0x03, 0x00, 0x00, 0x00};
+    er_cr.insert(er_cr.end(), er.begin(), er.end());
+    er_cr.insert(er_cr.end(), denied_cr.begin() + 4, denied_cr.end());
+    er_cr[3] = static_cast<std::uint8_t>(er_cr.size());
+    REQUIRE(codec::decode_frame(codec::Bytes(er_cr)).ok());
+    CHECK(attempt(er_cr).empty());
+    CHECK(proxy.wait_for_line(std::regex(R"re(close reason="malformed-frame: a CR concatenated after a ER \(no CR allowed yet\)")re"), 10s));
+    CHECK(up.accepted_count() == 0);
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(allowed_cr)));
+    REQUIRE(c.recv_frame(5s));
+    REQUIRE(c.send_all(codec::Bytes(er_cr)));
+    CHECK(c.wait_eof(10000ms));
+    CHECK(c.take_buffered().empty());
+    CHECK(proxy.wait_for_line(std::regex(R"re(close reason="malformed-frame: a CR concatenated after a ER \(a filter judges every CR\)")re"), 10s));
+    expect_upstream = allowed_cr;
+  }
   SECTION("a client that closes inside a CR: none of it is relayed") {
     Conn c = connect_to("127.0.0.1", *port);
     REQUIRE(c.send_all(codec::Bytes(denied_cr).first(denied_cr.size() - 1)));

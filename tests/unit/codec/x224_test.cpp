@@ -903,3 +903,30 @@ TEST_CASE("x224: clean real frames have no anomalies", "[x224][vectors]") {
     CHECK(anomalies_of("V13").empty());
   }
 }
+
+TEST_CASE("x224: a CR concatenated after a TPDU without user data is found as Wireshark reads it", "[x224]") {
+  const auto concat_bytes = [](std::initializer_list<ByteVec> parts) {
+    ByteVec out;
+    for (const ByteVec& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+  };
+  const ByteVec cr = hx("11e00000000100c1020100c2020999c0010a");
+  // ER (LI 4) then the CR: the ER's trailing octets.
+  auto h = decode(concat_bytes({hx("0470000000"), cr}));
+  REQUIRE(h.ok());
+  CHECK(bv(h.t().trailing) == cr);
+  CHECK(trailing_holds_cr(h.t().trailing));
+  // Behind a further header-only TPDU (an AK, LI 4), and whatever its credit nibble.
+  CHECK(trailing_holds_cr(concat_bytes({hx("0461000001"), cr})));
+  ByteVec credit = cr;
+  credit[1] = 0xE3;
+  CHECK(trailing_holds_cr(credit));
+  // Not a CR, or not read as one: a DT or DR takes the rest as user data, an LI of 0
+  // stops, and a lone octet is no TPDU.
+  CHECK_FALSE(trailing_holds_cr(hx("0461000001")));
+  CHECK_FALSE(trailing_holds_cr(concat_bytes({hx("02f080"), cr})));
+  CHECK_FALSE(trailing_holds_cr(concat_bytes({hx("0680000000000003"), cr})));
+  CHECK_FALSE(trailing_holds_cr(concat_bytes({hx("00e0"), cr})));
+  CHECK_FALSE(trailing_holds_cr(hx("e0")));
+  CHECK_FALSE(trailing_holds_cr({}));
+}
