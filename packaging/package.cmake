@@ -57,8 +57,9 @@ install(FILES
   ${CMAKE_BINARY_DIR}/packaging/changelog.gz
   ${CMAKE_BINARY_DIR}/packaging/changelog.Debian.gz
   DESTINATION ${ISOPROXY_DOCDIR})
-file(GLOB ISOPROXY_EXAMPLES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/conf/examples/*.toml)
-install(FILES ${ISOPROXY_EXAMPLES} DESTINATION ${ISOPROXY_DOCDIR}/examples)
+# Every example, those in folders too (tls-pair/: one file per site).
+install(DIRECTORY ${CMAKE_SOURCE_DIR}/conf/examples/ DESTINATION ${ISOPROXY_DOCDIR}/examples
+        FILE_PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ FILES_MATCHING PATTERN "*.toml")
 install(FILES ${CMAKE_CURRENT_LIST_DIR}/systemd/transparent.conf DESTINATION ${ISOPROXY_DOCDIR}/examples/systemd)
 install(FILES ${CMAKE_CURRENT_LIST_DIR}/debian/lintian-overrides DESTINATION share/lintian/overrides RENAME isoproxy)
 

@@ -91,8 +91,10 @@ expect_file -rw-r--r-- usr/share/lintian/overrides/isoproxy
 for doc in copyright changelog.gz changelog.Debian.gz README.md schema.md examples/systemd/transparent.conf; do
 	expect_file -rw-r--r-- "usr/share/doc/isoproxy/$doc"
 done
-for example in "$(dirname "$0")"/../../conf/examples/*.toml; do
-	expect_file -rw-r--r-- "usr/share/doc/isoproxy/examples/$(basename "$example")"
+examples=$(cd "$(dirname "$0")"/../../conf/examples && find . -name '*.toml' | sort)
+[[ $examples == *tls-pair/site-a.toml* ]] || fail "conf/examples: the tls-pair example is missing"
+for example in $examples; do
+	expect_file -rw-r--r-- "usr/share/doc/isoproxy/examples/${example#./}"
 done
 # Nothing else: no test programs, nothing under /usr/local, everything root's.
 unexpected=$(awk '{ print $6 }' "$tmp/contents" | grep -vE '^\./(etc/isoproxy/|etc/logrotate\.d/|lib/systemd/system/|usr/bin/isoproxy$|usr/share/(doc/isoproxy|man/man[58]|lintian/overrides)/|(etc|lib|lib/systemd|usr|usr/bin|usr/share|usr/share/doc|usr/share/man|usr/share/lintian)/$)')
