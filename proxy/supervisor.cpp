@@ -376,7 +376,7 @@ void Supervisor::on_signal(int signum) {
       spdlog::warn("SIGHUP while shutting down: ignored");
       return;
     }
-    (void)reload();
+    (void)reload("SIGHUP");
     return;
   }
   if (signum == SIGUSR1) {
@@ -458,12 +458,12 @@ Supervisor::ReloadOutcome Supervisor::request_reload() {
     spdlog::warn("POST /reload while shutting down: refused");
     return {ReloadOutcome::Kind::kRefused, {"isoproxy is shutting down"}, {}};
   }
-  return reload();
+  return reload("POST /reload");
 }
 
-Supervisor::ReloadOutcome Supervisor::reload() {
+Supervisor::ReloadOutcome Supervisor::reload(std::string_view trigger) {
   using Kind = ReloadOutcome::Kind;
-  spdlog::info("SIGHUP: reloading {}", config_->path);
+  spdlog::info("{}: reloading {}", trigger, config_->path);
   // RELOADING=1 now and READY=1 however the reload ends.
   const notify::Reload reloading("reloading " + config_->path, [this] {
     const auto n = config_->listeners.size();

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <string_view>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -71,7 +72,7 @@ class Supervisor {
  private:
   void on_signal(int signum);
   void begin_drain();
-  ReloadOutcome reload();
+  ReloadOutcome reload(std::string_view trigger);  // "SIGHUP" or "POST /reload", for the log
   void maybe_stop();
   void on_worker_done();
   // Host checks and the sockets of the listeners `config` adds or changes

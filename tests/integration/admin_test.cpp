@@ -188,6 +188,7 @@ TEST_CASE("admin: counters move while a session streams, closed sessions keep re
   CHECK(json::parse(done.body)["reload"] == "done");
   CHECK(json::parse(done.body)["warnings"].empty());
   CHECK(proxy.wait_for_line(std::regex("reloaded "), 10s));  // logged before the answer; read from the pipe since
+  CHECK(proxy.wait_for_line(std::regex("POST /reload: reloading "), 10s));  // not "SIGHUP": the log says what asked
   // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
   CHECK(http(*aport, "POST", "/reload", "Authorization: bearer 0123456789abcdef-test\r\n").status == 200);
   // A configuration that does not load: 422, with the errors, and the old one stays.
