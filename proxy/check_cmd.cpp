@@ -3,6 +3,7 @@
 #include <ostream>
 
 #include "conf/loader.h"
+#include "upstream.h"
 
 namespace isoproxy {
 
@@ -10,6 +11,12 @@ int run_check(const std::string& path, bool verbose, std::ostream& out, std::ost
   auto config = conf::load_config_file(path);
   if (!config) {
     for (const auto& e : config.error()) err << e.to_string() << '\n';
+    return 1;
+  }
+  // What run and a reload would refuse on this host (ExecReload runs check
+  // first: a reload that check lets through must not fail on them).
+  if (auto host = sources_not_local(*config); !host.empty()) {
+    for (const auto& e : host) err << path << ": " << e.message << '\n';
     return 1;
   }
   for (const auto& w : config->warnings) err << "warning: " << w << '\n';

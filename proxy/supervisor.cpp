@@ -57,23 +57,7 @@ Result<std::vector<Server::Sockets>> Supervisor::prepare(const conf::Config& con
                                             "to gain it; under systemd, AmbientCapabilities=CAP_NET_ADMIN)"});
     }
   }
-  for (const auto& l : config.listeners) {
-    if (l.source.mode == conf::SourceMode::kFixed && l.source.address) {
-      if (auto ok = check_source_is_local(*l.source.address); !ok) {
-        return unexpected(Error{ok.error().kind, "listener " + l.name + ": source_address " + ok.error().message +
-                                                     " (outbound connections could not be bound to it)"});
-      }
-    }
-  }
-  for (const auto& [name, f] : config.filters) {
-    if (!f.factory) continue;
-    for (const auto& src : f.factory->fixed_sources()) {
-      if (auto ok = check_source_is_local(src.address); !ok) {
-        return unexpected(Error{ok.error().kind, "filter " + name + " " + src.who + ": source_address " +
-                                                     ok.error().message + " (outbound connections could not be bound to it)"});
-      }
-    }
-  }
+  if (auto errors = sources_not_local(config); !errors.empty()) return unexpected(std::move(errors.front()));
   // Listeners whose sockets are unchanged keep them; the others get new
   // ones, bound here for every worker before anything changes: if one
   // fails, the running configuration stays in force on every worker.

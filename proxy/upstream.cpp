@@ -1,5 +1,6 @@
 #include "upstream.h"
 
+#include "filters/filter.h"
 #include "rdns.h"
 
 #include <arpa/inet.h>
@@ -127,6 +128,24 @@ Status<> check_source_is_local(const conf::IpAddress& ip) {
     return unexpected(Error{"source-bind-failed", ip.text + ": " + std::strerror(err)});
   }
   return Ok{};
+}
+
+std::vector<Error> sources_not_local(const conf::Config& config) {
+  std::vector<Error> out;
+  const auto check = [&out](const std::string& who, const conf::IpAddress& ip) {
+    if (auto ok = check_source_is_local(ip); !ok) {
+      out.push_back(Error{ok.error().kind, who + ": source_address " + ok.error().message +
+                                               " (outbound connections could not be bound to it)"});
+    }
+  };
+  for (const auto& l : config.listeners) {
+    if (l.source.mode == conf::SourceMode::kFixed && l.source.address) check("listener " + l.name, *l.source.address);
+  }
+  for (const auto& [name, f] : config.filters) {
+    if (!f.factory) continue;
+    for (const auto& src : f.factory->fixed_sources()) check("filter " + name + " " + src.who, src.address);
+  }
+  return out;
 }
 
 }  // namespace isoproxy

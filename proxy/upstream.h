@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <string>
+#include <vector>
 
 #include "conf/config.h"
 #include "result.h"
@@ -33,6 +34,11 @@ std::string endpoint_key(const sockaddr* sa);
 
 // Start-up check that a fixed source IP is an address of this host.
 Status<> check_source_is_local(const conf::IpAddress& ip);
+
+// Every fixed source address of the configuration (listeners' and routes')
+// that is not an address of this host, one error each, naming its owner:
+// run, a reload and `isoproxy check` refuse such a configuration.
+std::vector<Error> sources_not_local(const conf::Config& config);
 
 // Sets IP_TRANSPARENT (or IPV6_TRANSPARENT) on a socket.
 int set_transparent(int fd, int family);

@@ -104,6 +104,35 @@ TEST_CASE("isoproxy check validates a file through the command line", "[check][i
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("isoproxy check refuses what run would on this host: a source_address not of it",
+          "[check][source][integration]") {
+  // systemctl reload runs check before SIGHUP: what check lets through must not fail the reload.
+  const auto dir = std::filesystem::temp_directory_path() / ("isoproxy-check-host-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const auto file = dir / "far.toml";
+  const auto write = [&](const std::string& listener_source, const std::string& route_source) {
+    std::ofstream(file) << "[[listener]]\nname = \"far\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:1\"\n"
+                        << listener_source << "\n[[listener]]\nname = \"routed\"\nlisten = \"127.0.0.1:0\"\n"
+                        << "filters = [\"route\"]\n\n[filter.route]\nkind = \"tsap-route\"\n\n[[filter.route.route]]\n"
+                        << "name = \"r\"\ncalled = [\"FAR\"]\nupstream = \"127.0.0.1:1\"\n" << route_source;
+  };
+  write("source = \"fixed\"\nsource_address = \"192.0.2.77\"\n", "source = \"fixed\"\nsource_address = \"192.0.2.78\"\n");
+  auto far = run_process({isoproxy::test::isoproxy_binary(), "check", "-c", file.string()});
+  CHECK(far.exit_code == 1);
+  INFO(far.err);
+  // Both, each naming its owner.
+  CHECK(far.err.find(file.string() + ": listener far: source_address 192.0.2.77 is not an address of this host") !=
+        std::string::npos);
+  CHECK(far.err.find(file.string() + ": filter route route r: source_address 192.0.2.78 is not an address of this host") !=
+        std::string::npos);
+  CHECK(far.out.find(": ok") == std::string::npos);
+  write("source = \"fixed\"\nsource_address = \"127.0.0.1\"\n", "source = \"fixed\"\nsource_address = \"127.0.0.1\"\n");
+  auto near = run_process({isoproxy::test::isoproxy_binary(), "check", "-c", file.string()});
+  CHECK(near.exit_code == 0);
+  CHECK(near.out.find(file.string() + ": ok") != std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
 namespace {
 // A port that was free a moment ago (a listener bound it and let it go).
 std::uint16_t free_port() {
