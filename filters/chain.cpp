@@ -3,9 +3,14 @@
 namespace isoproxy::filters {
 
 Status<> ChainFrame::replace(std::vector<std::uint8_t> bytes) {
+  if (bytes.size() > max_length_) {
+    return unexpected(Error{"replace-too-long", "the frame would be " + std::to_string(bytes.size()) +
+                                                    " octets, over the listener's max_frame (" +
+                                                    std::to_string(max_length_) + ")"});
+  }
   auto decoded = std::make_unique<codec::Frame>();
   std::vector<std::uint8_t> owned = std::move(bytes);
-  auto f = codec::decode_frame(owned);
+  auto f = codec::decode_frame(owned, {}, max_length_);
   if (!f) return unexpected(Error{"replace-invalid", "replacement frame does not decode: " + f.error().detail});
   *decoded = std::move(*f);  // its spans point into `owned`, whose buffer moves with it below
   owned_ = std::move(owned);

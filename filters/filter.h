@@ -113,8 +113,9 @@ struct SessionAnnotations {
 // which `decoded` describes the new bytes.
 class ChainFrame {
  public:
-  ChainFrame(codec::MutableBytes bytes, const codec::Frame* decoded, Direction dir)
-      : bytes_(bytes), decoded_(decoded), dir_(dir) {}
+  // `max_length`: the listener's max_frame, which a replacement must keep to.
+  ChainFrame(codec::MutableBytes bytes, const codec::Frame* decoded, Direction dir, std::size_t max_length = 65535)
+      : bytes_(bytes), decoded_(decoded), dir_(dir), max_length_(max_length) {}
 
   Direction direction() const { return dir_; }
   codec::MutableBytes bytes() { return bytes_; }
@@ -125,8 +126,8 @@ class ChainFrame {
   // one may have repaired it in place, which decoded().header does not show.
   std::uint8_t reserved() const { return bytes_[1]; }
 
-  // New bytes for the frame (a whole TPKT; must decode). Fails, leaving the
-  // frame as it was, if they do not.
+  // New bytes for the frame (a whole TPKT; must decode, within max_length).
+  // Fails, leaving the frame as it was, if they do not.
   Status<> replace(std::vector<std::uint8_t> bytes);
   bool replaced() const { return !owned_.empty(); }
 
@@ -134,6 +135,7 @@ class ChainFrame {
   codec::MutableBytes bytes_;
   const codec::Frame* decoded_;
   Direction dir_;
+  std::size_t max_length_;
   std::vector<std::uint8_t> owned_;
   std::unique_ptr<codec::Frame> owned_decoded_;
 };

@@ -661,7 +661,7 @@ void Session::handle_frame(Leg& from, Flow& f, codec::MutableBytes frame, std::v
     arm_timer();
   }
 
-  filters::ChainFrame cf(frame, &fr, dir_from(from.side));
+  filters::ChainFrame cf(frame, &fr, dir_from(from.side), rt_->cfg.max_frame);
   const filters::Verdict v = io_->chain.run(*this, cf);
   Leg& to = other(from);
   const bool client_cr = type == codec::TpduType::kCR && from.side == Side::kClient;

@@ -239,6 +239,36 @@ TEST_CASE("tsap-rewrite end to end: a longer called TSAP upstream, the original 
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("tsap-rewrite end to end: a CR the rewrite would take past max_frame goes unchanged",
+          "[rewrite][integration]") {
+  FrameLog upstream_frames;
+  TestServer up(responder_handler({.reserved = 0x00, .log = &upstream_frames}));
+  REQUIRE(up.ok());
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "MTA");
+  // Room for the CR as sent, not for the 17 octets the rewrite adds.
+  ProxyProcess proxy("[[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\nmax_frame = " + std::to_string(cr.size() + 16) +
+                     "\nfilters = [\"rw\"]\n\n[filter.rw]\nkind = \"tsap-rewrite\"\n[[filter.rw.rule]]\n"
+                     "field = \"called\"\nfrom = \"MTA\"\nto = \"EXCHANGETSAP1-LONGER\"\n");
+  auto port = proxy.listen_port("rw", 10s);
+  REQUIRE(port);
+  INFO(proxy.text());
+  {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(cr));
+    REQUIRE(c.recv_frame(5s));
+  }
+  REQUIRE(proxy.wait_for_line(std::regex("close reason="), 10s));
+  const auto frames = upstream_frames.frames();
+  REQUIRE(frames.size() >= 1);
+  CHECK(frames[0] == cr);
+  CHECK(proxy.count_lines(std::regex(R"(filters=.*rw\.failed=1)")) == 1);
+  CHECK(proxy.count_lines(std::regex("rw: CR left unchanged: the frame would be " + std::to_string(cr.size() + 17) +
+                                     " octets, over the listener's max_frame")) == 1);
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
+
 TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, nothing passes unjudged",
           "[acl][integration]") {
   // The upstream answers CRs with a CC and echoes DTs; it keeps every octet

@@ -94,10 +94,10 @@ struct FilterRun {
 };
 
 inline FilterRun run_filter(filters::Filter& filter, FakeContext& ctx, std::vector<std::uint8_t> bytes,
-                            filters::Direction dir) {
+                            filters::Direction dir, std::size_t max_frame = 65535) {
   auto decoded = codec::decode_frame(bytes);
   if (!decoded) throw std::runtime_error("run_filter: frame does not decode: " + decoded.error().detail);
-  filters::ChainFrame cf(codec::MutableBytes(bytes), &*decoded, dir);
+  filters::ChainFrame cf(codec::MutableBytes(bytes), &*decoded, dir, max_frame);
   const auto v = filter.on_frame(ctx, cf);
   codec::Bytes out = std::as_const(cf).bytes();
   return {v, std::vector<std::uint8_t>(out.begin(), out.end())};

@@ -294,6 +294,23 @@ TEST_CASE("tsap-rewrite: a rewrite that would pass LI 254 leaves the CR unchange
   CHECK(run_filter(*filter, ctx, v8, Direction::kToClient).bytes == v8);
 }
 
+TEST_CASE("tsap-rewrite: a rewrite that would pass the listener's max_frame leaves the CR unchanged",
+          "[filters][tsap-rewrite]") {
+  const ByteVec v7 = row("V7");
+  auto f = rewrite("[[rule]]\nfield = \"called\"\nfrom = \"0-0ZYXW1\"\nto = \"EXCHANGETSAP1\"\n");  // 5 octets more
+  auto filter = f->create();
+  FakeContext ctx;
+  // Room for the longer CR: rewritten.
+  CHECK(run_filter(*filter, ctx, v7, Direction::kToUpstream, v7.size() + 5).bytes.size() == v7.size() + 5);
+  // One octet short: unchanged, counted and said.
+  auto r = run_filter(*filter, ctx, v7, Direction::kToUpstream, v7.size() + 4);
+  CHECK(r.bytes == v7);
+  CHECK(ctx.count_of("rw.failed") == 1);
+  REQUIRE(ctx.logs.size() == 2);
+  CHECK(ctx.logs[1] == "rw: CR left unchanged: the frame would be " + std::to_string(v7.size() + 5) +
+                           " octets, over the listener's max_frame (" + std::to_string(v7.size() + 4) + ")");
+}
+
 void check_error(std::string_view body, const std::string& key, const std::string& message) {
   INFO(body);
   std::vector<conf::ConfigError> errors;
