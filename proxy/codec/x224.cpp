@@ -103,6 +103,12 @@ void check_cr_cc(const Tpdu& p, std::vector<Anomaly>* out) {
   } else if (cls != 0) {
     add(out, AnomalyKind::kClassNotZero, "class " + std::to_string(cls) + " (RFC 1006 carries class 0)");
   }
+  // protocol.md 2.4: bits 4-3 are 0, and the two options (extended
+  // formats, no explicit flow control) belong to classes 2-4.
+  if (cls <= 1 && (*p.class_option & 0x0F) != 0) {
+    add(out, AnomalyKind::kClassOptions, "class " + std::to_string(cls) + " with option bits " + hex2(*p.class_option & 0x0F) +
+                                             " (class 0 always uses 0x00)");
+  }
   if (cls <= 1 && p.cdt != 0) {
     add(out, AnomalyKind::kCdtNonZero, "credit " + std::to_string(p.cdt) + " in class " + std::to_string(cls) +
                                            " (must be 0; some stacks compare the whole code octet)");
@@ -315,6 +321,7 @@ std::string_view anomaly_name(AnomalyKind k) {
     case AnomalyKind::kReverseConnection: return "reverse-connection";
     case AnomalyKind::kDrDataTooLong: return "dr-data-too-long";
     case AnomalyKind::kExtendedFormat: return "extended-format";
+    case AnomalyKind::kClassOptions: return "class-options";
   }
   return "unknown";
 }

@@ -91,9 +91,10 @@ enum class AnomalyKind : std::uint8_t {
   kReverseConnection,    // 0xC6 bit 4: RFC 2126 class 2 reverse connection
   kDrDataTooLong,        // DR user data over 64 octets
   kExtendedFormat,       // extended (classes 2-4) format
+  kClassOptions,         // CR/CC class 0 or 1 with option bits set (class 0 uses 0x00)
 };
 std::string_view anomaly_name(AnomalyKind k);  // stable kebab-case, used as a counter name
-inline constexpr std::size_t kAnomalyKinds = static_cast<std::size_t>(AnomalyKind::kExtendedFormat) + 1;
+inline constexpr std::size_t kAnomalyKinds = static_cast<std::size_t>(AnomalyKind::kClassOptions) + 1;
 
 struct Anomaly {
   AnomalyKind kind;

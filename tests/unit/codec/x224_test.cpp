@@ -118,6 +118,21 @@ TEST_CASE("x224: CR, class 0", "[x224]") {
     CHECK(m.anomalies.empty());
     check_round_trip(m);
   }
+  SECTION("option bits in class 0 are flagged, each") {
+    for (const std::uint8_t options : {0x01, 0x02, 0x04, 0x08}) {
+      ByteVec cr = hx("06e00000000100");
+      cr.back() = options;
+      auto o = decode(cr);
+      INFO(int(options));
+      REQUIRE(o.ok());
+      CHECK(o.t().class_option == options);
+      CHECK(kinds(o.anomalies) == std::multiset<AnomalyKind>{AnomalyKind::kClassOptions});
+    }
+    // Class 2 may use them: not this anomaly (class-not-zero is).
+    auto c2 = decode(hx("06e00000000122"));
+    REQUIRE(c2.ok());
+    CHECK_FALSE(has(c2.anomalies, AnomalyKind::kClassOptions));
+  }
 }
 
 TEST_CASE("x224: CC", "[x224]") {
