@@ -55,10 +55,14 @@ class TpduSize final : public Filter {
     bool clamped = false;
     bool has_size = false;
     std::string what;
+    // A CC confirms no more than the CR proposed (X.224 13.3.4 b; protocol.md
+    // 3.1), as it left this filter: a larger one is lowered to that.
+    std::uint8_t limit = s_.code;
+    if (cc && cr_code_ && *cr_code_ < limit) limit = *cr_code_;
     for (const codec::Param& p : t.params) {
       if (p.code == codec::param::kTpduSize) {
         has_size = true;
-        clamp_size(ctx, frame, p, type, clamped, what);
+        clamp_size(ctx, frame, p, type, limit, clamped, what);
       } else if (p.code == codec::param::kPreferredMaxTpduSize) {
         clamp_preferred(frame, p, clamped, what);
       }
@@ -90,8 +94,8 @@ class TpduSize final : public Filter {
   }
 
  private:
-  void clamp_size(FilterContext& ctx, ChainFrame& frame, const codec::Param& p, const char* type, bool& clamped,
-                  std::string& what) {
+  void clamp_size(FilterContext& ctx, ChainFrame& frame, const codec::Param& p, const char* type, std::uint8_t limit,
+                  bool& clamped, std::string& what) {
     if (p.value.size() != 1) {
       ctx.log(name_ + ": " + type + " TPDU size parameter of " + std::to_string(p.value.size()) +
               " octets (X.224: 1) left as it is");
@@ -103,11 +107,12 @@ class TpduSize final : public Filter {
       ctx.log(name_ + ": " + type + " TPDU size code " + codec::to_hex(p.value) + " is undefined; left as it is");
       return;
     }
-    if (*octets <= s_.max) return;
-    const std::uint8_t v[1] = {s_.code};
+    const std::uint32_t limit_octets = *codec::tpdu_size_octets(limit);
+    if (*octets <= limit_octets) return;
+    const std::uint8_t v[1] = {limit};
     if (!codec::replace_param_value_in_place(frame.bytes(), p, v)) std::abort();  // same length by construction
     what += std::string(what.empty() ? "" : ", ") + "TPDU size " + size_text(*octets, code) + " -> " +
-            size_text(s_.max, s_.code);
+            size_text(limit_octets, limit) + (limit != s_.code ? " (what the CR proposed)" : "");
     clamped = true;
   }
 

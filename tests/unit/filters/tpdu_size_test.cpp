@@ -126,6 +126,31 @@ TEST_CASE("tpdu-size: clamps the CC's confirmation in place (V1)", "[filters][tp
   CHECK(r.ctx.logs.at(0) == "ts: CC TPDU size 2048 (0x0B) -> 1024 (0x0A)");
 }
 
+TEST_CASE("tpdu-size: a CC confirming more than the CR proposed is lowered to the proposal", "[filters][tpdu-size]") {
+  // V5: an S7 CR proposing 1024 (0x0A); V1: a CC confirming 2048 (0x0B), under max.
+  const ByteVec v5 = row("V5"), v1 = row("V1");
+  REQUIRE(size_code(v5) == std::uint8_t{0x0A});
+  auto f = tpdu_size("");  // max 2048
+  auto filter = f->create();
+  FakeContext ctx;
+  CHECK(run_filter(*filter, ctx, v5, Direction::kToUpstream).bytes == v5);
+  const auto cc = run_filter(*filter, ctx, v1, Direction::kToClient);
+  REQUIRE(cc.bytes.size() == v1.size());
+  CHECK(differing(cc.bytes, v1) == 1);
+  CHECK(size_code(cc.bytes) == std::uint8_t{0x0A});
+  CHECK(ctx.count_of("ts.clamped-cc") == 1);
+  REQUIRE(ctx.logs.size() == 1);
+  CHECK(ctx.logs[0] == "ts: CC TPDU size 2048 (0x0B) -> 1024 (0x0A) (what the CR proposed)");
+  SECTION("a CR without a size (65531) puts no bound on the CC") {
+    auto g = f->create();
+    FakeContext c2;
+    const ByteVec bare = without_param(v5, codec::param::kTpduSize);
+    CHECK(run_filter(*g, c2, bare, Direction::kToUpstream).bytes == bare);
+    CHECK(run_filter(*g, c2, v1, Direction::kToClient).bytes == v1);
+    CHECK(c2.count_of("ts.clamped-cc") == 0);
+  }
+}
+
 TEST_CASE("tpdu-size: clamps the preferred maximum TPDU size (0xF0)", "[filters][tpdu-size]") {
   const ByteVec v3 = row("V3");
   SECTION("2 octets, 8192 = 64 x 128, with 0xC0") {
