@@ -168,6 +168,12 @@ bool SocketAddress::overlaps(const SocketAddress& o) const {
          (is_wildcard() || o.is_wildcard() || host_bytes(storage) == host_bytes(o.storage));
 }
 
+bool IpAddress::is_wildcard() const {
+  SocketAddress s;
+  s.storage = storage;
+  return s.is_wildcard();
+}
+
 bool SocketAddress::is_wildcard() const {
   if (storage.ss_family == AF_INET) {
     sockaddr_in sin;

@@ -50,6 +50,7 @@ struct IpAddress {
   std::string text;
   int family() const { return storage.ss_family; }
   const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
+  bool is_wildcard() const;  // 0.0.0.0 or ::: no address to send from
 };
 
 struct Cidr {

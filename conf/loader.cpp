@@ -416,6 +416,9 @@ class Loader {
     } else if (source_ok && l.source.mode != SourceMode::kFixed && source_address_node != nullptr) {
       r.error("source_address", "only used with source = \"fixed\" (source is " + in_quotes(source) +
                                     "): set source = \"fixed\" or remove source_address");
+    } else if (l.source.mode == SourceMode::kFixed && l.source.address && l.source.address->is_wildcard()) {
+      r.error("source_address", l.source.address->text + " is the wildcard address: with source = \"fixed\" write the "
+                                "address to connect from (source = \"auto\" lets the kernel choose)");
     }
     if (l.source.address && l.upstream && l.source.address->family() != l.upstream->family()) {
       r.error("source_address", std::string("is an ") + family_name(l.source.address->family()) + " address but upstream " +
@@ -426,6 +429,7 @@ class Loader {
     // filters
     l.filters = r.string_list("filters", {});
     check_filter_references(r.node("filters"), path);
+    check_routing_filters(r, l);
 
     l.max_sessions = static_cast<std::uint32_t>(r.integer("max_sessions", l.max_sessions, 0, kMaxSessionsLimit));
     l.non_rfc1006 = r.choice("non_rfc1006", "pass", {"pass", "close"}) == "close" ? NonRfc1006Policy::kClose
@@ -484,6 +488,36 @@ class Loader {
 
     r.finish();
     config_.listeners.push_back(std::move(l));
+  }
+
+  // A listener has one routing filter at most (two would each choose an
+  // upstream, the first's choice taken and either's refusal ending the
+  // session), and none of its routes may lead back into the listener.
+  void check_routing_filters(TableReader& r, const ListenerConfig& l) {
+    std::vector<std::string> routing;
+    for (const auto& name : l.filters) {
+      auto it = config_.filters.find(name);
+      if (it == config_.filters.end() || !it->second.factory || !it->second.factory->routes()) continue;
+      if (std::find(routing.begin(), routing.end(), name) != routing.end()) continue;  // listed twice: said already
+      routing.push_back(name);
+      for (const auto& up : it->second.factory->route_upstreams()) {
+        for (const auto& a : l.listen) {
+          const bool via_wildcard = a.is_wildcard() && a.family() == up.address.family() &&
+                                    a.port() == up.address.port() && is_loopback(up.address);
+          if (a.same_endpoint(up.address) || via_wildcard) {
+            r.error("filters", "filter " + in_quotes(name) + " " + up.who + " goes to " + up.address.text +
+                                   ", this listener's own address (listen " + a.text +
+                                   "): every connection it takes would loop back into the proxy");
+            break;
+          }
+        }
+      }
+    }
+    if (routing.size() > 1) {
+      r.error("filters", "lists " + std::to_string(routing.size()) + " routing filters (" + in_quotes(routing[0]) +
+                             ", " + in_quotes(routing[1]) +
+                             "): one tsap-route chooses a session's upstream; put the routes in one filter");
+    }
   }
 
   // Catches an upstream that can only lead back into this proxy or nowhere.

@@ -247,6 +247,14 @@ class FilterFactory {
     std::shared_ptr<const conf::TlsClientConfig> tls;
   };
   virtual std::vector<UpstreamTls> upstream_tls() const { return {}; }
+  // The upstreams the filter may connect to itself (a route's, its
+  // default), each with who names it ("route NAME", "default"), so that
+  // the loader refuses one that is the listener's own address.
+  struct RouteUpstream {
+    std::string who;
+    conf::SocketAddress address;
+  };
+  virtual std::vector<RouteUpstream> route_upstreams() const { return {}; }
   // The effective settings as TOML lines ("key = value\n"), defaults
   // included, for `isoproxy check --verbose`.
   virtual std::string settings_toml() const = 0;

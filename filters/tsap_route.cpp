@@ -116,6 +116,12 @@ class TsapRouteFactory final : public FilterFactory {
     }
     return false;
   }
+  std::vector<RouteUpstream> route_upstreams() const override {
+    std::vector<RouteUpstream> out;
+    for (const auto& r : s_.routes) out.push_back({"route " + r.name, r.upstream});
+    if (s_.fallback) out.push_back({"default", *s_.fallback});
+    return out;
+  }
   std::vector<FixedSource> fixed_sources() const override {
     std::vector<FixedSource> out;
     for (const auto& r : s_.routes) {
@@ -179,6 +185,16 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
       r.error("name", "route names may use only letters, digits, _, - and . (at most 64): "
                       "they appear in the close line (route=FILTER/NAME) and the logs");
       ok = false;
+    } else if (rule.name == "default") {
+      r.error("name", "\"default\" names the filter's default in the close line (route=" + name +
+                      "/default): choose another name");
+      ok = false;
+    } else if (auto same = std::find_if(s.routes.begin(), s.routes.end(), [&](const RouteRule& o) { return o.name == rule.name; });
+               same != s.routes.end()) {
+      r.error("name", conf::toml_string(rule.name) + " is already the name of route " +
+                          std::to_string(same - s.routes.begin()) +
+                          ": names tell routes apart in the close line (route=FILTER/NAME), so each is unique");
+      ok = false;
     }
     rule.called = read_tsap_patterns(r, "called", ok);
     rule.calling = read_tsap_patterns(r, "calling", ok);
@@ -199,6 +215,10 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
       sc.address = r.ip("source_address");
       if (sc.mode == conf::SourceMode::kFixed && !sc.address) {
         r.error("source", "source = \"fixed\" needs source_address");
+        ok = false;
+      } else if (sc.mode == conf::SourceMode::kFixed && sc.address->is_wildcard()) {
+        r.error("source_address", sc.address->text + " is the wildcard address: with source = \"fixed\" write the "
+                                  "address to connect from (source = \"auto\" lets the kernel choose)");
         ok = false;
       } else if (sc.mode != conf::SourceMode::kFixed && r.node("source_address") != nullptr) {
         r.error("source_address", "only used with source = \"fixed\" (source is \"" + mode +

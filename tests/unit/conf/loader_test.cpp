@@ -365,6 +365,17 @@ const BadConfig kBadConfigs[] = {
     {"upstream beside a routing filter", "[[listener]]\nlisten = \"0.0.0.0:102\"\nupstream = \"192.0.2.10:102\"\nfilters = [\"r\"]\n"
      "\n[filter.r]\nkind = \"tsap-route\"\ndefault = \"192.0.2.11:102\"\n",
      "3:12", "listener[0].upstream", "not used when the listener lists a routing filter"},
+    {"two routing filters on one listener", "[[listener]]\nlisten = \"0.0.0.0:102\"\nfilters = [\"r1\", \"r2\"]\n"
+     "\n[filter.r1]\nkind = \"tsap-route\"\ndefault = \"192.0.2.11:102\"\n\n[filter.r2]\nkind = \"tsap-route\"\ndefault = \"192.0.2.12:102\"\n",
+     "3:11", "listener[0].filters", "lists 2 routing filters (\"r1\", \"r2\"): one tsap-route chooses a session's upstream"},
+    {"a route's default that is the listener itself", "[[listener]]\nlisten = \"127.0.0.1:2641\"\nfilters = [\"r\"]\n"
+     "\n[filter.r]\nkind = \"tsap-route\"\ndefault = \"127.0.0.1:2641\"\n",
+     "3:11", "listener[0].filters", "filter \"r\" default goes to 127.0.0.1:2641, this listener's own address (listen 127.0.0.1:2641)"},
+    {"a route's upstream reached through the listener's wildcard", "[[listener]]\nlisten = \"0.0.0.0:2641\"\nfilters = [\"r\"]\n"
+     "\n[filter.r]\nkind = \"tsap-route\"\n[[filter.r.route]]\nname = \"back\"\ncalled = \"X\"\nupstream = \"127.0.0.1:2641\"\n",
+     "3:11", "listener[0].filters", "filter \"r\" route back goes to 127.0.0.1:2641, this listener's own address (listen 0.0.0.0:2641)"},
+    {"a fixed source that is the wildcard address", LISTENER "source = \"fixed\"\nsource_address = \"0.0.0.0\"\n", "5:18",
+     "listener[0].source_address", "0.0.0.0 is the wildcard address: with source = \"fixed\" write the address to connect from"},
 };
 
 #undef LISTENER

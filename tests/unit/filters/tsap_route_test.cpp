@@ -183,6 +183,17 @@ TEST_CASE("tsap-route: configuration errors, one each, with their key", "[filter
   CHECK(errors_for(route + "upstream = \"192.0.2.1:102\"\nsource = \"fixed\"\nsource_address = \"::1\"\n") ==
         std::vector<std::string>{"test.toml:5:18: filter.r.route[0].source_address: is an IPv6 address but upstream "
                                  "192.0.2.1:102 is IPv4: a connection can only come from an address of its own family"});
+  CHECK(errors_for(route + "upstream = \"192.0.2.1:102\"\nsource = \"fixed\"\nsource_address = \"0.0.0.0\"\n") ==
+        std::vector<std::string>{"test.toml:5:18: filter.r.route[0].source_address: 0.0.0.0 is the wildcard address: with "
+                                 "source = \"fixed\" write the address to connect from (source = \"auto\" lets the kernel choose)"});
+  // Names tell routes apart in the close line: unique, and not the default's.
+  CHECK(errors_for("[[route]]\nname = \"x\"\ncalled = \"A\"\nupstream = \"192.0.2.1:102\"\n"
+                   "[[route]]\nname = \"x\"\ncalled = \"B\"\nupstream = \"192.0.2.2:102\"\n") ==
+        std::vector<std::string>{"test.toml:6:8: filter.r.route[1].name: \"x\" is already the name of route 0: names tell "
+                                 "routes apart in the close line (route=FILTER/NAME), so each is unique"});
+  CHECK(errors_for("[[route]]\nname = \"default\"\ncalled = \"A\"\nupstream = \"192.0.2.1:102\"\n") ==
+        std::vector<std::string>{"test.toml:2:8: filter.r.route[0].name: \"default\" names the filter's default in the close "
+                                 "line (route=r/default): choose another name"});
 }
 
 }  // namespace isoproxy::test
