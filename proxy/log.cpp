@@ -135,7 +135,9 @@ std::string quote(std::string_view v) {
 }
 
 void quote_to(std::string& out, std::string_view v) {
-  bool plain = !v.empty();
+  // A bare "-" says "absent" in these lines (calling=-): a value that is
+  // the text "-" is quoted, so the two cannot be taken for each other.
+  bool plain = !v.empty() && v != "-";
   for (char c : v) {
     if (c == ' ' || c == '"' || c == '=' || c == '\\' || static_cast<unsigned char>(c) < 0x20) plain = false;
   }

@@ -23,7 +23,8 @@ bool set_level(std::string_view level);
 void defer(bool on);
 void flush();
 
-// Quotes a value for key=value log fields when it has spaces, quotes or is empty.
+// Quotes a value for key=value log fields when it has spaces, quotes or is empty,
+// or is "-" (which the fields write for a value that is absent).
 std::string quote(std::string_view v);
 // The same, appended to `out`.
 void quote_to(std::string& out, std::string_view v);

@@ -893,7 +893,7 @@ void Session::on_tls_established(Leg& l) {
   l.tls_deadline_ms = 0;
   const tls::Info& i = l.tls->info();
   spdlog::debug("[S{}] TLS with {}: {} {} peer={} verify={}", id_, side_name(l.side), i.version, i.cipher,
-                log::quote(i.peer_subject.empty() ? "-" : i.peer_subject), i.verify);
+                i.peer_subject.empty() ? std::string("-") : log::quote(i.peer_subject), i.verify);
   if (!l.tls_pending.empty()) {
     // What waited for the handshake goes first, then the FIN if one is due.
     std::vector<std::uint8_t> held = std::move(l.tls_pending);
@@ -1952,6 +1952,13 @@ std::string Session::close_line() const {
     s += '=';
     log::quote_to(s, value);
   };
+  // key=- : the value is absent (a value "-" itself is quoted by field()).
+  auto field_or_absent = [&s, &field](std::string_view key, std::string_view value) {
+    if (!value.empty()) return field(key, value);
+    s += ' ';
+    s += key;
+    s += "=-";
+  };
   auto number = [&s](std::string_view key, std::uint64_t v) {
     s += ' ';
     s += key;
@@ -1965,20 +1972,16 @@ std::string Session::close_line() const {
   // The names close() took for the closed list, or looked up now.
   const auto client_name = final_ ? final_->client_name : server_.rdns().name(&client_ss_.sa);
   if (client_name) field("client_name", *client_name);
-  field("upstream", upstream_addr_.empty() ? "-" : upstream_addr_);
+  field_or_absent("upstream", upstream_addr_);
   const auto upstream_name = final_ ? final_->upstream_name : server_.rdns().name(&upstream_ss_.sa);
   if (upstream_name) field("upstream_name", *upstream_name);
   if (!route_name_.empty()) field("route", route_name_);
   const std::string source = source_text();
-  field("source", source.empty() ? "-" : source);
+  field_or_absent("source", source);
   auto tsap = [&](std::string_view key, const filters::TsapValue& t) {
-    if (!t) {
-      s += ' ';
-      s += key;
-      s += "=-";
-      return;
-    }
-    field(key, codec::tsap_text(*t).display());
+    // An empty TSAP parameter is written "" (present), none at all -.
+    if (t) return field(key, codec::tsap_text(*t).display());
+    field_or_absent(key, {});
   };
   tsap("calling", ann_.calling_tsap);
   tsap("called", ann_.called_tsap);

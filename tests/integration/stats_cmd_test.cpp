@@ -146,6 +146,12 @@ TEST_CASE("stats: a TSAP that is not printable is shown as hex:, as the close li
   s7.close();
   const auto line = live.proxy.wait_for_line(std::regex(R"(close reason=.* calling=hex:0100 called=hex:0102 )"), 10s);
   CHECK(line);
+  // A TSAP that is the text "-" is quoted: a bare - says there was none.
+  Conn dash = connect_to("127.0.0.1", *port);
+  REQUIRE(dash.send_all(make_cr("-", "DASH")));
+  REQUIRE(dash.recv_frame(5s));
+  dash.close();
+  CHECK(live.proxy.wait_for_line(std::regex(R"(close reason=.* calling="-" called=DASH )"), 10s));
 }
 
 TEST_CASE("stats: a live relayed session appears in the table, and --json has it", "[stats-cmd][integration]") {
