@@ -469,6 +469,16 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
     // At a frame boundary with nothing queued, the data phase may go on spliced.
     maybe_passthrough();
   }
+  if (!closing_ && awaiting_cr_ && io_->pending_up.size() > rt_->cfg.high_water) {
+    // Frames before the CR, past high water, and none of this read a CR
+    // that opened the way: not reading on would stall the session until
+    // handshake_timeout (for ever with "0s"), and the CR, if one comes, is
+    // behind what is not read.
+    const char* what = io_->chain.guards_cr() ? "a CR was allowed" : "a CR chose a route";
+    close("no-cr: " + std::to_string(io_->pending_up.size()) + " octets before " + what + ", over high_water (" +
+          conf::format_size(rt_->cfg.high_water) + ")");
+    return;
+  }
   if (draining_ && !closing_) {
     Flow& f = flow_from(from.side);
     // Once the frame in flight when the drain began is complete, stop: a
@@ -753,17 +763,9 @@ void Session::send(Leg& to, const uv_buf_t* bufs, unsigned n) {
     // hold the bytes, and stop reading the client beyond the high water mark.
     if (to.side != Side::kUpstream || (!to.initialised && !awaiting_cr_)) return;
     for (unsigned i = 0; i < n; ++i) io_->pending_up.insert(io_->pending_up.end(), bufs[i].base, bufs[i].base + bufs[i].len);
-    if (io_->pending_up.size() <= rt_->cfg.high_water) return;
-    if (awaiting_cr_) {
-      // Frames before the CR, past high water: not reading on would stall
-      // the session until handshake_timeout (for ever with "0s"), and the
-      // CR that could open the way, if one comes, is behind them.
-      const char* what = io_->chain.guards_cr() ? "a CR was allowed" : "a CR chose a route";
-      close("no-cr: " + std::to_string(io_->pending_up.size()) + " octets before " + what + ", over high_water (" +
-            conf::format_size(rt_->cfg.high_water) + ")");
-      return;
-    }
-    update_reading(io_->client);  // resumes once the upstream connects and takes them
+    // Reading resumes once the upstream connects and takes them; before a
+    // CR opened the way, on_read() closes the session if this read held none.
+    if (io_->pending_up.size() > rt_->cfg.high_water) update_reading(io_->client);
     return;
   }
   if (to.tls) {

@@ -16,6 +16,9 @@
 #include "codec/text.h"
 #include "codec/x224.h"
 #include "pcap_reader.h"
+#include <nlohmann/json.hpp>
+
+#include "support/http.h"
 #include "support/peers.h"
 #include "support/process.h"
 #include "support/proxy_process.h"
@@ -477,6 +480,40 @@ TEST_CASE("tsap-acl: frames before the CR wait for it up to high_water and past 
     CHECK(c.wait_eof(10000ms));
     REQUIRE(up.wait_finished(1, 10000ms));
     ByteVec expect = dt;
+    expect.insert(expect.end(), cr.begin(), cr.end());
+    std::lock_guard<std::mutex> lk(mu);
+    REQUIRE(received.size() == 1);
+    CHECK(received[0] == expect);
+  }
+  SECTION("past high water within a read that brings the CR: allowed, all relayed") {
+    // The second DT is completed by the read that also brings the CR: the
+    // frames cross high water inside it, and the CR after them opens the way.
+    const auto aport = admin_port(proxy);
+    REQUIRE(aport);
+    Conn c = connect_to("127.0.0.1", *port);
+    ByteVec first = dt;
+    first.insert(first.end(), dt.begin(), dt.begin() + 1000);
+    REQUIRE(c.send_all(codec::Bytes(first)));
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    bool held = false;
+    while (!held && std::chrono::steady_clock::now() < deadline) {
+      const auto s = nlohmann::json::parse(http(*aport, "GET", "/sessions").body)["sessions"];
+      held = s.size() == 1 && s[0]["to_upstream"]["held_bytes"] == 1000;
+      if (!held) std::this_thread::sleep_for(5ms);
+    }
+    REQUIRE(held);
+    const ByteVec cr = make_cr("CALLING", "OK");
+    ByteVec rest(dt.begin() + 1000, dt.end());
+    rest.insert(rest.end(), cr.begin(), cr.end());
+    REQUIRE(c.send_all(codec::Bytes(rest)));
+    auto cc = c.recv_frame(5s);
+    REQUIRE(cc);
+    CHECK(codec::decode_frame(codec::Bytes(*cc))->tpdu.type == codec::TpduType::kCC);
+    c.shutdown_write();
+    CHECK(c.wait_eof(10000ms));
+    REQUIRE(up.wait_finished(1, 10000ms));
+    ByteVec expect = dt;
+    expect.insert(expect.end(), dt.begin(), dt.end());
     expect.insert(expect.end(), cr.begin(), cr.end());
     std::lock_guard<std::mutex> lk(mu);
     REQUIRE(received.size() == 1);
