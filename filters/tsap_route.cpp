@@ -86,9 +86,11 @@ class TsapRoute final : public Filter {
     ctx.inject(Direction::kToClient, make_refusal_dr(t.src_ref.value_or(0), s_.reason));
     ctx.count(name_, "no-route");
     std::string reason = "no-route: called=" + tsap_or_none(called) + " calling=" + tsap_or_none(calling);
-    for (const auto& [code, what] : {std::pair{codec::param::kCalledTsap, "called"}, std::pair{codec::param::kCallingTsap, "calling"}}) {
-      const auto copies = std::count_if(t.params.begin(), t.params.end(), [&](const codec::Param& p) { return p.code == code; });
-      if (copies > 1) reason += std::string(" (the CR gives the ") + what + " TSAP " + std::to_string(copies) + " times)";
+    for (const auto& field : {std::pair{codec::param::kCalledTsap, "called"}, std::pair{codec::param::kCallingTsap, "calling"}}) {
+      // (Not a structured binding: clang 14 cannot capture one in a lambda.)
+      const std::uint8_t code = field.first;
+      const auto copies = std::count_if(t.params.begin(), t.params.end(), [code](const codec::Param& p) { return p.code == code; });
+      if (copies > 1) reason += std::string(" (the CR gives the ") + field.second + " TSAP " + std::to_string(copies) + " times)";
     }
     ctx.end_session(reason);
     return Verdict::kEndSession;
