@@ -168,6 +168,17 @@ bool SocketAddress::overlaps(const SocketAddress& o) const {
          (is_wildcard() || o.is_wildcard() || host_bytes(storage) == host_bytes(o.storage));
 }
 
+SocketAddress SocketAddress::unmapped() const {
+  if (storage.ss_family != AF_INET6) return *this;
+  sockaddr_in6 sin6;
+  std::memcpy(&sin6, &storage, sizeof sin6);
+  if (!IN6_IS_ADDR_V4MAPPED(&sin6.sin6_addr)) return *this;
+  char v4_text[INET_ADDRSTRLEN] = {};
+  inet_ntop(AF_INET, &sin6.sin6_addr.s6_addr[12], v4_text, sizeof v4_text);
+  auto v4 = parse_socket_address(std::string(v4_text) + ":" + std::to_string(port()), port(), true);
+  return v4 ? *v4 : *this;
+}
+
 bool IpAddress::is_wildcard() const {
   SocketAddress s;
   s.storage = storage;

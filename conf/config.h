@@ -41,6 +41,9 @@ struct SocketAddress {
   // Same family and port, and the same host or a wildcard on either side:
   // two listening sockets that one process binds only with SO_REUSEPORT.
   bool overlaps(const SocketAddress& o) const;
+  // An IPv4 address written v4-mapped ([::ffff:127.0.0.1]:102) as the IPv4
+  // one it is (the same endpoint, reached the same way); others as they are.
+  SocketAddress unmapped() const;
 };
 
 // An address without a port (a fixed source IP).

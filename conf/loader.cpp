@@ -84,6 +84,14 @@ bool is_loopback(const SocketAddress& a) {
   return std::memcmp(e.bytes, kLoop6, 16) == 0;
 }
 
+// Whether connecting to `up` (v4-mapped already unmapped) lands on the
+// listening address `a`: the same endpoint, or a loopback address of a's
+// family through a wildcard ([::] is bound IPv6-only, proxy/listener.cpp).
+bool reaches(const SocketAddress& a, const SocketAddress& up) {
+  const bool via_wildcard = a.is_wildcard() && a.family() == up.family() && a.port() == up.port() && is_loopback(up);
+  return a.same_endpoint(up) || via_wildcard;
+}
+
 const char* family_name(int family) { return family == AF_INET6 ? "IPv6" : "IPv4"; }
 
 std::string join(const std::vector<std::string>& items) {
@@ -502,9 +510,7 @@ class Loader {
       routing.push_back(name);
       for (const auto& up : it->second.factory->route_upstreams()) {
         for (const auto& a : l.listen) {
-          const bool via_wildcard = a.is_wildcard() && a.family() == up.address.family() &&
-                                    a.port() == up.address.port() && is_loopback(up.address);
-          if (a.same_endpoint(up.address) || via_wildcard) {
+          if (reaches(a, up.address.unmapped())) {
             r.error("filters", "filter " + in_quotes(name) + " " + up.who + " goes to " + up.address.text +
                                    ", this listener's own address (listen " + a.text +
                                    "): every connection it takes would loop back into the proxy");
@@ -524,22 +530,13 @@ class Loader {
   void check_upstream(TableReader& r, const ListenerConfig& l) {
     // An IPv4 upstream written v4-mapped ([::ffff:127.0.0.1]:102) is the same
     // endpoint as the IPv4 one, and loops back the same way.
-    SocketAddress up = *l.upstream;
-    if (is_v4_mapped(up)) {
-      const Endpoint e = endpoint_of(up);
-      char text[INET_ADDRSTRLEN] = {};
-      inet_ntop(AF_INET, e.bytes + 12, text, sizeof text);
-      if (auto v4 = parse_socket_address(std::string(text) + ":" + std::to_string(up.port()))) up = *v4;
-    }
+    const SocketAddress up = l.upstream->unmapped();
     if (up.is_wildcard()) {
       r.error("upstream", up.text + " is the wildcard address, which cannot be connected to: write the upstream's own address");
       return;
     }
     for (const auto& a : l.listen) {
-      // A wildcard listener takes loopback connections of its own family
-      // ([::] is bound IPv6-only, proxy/listener.cpp).
-      const bool via_wildcard = a.is_wildcard() && a.family() == up.family() && a.port() == up.port() && is_loopback(up);
-      if (a.same_endpoint(up) || via_wildcard) {
+      if (reaches(a, up)) {
         r.error("upstream", l.upstream->text + " is this listener's own address (listen " + a.text +
                                 "): every connection would loop back into the proxy");
         return;

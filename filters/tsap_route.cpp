@@ -175,7 +175,7 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
   bool ok = true;
   const std::size_t errors_before = t.sink().errors().size();
   s.fallback = t.socket_address("default");
-  if (s.fallback && s.fallback->is_wildcard()) {
+  if (s.fallback && s.fallback->unmapped().is_wildcard()) {
     t.error("default", s.fallback->text + " is the wildcard address, which cannot be connected to: write the upstream's own address");
     ok = false;
   }
@@ -187,15 +187,10 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
       r.error("name", "route names may use only letters, digits, _, - and . (at most 64): "
                       "they appear in the close line (route=FILTER/NAME) and the logs");
       ok = false;
-    } else if (rule.name == "default") {
+    } else if (rule.name == "default" && s.fallback) {
+      // Without a `default` key the name is free: nothing else shows as route=FILTER/default.
       r.error("name", "\"default\" names the filter's default in the close line (route=" + name +
                       "/default): choose another name");
-      ok = false;
-    } else if (auto same = std::find_if(s.routes.begin(), s.routes.end(), [&](const RouteRule& o) { return o.name == rule.name; });
-               same != s.routes.end()) {
-      r.error("name", conf::toml_string(rule.name) + " is already the name of route " +
-                          std::to_string(same - s.routes.begin()) +
-                          ": names tell routes apart in the close line (route=FILTER/NAME), so each is unique");
       ok = false;
     }
     rule.called = read_tsap_patterns(r, "called", ok);
@@ -204,7 +199,7 @@ std::shared_ptr<const FilterFactory> parse_tsap_route(const std::string& name, c
     if (!up) {
       if (r.node("upstream") == nullptr) r.error("upstream", "required: where CRs matching this route are relayed");
       ok = false;
-    } else if (up->is_wildcard()) {
+    } else if (up->unmapped().is_wildcard()) {
       r.error("upstream", up->text + " is the wildcard address, which cannot be connected to: write the upstream's own address");
       ok = false;
     } else {

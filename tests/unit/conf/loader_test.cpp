@@ -374,6 +374,9 @@ const BadConfig kBadConfigs[] = {
     {"a route's upstream reached through the listener's wildcard", "[[listener]]\nlisten = \"0.0.0.0:2641\"\nfilters = [\"r\"]\n"
      "\n[filter.r]\nkind = \"tsap-route\"\n[[filter.r.route]]\nname = \"back\"\ncalled = \"X\"\nupstream = \"127.0.0.1:2641\"\n",
      "3:11", "listener[0].filters", "filter \"r\" route back goes to 127.0.0.1:2641, this listener's own address (listen 0.0.0.0:2641)"},
+    {"a route's default that is the listener itself, written v4-mapped", "[[listener]]\nlisten = \"127.0.0.1:2641\"\nfilters = [\"r\"]\n"
+     "\n[filter.r]\nkind = \"tsap-route\"\ndefault = \"[::ffff:127.0.0.1]:2641\"\n",
+     "3:11", "listener[0].filters", "filter \"r\" default goes to [::ffff:127.0.0.1]:2641, this listener's own address (listen 127.0.0.1:2641)"},
     {"a fixed source that is the wildcard address", LISTENER "source = \"fixed\"\nsource_address = \"0.0.0.0\"\n", "5:18",
      "listener[0].source_address", "0.0.0.0 is the wildcard address: with source = \"fixed\" write the address to connect from"},
 };
