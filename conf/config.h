@@ -171,6 +171,7 @@ struct GlobalConfig {
   // and stats; "auto" in the file is resolved to the number of CPUs (at most
   // kMaxWorkers). Fixed at start: a reload that changes it is warned about.
   std::uint32_t workers = 1;
+  bool workers_auto = false;  // written "auto": `check --verbose` says so, not this host's count
   static constexpr std::uint32_t kMaxWorkers = 64;
 };
 

@@ -209,6 +209,7 @@ class Loader {
       }
       const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
       g.workers = static_cast<std::uint32_t>(std::clamp<long>(cpus, 1, GlobalConfig::kMaxWorkers));
+      g.workers_auto = true;
       return;
     }
     if (n->as_integer() == nullptr) {
@@ -687,7 +688,12 @@ std::string effective_config_toml(const Config& c) {
   o << "# Effective configuration: every key with the value in force, defaults included.\n";
   o << "\n[global]\n";
   o << "max_sessions = " << c.global.max_sessions << "\n";
-  o << "workers = " << c.global.workers << "\n";
+  if (c.global.workers_auto) {
+    // As written: copied to another host, it still means that host's CPUs.
+    o << "workers = \"auto\"  # " << c.global.workers << " on this host\n";
+  } else {
+    o << "workers = " << c.global.workers << "\n";
+  }
   o << "drain_timeout = " << toml_string(format_duration(c.global.drain_timeout)) << "\n";
   o << "log_level = " << toml_string(c.global.log_level) << "\n";
   o << "access_log = " << toml_string(c.global.access_log) << "\n";

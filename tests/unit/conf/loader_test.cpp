@@ -482,6 +482,15 @@ TEST_CASE("workers: one by default, a number, or auto for the CPUs", "[conf][loa
   REQUIRE(cpus.ok());
   const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
   CHECK(cpus->global.workers == static_cast<std::uint32_t>(std::clamp<long>(n, 1, 64)));
+  // The effective configuration keeps "auto": copied to another host, it
+  // must not pin this one's count; it loads back to the same.
+  const std::string effective = effective_config_toml(*cpus);
+  CHECK_THAT(effective, Catch::Contains("workers = \"auto\"  # " + std::to_string(cpus->global.workers) + " on this host\n"));
+  auto again = load(effective);
+  REQUIRE(again.ok());
+  CHECK(again->global.workers == cpus->global.workers);
+  CHECK(again->global.workers_auto);
+  CHECK_THAT(effective_config_toml(*two), Catch::Contains("workers = 2\n"));
 #undef LISTENER
 }
 
