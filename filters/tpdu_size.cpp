@@ -64,7 +64,7 @@ class TpduSize final : public Filter {
         has_size = true;
         clamp_size(ctx, frame, p, type, limit, clamped, what);
       } else if (p.code == codec::param::kPreferredMaxTpduSize) {
-        clamp_preferred(frame, p, clamped, what);
+        clamp_preferred(frame, p, *codec::tpdu_size_octets(limit), clamped, what);
       }
     }
     if (clamped) {
@@ -72,11 +72,13 @@ class TpduSize final : public Filter {
       ctx.log(name_ + ": " + type + " " + what);
     }
     if (cr) {
-      // What the CR goes on to propose (clamped here), so that a CC this
-      // filter completes confirms no more than that (X.224 13.3.4 b).
+      // What the CR goes on to propose (clamped here), so that the CC
+      // confirms no more than that (X.224 13.3.4 b). Of several 0xC0 the
+      // smallest: the stricter reading, as peers differ on which they read.
       cr_code_.reset();
       for (const codec::Param& p : t.params) {
-        if (p.code == codec::param::kTpduSize && p.value.size() == 1 && codec::tpdu_size_octets(p.value[0])) {
+        if (p.code == codec::param::kTpduSize && p.value.size() == 1 && codec::tpdu_size_octets(p.value[0]) &&
+            (!cr_code_ || p.value[0] < *cr_code_)) {
           cr_code_ = p.value[0];
         }
       }
@@ -116,12 +118,13 @@ class TpduSize final : public Filter {
     clamped = true;
   }
 
-  void clamp_preferred(ChainFrame& frame, const codec::Param& p, bool& clamped, std::string& what) {
+  void clamp_preferred(ChainFrame& frame, const codec::Param& p, std::uint32_t limit_octets, bool& clamped,
+                       std::string& what) {
     const std::size_t n = p.value.size();
     if (n < 1 || n > 4) return;  // bad length: an anomaly the decoder reports; not ours to fix
     std::uint32_t units = 0;
     for (const std::uint8_t b : p.value) units = units << 8 | b;
-    const std::uint32_t max_units = s_.max / 128;
+    const std::uint32_t max_units = limit_octets / 128;
     if (units <= max_units) return;
     std::array<std::uint8_t, 4> v{};
     for (std::size_t i = 0; i < n; ++i) v[n - 1 - i] = static_cast<std::uint8_t>(max_units >> (8 * i));

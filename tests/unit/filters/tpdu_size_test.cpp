@@ -141,6 +141,30 @@ TEST_CASE("tpdu-size: a CC confirming more than the CR proposed is lowered to th
   CHECK(ctx.count_of("ts.clamped-cc") == 1);
   REQUIRE(ctx.logs.size() == 1);
   CHECK(ctx.logs[0] == "ts: CC TPDU size 2048 (0x0B) -> 1024 (0x0A) (what the CR proposed)");
+  SECTION("the CC's preferred maximum (0xF0) is held to the proposal too") {
+    auto g = f->create();
+    FakeContext c2;
+    const ByteVec cc_f0 = with_param(v1, codec::param::kPreferredMaxTpduSize, ByteVec{0x10});  // 16 x 128
+    REQUIRE(run_filter(*g, c2, v5, Direction::kToUpstream).bytes == v5);
+    const auto out = run_filter(*g, c2, cc_f0, Direction::kToClient);
+    CHECK(size_code(out.bytes) == std::uint8_t{0x0A});
+    const codec::OwnedTpdu o = owned(out.bytes);
+    bool f0 = false;
+    for (const auto& p : o.params) {
+      if (p.code != codec::param::kPreferredMaxTpduSize) continue;
+      f0 = true;
+      CHECK(p.value == ByteVec{0x08});  // 1024 / 128
+    }
+    CHECK(f0);
+  }
+  SECTION("a CR giving 0xC0 twice: the CC is held to the smaller") {
+    auto g = f->create();
+    FakeContext c2;
+    codec::OwnedTpdu twice = owned(v5);
+    twice.params.push_back({codec::param::kTpduSize, {0x07}});  // 128 after 1024
+    REQUIRE(run_filter(*g, c2, encode(twice), Direction::kToUpstream).verdict == Verdict::kContinue);
+    CHECK(size_code(run_filter(*g, c2, v1, Direction::kToClient).bytes) == std::uint8_t{0x07});
+  }
   SECTION("a CR without a size (65531) puts no bound on the CC") {
     auto g = f->create();
     FakeContext c2;
