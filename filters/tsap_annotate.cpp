@@ -25,10 +25,14 @@ class TsapAnnotate final : public Filter {
     }
     switch (t.type) {
       case codec::TpduType::kCR:
-        // A later CR (snap7 answers one at any time) replaces the whole
-        // connection phase: a TSAP it lacks is not the earlier CR's.
+        // A later CR (snap7 answers one at any time) begins the connection
+        // phase again: what it lacks, and what the CC answering the earlier
+        // one said, are not this one's.
         a.calling_tsap.reset();
         a.called_tsap.reset();
+        a.tpdu_size_code_cc.reset();
+        a.class_cc.reset();
+        a.responder_ref.reset();
         if (auto c = t.calling_tsap()) a.calling_tsap = *c;
         if (auto c = t.called_tsap()) a.called_tsap = *c;
         a.tpdu_size_code_cr = t.tpdu_size_code();

@@ -176,6 +176,9 @@ TEST_CASE("tsap-annotate: a later CR replaces the TSAPs, one it lacks included",
   FakeContext ctx;
   feed(chain, ctx, row("V5"), Direction::kToUpstream, 1);  // calling 0100, called 0102
   REQUIRE(ctx.ann.calling_tsap);
+  feed(chain, ctx, row("V6"), Direction::kToClient, 2);  // its CC
+  REQUIRE(ctx.ann.tpdu_size_code_cc);
+  REQUIRE(ctx.ann.class_cc);
   // A second CR (snap7 answers one at any time) with a called TSAP only.
   codec::OwnedTpdu second = owned(row("V5"));
   std::erase_if(second.params, [](const codec::OwnedParam& p) { return p.code == codec::param::kCallingTsap; });
@@ -183,6 +186,10 @@ TEST_CASE("tsap-annotate: a later CR replaces the TSAPs, one it lacks included",
   REQUIRE(second.params[0].code == codec::param::kCalledTsap);
   feed(chain, ctx, encode(second), Direction::kToUpstream, 2);
   CHECK_FALSE(ctx.ann.calling_tsap);  // not the first CR's 0100
+  // Nor is the CC that answered the first CR this one's.
+  CHECK_FALSE(ctx.ann.tpdu_size_code_cc);
+  CHECK_FALSE(ctx.ann.class_cc);
+  CHECK_FALSE(ctx.ann.responder_ref);
   REQUIRE(ctx.ann.called_tsap);
   CHECK(ByteVec((*ctx.ann.called_tsap).begin(), (*ctx.ann.called_tsap).end()) == ByteVec{0x01, 0x03});
   CHECK(ctx.count_of("annotate.cr") == 2);
