@@ -44,7 +44,7 @@ std::string tsap_or_none(const std::optional<codec::Bytes>& t) {
   // Quoted only when it could be read as more than one value.
   const codec::TsapText text = codec::tsap_text(*t);
   std::string d = text.display();
-  return d.find_first_of(" \"=\\") == std::string::npos ? d : text.quoted();
+  return d.find_first_of(" \"=\\") == std::string::npos && d != "(none)" ? d : text.quoted();
 }
 
 class TsapRoute final : public Filter {

@@ -82,6 +82,12 @@ TEST_CASE("tsap-route: no route and no default refuses the CR with a DR", "[filt
   CHECK(dr->tpdu.dst_ref == codec::decode_frame(cr)->tpdu.src_ref);
   CHECK(ctx.ended == "no-route: called=0-0ZYXW1 calling=0-0ABCD0");
   CHECK(ctx.count_of("r.no-route") == 1);
+  // A TSAP that reads "(none)" is quoted: bare, it says the CR had none.
+  FakeContext none_ctx;
+  auto g = f->create();
+  const ByteVec none_cr = with_param(cr, codec::param::kCallingTsap, ByteVec{'(', 'n', 'o', 'n', 'e', ')'});
+  CHECK(run_filter(*g, none_ctx, none_cr, Direction::kToUpstream).verdict == Verdict::kEndSession);
+  CHECK(none_ctx.ended == "no-route: called=0-0ZYXW1 calling=\"(none)\"");
 }
 
 TEST_CASE("tsap-route: a TSAP given twice takes a route only if every copy matches", "[filters][tsap-route]") {
