@@ -13,13 +13,13 @@ int run_check(const std::string& path, bool verbose, std::ostream& out, std::ost
     for (const auto& e : config.error()) err << e.to_string() << '\n';
     return 1;
   }
+  for (const auto& w : config->warnings) err << "warning: " << w << '\n';
   // What run and a reload would refuse on this host (ExecReload runs check
   // first: a reload that check lets through must not fail on them).
   if (auto host = sources_not_local(*config); !host.empty()) {
     for (const auto& e : host) err << path << ": " << e.message << '\n';
     return 1;
   }
-  for (const auto& w : config->warnings) err << "warning: " << w << '\n';
   out << path << ": ok\n";
   if (verbose) out << conf::effective_config_toml(*config);
   return 0;
