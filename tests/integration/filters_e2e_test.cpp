@@ -45,6 +45,37 @@ std::string acl_config(std::uint16_t upstream_port) {
          "called = [\"OK\"]\n";
 }
 
+// An upstream for the ACL tests: answers each CR with a CC, echoes DTs if
+// asked, and keeps every octet each connection brought, framed or not.
+struct RecordingUpstream {
+  explicit RecordingUpstream(bool echo_dt)
+      : server([this, echo_dt](Conn& c) {
+          ByteVec all;
+          for (;;) {
+            auto f = c.recv_frame(10000ms);
+            if (!f) break;
+            all.insert(all.end(), f->begin(), f->end());
+            auto d = codec::decode_frame(codec::Bytes(*f));
+            if (d && d->tpdu.type == codec::TpduType::kCR) {
+              if (!c.send_all(codec::Bytes(make_cc_reply(d->tpdu, 0x0029, 0x00)))) break;
+            } else if (echo_dt && d && d->tpdu.type == codec::TpduType::kDT) {
+              if (!c.send_all(codec::Bytes(*f))) break;
+            }
+          }
+          const ByteVec rest = c.take_buffered();
+          all.insert(all.end(), rest.begin(), rest.end());
+          std::lock_guard<std::mutex> lk(mu);
+          received.push_back(std::move(all));
+        }) {}
+  std::vector<ByteVec> connections() {
+    std::lock_guard<std::mutex> lk(mu);
+    return received;
+  }
+  std::mutex mu;
+  std::vector<ByteVec> received;
+  TestServer server;  // last: its thread uses the members above
+};
+
 }  // namespace
 
 TEST_CASE("trace writes a pcap of both directions that tshark dissects as COTP", "[trace][integration]") {
@@ -276,26 +307,8 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
           "[acl][integration]") {
   // The upstream answers CRs with a CC and echoes DTs; it keeps every octet
   // each connection brought, framed or not.
-  std::mutex mu;
-  std::vector<ByteVec> received;
-  TestServer up([&](Conn& c) {
-    ByteVec all;
-    for (;;) {
-      auto f = c.recv_frame(10000ms);
-      if (!f) break;
-      all.insert(all.end(), f->begin(), f->end());
-      auto d = codec::decode_frame(codec::Bytes(*f));
-      if (d && d->tpdu.type == codec::TpduType::kCR) {
-        if (!c.send_all(codec::Bytes(make_cc_reply(d->tpdu, 0x0029, 0x00)))) break;
-      } else if (d && d->tpdu.type == codec::TpduType::kDT) {
-        if (!c.send_all(codec::Bytes(*f))) break;
-      }
-    }
-    const ByteVec rest = c.take_buffered();
-    all.insert(all.end(), rest.begin(), rest.end());
-    std::lock_guard<std::mutex> lk(mu);
-    received.push_back(std::move(all));
-  });
+  RecordingUpstream recording(/*echo_dt=*/true);
+  TestServer& up = recording.server;
   REQUIRE(up.ok());
   // malformed and non_rfc1006 are left at "pass": the ACL must hold anyway.
   ProxyProcess proxy(acl_config(up.port()));
@@ -432,9 +445,8 @@ TEST_CASE("tsap-acl end to end: a refused CR gets a DR, an allowed one its CC, n
   REQUIRE(up.wait_finished(up.accepted_count(), 10000ms));
   up.stop();
   // The upstream saw the allowed CR and its DT, and nothing of the others.
-  std::lock_guard<std::mutex> lk(mu);
   ByteVec all;
-  for (const auto& r : received) all.insert(all.end(), r.begin(), r.end());
+  for (const auto& r : recording.connections()) all.insert(all.end(), r.begin(), r.end());
   CHECK(all == expect_upstream);
 }
 
@@ -442,20 +454,8 @@ TEST_CASE("tsap-acl: frames before the CR wait for it up to high_water and past 
           "[acl][integration]") {
   // The upstream keeps every octet each connection brought and answers a CR
   // with a CC.
-  std::mutex mu;
-  std::vector<ByteVec> received;
-  TestServer up([&](Conn& c) {
-    ByteVec all;
-    for (;;) {
-      auto f = c.recv_frame(10000ms);
-      if (!f) break;
-      all.insert(all.end(), f->begin(), f->end());
-      auto d = codec::decode_frame(codec::Bytes(*f));
-      if (d && d->tpdu.type == codec::TpduType::kCR && !c.send_all(codec::Bytes(make_cc_reply(d->tpdu, 0x0029, 0x00)))) break;
-    }
-    std::lock_guard<std::mutex> lk(mu);
-    received.push_back(std::move(all));
-  });
+  RecordingUpstream recording(/*echo_dt=*/false);
+  TestServer& up = recording.server;
   REQUIRE(up.ok());
   // No handshake_timeout: before the fix, a client past high water stalled for ever.
   std::string config = acl_config(up.port());
@@ -467,23 +467,27 @@ TEST_CASE("tsap-acl: frames before the CR wait for it up to high_water and past 
   REQUIRE(port);
   INFO(proxy.text());
   const ByteVec dt = make_dt(std::string(3000, 'd'));  // 3007 octets: two pass high water
-
-  SECTION("under high water: relayed after the allowed CR, in order") {
-    Conn c = connect_to("127.0.0.1", *port);
-    REQUIRE(c.send_all(codec::Bytes(dt)));
-    const ByteVec cr = make_cr("CALLING", "OK");
-    REQUIRE(c.send_all(codec::Bytes(cr)));
+  // The client gets its CC and closes; the one upstream connection got `expect`, all of it.
+  auto allowed = [&](Conn& c, const ByteVec& expect) {
     auto cc = c.recv_frame(5s);
     REQUIRE(cc);
     CHECK(codec::decode_frame(codec::Bytes(*cc))->tpdu.type == codec::TpduType::kCC);
     c.shutdown_write();
     CHECK(c.wait_eof(10000ms));
     REQUIRE(up.wait_finished(1, 10000ms));
-    ByteVec expect = dt;
-    expect.insert(expect.end(), cr.begin(), cr.end());
-    std::lock_guard<std::mutex> lk(mu);
+    const auto received = recording.connections();
     REQUIRE(received.size() == 1);
     CHECK(received[0] == expect);
+  };
+
+  SECTION("under high water: relayed after the allowed CR, in order") {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.send_all(codec::Bytes(dt)));
+    const ByteVec cr = make_cr("CALLING", "OK");
+    REQUIRE(c.send_all(codec::Bytes(cr)));
+    ByteVec expect = dt;
+    expect.insert(expect.end(), cr.begin(), cr.end());
+    allowed(c, expect);
   }
   SECTION("past high water within a read that brings the CR: allowed, all relayed") {
     // The second DT is completed by the read that also brings the CR: the
@@ -506,18 +510,10 @@ TEST_CASE("tsap-acl: frames before the CR wait for it up to high_water and past 
     ByteVec rest(dt.begin() + 1000, dt.end());
     rest.insert(rest.end(), cr.begin(), cr.end());
     REQUIRE(c.send_all(codec::Bytes(rest)));
-    auto cc = c.recv_frame(5s);
-    REQUIRE(cc);
-    CHECK(codec::decode_frame(codec::Bytes(*cc))->tpdu.type == codec::TpduType::kCC);
-    c.shutdown_write();
-    CHECK(c.wait_eof(10000ms));
-    REQUIRE(up.wait_finished(1, 10000ms));
     ByteVec expect = dt;
     expect.insert(expect.end(), dt.begin(), dt.end());
     expect.insert(expect.end(), cr.begin(), cr.end());
-    std::lock_guard<std::mutex> lk(mu);
-    REQUIRE(received.size() == 1);
-    CHECK(received[0] == expect);
+    allowed(c, expect);
   }
   SECTION("past high water: closed at once, the upstream never connected") {
     Conn c = connect_to("127.0.0.1", *port);
