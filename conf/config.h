@@ -54,6 +54,9 @@ struct IpAddress {
   int family() const { return storage.ss_family; }
   const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
   bool is_wildcard() const;  // 0.0.0.0 or ::: no address to send from
+  // "FILE:LINE:COL: KEY" where the configuration gives it, if it does: the
+  // checks that need this host (run, reload, check) point there too.
+  std::string where;
 };
 
 struct Cidr {

@@ -401,6 +401,9 @@ std::optional<IpAddress> TableReader::ip(std::string_view key) {
     error(key, a.error().message);
     return std::nullopt;
   }
+  const auto& at = n->source().begin;
+  a->where = errors_.file() + ":" + std::to_string(at.line) + ":" + std::to_string(at.column) + ": " + path_ +
+             (path_.empty() ? "" : ".") + std::string(key);
   return std::move(*a);
 }
 

@@ -17,7 +17,7 @@ int run_check(const std::string& path, bool verbose, std::ostream& out, std::ost
   // What run and a reload would refuse on this host (ExecReload runs check
   // first: a reload that check lets through must not fail on them).
   if (auto host = sources_not_local(*config); !host.empty()) {
-    for (const auto& e : host) err << path << ": " << e.message << '\n';
+    for (const auto& e : host) err << e.message << '\n';  // FILE:LINE:COL: KEY: from the address
     return 1;
   }
   out << path << ": ok\n";

@@ -134,8 +134,8 @@ std::vector<Error> sources_not_local(const conf::Config& config) {
   std::vector<Error> out;
   const auto check = [&out](const std::string& who, const conf::IpAddress& ip) {
     if (auto ok = check_source_is_local(ip); !ok) {
-      out.push_back(Error{ok.error().kind, who + ": source_address " + ok.error().message +
-                                               " (outbound connections could not be bound to it)"});
+      out.push_back(Error{ok.error().kind, (ip.where.empty() ? "" : ip.where + ": ") + who + ": source_address " +
+                                               ok.error().message + " (outbound connections could not be bound to it)"});
     }
   };
   for (const auto& l : config.listeners) {

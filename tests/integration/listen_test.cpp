@@ -120,11 +120,11 @@ TEST_CASE("isoproxy check refuses what run would on this host: a source_address 
   auto far = run_process({isoproxy::test::isoproxy_binary(), "check", "-c", file.string()});
   CHECK(far.exit_code == 1);
   INFO(far.err);
-  // Both, each naming its owner.
-  CHECK(far.err.find(file.string() + ": listener far: source_address 192.0.2.77 is not an address of this host") !=
-        std::string::npos);
-  CHECK(far.err.find(file.string() + ": filter route route r: source_address 192.0.2.78 is not an address of this host") !=
-        std::string::npos);
+  // Both, each at its place in the file and naming its owner.
+  CHECK(far.err.find(file.string() + ":6:18: listener[0].source_address: listener far: source_address 192.0.2.77 is not "
+                                     "an address of this host") != std::string::npos);
+  CHECK(far.err.find(file.string() + ":21:18: filter.route.route[0].source_address: filter route route r: source_address "
+                                     "192.0.2.78 is not an address of this host") != std::string::npos);
   CHECK(far.out.find(": ok") == std::string::npos);
   write("source = \"fixed\"\nsource_address = \"127.0.0.1\"\n", "source = \"fixed\"\nsource_address = \"127.0.0.1\"\n");
   auto near = run_process({isoproxy::test::isoproxy_binary(), "check", "-c", file.string()});
