@@ -324,7 +324,8 @@ std::string peer(const json& s, const char* addr_key, const char* name_key, bool
 std::string tsap(const json& s, const char* key, bool utf8) {
   const json* t = field(s, key);
   if (!t || !t->is_object()) return "-";
-  if (auto a = string_of(*t, "ascii")) return sanitize(*a, utf8);
+  // A TSAP that is the text "-" is quoted: a bare - says there is none.
+  if (auto a = string_of(*t, "ascii")) return *a == "-" ? std::string("\"-\"") : sanitize(*a, utf8);
   if (auto h = string_of(*t, "hex")) return h->empty() ? "(empty)" : "hex:" + sanitize(*h, utf8);
   return "-";
 }

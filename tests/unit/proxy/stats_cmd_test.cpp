@@ -316,6 +316,18 @@ TEST_CASE("stats view: a TSAP with an escape sequence never reaches the terminal
   CHECK(contains(lines[2], "host\\x0D\\x1B[2K.example:40123"));  // the name, with the client's port
 }
 
+TEST_CASE("stats view: a TSAP that is the text - is quoted, an absent one is a bare -", "[stats-view]") {
+  json dash = session(1, "established", ascii_tsap("-"), ascii_tsap("OK"));
+  json none = session(2, "established", ascii_tsap("X"), ascii_tsap("OK"));
+  none["calling_tsap"] = nullptr;
+  ViewOptions o;
+  o.width = 0;
+  const auto lines = render(stats_doc(), json{{"sessions", json::array({dash, none})}}, o);
+  REQUIRE(lines.size() >= 4);
+  CHECK(contains(lines[2], " \"-\" "));
+  CHECK_FALSE(contains(lines[3], "\"-\""));
+}
+
 TEST_CASE("stats view: bad or missing fields show as '-', and max_lines sums up the rest", "[stats-view]") {
   const json weird = {{"sessions", json::array({json{{"id", "seven"}, {"state", 3}}, json(42), json{{"id", 9}}})}};
   ViewOptions o;
