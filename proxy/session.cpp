@@ -474,8 +474,7 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
     // that opened the way: not reading on would stall the session until
     // handshake_timeout (for ever with "0s"), and the CR, if one comes, is
     // behind what is not read.
-    const char* what = io_->chain.guards_cr() ? "a CR was allowed" : "a CR chose a route";
-    close("no-cr: " + std::to_string(io_->pending_up.size()) + " octets before " + what + ", over high_water (" +
+    close("no-cr: " + std::to_string(io_->pending_up.size()) + " octets before " + awaited_cr() + ", over high_water (" +
           conf::format_size(rt_->cfg.high_water) + ")");
     return;
   }
@@ -986,8 +985,7 @@ void Session::on_eof(Leg& from) {
   if (from.side == Side::kClient && awaiting_cr_) {
     // No CR chose an upstream (or was allowed), and none can come now:
     // nothing to relay to.
-    const char* what = io_->chain.routes() ? "a CR chose a route" : "a CR was allowed";
-    close(std::string(truncated ? "client-closed: inside its first frame, before " : "client-closed: before ") + what);
+    close(std::string(truncated ? "client-closed: inside its first frame, before " : "client-closed: before ") + awaited_cr());
     return;
   }
   if (truncated) {

@@ -325,6 +325,10 @@ class Session final : public filters::FilterContext {
   void count_sent(const Leg& to, std::size_t n);
   // Why the client's bytes may not be relayed unframed (hence unjudged): a
   // filter judges every CR it sends (tsap-acl). nullptr: they may.
+  // What a session with awaiting_cr_ waits for, for its close reasons: a
+  // filter that judges CRs (tsap-acl) decides last, whether or not a route
+  // is chosen on the same CR.
+  const char* awaited_cr() const { return io_->chain.guards_cr() ? "a CR was allowed" : "a CR chose a route"; }
   const char* client_raw_refused() const {
     if (!io_->chain.guards_cr()) return nullptr;
     return cr_passed_ ? "a filter judges every CR" : "no CR allowed yet";

@@ -563,6 +563,14 @@ TEST_CASE("tsap-acl after tsap-route: the route's upstream is connected only for
   }
   CHECK(proxy.wait_for_line(std::regex(R"(close reason=.* route=route/default )"), 10s));
   CHECK(up.accepted_count() == 1);
+  {
+    // Closed before any CR: what it waited for is the ACL's word, as no-cr says it.
+    Conn c = connect_to("127.0.0.1", *port);
+    c.shutdown_write();
+    CHECK(c.wait_eof(10000ms));
+  }
+  CHECK(proxy.wait_for_line(std::regex(R"(close reason="client-closed: before a CR was allowed")"), 10s));
+  CHECK(up.accepted_count() == 1);
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
 }
