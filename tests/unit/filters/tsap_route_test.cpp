@@ -96,34 +96,29 @@ TEST_CASE("tsap-route: a TSAP given twice takes a route only if every copy match
   codec::OwnedTpdu t = owned(row("V5"));
   t.params.push_back({codec::param::kCalledTsap, {0x09, 0x99}});
   const ByteVec twice = encode(t);
-  SECTION("one copy matches no route: refused with a DR, the reason says why") {
-    auto f = factory_from_toml("tsap-route", kRoutes, nullptr, "r");
+  // The filter `body` configures, run on `twice`: its verdict, and what the context saw.
+  FakeContext ctx;
+  const auto judge = [&](const std::string& body) {
+    auto f = factory_from_toml("tsap-route", body, nullptr, "r");
     REQUIRE(f);
-    FakeContext ctx;
     auto filter = f->create();
-    CHECK(run_filter(*filter, ctx, twice, Direction::kToUpstream).verdict == Verdict::kEndSession);
+    return run_filter(*filter, ctx, twice, Direction::kToUpstream).verdict;
+  };
+  SECTION("one copy matches no route: refused with a DR, the reason says why") {
+    CHECK(judge(kRoutes) == Verdict::kEndSession);
     CHECK_FALSE(ctx.route);
     REQUIRE(ctx.injected.size() == 1);
     CHECK(codec::decode_frame(ctx.injected[0].second)->tpdu.type == codec::TpduType::kDR);
     CHECK(ctx.ended == "no-route: called=hex:0102 calling=hex:0100 (the CR gives the called TSAP 2 times)");
   }
   SECTION("with a default, the default takes it") {
-    auto f = factory_from_toml("tsap-route", std::string("default = \"192.0.2.10:102\"\n") + kRoutes, nullptr, "r");
-    REQUIRE(f);
-    FakeContext ctx;
-    auto filter = f->create();
-    CHECK(run_filter(*filter, ctx, twice, Direction::kToUpstream).verdict == Verdict::kContinue);
+    CHECK(judge(std::string("default = \"192.0.2.10:102\"\n") + kRoutes) == Verdict::kContinue);
     REQUIRE(ctx.route);
     CHECK(ctx.route->name == "r/default");
   }
   SECTION("a route naming both copies takes it") {
-    auto f = factory_from_toml("tsap-route",
-                               "[[route]]\nname = \"both\"\ncalled = [\"hex:0102\", \"hex:0999\"]\nupstream = \"192.0.2.40:102\"\n",
-                               nullptr, "r");
-    REQUIRE(f);
-    FakeContext ctx;
-    auto filter = f->create();
-    CHECK(run_filter(*filter, ctx, twice, Direction::kToUpstream).verdict == Verdict::kContinue);
+    CHECK(judge("[[route]]\nname = \"both\"\ncalled = [\"hex:0102\", \"hex:0999\"]\nupstream = \"192.0.2.40:102\"\n") ==
+          Verdict::kContinue);
     REQUIRE(ctx.route);
     CHECK(ctx.route->name == "r/both");
   }
