@@ -163,7 +163,12 @@ std::string tpdu_text(const codec::Tpdu& t, int indent) {
     const auto n = codec::er_cause_name(*t.cause);
     line(out, indent, "cause", std::to_string(*t.cause) + " " + (n ? std::string(*n) : std::string("(unknown)")));
   }
-  if (t.eot) line(out, indent, "EOT", *t.eot ? "yes (last DT of the TSDU)" : "no (more DTs follow)");
+  if (t.eot) {
+    const bool ed = t.type == codec::TpduType::kED;
+    line(out, indent, "EOT",
+         *t.eot ? (ed ? "yes (last ED of the expedited TSDU)" : "yes (last DT of the TSDU)")
+                : (ed ? "no (more EDs follow)" : "no (more DTs follow)"));
+  }
   if (t.nr) line(out, indent, t.type == TpduType::kDT || t.type == TpduType::kED ? "TPDU-NR" : "YR-TU-NR", std::to_string(*t.nr));
   if (t.credit) line(out, indent, "credit", std::to_string(*t.credit));
   // Named summary lines first (what operators look for), then every parameter in wire order.

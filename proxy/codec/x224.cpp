@@ -322,6 +322,7 @@ std::string_view anomaly_name(AnomalyKind k) {
     case AnomalyKind::kDrDataTooLong: return "dr-data-too-long";
     case AnomalyKind::kExtendedFormat: return "extended-format";
     case AnomalyKind::kClassOptions: return "class-options";
+    case AnomalyKind::kEdDataLength: return "ed-data-length";
   }
   return "unknown";
 }
@@ -530,6 +531,10 @@ Result<Tpdu, DecodeError> decode_tpdu(Bytes b, const DecodeOptions& opts, std::v
         }
         if (p.type == TpduType::kDT && !*p.eot && p.user_data.empty()) {
           add(out, AnomalyKind::kEmptyNonEotDt, "DT without data and without EOT (X.224 §6.3.3; an S7 habit)");
+        }
+        if (p.type == TpduType::kED && (p.user_data.empty() || p.user_data.size() > 16)) {
+          add(out, AnomalyKind::kEdDataLength,
+              "ED with " + std::to_string(p.user_data.size()) + " octets of user data (RFC 1006 §5: 1 to 16)");
         }
       } else {
         add(out, AnomalyKind::kClassNotZero,

@@ -92,9 +92,10 @@ enum class AnomalyKind : std::uint8_t {
   kDrDataTooLong,        // DR user data over 64 octets
   kExtendedFormat,       // extended (classes 2-4) format
   kClassOptions,         // CR/CC class 0 or 1 with option bits set (class 0 uses 0x00)
+  kEdDataLength,         // ED without user data, or with more than 16 octets
 };
 std::string_view anomaly_name(AnomalyKind k);  // stable kebab-case, used as a counter name
-inline constexpr std::size_t kAnomalyKinds = static_cast<std::size_t>(AnomalyKind::kClassOptions) + 1;
+inline constexpr std::size_t kAnomalyKinds = static_cast<std::size_t>(AnomalyKind::kEdDataLength) + 1;
 
 struct Anomaly {
   AnomalyKind kind;

@@ -42,6 +42,7 @@ Holder decode(ByteVec bytes, DecodeOptions opts = {}) {
 }
 
 ByteVec hx(const char* text) { return *parse_hex(text); }
+ByteVec hx(const std::string& text) { return *parse_hex(text); }
 
 bool has(const std::vector<Anomaly>& a, AnomalyKind k) {
   return std::any_of(a.begin(), a.end(), [k](const Anomaly& x) { return x.kind == k; });
@@ -290,6 +291,18 @@ TEST_CASE("x224: ED", "[x224]") {
     REQUIRE(nr.ok());
     CHECK(has(nr.anomalies, AnomalyKind::kTpduNrNonZero));
     CHECK_FALSE(decode(hx("021083aa"), DecodeOptions{true}).ok());
+  }
+  SECTION("RFC 1006 form: 1 to 16 octets of user data") {
+    CHECK(decode(hx("021080" + std::string(32, 'b'))).anomalies.empty());  // 16 octets
+    for (const std::string& data : {std::string(), std::string(34, 'b')}) {  // none, 17
+      auto h = decode(hx("021080" + data));
+      INFO(data.size() / 2 << " octets");
+      REQUIRE(h.ok());
+      CHECK(kinds(h.anomalies) == std::multiset<AnomalyKind>{AnomalyKind::kEdDataLength});
+      REQUIRE(h.anomalies.size() == 1);
+      CHECK(h.anomalies[0].detail ==
+            "ED with " + std::to_string(data.size() / 2) + " octets of user data (RFC 1006 §5: 1 to 16)");
+    }
   }
   SECTION("normal: LI 4") {
     auto h = decode(hx("0410000781aa"));
