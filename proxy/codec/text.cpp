@@ -103,14 +103,7 @@ AddressText address_text(Bytes b) {
   char buf[INET6_ADDRSTRLEN] = {};
   if (b.size() == 4 && inet_ntop(AF_INET, b.data(), buf, sizeof buf)) readings.emplace_back(buf);
   if (b.size() == 16 && inet_ntop(AF_INET6, b.data(), buf, sizeof buf)) readings.emplace_back(buf);
-  if (!b.empty() && is_printable(b)) {
-    std::string quoted;
-    quoted.reserve(b.size() + 2);
-    quoted.push_back('"');
-    quoted.append(b.begin(), b.end());
-    quoted.push_back('"');
-    readings.push_back(std::move(quoted));
-  }
+  if (!b.empty() && is_printable(b)) readings.push_back(tsap_text(b).quoted());  // '"' and '\\' escaped
   if (readings.empty()) readings.push_back(to_hex(b));
   a.primary = readings.front();
   a.alternatives.assign(readings.begin() + 1, readings.end());

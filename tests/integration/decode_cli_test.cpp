@@ -132,6 +132,10 @@ TEST_CASE("decode --address reads the addresses MTA event logs print in hex", "[
   r = decode({"--address", "52656d6f74654d5441"});
   REQUIRE(r.exit_code == 0);
   CHECK(r.out == "\"RemoteMTA\"\n");
+  // A backslash or a quote in the ASCII reading is escaped, so that the quotes still delimit it.
+  r = decode({"--address", "5c22"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == R"("\\\"")" "\n");
   r = decode({"--json", "--address", "20010db8000000000000000000000001"});
   REQUIRE(r.exit_code == 0);
   CHECK(json::parse(r.out)["addresses"][0]["address"] == "2001:db8::1");
