@@ -170,6 +170,10 @@ OpenFiles& open_files() {
 // older ones and max_files removed it first.
 std::atomic<std::uint64_t> g_last_seq{0};
 
+// Flows registered in any trace file of the process: each session's part in
+// each file gets its own ordinal, hence its own ISNs (PcapFlow::ordinal).
+std::atomic<std::uint32_t> g_flow_ordinal{0};
+
 // "isoproxy-<listener>-<yyyymmddThhmmss>-<seq>.pcap" -> sort key, or nothing
 // if the name is not one of this listener's trace files.
 std::optional<std::pair<std::string, std::uint64_t>> trace_file_key(std::string_view name, std::string_view listener) {
@@ -247,6 +251,8 @@ class TraceSink {
       registered = false;
     }
     if (!registered) {
+      h.flow.ordinal = g_flow_ordinal.fetch_add(1, std::memory_order_relaxed) + 1;
+      if (h.flow.ordinal == 0) h.flow.ordinal = g_flow_ordinal.fetch_add(1, std::memory_order_relaxed) + 1;  // wrapped
       auto id = f.writer->add_flow(h.flow, time);
       if (!id) return fail(f, id.error());
       h.id = *id;

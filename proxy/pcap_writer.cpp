@@ -237,8 +237,10 @@ Result<int> PcapWriter::add_flow(const PcapFlow& flow, double time) {
 
   // Deterministic ISNs, so that the same calls give the same file; spread
   // over the sequence space (some flows wrap) rather than all starting at 0.
+  // The multiplier is odd: different ordinals (mod 2^32) give different ISNs.
   const auto index = static_cast<std::uint32_t>(impl_->flows.size());
-  const std::uint32_t client_isn = 0x9e3779b9u * (index + 1);
+  const std::uint32_t ordinal = flow.ordinal != 0 ? flow.ordinal : index + 1;
+  const std::uint32_t client_isn = 0x9e3779b9u * ordinal;
   const std::uint32_t server_isn = client_isn ^ 0x5bd1e995u;
 
   // Three-way handshake (RFC 9293 §3.5).

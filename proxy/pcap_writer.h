@@ -18,6 +18,11 @@ struct PcapFlow {
   std::uint16_t client_port = 0;
   std::string server_ip;
   std::uint16_t server_port = 102;
+  // Chooses the flow's ISNs: flows with different ordinals get different
+  // ones. 0: the flow's index in this file. A writer of rotated files gives
+  // each part of a session a new ordinal, so that the parts, merged, read as
+  // TCP streams of their own instead of as retransmissions of each other.
+  std::uint32_t ordinal = 0;
 };
 
 class PcapWriter {
@@ -31,7 +36,7 @@ class PcapWriter {
 
   // Adds a flow: writes its three-way handshake; returns a flow handle.
   // Error kind "pcap-address" if an address does not parse or the two are of
-  // different families. ISNs are deterministic per flow index.
+  // different families. ISNs are deterministic per flow ordinal.
   Result<int> add_flow(const PcapFlow& flow, double time);
   // One TCP segment of payload (split into segments of at most 65000 octets),
   // sequence numbers continuing per direction. An empty payload writes

@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -329,6 +331,30 @@ TEST_CASE("trace: rotation by size and max_files", "[filters][trace]") {
     }
     CHECK(up == want_up);
     CHECK(down == want_down);
+
+    // Merged into one capture (what mergecap does with files of one link
+    // type: every record, in time order, under one header), each file's part
+    // of the session is a TCP stream of its own, not a retransmission of the
+    // part before: its handshake has ISNs of its own.
+    std::string merged;
+    for (std::size_t i = 0; i < files.size(); ++i) {
+      std::ifstream in(files[i], std::ios::binary);
+      std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      merged += i == 0 ? bytes : bytes.substr(24);  // the pcap file header once
+    }
+    const std::string merged_path = dir.str() + "/merged.pcap";
+    { std::ofstream(merged_path, std::ios::binary) << merged; }
+    const Capture all = read_capture(merged_path);
+    CHECK(all.notices.empty());
+    REQUIRE(all.streams.size() == files.size());
+    ByteVec merged_up, merged_down;
+    for (const auto& stream : all.streams) {
+      CHECK(stream.info.saw_syn);
+      merged_up.insert(merged_up.end(), stream.to_server.begin(), stream.to_server.end());
+      merged_down.insert(merged_down.end(), stream.to_client.begin(), stream.to_client.end());
+    }
+    CHECK(merged_up == want_up);
+    CHECK(merged_down == want_down);
   }
 
   SECTION("the numbering goes on across reloads: max_files keeps the files opened last") {
