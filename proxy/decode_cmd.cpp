@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <ostream>
 #include <sstream>
 
@@ -49,33 +50,94 @@ std::string framer_error_text(codec::FramerError e, Bytes header, std::size_t ma
 // Whether a captured segment starts with a TPKT frame holding a TPDU: where
 // decoding can pick up again after bytes were lost. Senders write whole
 // frames, so after a gap most segments start one, as Wireshark also assumes.
-// The reserved octet must be 0 (Wireshark's is_tpkt), except in a CC: the
-// vendor MTA's sets it.
-bool starts_frame(Bytes b, std::size_t max_length) {
-  if (b.size() < 6 || b[0] != codec::kTpktVersion) return false;
-  if (b[1] != 0 && (b[5] >> 4) != 0xD) return false;
+// The reserved octet must be 0 (Wireshark's is_tpkt), except in a CR or a
+// CC, where known MTAs set it (KB Q157015, KB Q151626): user data that looks
+// like a frame header is told from one by little else. kReservedOnly: the
+// segment would start a frame but for its reserved octet.
+enum class FrameStart { kNo, kYes, kReservedOnly };
+FrameStart starts_frame(Bytes b, std::size_t max_length) {
+  if (b.size() < 6 || b[0] != codec::kTpktVersion) return FrameStart::kNo;
+  const bool reserved_ok = b[1] == 0 || (b[5] >> 4) == 0xD || (b[5] >> 4) == 0xE;
   const std::size_t length = (std::size_t{b[2]} << 8) | b[3];
-  if (length < codec::kTpktMinLength || length > max_length) return false;
+  if (length < codec::kTpktMinLength || length > max_length) return FrameStart::kNo;
   const std::size_t li = b[4];  // the octets after it, within the frame
-  if (li == 0 || li + 5 > length) return false;
+  if (li == 0 || li + 5 > length) return FrameStart::kNo;
   switch (b[5] >> 4) {
     case 0x1: case 0x2: case 0x5: case 0x6: case 0x7:  // ED EA RJ AK ER
     case 0x8: case 0xC: case 0xD: case 0xE: case 0xF:  // DR DC CC CR DT
       break;
     default:
-      return false;
+      return FrameStart::kNo;
   }
   // A segment longer than the frame: the next frame starts where it ends.
-  return b.size() <= length || b[length] == codec::kTpktVersion;
+  if (b.size() > length && b[length] != codec::kTpktVersion) return FrameStart::kNo;
+  return reserved_ok ? FrameStart::kYes : FrameStart::kReservedOnly;
 }
+
+// The --json document, written as decoding goes: each frame is printed as
+// soon as it is decoded, so that memory stays that of one frame however long
+// the input (a capture of a day's polling has millions). Errors and notices
+// (a few per stream) are kept, serialized, until the end. Strings that are
+// not UTF-8 (a file name, a TSAP is always hex-escaped already) are printed
+// with U+FFFD in place of the bad octets rather than failing the document.
+class JsonStream {
+ public:
+  // `head`: the members before "frames". Nothing is written before the
+  // first frame (or close()), so that an input that cannot be read at all
+  // leaves no half document.
+  JsonStream(std::ostream& out, std::vector<std::pair<std::string, json>> head) : out_(out), head_(std::move(head)) {}
+  static std::string text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+  void frame(const json& j) {
+    start();
+    out_ << (frames_ == 0 ? "\n    " : ",\n    ") << text(j);
+    ++frames_;
+  }
+  void error(const json& j) { errors_.push_back(text(j)); }
+  void notice(const json& j) { notices_.push_back(text(j)); }
+
+  // Closes the document; `with_notices` for captures; `tail`: members after.
+  void close(bool with_notices, const std::vector<std::pair<std::string, json>>& tail) {
+    start();
+    out_ << (frames_ == 0 ? "]" : "\n  ]");
+    list("errors", errors_);
+    if (with_notices) list("notices", notices_);
+    for (const auto& [key, value] : tail) out_ << ",\n  " << text(key) << ": " << text(value);
+    out_ << "\n}\n";
+  }
+
+ private:
+  void start() {
+    if (started_) return;
+    started_ = true;
+    out_ << "{";
+    for (const auto& [key, value] : head_) out_ << "\n  " << text(key) << ": " << text(value) << ",";
+    out_ << "\n  \"frames\": [";
+  }
+
+  void list(const char* key, const std::vector<std::string>& items) {
+    out_ << ",\n  \"" << key << "\": [";
+    for (std::size_t i = 0; i < items.size(); ++i) out_ << (i == 0 ? "\n    " : ",\n    ") << items[i];
+    out_ << (items.empty() ? "]" : "\n  ]");
+  }
+
+  std::ostream& out_;
+  std::vector<std::pair<std::string, json>> head_;
+  bool started_ = false;
+  std::size_t frames_ = 0;
+  std::vector<std::string> errors_;
+  std::vector<std::string> notices_;
+};
 
 // Runs one direction of a stream through the framer and decoder and reports
 // every frame (text or JSON) and every error. Shared by hex input and pcap.
 class StreamDecoder {
  public:
-  // `notices`: where JSON notices go (pcap only).
-  StreamDecoder(const DecodeCmdOptions& o, std::ostream& out, json* notices = nullptr)
-      : o_(o), out_(out), framer_(o.max_length), notices_(notices) {}
+  // `js`: the JSON document (with --json), else text goes to `out`.
+  // `capture`: the bytes come from a capture, where decoding can resume
+  // after lost bytes.
+  StreamDecoder(const DecodeCmdOptions& o, std::ostream& out, JsonStream* js, bool capture)
+      : o_(o), out_(out), framer_(o.max_length), js_(js), capture_(capture) {}
 
   // pcap only: from here, whole segments (one feed each) are skipped until
   // one starts a frame, where decoding resumes. `why` names what lost the place.
@@ -109,7 +171,9 @@ class StreamDecoder {
       candidate_.assign(probe.begin(), probe.end());
       return;
     }
-    if (!starts_frame(probe, o_.max_length)) {
+    const FrameStart start = starts_frame(probe, o_.max_length);
+    if (start == FrameStart::kReservedOnly) ++reserved_only_;
+    if (start != FrameStart::kYes) {
       skipped_ += candidate_.size();
       const bool had_candidate = !candidate_.empty();
       candidate_.clear();
@@ -147,7 +211,7 @@ class StreamDecoder {
                               ? framer_error_text(r.error, header, o_.max_length)
                               : std::string(codec::framer_error_name(r.error));
         const std::size_t rest = in.size() + framer_.held();
-        if (notices_ != nullptr) {
+        if (capture_) {
           // A capture: the next segment that starts a frame may be RFC 1006 again.
           error(label, std::string(codec::framer_error_name(r.error)),
                 msg + "; skipped to the next segment that starts a frame", extra);
@@ -176,11 +240,11 @@ class StreamDecoder {
       return;
     }
     anomalies_ += f->anomalies.size();
-    if (o_.json) {
+    if (js_ != nullptr) {
       json j = extra;
       j["index"] = frames_;
       j.update(frame_json(*f));
-      json_frames_.push_back(std::move(j));
+      js_->frame(j);
     } else {
       out_ << label << "frame " << frames_ << ": " << codec::tpdu_type_name(f->tpdu.type) << " "
            << codec::tpdu_type_long_name(f->tpdu.type) << ", " << raw.size() << " octets\n"
@@ -199,12 +263,12 @@ class StreamDecoder {
       return;
     }
     anomalies_ += anomalies.size();
-    if (o_.json) {
-      json_frames_.push_back({{"index", frames_},
-                              {"length", raw.size()},
-                              {"tpdu", tpdu_json(*t)},
-                              {"anomalies", anomalies_json(anomalies)},
-                              {"hex", codec::to_hex(raw)}});
+    if (js_ != nullptr) {
+      js_->frame({{"index", frames_},
+                  {"length", raw.size()},
+                  {"tpdu", tpdu_json(*t)},
+                  {"anomalies", anomalies_json(anomalies)},
+                  {"hex", codec::to_hex(raw)}});
     } else {
       out_ << label << "TPDU " << frames_ << ": " << codec::tpdu_type_name(t->type) << " "
            << codec::tpdu_type_long_name(t->type) << ", " << raw.size() << " octets\n"
@@ -226,7 +290,13 @@ class StreamDecoder {
   void finish(const std::string& label, const json& extra) {
     if (hunting_ && skipped_ + candidate_.size() > 0) {
       const std::string msg = std::to_string(skipped_ + candidate_.size()) + " octets skipped (" + hunt_why_ +
-                              ") and no segment after them started a frame: not decoded";
+                              ") and no segment after them started a frame: not decoded" +
+                              (reserved_only_ == 0
+                                   ? std::string()
+                                   : " (" + std::to_string(reserved_only_) + " segment" +
+                                         (reserved_only_ == 1 ? "" : "s") +
+                                         " would have but for a TPKT reserved octet that is not 0, which only a CR "
+                                         "or CC may have where decoding resumes)");
       if (hunt_after_error_) {
         notice(label, msg, extra);
       } else {
@@ -243,10 +313,10 @@ class StreamDecoder {
   }
 
   void notice(const std::string& label, const std::string& msg, const json& extra) {
-    if (o_.json && notices_ != nullptr) {
+    if (js_ != nullptr) {
       json j = extra;
       j["message"] = msg;
-      notices_->push_back(std::move(j));
+      js_->notice(j);
     } else {
       out_ << label << "notice: " << msg << "\n";
     }
@@ -255,11 +325,11 @@ class StreamDecoder {
   void error(const std::string& label, const std::string& kind, const std::string& msg, const json& extra) {
     ++errors_;
     if (first_error_.empty()) first_error_ = label + msg;
-    if (o_.json) {
+    if (js_ != nullptr) {
       json j = extra;
       j["kind"] = kind;
       j["detail"] = msg;
-      json_errors_.push_back(std::move(j));
+      js_->error(j);
     } else {
       out_ << label << "error: " << kind << ": " << msg << "\n";
     }
@@ -269,8 +339,6 @@ class StreamDecoder {
   std::size_t errors() const { return errors_; }
   std::size_t anomalies() const { return anomalies_; }
   const std::string& first_error() const { return first_error_; }
-  json& json_frames() { return json_frames_; }
-  json& json_errors() { return json_errors_; }
 
  private:
   void report_reject(Bytes raw, const codec::DecodeError& e, const std::string& label, const json& extra) {
@@ -278,14 +346,14 @@ class StreamDecoder {
     const std::string what = (o_.cotp ? "TPDU " : "frame ") + std::to_string(frames_);
     const std::string msg = what + " rejected: " + std::string(codec::decode_error_name(e.kind)) + ": " + e.detail;
     if (first_error_.empty()) first_error_ = label + msg;
-    if (o_.json) {
+    if (js_ != nullptr) {
       json j = extra;
       j["index"] = frames_;
       j["length"] = raw.size();
       j["error"] = decode_error_json(e);
       j["hex"] = codec::to_hex(raw);
-      json_frames_.push_back(j);
-      json_errors_.push_back({{"index", frames_}, {"kind", codec::decode_error_name(e.kind)}, {"detail", e.detail}});
+      js_->frame(j);
+      js_->error({{"index", frames_}, {"kind", codec::decode_error_name(e.kind)}, {"detail", e.detail}});
     } else {
       out_ << label << what << ": REJECTED " << codec::decode_error_name(e.kind) << ": " << e.detail << "\n"
            << "  hex             " << codec::to_hex(raw) << "\n";
@@ -295,18 +363,18 @@ class StreamDecoder {
   const DecodeCmdOptions& o_;
   std::ostream& out_;
   codec::TpktFramer framer_;
-  json* notices_;
+  JsonStream* js_;
+  bool capture_;
   bool hunting_ = false;
   bool hunt_after_error_ = false;
   std::string hunt_why_;
   std::uint64_t skipped_ = 0;
+  std::uint64_t reserved_only_ = 0;  // segments passed over for their reserved octet alone
   std::vector<std::uint8_t> candidate_;  // a short segment that may be a TPKT header
   std::size_t frames_ = 0;
   std::size_t errors_ = 0;
   std::size_t anomalies_ = 0;
   std::string first_error_;
-  json json_frames_ = json::array();
-  json json_errors_ = json::array();
 };
 
 int finish_status(std::size_t errors, std::size_t frames, const std::string& first, std::ostream& err) {
@@ -339,18 +407,18 @@ int decode_addresses(const DecodeCmdOptions& o, std::ostream& out, std::ostream&
       out << "\n";
     }
   }
-  if (o.json) out << json{{"addresses", arr}}.dump(2) << "\n";
+  if (o.json) out << json{{"addresses", arr}}.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
   return 0;
 }
 
 int decode_hex(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, std::ostream& err) {
   std::vector<std::string> inputs;  // with --cotp: one TPDU each; else joined into one stream
+  std::string all;                  // standard input, as read
   if (o.from_stdin) {
     // Hex pasted or piped from a log, not a capture: bounded, so that
     // `decode - < /dev/zero` ends with a message, not with the memory.
     constexpr std::size_t kMaxStdin = std::size_t{16} << 20;
     std::size_t total = 0;
-    std::string all;
     char buf[65536];
     while (in.read(buf, sizeof buf) || in.gcount() > 0) {
       total += static_cast<std::size_t>(in.gcount());
@@ -366,7 +434,7 @@ int decode_hex(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, s
         if (l.find_first_not_of(" \t\r") != std::string::npos) inputs.push_back(l);
       }
     } else {
-      inputs.push_back(std::move(all));
+      inputs.push_back(all);
     }
     if (in.bad()) {
       err << kPrefix << "cannot read standard input\n";
@@ -384,6 +452,23 @@ int decode_hex(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, s
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     auto b = codec::parse_hex(inputs[i]);
     if (!b) {
+      // A bad digit is named by the argument or line it is in, and its place
+      // there, not by its place in the joined stream.
+      std::vector<std::string> parts;
+      if (o.from_stdin) {
+        std::istringstream lines(all);
+        for (std::string l; std::getline(lines, l);) parts.push_back(l);
+      } else {
+        parts = o.hex;
+      }
+      for (std::size_t k = 0; k < parts.size(); ++k) {
+        auto part = codec::parse_hex(parts[k]);
+        if (!part && part.error().message.starts_with("not a hex digit")) {
+          err << kPrefix << (o.from_stdin ? "standard input, line " : "argument ") << k + 1 << ": "
+              << part.error().message << "\n";
+          return 2;
+        }
+      }
       err << kPrefix << (o.from_stdin ? "standard input" : "argument") << ": " << b.error().message << "\n";
       return 2;
     }
@@ -396,7 +481,9 @@ int decode_hex(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, s
     return 2;
   }
 
-  StreamDecoder d(o, out);
+  std::optional<JsonStream> js;
+  if (o.json) js.emplace(out, std::vector<std::pair<std::string, json>>{});
+  StreamDecoder d(o, out, js ? &*js : nullptr, false);
   if (o.cotp) {
     for (const auto& p : parsed) {
       if (!p.empty()) d.emit_tpdu(p, "");
@@ -405,8 +492,8 @@ int decode_hex(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, s
     d.feed(parsed.front(), "", json::object());
     d.finish("", json::object());
   }
-  if (o.json) {
-    out << json{{"frames", d.json_frames()}, {"errors", d.json_errors()}}.dump(2) << "\n";
+  if (js) {
+    js->close(false, {});
   } else if (d.frames() > 0 || d.errors() > 0) {
     out << d.frames() << (o.cotp ? " TPDU" : " frame") << (d.frames() == 1 ? "" : "s") << ", " << d.anomalies()
         << " anomal" << (d.anomalies() == 1 ? "y" : "ies") << ", " << d.errors() << " error"
@@ -418,13 +505,12 @@ int decode_hex(const DecodeCmdOptions& o, std::istream& in, std::ostream& out, s
 int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err) {
   // One decoder per stream direction.
   std::map<std::pair<int, int>, std::unique_ptr<StreamDecoder>> decoders;
-  std::map<int, std::size_t> frame_counts;
-  json notices = json::array();
-  double t0 = -1;
+  std::optional<JsonStream> js;
+  if (o.json) js.emplace(out, std::vector<std::pair<std::string, json>>{{"file", o.pcap}, {"port", o.port}});
   auto dir_name = [](PcapDirection d) { return d == PcapDirection::kClientToServer ? "client->server" : "server->client"; };
-  auto label_of = [&](const PcapStreamInfo& s, PcapDirection d, std::uint64_t packet, double time) {
+  auto label_of = [&](const PcapStreamInfo& s, PcapDirection d, std::uint64_t packet, double since_start) {
     char ts[32];
-    std::snprintf(ts, sizeof ts, "%.6f", t0 < 0 ? 0.0 : time - t0);
+    std::snprintf(ts, sizeof ts, "%.6f", since_start);
     const bool c2s = d == PcapDirection::kClientToServer;
     return "#" + std::to_string(packet) + " " + ts + " stream " + std::to_string(s.id) + " " +
            (c2s ? s.client : s.server) + " -> " + (c2s ? s.server : s.client) + " ";
@@ -432,7 +518,7 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
   auto decoder_for = [&](const PcapStreamInfo& stream, PcapDirection d) -> StreamDecoder& {
     auto& p = decoders[{stream.id, static_cast<int>(d)}];
     if (!p) {
-      p = std::make_unique<StreamDecoder>(o, out, &notices);
+      p = std::make_unique<StreamDecoder>(o, out, js ? &*js : nullptr, true);
       // Seen from its SYN, a direction starts with a frame; joined midway, it
       // starts anywhere, and decoding waits for a segment that starts one.
       if (!stream.saw_syn) p->resync("the capture joined the stream midway", false);
@@ -445,10 +531,10 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
   auto res = read_pcap_streams(
       o.pcap, o.port,
       [&](const PcapChunk& c) {
-        if (t0 < 0) t0 = c.time;
         json extra = {{"stream", c.stream->id}, {"direction", dir_name(c.direction)}, {"packet", c.packet},
                       {"time", c.time}};
-        decoder_for(*c.stream, c.direction).feed(c.bytes, label_of(*c.stream, c.direction, c.packet, c.time), extra);
+        decoder_for(*c.stream, c.direction)
+            .feed(c.bytes, label_of(*c.stream, c.direction, c.packet, c.since_start), extra);
         last_extra[{c.stream->id, static_cast<int>(c.direction)}] = {c.stream->id, extra};
       },
       [&](const PcapNotice& n) {
@@ -460,9 +546,9 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
                          n.at_end);
           return;
         }
-        if (o.json) {
+        if (js) {
           where["message"] = n.message;
-          notices.push_back(std::move(where));
+          js->notice(where);
         } else {
           out << "stream " << n.stream->id << " " << dir_name(n.direction) << ": notice: " << n.message << "\n";
         }
@@ -473,7 +559,6 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
   }
   std::size_t frames = 0, errors = 0, anomalies = 0;
   std::string first_error;
-  json all_frames = json::array(), all_errors = json::array();
   for (auto& [key, dec] : decoders) {
     auto it = last_extra.find(key);
     if (it != last_extra.end()) {
@@ -485,8 +570,6 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
     errors += dec->errors();
     anomalies += dec->anomalies();
     if (first_error.empty()) first_error = dec->first_error();
-    for (auto& f : dec->json_frames()) all_frames.push_back(std::move(f));
-    for (auto& e : dec->json_errors()) all_errors.push_back(std::move(e));
   }
   if (!res->read_error.empty()) {
     // A capture cut short (tcpdump stopped mid-write): what it holds before
@@ -494,28 +577,40 @@ int decode_pcap(const DecodeCmdOptions& o, std::ostream& out, std::ostream& err)
     const std::string msg = res->read_error + "; the packets before it are decoded";
     ++errors;
     if (first_error.empty()) first_error = msg;
-    if (o.json) {
-      all_errors.push_back({{"kind", "pcap-read"}, {"detail", msg}});
+    if (js) {
+      js->error({{"kind", "pcap-read"}, {"detail", msg}});
     } else {
       out << "error: pcap-read: " << msg << "\n";
     }
   }
-  if (o.json) {
-    // Capture order, as tshark lists them.
-    std::stable_sort(all_frames.begin(), all_frames.end(),
-                     [](const json& a, const json& b) { return a.value("packet", 0) < b.value("packet", 0); });
+  // No stream on the port, but TCP on others: the port asked for is likely
+  // not the one the capture's sessions used (a lab MTA on another port).
+  std::string elsewhere;
+  if (res->streams.empty() && !res->other_ports.empty()) {
+    elsewhere = "TCP packets on other ports: ";
+    for (std::size_t i = 0; i < res->other_ports.size(); ++i) {
+      elsewhere += (i == 0 ? "" : ", ") + std::to_string(res->other_ports[i].first) + " (" +
+                   std::to_string(res->other_ports[i].second) + ")";
+    }
+    elsewhere += "; choose one with --port";
+  }
+  if (js) {
     json streams = json::array();
     for (const auto& s : res->streams) {
       streams.push_back({{"id", s.id}, {"client", s.client}, {"server", s.server}, {"saw_syn", s.saw_syn}});
     }
-    out << json{{"file", o.pcap},        {"port", o.port},     {"packets", res->packets}, {"streams", streams},
-                {"frames", all_frames},  {"errors", all_errors}, {"notices", notices}}
-               .dump(2)
-        << "\n";
+    std::vector<std::pair<std::string, json>> tail = {{"packets", res->packets}, {"streams", streams}};
+    if (!elsewhere.empty()) {
+      json ports = json::array();
+      for (const auto& [port, packets] : res->other_ports) ports.push_back({{"port", port}, {"packets", packets}});
+      tail.emplace_back("other_ports", ports);
+    }
+    js->close(true, tail);
   } else {
     out << res->packets << " packets, " << res->streams.size() << " stream" << (res->streams.size() == 1 ? "" : "s")
         << " on port " << o.port << ", " << frames << " frames, " << anomalies << " anomal"
         << (anomalies == 1 ? "y" : "ies") << ", " << errors << " error" << (errors == 1 ? "" : "s") << "\n";
+    if (!elsewhere.empty()) out << "notice: " << elsewhere << "\n";
   }
   return finish_status(errors, frames, first_error, err);
 }

@@ -1,7 +1,10 @@
 // isoproxy: an RFC 1006 (ISO transport over TCP) middlebox. This file is the
 // command line only; each subcommand lives in its own module.
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <iostream>
+#include <optional>
+#include <string>
 
 #include "check_cmd.h"
 #include "decode_cmd.h"
@@ -37,10 +40,12 @@ int main(int argc, char** argv) {
   decode->add_flag("--json", dec.json, "Print JSON for machines");
   decode->add_flag("--cotp", dec.cotp, "Each argument (or input line) is a bare X.224 TPDU without a TPKT header");
   decode->add_flag("--strict", dec.strict, "Reject a class 0 DT whose TPDU-NR is not 0 (RFC 2126 §6.5)");
-  decode->add_option("--max-length", dec.max_length, "Largest TPKT accepted (7..65535)")->default_val(65535);
+  // Whole numbers read as text: CLI11 would wrap "-1" into a size_t.
+  std::string dec_max_length = "65535", dec_port = "102";
+  decode->add_option("--max-length", dec_max_length, "Largest TPKT accepted (7..65535)")->type_name("N")->default_str("65535");
   decode->add_option("--address", dec.addresses, "Decode a network address as MTA event logs print it (hex)");
   decode->add_option("--pcap", dec.pcap, "Decode both directions of every TPKT stream in a capture (pcap or pcapng)");
-  decode->add_option("--port", dec.port, "TCP port of the RFC 1006 streams in the capture")->default_val(102);
+  decode->add_option("--port", dec_port, "TCP port of the RFC 1006 streams in the capture (1..65535)")->type_name("PORT")->default_str("102");
 
   isoproxy::StatsCmdOptions st;
   auto* stats = app.add_subcommand("stats", "Show the running proxy's sessions and totals, from its admin endpoint");
@@ -77,6 +82,22 @@ int main(int argc, char** argv) {
     return isoproxy::run_stats(st, std::cout, std::cerr);
   }
   if (decode->parsed()) {
+    // "-1", "1e3", "0x10", "007x" or 2^64 are named as typed, with the range.
+    auto whole = [](const char* option, const std::string& text, unsigned long lo, unsigned long hi) -> std::optional<unsigned long> {
+      const bool digits = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
+      const bool small = digits && text.find_first_not_of('0') != std::string::npos
+                             ? text.size() - text.find_first_not_of('0') <= 6
+                             : digits;
+      if (small && std::stoul(text) >= lo && std::stoul(text) <= hi) return std::stoul(text);
+      std::cerr << "isoproxy: decode: " << option << " " << text << " is "
+                << (digits ? "outside " : "not a whole number in ") << lo << ".." << hi << "\n";
+      return std::nullopt;
+    };
+    const auto max_length = whole("--max-length", dec_max_length, 7, 65535);
+    const auto port = whole("--port", dec_port, 1, 65535);
+    if (!max_length || !port) return 2;
+    dec.max_length = *max_length;
+    dec.port = static_cast<std::uint16_t>(*port);
     if (dec.hex.size() == 1 && dec.hex[0] == "-") {
       dec.hex.clear();
       dec.from_stdin = true;

@@ -343,6 +343,7 @@ class Reassembler {
 
   std::uint64_t tcp_packets() const { return tcp_packets_; }
   std::vector<PcapStreamInfo> streams() const { return {infos_.begin(), infos_.end()}; }
+  std::vector<std::pair<std::uint16_t, std::uint64_t>> other_ports() const;
 
  private:
   Stream* find_or_create(const TcpSegment& t);
@@ -379,6 +380,9 @@ class Reassembler {
   std::map<std::pair<Endpoint, Endpoint>, Stream*> by_tuple_;  // (client, server) -> newest stream
   std::map<FragmentKey, std::pair<Stream*, PcapDirection>> fragments_;
   std::uint64_t tcp_packets_ = 0;
+  double start_ = -1;  // the first packet's time
+  // Packets per TCP port, of the TCP packets not on port_ (allocated at the first).
+  std::vector<std::uint64_t> other_ports_;
 };
 
 Stream& Reassembler::create(const Endpoint& client, const Endpoint& server) {
@@ -392,6 +396,18 @@ Stream& Reassembler::create(const Endpoint& client, const Endpoint& server) {
   s.server = server;
   by_tuple_[{client, server}] = &s;
   return s;
+}
+
+std::vector<std::pair<std::uint16_t, std::uint64_t>> Reassembler::other_ports() const {
+  std::vector<std::pair<std::uint16_t, std::uint64_t>> all;
+  for (std::size_t port = 0; port < other_ports_.size(); ++port) {
+    if (other_ports_[port] != 0) all.emplace_back(static_cast<std::uint16_t>(port), other_ports_[port]);
+  }
+  const std::size_t n = std::min<std::size_t>(all.size(), 3);
+  std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(n), all.end(),
+                    [](const auto& a, const auto& b) { return a.second > b.second || (a.second == b.second && a.first < b.first); });
+  all.resize(n);
+  return all;
 }
 
 Stream* Reassembler::find_or_create(const TcpSegment& t) {
@@ -438,7 +454,7 @@ void Reassembler::deliver(Stream& s, PcapDirection dir, codec::Bytes bytes, std:
   DirectionState& d = s.dirs[direction_index(dir)];
   d.next_pos += static_cast<std::int64_t>(bytes.size());
   d.next_seq += static_cast<std::uint32_t>(bytes.size());
-  on_chunk_(PcapChunk{s.info, dir, number, time, bytes});
+  on_chunk_(PcapChunk{s.info, dir, number, time, time - start_, bytes});
 }
 
 void Reassembler::drain(Stream& s, PcapDirection dir) {
@@ -552,6 +568,7 @@ void Reassembler::later_fragment(std::uint64_t number, const Packet& p) {
 }
 
 void Reassembler::packet(std::uint64_t number, double time, const Packet& p) {
+  if (start_ < 0) start_ = time;
   if (p.kind == PacketKind::kOther) return;
   if (p.kind == PacketKind::kLaterFragment) {
     later_fragment(number, p);
@@ -559,7 +576,12 @@ void Reassembler::packet(std::uint64_t number, double time, const Packet& p) {
   }
   const TcpSegment& t = p.tcp;
   Stream* s = find_or_create(t);
-  if (s == nullptr) return;
+  if (s == nullptr) {
+    if (other_ports_.empty()) other_ports_.resize(65536);
+    ++other_ports_[t.src.port];
+    if (t.dst.port != t.src.port) ++other_ports_[t.dst.port];
+    return;
+  }
   ++tcp_packets_;
   const PcapDirection dir =
       t.src == s->client ? PcapDirection::kClientToServer : PcapDirection::kServerToClient;
@@ -691,8 +713,13 @@ Result<PcapSummary> read_pcap_streams(const std::string& path, std::uint16_t por
     if (rc != 1) {
       // A damaged or cut-off file: what was read so far has been delivered;
       // the held data goes too (finish()), and the summary says where it ended.
-      summary.read_error = path + ": cannot read packet " + std::to_string(summary.packets + 1) + ": " +
-                           pcap_geterr(pcap.get());
+      std::string why = pcap_geterr(pcap.get());
+      if (why.find("different from the type of the first interface") != std::string::npos) {
+        // libpcap's own limit, not damage: say so, and how to get around it.
+        why += " (libpcap reads a pcapng only while all its interfaces have one link type: split the capture "
+               "per interface first, e.g. tshark -r FILE -Y 'frame.interface_id == 1' -w part1.pcapng)";
+      }
+      summary.read_error = path + ": cannot read packet " + std::to_string(summary.packets + 1) + ": " + why;
       break;
     }
     ++summary.packets;
@@ -704,6 +731,7 @@ Result<PcapSummary> read_pcap_streams(const std::string& path, std::uint16_t por
   reassembler.finish();
   summary.tcp_packets = reassembler.tcp_packets();
   summary.streams = reassembler.streams();
+  summary.other_ports = reassembler.other_ports();
   return summary;
 }
 

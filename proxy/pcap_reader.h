@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "codec/tpkt.h"
@@ -27,6 +28,7 @@ struct PcapChunk {
   PcapDirection direction;
   std::uint64_t packet;       // 1-based packet number in the file
   double time;                // seconds since the epoch
+  double since_start;         // seconds since the file's first packet (tshark's frame.time_relative)
   codec::Bytes bytes;         // in-order payload, retransmitted overlap removed
 };
 
@@ -47,6 +49,9 @@ struct PcapSummary {
   std::uint64_t packets = 0;       // packets in the file
   std::uint64_t tcp_packets = 0;   // TCP packets on the port
   std::vector<PcapStreamInfo> streams;
+  // TCP packets not on the port: the ports they used most, busiest first
+  // (at most 3, with their packet counts), to suggest another --port.
+  std::vector<std::pair<std::uint16_t, std::uint64_t>> other_ports;
   // The file ends inside a record or is damaged at one (tcpdump killed while
   // writing): everything before it was read; this says where and why.
   std::string read_error;

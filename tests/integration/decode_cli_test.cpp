@@ -159,7 +159,16 @@ TEST_CASE("decode gives bad input a one-line error and a non-zero exit", "[decod
       {{"-"}, "03 00 00 07 02 F0 8G", 2, "not a hex digit: 'G'"},
       {{"--bogus"}, "", 2, "--bogus"},
       {{"--max-length", "3", "0300000702f080"}, "", 2, "--max-length 3 is outside 7..65535"},
-      {{"--max-length", "seven", "0300000702f080"}, "", 2, "max-length"},
+      {{"--max-length", "seven", "0300000702f080"}, "", 2, "--max-length seven is not a whole number in 7..65535"},
+      // Named as typed, not wrapped into a size_t (-1 was 18446744073709551615).
+      {{"--max-length", "-1", "0300000702f080"}, "", 2, "--max-length -1 is not a whole number in 7..65535"},
+      {{"--max-length", "18446744073709551616", "0300000702f080"}, "", 2,
+       "--max-length 18446744073709551616 is outside 7..65535"},
+      {{"--pcap", garbage.string(), "--port", "0"}, "", 2, "--port 0 is outside 1..65535"},
+      {{"--pcap", garbage.string(), "--port", "-1"}, "", 2, "--port -1 is not a whole number in 1..65535"},
+      // A bad digit is placed in the argument or line it is in.
+      {{"0300000702f080", "0300000702f0zz"}, "", 2, "argument 2: not a hex digit: 'z' at position 13"},
+      {{"-"}, "03 00 00 07 02 F0 80\n03 00 00 07 02 F0 8G\n", 2, "standard input, line 2: not a hex digit: 'G' at position 20"},
       {{"--address", "zz"}, "", 2, "--address zz"},
       {{"--pcap", missing}, "", 2, "cannot open"},
       {{"--pcap", garbage.string()}, "", 2, "cannot open"},
@@ -610,4 +619,186 @@ TEST_CASE("decode --pcap agrees with tshark on every field both report", "[decod
     CHECK(num(f[7]) == j["frames"][i]["tpkt"]["reserved"].get<long>());
   }
   std::filesystem::remove_all(path.parent_path());
+}
+
+TEST_CASE("decode --pcap resumes at a CR or CC whose reserved byte is set, and says why not at a DT", "[decode][cli][pcap]") {
+  // Joined midway. Known MTAs set the reserved byte in a CR (KB Q157015) or
+  // a CC (KB Q151626): decoding resumes there. Elsewhere it must be 0, to
+  // tell frames from user data; a direction that never resumes says that the
+  // reserved byte is what stopped it.
+  const craft::Conv conv;
+  const auto path = temp_file("midway-reserved.pcap");
+  const auto capture = [&](craft::ByteVec frame) {
+    craft::PcapFile pcap(craft::kLinkRaw);
+    std::uint32_t seq = 5000;
+    pcap.add(craft::ipv4(conv.c(seq, {0x01, 0x02, 0x03})));  // the tail of an earlier frame
+    seq += 3;
+    for (int i = 0; i < 3; ++i, seq += static_cast<std::uint32_t>(frame.size())) pcap.add(craft::ipv4(conv.c(seq, frame)));
+    pcap.save(path.string());
+    return decode({"--json", "--pcap", path.string()});
+  };
+  auto cr = isoproxy::codec::parse_hex("0311001611e00000000100c0010ac2020001c1020001").value();
+  auto r = capture(cr);
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  json j = json::parse(r.out);
+  REQUIRE(j["frames"].size() == 3);
+  CHECK(j["frames"][0]["packet"] == 2);
+  CHECK(j["frames"][0]["tpkt"]["reserved"] == 0x11);
+
+  auto dt = dt_frame(2, 0xEE);
+  dt[1] = 0x11;
+  r = capture(dt);
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  j = json::parse(r.out);
+  CHECK(j["frames"].empty());
+  REQUIRE(j["errors"].size() == 1);
+  CHECK(j["errors"][0]["kind"] == "no-frame");
+  CHECK(j["errors"][0]["detail"] ==
+        "30 octets skipped (the capture joined the stream midway) and no segment after them started a frame: not "
+        "decoded (3 segments would have but for a TPKT reserved octet that is not 0, which only a CR or CC may have "
+        "where decoding resumes)");
+  std::filesystem::remove_all(path.parent_path());
+}
+
+TEST_CASE("decode --pcap times frames from the capture's first packet", "[decode][cli][pcap]") {
+  // The second segment is captured before the first: the frame it ends is
+  // decoded after the one the first segment holds, and both are timed from
+  // packet 1 (tshark's frame.time_relative), not from the first frame decoded.
+  using craft::kAck;
+  using craft::kSyn;
+  const craft::Conv conv;
+  const auto path = temp_file("reordered.pcap");
+  const auto f1 = dt_frame(10, 'A'), f2 = dt_frame(10, 'B');
+  craft::PcapFile pcap(craft::kLinkRaw);  // packet N at 1000 + N seconds
+  pcap.add(craft::ipv4(conv.c(999, {}, kSyn)));
+  pcap.add(craft::ipv4(conv.c(1000 + static_cast<std::uint32_t>(f1.size()), f2)));
+  pcap.add(craft::ipv4(conv.c(1000, f1)));
+  pcap.save(path.string());
+  auto r = decode({"--pcap", path.string()});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("#3 2.000000 stream 1 10.0.0.1:40000 -> 10.0.0.2:102 frame 1: DT") != std::string::npos);
+  CHECK(r.out.find("#2 1.000000 stream 1 10.0.0.1:40000 -> 10.0.0.2:102 frame 2: DT") != std::string::npos);
+  CHECK(r.out.find("#2 -") == std::string::npos);  // not -1.000000, as when timed from the first frame decoded
+  std::filesystem::remove_all(path.parent_path());
+}
+
+TEST_CASE("decode --pcap names the ports in use when none is the one asked for", "[decode][cli][pcap]") {
+  craft::Conv conv;
+  conv.server_port = 10102;  // a lab MTA, or a trace of a listener toward another port
+  const auto path = temp_file("other-port.pcap");
+  craft::PcapFile pcap(craft::kLinkRaw);
+  pcap.add(craft::ipv4(conv.c(1000, dt_frame(4, 'A'))));
+  pcap.add(craft::ipv4(conv.s(2000, dt_frame(4, 'B'))));
+  pcap.save(path.string());
+  auto t = decode({"--pcap", path.string()});
+  INFO(t.out << t.err);
+  CHECK(t.exit_code == 0);
+  CHECK(t.out.find("0 streams on port 102") != std::string::npos);
+  CHECK(t.out.find("notice: TCP packets on other ports: 10102 (2), 40000 (2); choose one with --port") !=
+        std::string::npos);
+  auto j = decode({"--json", "--pcap", path.string()});
+  CHECK(json::parse(j.out)["other_ports"] == json::parse(R"([{"port":10102,"packets":2},{"port":40000,"packets":2}])"));
+  auto right = decode({"--json", "--pcap", path.string(), "--port", "10102"});
+  CHECK(json::parse(right.out)["frames"].size() == 2);
+  CHECK_FALSE(json::parse(right.out).contains("other_ports"));
+  std::filesystem::remove_all(path.parent_path());
+}
+
+TEST_CASE("decode --pcap says why a pcapng with interfaces of two link types stops", "[decode][cli][pcap]") {
+  // libpcap reads a pcapng only while its interfaces share one link type.
+  using craft::put16le;
+  using craft::put32le;
+  const craft::Conv conv;
+  craft::ByteVec f;
+  const auto block = [&f](std::uint32_t type, const craft::ByteVec& body) {
+    craft::ByteVec padded = body;
+    while (padded.size() % 4 != 0) padded.push_back(0);
+    const auto total = static_cast<std::uint32_t>(12 + padded.size());
+    put32le(f, type);
+    put32le(f, total);
+    f.insert(f.end(), padded.begin(), padded.end());
+    put32le(f, total);
+  };
+  craft::ByteVec shb;
+  put32le(shb, 0x1A2B3C4D);  // byte-order magic
+  put16le(shb, 1);
+  put16le(shb, 0);
+  put32le(shb, 0xFFFFFFFF);  // section length unknown
+  put32le(shb, 0xFFFFFFFF);
+  block(0x0A0D0D0A, shb);
+  const auto idb = [&](std::uint16_t linktype) {
+    craft::ByteVec b;
+    put16le(b, linktype);
+    put16le(b, 0);
+    put32le(b, 262144);
+    block(1, b);
+  };
+  const auto epb = [&](std::uint32_t interface, const craft::ByteVec& packet) {
+    craft::ByteVec b;
+    put32le(b, interface);
+    put32le(b, 0);
+    put32le(b, 1000000);
+    put32le(b, static_cast<std::uint32_t>(packet.size()));
+    put32le(b, static_cast<std::uint32_t>(packet.size()));
+    b.insert(b.end(), packet.begin(), packet.end());
+    block(6, b);
+  };
+  idb(static_cast<std::uint16_t>(craft::kLinkRaw));
+  epb(0, craft::ipv4(conv.c(1000, dt_frame(4, 'A'))));
+  idb(static_cast<std::uint16_t>(craft::kLinkEthernet));
+  const auto path = temp_file("two-linktypes.pcapng");
+  craft::write_file(path.string(), f);
+  auto r = decode({"--pcap", path.string()});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.out.find("frame 1: DT") != std::string::npos);  // the packet before it is decoded
+  CHECK(r.out.find("error: pcap-read: ") != std::string::npos);
+  CHECK(r.out.find("libpcap reads a pcapng only while all its interfaces have one link type: split the capture "
+                   "per interface first") != std::string::npos);
+  std::filesystem::remove_all(path.parent_path());
+}
+
+TEST_CASE("decode --json is one valid document whatever the input", "[decode][cli][json]") {
+  const craft::Conv conv;
+  SECTION("a capture file name that is not UTF-8") {
+    // A Latin-1 name from a Windows share: the document holds it with U+FFFD
+    // in place of the bad octet, instead of the process aborting.
+    const auto path = temp_file(std::string("caf\xE9.pcap"));
+    craft::PcapFile pcap(craft::kLinkRaw);
+    pcap.add(craft::ipv4(conv.c(1000, dt_frame(4, 'A'))));
+    pcap.save(path.string());
+    auto r = decode({"--json", "--pcap", path.string()});
+    INFO(r.err);
+    CHECK(r.exit_code == 0);
+    const json j = json::parse(r.out);
+    CHECK(j["file"].get<std::string>().ends_with("caf\xEF\xBF\xBD.pcap"));
+    CHECK(j["frames"].size() == 1);
+    std::filesystem::remove_all(path.parent_path());
+  }
+#if defined(__SANITIZE_ADDRESS__)  // GCC
+#define DECODE_TEST_ASAN 1
+#elif defined(__has_feature)  // clang
+#if __has_feature(address_sanitizer)
+#define DECODE_TEST_ASAN 1
+#endif
+#endif
+#if !defined(DECODE_TEST_ASAN)
+  SECTION("memory stays that of a frame, not of the document") {
+    // 75 000 frames: about 370 MB when every frame was kept as a JSON object
+    // until the end; printed as decoded, a few MB. (Not under ASan, whose
+    // shadow memory needs the address space ulimit -v takes away.)
+    std::string hex;
+    for (int i = 0; i < 75000; ++i) hex += "0300000702f080";
+    auto r = run_process({"/bin/sh", "-c", "ulimit -v 262144 && exec \"$0\" decode --json -", kBin}, hex);
+    INFO(r.err.substr(0, 500));
+    REQUIRE(r.exit_code == 0);
+    const json j = json::parse(r.out);
+    CHECK(j["frames"].size() == 75000);
+    CHECK(j["frames"][74999]["index"] == 75000);
+    CHECK(j["errors"].empty());
+  }
+#endif
 }
