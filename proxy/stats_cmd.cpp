@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <ostream>
 #include <set>
 
@@ -455,6 +456,28 @@ std::string plural(std::size_t n, const char* one, const char* many) { return st
 
 }  // namespace
 
+std::string missing_workers(const json& stats, const json& sessions) {
+  std::map<std::uint64_t, std::string> why;  // by worker index
+  if (const json* w = field(stats, "workers"); w && w->is_array()) {
+    for (const json& e : *w) {
+      const auto index = u64(e, "index");
+      const auto error = string_of(e, "error");
+      if (index && error) why[*index] = *error;
+    }
+  }
+  if (const json* m = field(sessions, "workers_missing"); m && m->is_array()) {
+    for (const json& i : *m) {
+      if (auto index = u64(&i); index && !why.count(*index)) why[*index] = "";
+    }
+  }
+  std::string text;
+  for (const auto& [index, reason] : why) {
+    text += (text.empty() ? "worker " : "; worker ") + std::to_string(index) + ": " +
+            (reason.empty() ? "did not answer" : reason);
+  }
+  return text;
+}
+
 std::vector<std::string> render(const json& stats, const json& sessions, const ViewOptions& o) {
   const bool u = o.utf8;
   std::vector<std::string> lines;
@@ -492,6 +515,12 @@ std::vector<std::string> render(const json& stats, const json& sessions, const V
     head.erase(least);
   }
   put(joined());
+  // Said under the totals, never cut for room: what follows is incomplete.
+  if (const std::string missing = missing_workers(stats, sessions); !missing.empty()) {
+    lines.push_back(sanitize("INCOMPLETE: " + missing + " (the totals and sessions below leave out what " +
+                                 (missing.find("; ") == std::string::npos ? "it holds)" : "they hold)"),
+                             u));
+  }
 
   std::vector<const json*> open, closed;
   if (const json* list = field(sessions, "sessions"); list && list->is_array()) {
@@ -762,7 +791,12 @@ int run_stats(const StatsCmdOptions& opts, std::ostream& out, std::ostream& err)
     }
     return v;
   };
-  auto as_json = [](const Snapshot& s) { return json{{"sessions", s.sessions["sessions"]}, {"stats", s.stats}}; };
+  auto as_json = [](const Snapshot& s) {
+    json j{{"sessions", s.sessions["sessions"]}, {"stats", s.stats}};
+    // Workers that did not answer: the lists lack their sessions.
+    if (s.sessions.contains("workers_missing")) j["workers_missing"] = s.sessions["workers_missing"];
+    return j;
+  };
 
   if (!opts.watch) {
     auto snap = fetch(address, target, client);
@@ -776,6 +810,12 @@ int run_stats(const StatsCmdOptions& opts, std::ostream& out, std::ostream& err)
       for (const auto& line : stats_view::render(snap->stats, snap->sessions, view_options(probe_terminal(), false))) out << line << "\n";
     }
     out.flush();
+    // A worker that did not answer: what was printed is incomplete, and a
+    // script must not take it for the whole.
+    if (const std::string missing = stats_view::missing_workers(snap->stats, snap->sessions); !missing.empty()) {
+      err << "isoproxy stats: incomplete: " << stats_view::sanitize(missing, false) << "\n";
+      return 1;
+    }
     return out ? 0 : 1;
   }
 
@@ -832,7 +872,9 @@ int run_stats(const StatsCmdOptions& opts, std::ostream& out, std::ostream& err)
     }
     draw();
     ++frames;
-    if (opts.count && frames >= *opts.count) return last_failed ? 1 : 0;
+    if (opts.count && frames >= *opts.count) {
+      return last_failed || (last && !stats_view::missing_workers(last->stats, last->sessions).empty()) ? 1 : 0;
+    }
     next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(interval));
     if (next < Clock::now()) next = Clock::now();  // a slow poll does not cause a burst
     for (;;) {

@@ -96,7 +96,15 @@ struct ViewOptions {
 // `closed` the recently closed ones (state "closed") with close reason and DR.
 // `sessions` is the answer of /sessions: {"sessions": [...]}. Fields missing
 // or of another type are shown as "-", never an error.
+// When a worker did not answer (workers = N), the totals and lists lack
+// what it holds: render() says so in a line under the totals.
 std::vector<std::string> render(const nlohmann::json& stats, const nlohmann::json& sessions, const ViewOptions& options);
+
+// The workers that did not answer, from /stats ("workers": [{"index": I,
+// "error": WHY}]) and /sessions ("workers_missing": [I, ...]):
+// "worker 1: no answer within 2000ms" (more joined by "; "), or "" when
+// every worker answered.
+std::string missing_workers(const nlohmann::json& stats, const nlohmann::json& sessions);
 
 }  // namespace stats_view
 

@@ -534,3 +534,38 @@ TEST_CASE("stats: a timeout says how much of the answer came", "[stats-cmd][inte
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("no whole answer within 0.5 s (8 bytes came)") != std::string::npos);
 }
+
+TEST_CASE("stats: a worker that did not answer makes the view incomplete, and exit 1", "[stats-cmd][integration]") {
+  // What the endpoint answers with workers = 2 when worker 1 is stuck: the
+  // totals and sessions of worker 0 alone, and which worker is missing.
+  TestServer fake([](Conn& c) {
+    std::string req;
+    while (req.find("\r\n\r\n") == std::string::npos) {
+      auto some = c.recv_some(65536, 5s);
+      if (!some || some->empty()) return;
+      req.append(some->begin(), some->end());
+    }
+    const std::string body =
+        req.rfind("GET /stats", 0) == 0
+            ? R"({"sessions":{"active":3,"accepted":315,"refused":0,"closed":312},"bytes":{"to_upstream":1,"to_client":2},)"
+              R"("workers":[{"index":0,"active":3,"accepted":315},{"index":1,"error":"no answer within 2000ms"}]})"
+            : R"({"sessions":[],"workers_missing":[1]})";
+    c.send_all("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+               "\r\n\r\n" + body);
+    c.close();
+  });
+  REQUIRE(fake.ok());
+  const std::string admin = "127.0.0.1:" + std::to_string(fake.port());
+  auto r = stats({}, {"--admin", admin});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.out.find("INCOMPLETE: worker 1: no answer within 2000ms (the totals and sessions below leave out what it holds)") !=
+        std::string::npos);
+  CHECK(r.err == "isoproxy stats: incomplete: worker 1: no answer within 2000ms\n");
+  auto j = stats({}, {"--admin", admin, "--json"});
+  CHECK(j.exit_code == 1);
+  CHECK(json::parse(j.out)["workers_missing"] == json::parse("[1]"));
+  auto w = stats({}, {"--admin", admin, "--watch", "0.2", "--count", "1"});
+  CHECK(w.exit_code == 1);
+  CHECK(w.out.find("INCOMPLETE: worker 1") != std::string::npos);
+}

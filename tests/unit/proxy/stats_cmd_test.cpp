@@ -372,3 +372,32 @@ TEST_CASE("stats view: the totals line leaves out its least important parts when
 }
 
 }  // namespace isoproxy
+
+namespace isoproxy {
+
+TEST_CASE("stats view: a worker that did not answer is said under the totals", "[stats-view]") {
+  // workers = 2 and worker 1 silent: /stats sums worker 0 alone, /sessions
+  // lists its sessions alone. The view must not pass that off as the whole.
+  stats_view::ViewOptions o;
+  o.endpoint = "127.0.0.1:9102";
+  json stats = stats_doc();
+  stats["workers"] = json::parse(R"([{"index":0,"active":2,"accepted":1234},{"index":1,"error":"no answer within 2000ms"}])");
+  const json sessions = json::parse(R"({"sessions":[],"workers_missing":[1]})");
+  CHECK(stats_view::missing_workers(stats, sessions) == "worker 1: no answer within 2000ms");
+  const auto lines = stats_view::render(stats, sessions, o);
+  REQUIRE(lines.size() >= 2);
+  CHECK(lines[1] == "INCOMPLETE: worker 1: no answer within 2000ms (the totals and sessions below leave out what it holds)");
+  // Either answer alone says it; two workers are both named.
+  CHECK(stats_view::missing_workers(stats_doc(), sessions) == "worker 1: did not answer");
+  const json two = json::parse(R"({"sessions":[],"workers_missing":[0,2]})");
+  CHECK(stats_view::missing_workers(stats_doc(), two) == "worker 0: did not answer; worker 2: did not answer");
+  CHECK(stats_view::render(stats_doc(), two, o)[1] ==
+        "INCOMPLETE: worker 0: did not answer; worker 2: did not answer (the totals and sessions below leave out "
+        "what they hold)");
+  // Every worker answered: no such line.
+  const json whole = {{"sessions", json::array()}};
+  CHECK(stats_view::missing_workers(stats_doc(), whole).empty());
+  CHECK(stats_view::render(stats_doc(), whole, o)[1] == "no open sessions");
+}
+
+}  // namespace isoproxy
