@@ -285,6 +285,8 @@ struct AdminHttpServer::Impl {
   std::size_t queued_bytes_ = 0;          // in writes not completed, all connections (max_queued_bytes)
   std::uint64_t last_budget_warn_ms_ = 0;
   std::uint64_t budget_refusals_ = 0;
+  std::uint64_t last_refuse_warn_ms_ = 0;  // connections over max_connections: logged once a second
+  std::uint64_t refusals_unlogged_ = 0;
   std::size_t open_handles_ = 0;  // listener + connection + refused handles not yet closed
   std::array<char, 65536> read_buf_{};  // reads are handled synchronously: one buffer serves all
 };
@@ -469,7 +471,9 @@ void AdminHttpServer::Impl::on_connection(int status) {
 }
 
 void AdminHttpServer::Impl::refuse(uv_stream_t* server_stream) {
-  // Accept and close at once: the client sees a clean FIN, not a hang in the backlog.
+  // Accept, say why in a 503 and close at once, rather than leave the client
+  // hanging in the backlog. The answer goes with uv_try_write into the new
+  // socket's empty buffer, or not at all: a refused connection holds nothing.
   auto* r = new Refused;
   r->owner = this;
   r->stream.handle.data = r;
@@ -480,8 +484,25 @@ void AdminHttpServer::Impl::refuse(uv_stream_t* server_stream) {
   }
   ++open_handles_;
   if (uv_accept(server_stream, &r->stream.stream) == 0) {
-    spdlog::debug("admin: refused a connection on {}: limit of {} connections reached", bound_,
-                  limits_.max_connections);
+    const std::string body = "{\"error\":\"the admin endpoint has " + std::to_string(limits_.max_connections) +
+                             " connections open, its limit (idle keep-alive ones close after " +
+                             std::to_string(limits_.idle_timeout.count() / 1000) + " s); retry later\"}\n";
+    const std::string answer = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: " +
+                               std::to_string(body.size()) +
+                               "\r\nRetry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n" + body;
+    uv_buf_t buf = uv_buf_init(const_cast<char*>(answer.data()), static_cast<unsigned>(answer.size()));
+    uv_try_write(&r->stream.stream, &buf, 1);
+    // Said at warn: an operator locked out of the endpoint must learn why.
+    const std::uint64_t now = uv_now(loop_);
+    if (last_refuse_warn_ms_ == 0 || now - last_refuse_warn_ms_ >= 1000) {
+      spdlog::warn("admin: refused a connection on {}: {} connections open, the limit{}", bound_,
+                   limits_.max_connections,
+                   refusals_unlogged_ ? " (" + std::to_string(refusals_unlogged_) + " more refused since the last line)" : "");
+      last_refuse_warn_ms_ = now;
+      refusals_unlogged_ = 0;
+    } else {
+      ++refusals_unlogged_;
+    }
   }
   uv_close(&r->stream.handle, [](uv_handle_t* h) noexcept {
     auto* refused = static_cast<Refused*>(h->data);
@@ -923,14 +944,25 @@ void AdminHttpServer::Impl::Connection::on_write_done(int status) {
     reading_paused = false;
     const std::string pending = std::move(held_input);
     held_input.clear();
-    feed(pending.data(), pending.size());  // may pause again
-    if (state == State::kReading && !reading_paused) start_reading();
+    feed(pending.data(), pending.size());  // may pause again, or finish
+    // Reading again, also once finished: what the client sends after its
+    // last request is read and dropped (see finish()).
+    if ((state == State::kReading || state == State::kFinishing) && !reading_paused && !peer_eof) start_reading();
   }
 }
 
 void AdminHttpServer::Impl::Connection::finish() {
   if (state != State::kReading) return;
   state = State::kFinishing;
+  if (reading_paused && !peer_eof) {
+    // Reading stopped while an answer waited; nothing more is parsed now,
+    // but what the client still sends must be read (and dropped): bytes
+    // left unread make close() send a RST, which throws away the answers
+    // still in the kernel's send queue.
+    reading_paused = false;
+    held_input.clear();
+    if (!start_reading()) return;
+  }
   arm(Wait::kIdle);
   if (writes_in_flight == 0) start_shutdown();
 }
