@@ -183,6 +183,16 @@ class Loader {
     }
     a.token = r.string("token", a.token);
     if (!a.token.empty() && a.token.size() < 16) r.error("token", "at least 16 characters (it guards close and reload)");
+    // HTTP strips the spaces around a header value and carries no control
+    // characters: such a token could never be sent, and every action would get 401.
+    if (const auto bad = std::find_if(a.token.begin(), a.token.end(),
+                                      [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7F; });
+        bad != a.token.end()) {
+      r.error("token", "a control character (" + std::to_string(static_cast<unsigned char>(*bad)) +
+                           ") cannot be sent in an HTTP header: every action would be refused");
+    } else if (!a.token.empty() && (a.token.front() == ' ' || a.token.back() == ' ')) {
+      r.error("token", "a space at its start or end is dropped from HTTP headers: every action would be refused");
+    }
     a.closed_sessions = static_cast<std::uint32_t>(r.integer("closed_sessions", a.closed_sessions, 0, 100000));
     a.metrics_tsap_labels = static_cast<std::uint32_t>(r.integer("metrics_tsap_labels", a.metrics_tsap_labels, 0, 10000));
     a.allowed_hosts = r.string_list("allowed_hosts", a.allowed_hosts);

@@ -1,6 +1,7 @@
 #include "admin.h"
 
 #include <openssl/crypto.h>
+#include <spdlog/spdlog.h>
 
 #include <cctype>
 
@@ -207,6 +208,11 @@ AdminResponse Admin::route(const AdminRequest& r) {
     resp.headers.emplace_back("Allow", "GET, HEAD, POST");
     return resp;
   }
+  if (p == "/reload" || (p.rfind("/sessions/", 0) == 0 && p.ends_with("/close"))) {
+    AdminResponse resp = error_response(405, "POST " + p + " is an action: send it with POST and 'Authorization: Bearer <admin.token>'");
+    resp.headers.emplace_back("Allow", "POST");
+    return resp;
+  }
   if (p == "/") return admin_page_response();
   if (p == "/sessions") return sessions(r);
   if (p.rfind("/sessions/", 0) == 0) {
@@ -367,6 +373,16 @@ AdminResponse Admin::action(const AdminRequest& r) {
   if (token.empty()) return error_response(403, "actions are disabled: set admin.token in the configuration");
   auto it = r.headers.find("authorization");
   if (it == r.headers.end() || !bearer_matches(it->second, token)) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_auth_warn_ >= std::chrono::seconds(1)) {
+      spdlog::warn("admin: POST {} from {} refused (401): {}{}", r.path.substr(0, 100), r.peer,
+                   it == r.headers.end() ? "no Authorization header" : "not the admin.token",
+                   auth_refusals_unlogged_ ? " (" + std::to_string(auth_refusals_unlogged_) + " more refused since the last line)" : "");
+      last_auth_warn_ = now;
+      auth_refusals_unlogged_ = 0;
+    } else {
+      ++auth_refusals_unlogged_;
+    }
     AdminResponse resp = error_response(401, "actions need the header 'Authorization: Bearer <admin.token>'");
     resp.headers.emplace_back("WWW-Authenticate", "Bearer");
     return resp;

@@ -3,6 +3,8 @@
 // line and the exit totals use. Read-only unless a token is configured.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <deque>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -31,6 +33,10 @@ class Admin final : public AdminHandler {
   AdminResponse metrics();
 
   Supervisor& server_;
+  // Refused actions (401) are logged once a second at most, with a count
+  // of those in between: a script with a stale token, or someone guessing.
+  std::chrono::steady_clock::time_point last_auth_warn_{};
+  std::uint64_t auth_refusals_unlogged_ = 0;
 };
 
 // Prometheus text exposition of every worker's counters, summed.

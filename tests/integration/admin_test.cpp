@@ -182,6 +182,15 @@ TEST_CASE("admin: counters move while a session streams, closed sessions keep re
   CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-tesT\r\n").status == 401);
   CHECK(http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test-\r\n").status == 401);
   CHECK(http(*aport, "POST", "/reload", "Authorization: Basic 0123456789abcdef-test\r\n").status == 401);
+  // Refusals are logged (once a second at most): a deploy script with a stale
+  // token, or someone guessing, shows in the log.
+  CHECK(proxy.wait_for_line(std::regex(R"(admin: POST /reload from 127\.0\.0\.1:\d+ refused \(401\): no Authorization header)"), 10s));
+  // An action asked for with GET: 405 naming the method to use, not 404.
+  auto got = http(*aport, "GET", "/reload");
+  CHECK(got.status == 405);
+  CHECK(json::parse(got.body)["error"] ==
+        "POST /reload is an action: send it with POST and 'Authorization: Bearer <admin.token>'");
+  CHECK(http(*aport, "GET", "/sessions/1/close").status == 405);
   // The reload has run when the answer comes: it says how it ended.
   auto done = http(*aport, "POST", "/reload", "Authorization: Bearer 0123456789abcdef-test\r\n");
   CHECK(done.status == 200);

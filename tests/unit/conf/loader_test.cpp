@@ -262,6 +262,11 @@ const BadConfig kBadConfigs[] = {
      "2:10", "admin.listen", "not a numeric address"},
     {"admin token too short", "[admin]\ntoken = \"secret\"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
      "2:9", "admin.token", "at least 16 characters"},
+    // What HTTP cannot carry: every action would get 401.
+    {"admin token ends in a space", "[admin]\ntoken = \"0123456789abcdef   \"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
+     "2:9", "admin.token", "a space at its start or end is dropped from HTTP headers: every action would be refused"},
+    {"admin token with a newline", "[admin]\ntoken = \"0123456789ab\\ncdef\"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
+     "2:9", "admin.token", "a control character (10) cannot be sent in an HTTP header"},
     {"admin unix socket relative", "[admin]\nlisten = \"unix:admin.sock\"\n[[listener]]\nlisten = \"0.0.0.0\"\nupstream = \"192.0.2.10\"\n",
      "2:10", "admin.listen", "absolute path"},
     {"upstream port 0", "[[listener]]\nlisten = [\"0.0.0.0:102\", \"[::]:0\"]\nupstream = \"192.0.2.10:0\"\n", "3:12",
