@@ -13,8 +13,10 @@
 
 #include "admin_page.h"
 #include "listener.h"
+#include "rdns.h"
 #include "server.h"
 #include "supervisor.h"
+#include "upstream.h"
 
 namespace isoproxy {
 
@@ -246,6 +248,10 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
                                      "\": /sessions takes state, tsap, peer, closed (and pretty)");
     }
   }
+  if (!r.repeated.empty()) {
+    return error_response(400, "parameter \"" + r.repeated.front().substr(0, 64) +
+                                   "\" given more than once: give each filter once");
+  }
   if (state && !kStates.count(*state)) {
     return error_response(400, "state must be one of connecting, awaiting-cc, established, draining, closed");
   }
@@ -259,8 +265,19 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
       return error_response(400, "tsap must be a TSAP in ASCII, or its octets in hex (bare, or after hex: with an even number of digits)");
     }
   }
-  if (peer && !conf::parse_ip(*peer) && !conf::parse_socket_address(*peer)) {
-    return error_response(400, "peer must be an IP address or IP:PORT ([IPv6]:PORT), as /sessions shows client and upstream");
+  // The peer as /sessions writes addresses, however it was typed: "[::1]",
+  // "0:0:0:0:0:0:0:1" and "::1" are one address, "127.0.0.1:0102" is port 102.
+  std::optional<std::string> f_peer;
+  if (peer) {
+    std::string_view text = *peer;
+    if (text.size() >= 2 && text.front() == '[' && text.back() == ']') text = text.substr(1, text.size() - 2);
+    if (auto ip = conf::parse_ip(text)) {
+      f_peer = numeric_host(ip->sa());
+    } else if (auto sa = conf::parse_socket_address(*peer, 0)) {  // a port, written: none is no default here
+      f_peer = address_text(sa->sa());
+    } else {
+      return error_response(400, "peer must be an IP address or IP:PORT ([IPv6]:PORT), as /sessions shows client and upstream");
+    }
   }
   // Closed sessions are in state "closed": ?state=established&closed=1 has none.
   const bool with_closed = (closed && *closed == "1" && !state) || (state && *state == "closed");
@@ -284,7 +301,6 @@ AdminResponse Admin::sessions(const AdminRequest& r) {
   };
   const std::optional<std::string> f_state = state ? std::optional<std::string>(*state) : std::nullopt;
   const std::optional<std::string> f_tsap = tsap ? std::optional<std::string>(*tsap) : std::nullopt;
-  const std::optional<std::string> f_peer = peer ? std::optional<std::string>(*peer) : std::nullopt;
   const auto parts = server_.gather<Part>([=](Server& w) {
     Part p;
     for (Session* s : w.sessions_in_order()) {

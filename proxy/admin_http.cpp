@@ -116,9 +116,14 @@ std::string form_decode(std::string_view s) {
   return out;
 }
 
-// "a=b&c=d": later duplicates replace earlier ones; "flag" alone maps to "".
-std::map<std::string, std::string> parse_query(std::string_view q) {
+// "a=b&c=d": later duplicates replace earlier ones (and are named in
+// `repeated`); "flag" alone maps to "".
+std::map<std::string, std::string> parse_query(std::string_view q, std::vector<std::string>& repeated) {
   std::map<std::string, std::string> out;
+  auto put = [&](std::string key, std::string value) {
+    auto [it, inserted] = out.insert_or_assign(std::move(key), std::move(value));
+    if (!inserted && std::find(repeated.begin(), repeated.end(), it->first) == repeated.end()) repeated.push_back(it->first);
+  };
   while (!q.empty()) {
     const auto amp = q.find('&');
     const std::string_view pair = q.substr(0, amp);
@@ -126,9 +131,9 @@ std::map<std::string, std::string> parse_query(std::string_view q) {
     if (pair.empty()) continue;
     const auto eq = pair.find('=');
     if (eq == std::string_view::npos) {
-      out[form_decode(pair)] = "";
+      put(form_decode(pair), "");
     } else {
-      out[form_decode(pair.substr(0, eq))] = form_decode(pair.substr(eq + 1));
+      put(form_decode(pair.substr(0, eq)), form_decode(pair.substr(eq + 1)));
     }
   }
   return out;
@@ -146,7 +151,8 @@ void split_target(const std::string& url, bool is_connect, AdminRequest& req) {
       req.path = "/";
     }
     if ((u.field_set & (1 << UF_QUERY)) != 0) {
-      req.query = parse_query(std::string_view(url).substr(u.field_data[UF_QUERY].off, u.field_data[UF_QUERY].len));
+      req.query = parse_query(std::string_view(url).substr(u.field_data[UF_QUERY].off, u.field_data[UF_QUERY].len),
+                              req.repeated);
     }
     return;
   }
@@ -155,7 +161,7 @@ void split_target(const std::string& url, bool is_connect, AdminRequest& req) {
   t = t.substr(0, t.find('#'));
   const auto q = t.find('?');
   req.path = std::string(t.substr(0, q));
-  if (q != std::string_view::npos) req.query = parse_query(t.substr(q + 1));
+  if (q != std::string_view::npos) req.query = parse_query(t.substr(q + 1), req.repeated);
 }
 
 bool header_token_ok(std::string_view s) {

@@ -21,7 +21,8 @@ namespace isoproxy {
 struct AdminRequest {
   std::string method;                         // "GET", "POST", ...
   std::string path;                           // "/sessions/12", without the query
-  std::map<std::string, std::string> query;   // decoded ?a=b&c=d
+  std::map<std::string, std::string> query;   // decoded ?a=b&c=d (of a repeated one, the last)
+  std::vector<std::string> repeated;          // query parameters given more than once
   std::map<std::string, std::string> headers; // names lower-cased
   std::string body;
   std::string peer;                           // "127.0.0.1:50000" or "unix"

@@ -538,3 +538,39 @@ TEST_CASE("admin: closed_sessions = 0 keeps no closed session", "[admin][integra
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(10s) == 0);
 }
+
+TEST_CASE("admin: ?peer= finds an IPv6 peer however its address is written", "[admin][integration]") {
+  TestServer up(responder_handler({}));
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"v6\"\nlisten = \"[::1]:0\"\nupstream = \"127.0.0.1:" +
+                     std::to_string(up.port()) + "\"\n");
+  auto port = proxy.listen_port("v6", 10s);
+  REQUIRE(port);
+  auto aport = admin_port(proxy);
+  REQUIRE(aport);
+  Conn c = connect_to("::1", *port);
+  REQUIRE(c.valid());
+  REQUIRE(c.send_all(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
+  REQUIRE(c.recv_frame(5s));
+  const json all = json::parse(http(*aport, "GET", "/sessions").body);
+  REQUIRE(all["sessions"].size() == 1);
+  const std::string client = all["sessions"][0]["client"];  // "[::1]:PORT"
+  REQUIRE(client.rfind("[::1]:", 0) == 0);
+  const std::string client_port = client.substr(6);
+  // One address, written as /sessions writes it or otherwise: each finds the session.
+  for (const std::string& written : {std::string("::1"), std::string("[::1]"), std::string("0:0:0:0:0:0:0:1"),
+                                     std::string("::0:1"), "[0::1]:" + client_port}) {
+    INFO(written);
+    const auto reply = http(*aport, "GET", "/sessions?peer=" + written);
+    REQUIRE(reply.status == 200);
+    CHECK(json::parse(reply.body)["sessions"].size() == 1);
+  }
+  // "[::1]" is the address, not [::1]:102; another port finds nothing.
+  CHECK(json::parse(http(*aport, "GET", "/sessions?peer=[::1]:102").body)["sessions"].empty());
+  // A filter given twice is a 400 naming it, not the last one silently.
+  const auto twice = http(*aport, "GET", "/sessions?state=bogus&state=established");
+  CHECK(twice.status == 400);
+  CHECK(json::parse(twice.body)["error"] == "parameter \"state\" given more than once: give each filter once");
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(10s) == 0);
+}
