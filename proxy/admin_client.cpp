@@ -236,7 +236,9 @@ std::string cap_text(std::size_t bytes) {
 }
 
 // ASCII printable only, at most `max` characters: for quoting an unexpected body.
-std::string printable_prefix(std::string_view s, std::size_t max) {
+// `keep_trailing`: keep trailing spaces (a value quoted back to its writer,
+// where a trailing space is the error).
+std::string printable_prefix(std::string_view s, std::size_t max, bool keep_trailing = false) {
   std::string out;
   for (char ch : s) {
     if (out.size() >= max) {
@@ -246,7 +248,7 @@ std::string printable_prefix(std::string_view s, std::size_t max) {
     const auto c = static_cast<unsigned char>(ch);
     out += (c >= 0x20 && c < 0x7F) ? ch : (c == '\n' || c == '\r' || c == '\t') ? ' ' : '?';
   }
-  while (!out.empty() && out.back() == ' ') out.pop_back();
+  while (!keep_trailing && !out.empty() && out.back() == ' ') out.pop_back();
   return out;
 }
 
@@ -255,7 +257,14 @@ std::string printable_prefix(std::string_view s, std::size_t max) {
 Result<AdminAddress> parse_admin_address(std::string_view text) {
   AdminAddress a;
   a.text = std::string(text);
-  const std::string quoted = "\"" + printable_prefix(text, 120) + "\"";
+  const std::string quoted = "\"" + printable_prefix(text, 120, true) + "\"";
+  if (text.empty()) return unexpected(Error{"bad-address", "no address given: expected HOST:PORT, [IPV6]:PORT or unix:/PATH"});
+  if (const auto scheme = text.find("://"); scheme != std::string_view::npos) {
+    // A URL, as the README's curl examples write the endpoint.
+    std::string_view rest = text.substr(scheme + 3);
+    rest = rest.substr(0, rest.find('/'));
+    return unexpected(Error{"bad-address", quoted + ": a URL; give the address alone (" + printable_prefix(rest, 120) + ")"});
+  }
   if (text.rfind("unix:", 0) == 0) {
     a.is_unix = true;
     a.path = std::string(text.substr(5));
@@ -425,6 +434,12 @@ Result<nlohmann::json> get_json(const AdminAddress& address, const std::string& 
     return unexpected(Error{"http", msg});
   }
   if (bad_at) {
+    // The parser counts from 1, and past the end when the text stops inside a value.
+    if (resp.body.empty()) return unexpected(Error{"json", "the answer to " + target + " is empty, not JSON"});
+    if (*bad_at > resp.body.size()) {
+      return unexpected(Error{"json", "the answer to " + target + " is not valid JSON: it ends inside a value (after " +
+                                          std::to_string(resp.body.size()) + " bytes)"});
+    }
     return unexpected(Error{"json", "the answer to " + target + " is not valid JSON (at byte " + std::to_string(*bad_at) +
                                         " of " + std::to_string(resp.body.size()) + ")"});
   }

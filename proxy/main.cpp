@@ -49,15 +49,21 @@ int main(int argc, char** argv) {
 
   isoproxy::StatsCmdOptions st;
   auto* stats = app.add_subcommand("stats", "Show the running proxy's sessions and totals, from its admin endpoint");
-  auto* st_admin = stats->add_option("--admin", st.admin, "Admin endpoint: HOST:PORT, [IPV6]:PORT or unix:/PATH (default 127.0.0.1:9102)")->type_name("ADDR");
+  // An empty value is a mistake (a shell variable that was not set), not "no filter".
+  const auto non_empty = CLI::Validator(
+      [](std::string& v) { return v.empty() ? std::string("an empty value matches nothing: leave the option out") : std::string(); },
+      "", "non-empty");
+  auto* st_admin = stats->add_option("--admin", st.admin, "Admin endpoint: HOST:PORT, [IPV6]:PORT or unix:/PATH (default 127.0.0.1:9102)")->type_name("ADDR")
+      ->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("no address given: HOST:PORT, [IPV6]:PORT or unix:/PATH") : std::string(); },
+                             "", "address"));
   stats->add_option("-c,--config", st.config, "Read the admin endpoint's address from this configuration file ([admin] listen)")->type_name("FILE")->excludes(st_admin);
   stats->add_flag("--json", st.json, "Print the sessions and totals as one JSON document, for scripts");
   auto* st_watch = stats->add_option("--watch", st.watch_interval, "Redraw every SECONDS (0.2..3600, default 2) until SIGINT or SIGTERM")->type_name("[SECONDS]")->expected(0, 1);
   stats->add_option("--count", st.count, "With --watch: stop after N refreshes")->type_name("N")->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1000000000}));
   stats->add_flag("--closed", st.closed, "Show the recently closed sessions too, with close reason and DR");
   stats->add_option("--state", st.state, "Only sessions in this state")->type_name("STATE")->check(CLI::IsMember({"connecting", "awaiting-cc", "established", "draining", "closed"}));
-  stats->add_option("--tsap", st.tsap, "Only sessions with this calling or called TSAP (ASCII, or hex)")->type_name("TSAP");
-  stats->add_option("--peer", st.peer, "Only sessions with this client or upstream (IP or IP:PORT)")->type_name("IP[:PORT]");
+  stats->add_option("--tsap", st.tsap, "Only sessions with this calling or called TSAP (ASCII, or hex)")->type_name("TSAP")->check(non_empty);
+  stats->add_option("--peer", st.peer, "Only sessions with this client or upstream (IP or IP:PORT)")->type_name("IP[:PORT]")->check(non_empty);
   stats->add_option("--timeout", st.timeout_s, "Seconds to connect, and to receive each answer (0.1..600)")->type_name("SECONDS")->default_val(5.0);
   stats->add_option("--width", st.width, "Output width in columns, 0 for unlimited (default: the terminal's, else $COLUMNS, else 80)")->type_name("N");
 

@@ -428,6 +428,11 @@ TEST_CASE("stats: bad options are usage errors (exit 2)", "[stats-cmd][integrati
            {"--timeout", "0"},
            {"--width", "-1"},
            {"--bogus"},
+           // Empty values: a shell variable that was not set, not "the default" or "no filter".
+           {"--admin", ""},
+           {"--tsap", ""},
+           {"--peer", ""},
+           {"--admin", "http://127.0.0.1:9102"},
        }) {
     auto r = stats({}, args);
     INFO(args[0] << " " << (args.size() > 1 ? args[1] : ""));

@@ -88,6 +88,12 @@ TEST_CASE("admin client: address forms", "[admin-client]") {
   }
   CHECK(parse_admin_address("::1:9102").error().message.find("brackets") != std::string::npos);
   CHECK(parse_admin_address("127.0.0.1:0").error().message.find("port 0") != std::string::npos);
+  // Said as what they are: no address, a URL, and a value quoted whole (a trailing space shown).
+  CHECK(parse_admin_address("").error().message == "no address given: expected HOST:PORT, [IPV6]:PORT or unix:/PATH");
+  CHECK(parse_admin_address("http://127.0.0.1:9102/stats").error().message ==
+        "\"http://127.0.0.1:9102/stats\": a URL; give the address alone (127.0.0.1:9102)");
+  CHECK(parse_admin_address("127.0.0.1:9102 ").error().message ==
+        "\"127.0.0.1:9102 \": the port must be a number 1..65535");
   CHECK_FALSE(parse_admin_address("unix:/" + std::string(200, 'a')));
 
   // From [admin] listen: wildcards are reached on loopback; "off" is an error.
@@ -143,6 +149,18 @@ TEST_CASE("admin client: what is not a whole, valid, bounded answer is an error"
     auto j = get_json(s.address(), "/sessions");
     REQUIRE_FALSE(j);
     CHECK(j.error().kind == "json");
+    // Not "at byte 19 of 18": the text stops inside a value.
+    CHECK(j.error().message == "the answer to /sessions is not valid JSON: it ends inside a value (after 18 bytes)");
+  }
+  {
+    Scripted s(response(200, "OK", "{\"a\": nope}"));
+    auto j = get_json(s.address(), "/stats");
+    REQUIRE_FALSE(j);
+    CHECK(j.error().message == "the answer to /stats is not valid JSON (at byte 8 of 11)");
+    Scripted empty(response(200, "OK", ""));
+    auto e = get_json(empty.address(), "/stats");
+    REQUIRE_FALSE(e);
+    CHECK(e.error().message == "the answer to /stats is empty, not JSON");
   }
   {
     // Content-Length promises more than comes: cut short.
