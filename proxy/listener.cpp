@@ -1,6 +1,8 @@
 #include "listener.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 
 #include <netinet/in.h>
@@ -154,6 +156,37 @@ void Listener::arm_resume() {
   if (!uv_is_active(reinterpret_cast<uv_handle_t*>(resume_timer_))) {
     uv_timer_start(resume_timer_, [](uv_timer_t* t) noexcept { static_cast<Listener*>(t->data)->resume(); }, pause_ms_, 0);
   }
+}
+
+namespace {
+
+std::atomic<std::uint64_t> g_descriptor_limit{0};
+std::atomic<std::uint64_t> g_last_descriptor_warn_ms{0};
+std::atomic<std::uint64_t> g_descriptor_warns_unlogged{0};
+
+}  // namespace
+
+void set_descriptor_limit(std::uint64_t soft_limit) { g_descriptor_limit.store(soft_limit, std::memory_order_relaxed); }
+
+void note_accepted_descriptor(int fd, const std::string& listener) {
+  const std::uint64_t limit = g_descriptor_limit.load(std::memory_order_relaxed);
+  if (limit == 0 || fd < 0) return;
+  // Room for the session's upstream socket and a splice pipe, and then some.
+  const std::uint64_t margin = std::max<std::uint64_t>(8, limit / 64);
+  if (static_cast<std::uint64_t>(fd) + margin < limit) return;
+  const auto now = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+  std::uint64_t last = g_last_descriptor_warn_ms.load(std::memory_order_relaxed);
+  if (last != 0 && now - last < 1000) {
+    g_descriptor_warns_unlogged.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (!g_last_descriptor_warn_ms.compare_exchange_strong(last, now, std::memory_order_relaxed)) return;
+  const std::uint64_t unlogged = g_descriptor_warns_unlogged.exchange(0, std::memory_order_relaxed);
+  spdlog::warn("listener {}: descriptors nearly exhausted: this connection got descriptor {} of the process's limit "
+               "of {}; past the limit, new connections are closed as they are accepted, with no session and no "
+               "log line: raise LimitNOFILE or ulimit -n, or lower max_sessions{}",
+               listener, fd, limit, unlogged ? " (" + std::to_string(unlogged) + " more connections near it)" : "");
 }
 
 namespace {

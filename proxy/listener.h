@@ -27,6 +27,14 @@ class Server;
 Result<std::vector<std::vector<int>>> bind_listener(const conf::ListenerConfig& cfg, unsigned workers,
                                                     std::vector<std::string>* bound);
 
+// The process's soft descriptor limit, as fit_fd_limit() left it.
+void set_descriptor_limit(std::uint64_t soft_limit);
+// Called with each accepted connection's descriptor: one near the limit
+// (descriptors are handed out lowest first, so N means N + 1 in use) is
+// warned about, once a second at most across workers. Past the limit
+// libuv accepts and closes new connections itself, and nothing would say so.
+void note_accepted_descriptor(int fd, const std::string& listener);
+
 class Listener {
  public:
   Listener(Server& server, std::shared_ptr<const ListenerRuntime> rt);

@@ -177,6 +177,9 @@ void Session::start(uv_stream_t* server_stream) {
     return;
   }
   io_->client.connected = true;
+  if (uv_os_fd_t fd = -1; uv_fileno(reinterpret_cast<const uv_handle_t*>(&io_->client.tcp), &fd) == 0) {
+    note_accepted_descriptor(fd, rt_->cfg.name);
+  }
   sockaddr_storage peer_ss{};
   int len = sizeof peer_ss;
   if (uv_tcp_getpeername(&io_->client.tcp, reinterpret_cast<sockaddr*>(&peer_ss), &len) == 0 &&

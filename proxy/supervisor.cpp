@@ -217,6 +217,7 @@ std::optional<std::string> fit_fd_limit(std::uint32_t max_sessions) {
       rl = raised;
     }
   }
+  set_descriptor_limit(rl.rlim_cur == RLIM_INFINITY ? 0 : static_cast<std::uint64_t>(rl.rlim_cur));
   if (rl.rlim_cur >= want) return std::nullopt;
   return fmt::format("the descriptor limit ({}, hard limit {}) is below the {} that max_sessions = {} needs ({} a "
                      "session, and more while spliced): past it, accepting pauses and connections wait or are dropped; "

@@ -374,3 +374,41 @@ TEST_CASE("at the descriptor limit accepting pauses: no busy loop, no log flood,
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(15s) == 0);
 }
+
+TEST_CASE("near the descriptor limit each new connection is warned about, before libuv drops them unseen",
+          "[listen][integration][fd-limit]") {
+  // Past the limit, libuv accepts and closes new connections with a spare
+  // descriptor of its own and calls nobody: no session, no log line, no
+  // count. What isoproxy can say is that the limit is near.
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  LimitedLauncher launch("-n 64");
+  ProxyProcess proxy("[global]\nmax_sessions = 1000\nreverse_dns = false\n\n[[listener]]\nname = \"l\"\n"
+                     "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n",
+                     {}, launch.script.string());
+  auto port = proxy.listen_port("l", 10s);
+  REQUIRE(port);
+  const std::regex warned(
+      R"(warning listener l: descriptors nearly exhausted: this connection got descriptor (\d+) of the process's limit of 64; )"
+      R"(past the limit, new connections are closed as they are accepted)");
+  // Sessions held open, each relayed (two descriptors), until the warning comes.
+  std::vector<Conn> held;
+  const ByteVec dt = make_dt("hold");
+  for (int i = 0; i < 40 && proxy.count_lines(warned) == 0; ++i) {
+    Conn c = connect_to("127.0.0.1", *port);
+    REQUIRE(c.valid());
+    if (!c.send_all(codec::Bytes(dt)) || !c.recv_exact(dt.size(), 2000ms)) break;  // the limit itself
+    held.push_back(std::move(c));
+  }
+  INFO(proxy.text().substr(0, 4000));
+  REQUIRE(proxy.wait_for_line(warned, 5s));
+  // Not before: the first sessions were far from it.
+  CHECK(held.size() >= 10);
+  std::smatch m;
+  const std::string text = proxy.text();
+  REQUIRE(std::regex_search(text, m, warned));
+  CHECK(std::stoi(m[1]) >= 64 - 8);
+  held.clear();
+  REQUIRE(proxy.signal(SIGTERM));
+  CHECK(proxy.wait_exit(15s) == 0);
+}
