@@ -138,7 +138,15 @@ int verify_callback(int ok, X509_STORE_CTX* store) {
 
 void info_callback(const SSL* ssl, int where, int ret) {
   // SSL_CB_READ_ALERT shares its alert bit with SSL_CB_WRITE_ALERT: test both bits.
-  if ((where & SSL_CB_ALERT) == 0 || (where & SSL_CB_READ) == 0) return;
+  if ((where & SSL_CB_ALERT) == 0) return;
+  if ((where & SSL_CB_WRITE) != 0) {
+    // SSL_OP_NO_RENEGOTIATION answers a renegotiation with this warning.
+    if ((ret & 0xFF) == SSL_AD_NO_RENEGOTIATION) {
+      if (Channel* ch = channel_of(ssl)) ch->on_renegotiation_refused();
+    }
+    return;
+  }
+  if ((where & SSL_CB_READ) == 0) return;
   // A warning-level close_notify is the ordinary end; fatal alerts end the session.
   if ((ret >> 8) != SSL3_AL_FATAL) return;
   if (Channel* ch = channel_of(ssl)) ch->on_alert_received(ret & 0xFF);
@@ -459,7 +467,16 @@ Result<std::shared_ptr<const Context>, std::vector<KeyError>> make_client_contex
   if (out->ctx_ == nullptr) return unexpected(std::vector<KeyError>{{"", "OpenSSL: " + last_error("SSL_CTX_new failed")}});
   SSL_CTX* ctx = out->ctx_;
   common_setup(ctx, c.min_version, c.ciphers, c.ciphersuites, c.groups, errors);
-  if (!c.cert.empty()) load_own(ctx, c.cert, c.key, errors, out->own_);
+  if (!c.cert.empty()) {
+    load_own(ctx, c.cert, c.key, errors, out->own_);
+  } else {
+    // Called when a server asks for a client certificate and none is set:
+    // noted, so that the failure that follows can say why; none is sent.
+    SSL_CTX_set_client_cert_cb(ctx, [](SSL* ssl, X509**, EVP_PKEY**) -> int {
+      if (Channel* ch = channel_of(ssl)) ch->on_client_certificate_requested();
+      return 0;
+    });
+  }
   out->verify_peer_ = c.verify;
   if (c.verify) {
     if (!c.ca.empty()) {
@@ -685,6 +702,11 @@ Channel::Status Channel::fail(int ssl_ret, bool in_handshake) {
     failure_ = {"tls-verify-failed", "no client certificate"};
   } else if (!alert_received_.empty()) {
     failure_ = {"tls-alert", "the peer sent \"" + alert_received_ + "\""};
+    if (renegotiation_refused_) {
+      failure_.detail += " after isoproxy refused its renegotiation (TLS 1.2 renegotiation is not supported)";
+    } else if (client_cert_requested_ && alert_received_ != "certificate required") {
+      failure_.detail += " after asking for a client certificate: none is configured (cert and key in upstream_tls)";
+    }
   } else if (in_handshake || !established_) {
     failure_ = {"tls-handshake-failed", reason};
   } else {

@@ -188,6 +188,8 @@ class Channel {
 
   // Internal (OpenSSL callbacks).
   void on_alert_received(int value);
+  void on_renegotiation_refused() { renegotiation_refused_ = true; }
+  void on_client_certificate_requested() { client_cert_requested_ = true; }
   void on_verify_failed(int depth, int err, const std::string& subject);
   // The peer's certificate (verified): false if a server's allow-lists refuse it.
   bool on_peer_certificate(x509_st* peer);
@@ -209,6 +211,11 @@ class Channel {
   std::string alert_received_;
   std::string verify_failure_;
   std::string not_allowed_;  // why the allow-lists refused the peer's certificate
+  // The peer asked to renegotiate (TLS 1.2) and was refused; a server asked
+  // for a client certificate and none is configured. Each explains the alert
+  // that usually follows, "handshake failure", which alone says nothing.
+  bool renegotiation_refused_ = false;
+  bool client_cert_requested_ = false;
   Info info_;
   Failure failure_;
 };

@@ -238,6 +238,8 @@ class TlsConn {
   bool key_update_with(const ByteVec& data) {
     return SSL_key_update(ssl_, SSL_KEY_UPDATE_REQUESTED) == 1 && write_all(data);
   }
+  // TLS 1.2: asks the peer to renegotiate; true if the new handshake completed.
+  bool renegotiate() { return SSL_renegotiate(ssl_) == 1 && SSL_do_handshake(ssl_) == 1; }
   void set_send_timeout(int seconds) {
     timeval tv{seconds, 0};
     ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
@@ -575,6 +577,54 @@ TEST_CASE("tls: an upstream that wants a client certificate we do not have: the 
   const auto f = close_fields(proxy, 1);
   INFO(proxy.text());
   CHECK(f.at("reason") == "tls-alert: upstream: the peer sent \"certificate required\"");
+}
+
+TEST_CASE("tls: a TLS 1.2 upstream that wants a client certificate we do not have: said, not a bare handshake failure",
+          "[tls][integration]") {
+  // TLS 1.2 has no certificate_required: the server answers a missing
+  // certificate with handshake_failure, which alone says nothing.
+  REQUIRE_FALSE(openssl_binary().empty());
+  Certs c;
+  std::uint16_t sport = 0;
+  auto srv = start_s_server(c.upstream, sport, {"-Verify", "1", "-CAfile", c.ca.cert, "-tls1_2"});
+  REQUIRE(sport != 0);
+  ProxyProcess proxy(listener_config("want-cert", sport, upstream_tls("ca = " + q(c.ca.cert) + "\n")));
+  auto port = proxy.listen_port("want-cert");
+  REQUIRE(port);
+  Conn conn = connect_to("127.0.0.1", *port);
+  REQUIRE(conn.send_all(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
+  CHECK(conn.wait_eof(10s));
+  const auto f = close_fields(proxy, 1);
+  INFO(proxy.text());
+  CHECK(f.at("reason") ==
+        "tls-alert: upstream: the peer sent \"handshake failure\" after asking for a client certificate: none is "
+        "configured (cert and key in upstream_tls)");
+}
+
+TEST_CASE("tls: a client that asks to renegotiate is told no, and the close line says so", "[tls][integration]") {
+  // isoproxy refuses TLS 1.2 renegotiation (a no_renegotiation warning);
+  // OpenSSL's client then gives up with handshake_failure.
+  Certs c;
+  TestServer upstream(responder_handler({}));
+  REQUIRE(upstream.ok());
+  ProxyProcess proxy(listener_config("tls-in", upstream.port(), server_tls(c.proxy)));
+  auto port = proxy.listen_port("tls-in");
+  REQUIRE(port);
+  CtxPtr ctx = client_ctx(c);
+  SSL_CTX_set_max_proto_version(ctx.get(), TLS1_2_VERSION);
+  std::string err;
+  auto t = TlsConn::connect(*port, ctx.get(), "proxy.test", err);
+  INFO(err);
+  REQUIRE(t);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  REQUIRE(t->write_all(cr));
+  REQUIRE(t->read_frame());
+  CHECK_FALSE(t->renegotiate());
+  const auto f = close_fields(proxy, 1);
+  INFO(proxy.text());
+  CHECK(f.at("reason") ==
+        "tls-alert: client: the peer sent \"handshake failure\" after isoproxy refused its renegotiation (TLS 1.2 "
+        "renegotiation is not supported)");
 }
 
 TEST_CASE("tls: a client that sends KeyUpdates and never reads is stopped at high water", "[tls][integration]") {
