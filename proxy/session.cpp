@@ -457,6 +457,12 @@ void Session::on_read(Leg& from, ssize_t nread, const uv_buf_t* buf) {
       close("tls-handshake-failed: " + std::string(side_name(from.side)) + ": the peer closed the connection during the TLS handshake");
       return;
     }
+    if (from.tls && from.tls->inside_record()) {
+      // A TCP FIN, no close_notify, in the middle of a record: its bytes
+      // were sent and are lost (the close line says close_notify=no too).
+      spdlog::info("[S{}] {} closed inside a TLS record, without close_notify: the record's rest never came", id_,
+                   side_name(from.side));
+    }
     on_eof(from);
     return;
   }
@@ -2016,6 +2022,8 @@ std::string Session::close_line() const {
     if (!i.cipher.empty()) s += ' ' + p + "_cipher=" + i.cipher;
     if (!i.peer_subject.empty()) field(p + "_peer", i.peer_subject);
     if (!i.verify.empty()) field(p + "_verify", i.verify);
+    // Ended by a bare FIN: a TLS close that could have cut data off.
+    if (!i.version.empty() && l->eof && !i.close_notify) s += ' ' + p + "_close_notify=no";
   }
   s += " filters=";
   if (counters_.entries().empty()) s += '-';

@@ -556,6 +556,12 @@ void Channel::feed(const std::uint8_t* data, std::size_t n) {
   SSL_set0_rbio(ssl_, in);
 }
 
+bool Channel::inside_record() const {
+  // Bytes OpenSSL holds but has not made a record of (SSL_pending counts the
+  // decrypted ones, which the session reads before it sees a FIN).
+  return SSL_has_pending(ssl_) == 1 && SSL_pending(ssl_) == 0;
+}
+
 void Channel::drop_input() {
   // Only when something is left: the common case costs nothing.
   if (BIO_ctrl_pending(SSL_get_rbio(ssl_)) == 0) return;

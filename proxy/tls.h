@@ -170,6 +170,8 @@ class Channel {
   Status handshake();
   bool established() const { return established_; }
   bool failed() const { return failed_; }
+  // Part of a record came and the rest did not (yet): what a FIN now cuts off.
+  bool inside_record() const;
   // Decrypts into buf (at most one record per call).
   ReadResult read(std::uint8_t* buf, std::size_t cap);
   // Encrypts all of `data` into output() (memory never refuses a write).

@@ -238,6 +238,7 @@ class TlsConn {
   bool key_update_with(const ByteVec& data) {
     return SSL_key_update(ssl_, SSL_KEY_UPDATE_REQUESTED) == 1 && write_all(data);
   }
+  int fd() const { return fd_; }
   // TLS 1.2: asks the peer to renegotiate; true if the new handshake completed.
   bool renegotiate() { return SSL_renegotiate(ssl_) == 1 && SSL_do_handshake(ssl_) == 1; }
   void set_send_timeout(int seconds) {
@@ -599,6 +600,46 @@ TEST_CASE("tls: a TLS 1.2 upstream that wants a client certificate we do not hav
   CHECK(f.at("reason") ==
         "tls-alert: upstream: the peer sent \"handshake failure\" after asking for a client certificate: none is "
         "configured (cert and key in upstream_tls)");
+}
+
+TEST_CASE("tls: a FIN without close_notify is said in the close line, and one inside a record is logged",
+          "[tls][integration]") {
+  Certs c;
+  TestServer upstream(responder_handler({}));
+  REQUIRE(upstream.ok());
+  ProxyProcess proxy(listener_config("tls-in", upstream.port(), server_tls(c.proxy)));
+  auto port = proxy.listen_port("tls-in");
+  REQUIRE(port);
+  CtxPtr ctx = client_ctx(c);
+  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
+  for (int id = 1; id <= 3; ++id) {
+    INFO("session " << id);
+    std::string err;
+    auto t = TlsConn::connect(*port, ctx.get(), "proxy.test", err);
+    INFO(err);
+    REQUIRE(t);
+    REQUIRE(t->write_all(cr));
+    REQUIRE(t->read_frame());
+    if (id == 1) {
+      t->shutdown();  // close_notify, then the FIN
+    } else if (id == 3) {
+      // The first 30 octets of a 100-octet application data record, then the FIN.
+      ByteVec part = {0x17, 0x03, 0x03, 0x00, 0x64};
+      part.resize(30, 0xAB);
+      REQUIRE(::send(t->fd(), part.data(), part.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(part.size()));
+    }
+    ::shutdown(t->fd(), SHUT_WR);
+    const auto f = close_fields(proxy, id);
+    INFO(proxy.text());
+    REQUIRE_FALSE(f.empty());
+    if (id == 1) {
+      CHECK(f.count("client_close_notify") == 0);
+    } else {
+      CHECK(f.at("client_close_notify") == "no");
+    }
+  }
+  CHECK(proxy.count_lines(std::regex(R"(\[S3\] client closed inside a TLS record, without close_notify)")) == 1);
+  CHECK(proxy.count_lines(std::regex(R"(closed inside a TLS record)")) == 1);  // not session 2's bare FIN
 }
 
 TEST_CASE("tls: a client that asks to renegotiate is told no, and the close line says so", "[tls][integration]") {
