@@ -2,10 +2,16 @@
 
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/base_sink.h>
+#include <limits.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -73,19 +79,88 @@ class StderrSink final : public spdlog::sinks::base_sink<std::mutex> {
 
  private:
   static constexpr std::size_t kMaxHeld = 64 * 1024;
-  void write_out() {
-    std::size_t off = 0;
-    while (off < buf_.size()) {
-      const ssize_t n = ::write(STDERR_FILENO, buf_.data() + off, buf_.size() - off);
+  // How long a write waits for a reader that is behind (journald busy, a
+  // pipe's reader slow) before the lines are dropped. Every worker logs
+  // under this sink's mutex: a reader that stopped must not stop the relay.
+  static constexpr int kWaitMs = 1000;
+
+  // Writes all of `data`, waiting at most `wait_ms` in all for room; false
+  // (and `written` short) if the reader did not make room in time.
+  bool write_all(const char* data, std::size_t size, std::size_t& written, int wait_ms) {
+    written = 0;
+    if (kind_ == Kind::kUnknown) {
+      struct stat st{};
+      kind_ = ::fstat(STDERR_FILENO, &st) != 0 ? Kind::kOther
+              : S_ISSOCK(st.st_mode)           ? Kind::kSocket
+              : S_ISFIFO(st.st_mode)           ? Kind::kPipe
+                                               : Kind::kOther;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    while (written < size) {
+      ssize_t n;
+      if (kind_ == Kind::kOther) {
+        n = ::write(STDERR_FILENO, data + written, size - written);  // a file or a terminal
+      } else {
+        pollfd p{STDERR_FILENO, POLLOUT, 0};
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        const int r = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(0, left.count())));
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0) return false;  // no room in time
+        if (r < 0 || (p.revents & (POLLERR | POLLNVAL)) != 0) return false;
+        // A socket takes what fits without blocking; a pipe with room for
+        // one page takes a write of at most PIPE_BUF without blocking.
+        n = kind_ == Kind::kSocket
+                ? ::send(STDERR_FILENO, data + written, size - written, MSG_DONTWAIT | MSG_NOSIGNAL)
+                : ::write(STDERR_FILENO, data + written, std::min<std::size_t>(size - written, PIPE_BUF));
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+      }
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // nowhere to log to: the lines are dropped, never held without bound
-      off += static_cast<std::size_t>(n);
+      if (n <= 0) return false;  // nowhere to log to
+      written += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  void write_out() {
+    if (buf_.empty()) return;
+    if (dropped_lines_ > 0) {
+      // First say what was lost, once the reader takes lines again.
+      const std::string note = std::string(mid_line_ ? "\n" : "") + "isoproxy: " + std::to_string(dropped_lines_) +
+                               " log lines dropped: standard error was not read for over " +
+                               std::to_string(kWaitMs) + " ms\n";
+      std::size_t w = 0;
+      if (!write_all(note.data(), note.size(), w, 0)) {
+        count_dropped(buf_.data(), buf_.size());
+        buf_.clear();
+        return;
+      }
+      dropped_lines_ = 0;
+      mid_line_ = false;
+    }
+    std::size_t w = 0;
+    // While lines are being dropped, no waiting: the reader is known stuck.
+    if (!write_all(buf_.data(), buf_.size(), w, dropped_since_ok_ ? 0 : kWaitMs)) {
+      // The line cut short goes too; it is counted with the rest.
+      count_dropped(buf_.data() + w, buf_.size() - w);
+      if (w > 0) mid_line_ = buf_[w - 1] != '\n';
+      dropped_since_ok_ = true;
+    } else {
+      dropped_since_ok_ = false;
     }
     buf_.clear();
     if (buf_.capacity() > kMaxHeld) buf_.shrink_to_fit();
   }
+  void count_dropped(const char* data, std::size_t size) {
+    for (std::size_t i = 0; i < size; ++i) dropped_lines_ += data[i] == '\n';
+  }
+
+  enum class Kind { kUnknown, kSocket, kPipe, kOther };
+  Kind kind_ = Kind::kUnknown;
   std::string buf_;
   bool deferred_ = false;
+  std::uint64_t dropped_lines_ = 0;
+  bool dropped_since_ok_ = false;
+  bool mid_line_ = false;  // the last write stopped inside a line
 };
 
 std::shared_ptr<StderrSink>& stderr_sink() {

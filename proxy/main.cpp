@@ -1,6 +1,9 @@
 // isoproxy: an RFC 1006 (ISO transport over TCP) middlebox. This file is the
 // command line only; each subcommand lives in its own module.
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
+
+#include <cerrno>
 #include <cstdint>
 #include <iostream>
 #include <optional>
@@ -16,6 +19,12 @@
 #endif
 
 int main(int argc, char** argv) {
+  // Started with standard input, output or error closed (`2>&-`), the
+  // descriptor would go to the next file opened (libuv's epoll or signal
+  // pipe), and log lines into it: /dev/null holds the place instead.
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) == -1 && errno == EBADF && ::open("/dev/null", O_RDWR) != fd) return 2;
+  }
   CLI::App app{"isoproxy: an RFC 1006 (TPKT + X.224 class 0, port 102) proxy that repairs what makes strict peers refuse each other"};
   app.set_version_flag("-V,--version", "isoproxy " ISOPROXY_VERSION);
   app.require_subcommand(1);
