@@ -471,7 +471,15 @@ class Loader {
       // the client for the kernel's SYN retries (minutes).
       r.error("connect_timeout", "must be greater than 0");
     }
+    before = errors_now();
     l.handshake_timeout = r.duration("handshake_timeout", l.handshake_timeout);
+    if (errors_now() == before && l.handshake_timeout > 0ms && l.handshake_timeout <= l.connect_timeout) {
+      // Counted from accept, it ends a slow connect first (said then as a
+      // connect timeout, but after handshake_timeout, not connect_timeout).
+      r.warning("handshake_timeout", format_duration(l.handshake_timeout) + " is not longer than connect_timeout (" +
+                                         format_duration(l.connect_timeout) +
+                                         "): a connect still under way at handshake_timeout ends there");
+    }
     l.idle_timeout = r.duration("idle_timeout", l.idle_timeout);
 
     before = errors_now();

@@ -1245,6 +1245,16 @@ void Session::on_timer() {
     return;
   }
   if (handshake_timed() && now >= start_ms_ + static_cast<std::uint64_t>(c.handshake_timeout.count())) {
+    if (io_->upstream.initialised && !io_->upstream.connected) {
+      // Still connecting: the upstream never answered the SYN. Said as the
+      // connect timeout it is, not as a CC that did not come.
+      server_.stats().connect_failures["connect-timeout"]++;
+      close("connect-timeout: " + upstream_addr_ + " did not answer within " +
+            conf::format_duration(std::chrono::milliseconds(now - io_->connect_start_ms)) +
+            " (handshake_timeout " + conf::format_duration(c.handshake_timeout) + " came before connect_timeout " +
+            conf::format_duration(c.connect_timeout) + ")" + local_destination_hint());
+      return;
+    }
     // After a DR the peers are to close (RFC 1006 §6); the timeout also
     // ends a session where neither did, and says so.
     const auto kDr = static_cast<std::size_t>(codec::TpduType::kDR);

@@ -656,6 +656,32 @@ TEST_CASE("relay-life: an upstream that never answers the SYN ends the session a
   CHECK(back);
 }
 
+TEST_CASE("relay-life: a handshake_timeout shorter than connect_timeout still says connect-timeout",
+          "[relay-life][connect]") {
+  // Counted from accept, handshake_timeout ends the silent connect first:
+  // the SYN was never answered, so it is no CC that failed to come.
+  Blackhole hole;
+  INFO(hole.error());
+  REQUIRE(hole.ready());
+  auto proxy = start_proxy(listener_toml("silent", hole.port(), "connect_timeout = \"10s\"\nhandshake_timeout = \"500ms\""));
+  const auto lport = port_of(*proxy, "silent");
+  const auto m = mark(*proxy);
+  Conn c = t::connect_to(kLocal, lport);
+  REQUIRE(c.valid());
+  const Watch client = watch(c, m);
+  REQUIRE(c.send_all(codec::Bytes(test_cr())));
+  const auto f = wait_close(*proxy, client, 5000ms);
+  INFO(proxy->text());
+  REQUIRE(f);
+  CHECK(std::regex_match(field(*f, "reason"),
+                         std::regex("connect-timeout: 127\\.0\\.0\\.1:" + std::to_string(hole.port()) +
+                                    R"( did not answer within \d+ms \(handshake_timeout 500ms came before connect_timeout 10s\))")));
+  CHECK(proxy->wait_for_line(std::regex(R"(handshake_timeout: 500ms is not longer than connect_timeout \(10s\))"), 2s));
+  // Counted as a connect failure, as connect_timeout's are (the totals at exit).
+  proxy->signal(SIGTERM);
+  CHECK(proxy->wait_for_line(std::regex(R"(stopped: .*connect_failures=connect-timeout=1)"), 10s));
+}
+
 TEST_CASE("relay-life: an upstream connect that lands after the session began to linger gets its FIN at once",
           "[relay-life][connect]") {
   // A malformed first frame (malformed = "close") ends the session while
