@@ -166,8 +166,19 @@ void Server::check_source_names() {
     if (!seen.insert(ip).second) continue;
     const std::string who = owner + ": source_address " + ip;
     const std::string canonical = numeric_host(address.sa());  // as getaddrinfo prints it
-    rdns_.lookup(address.sa(), [this, ip, who, canonical](std::optional<std::string> name, std::string error) {
+    // A resolver that did not answer says nothing of the records: not
+    // "publish a PTR record" then, but that the check could not be made.
+    auto unanswered = [](const std::string& e) {
+      return e == uv_strerror(UV_EAI_AGAIN) || e == uv_strerror(UV_EAI_FAIL) || e == uv_strerror(UV_ETIMEDOUT);
+    };
+    rdns_.lookup(address.sa(), [this, ip, who, canonical, unanswered](std::optional<std::string> name, std::string error) {
       if (draining_) return;  // cancelled by the shutdown: nothing was learnt
+      if (!name && unanswered(error)) {
+        spdlog::warn("{}: its reverse-DNS (PTR) name could not be checked: the resolver did not answer ({}); "
+                     "checked again at the next start or reload",
+                     who, error);
+        return;
+      }
       if (!name) {
         spdlog::warn("{} has no reverse-DNS (PTR) name ({}): receivers that identify the calling MTA by its host name "
                      "(a connector matched by FQDN, an address check by name) will refuse connections from it; "
@@ -175,8 +186,14 @@ void Server::check_source_names() {
                      who, error, ip);
         return;
       }
-      rdns_.forward(*name, [this, who, canonical, name = *name](std::vector<std::string> hosts, std::string ferror) {
+      rdns_.forward(*name, [this, who, canonical, unanswered, name = *name](std::vector<std::string> hosts, std::string ferror) {
         if (draining_) return;
+        if (hosts.empty() && unanswered(ferror)) {
+          spdlog::warn("{} is {} by its PTR record; whether {} resolves back to it could not be checked: the resolver "
+                       "did not answer ({})",
+                       who, name, name, ferror);
+          return;
+        }
         if (std::find(hosts.begin(), hosts.end(), canonical) != hosts.end()) {
           spdlog::info("{} is {} (PTR, and the name resolves back to it)", who, name);
         } else {

@@ -189,60 +189,75 @@ TEST_CASE("rdns: a fixed source IP without a PTR record is warned about at start
 // a mount namespace of its own (unshare -m) where /etc/resolv.conf names a
 // nameserver this test holds and never answers, with a 30 s timeout; the
 // host's own resolv.conf is not touched.
-TEST_CASE("rdns: a stop does not wait for a resolver that does not answer", "[rdns][integration]") {
-  if (!can_unshare_mounts()) {
-    WARN("not run: needs root with CAP_SYS_ADMIN and unshare(1) for a private /etc/resolv.conf (CI runs as root)");
-    return;
-  }
-  {
+// A nameserver that never answers, and a wrapper that runs isoproxy in a
+// mount namespace where /etc/resolv.conf names it, with `options`. The
+// host's own resolv.conf is not touched. `why_not` says why it cannot run here.
+struct MuteResolver {
+  static constexpr const char* kNameserver = "127.0.83.1";
+  int dns = -1;
+  std::filesystem::path dir, wrapper;
+  std::string why_not;
+
+  explicit MuteResolver(const std::string& options) {
+    if (!can_unshare_mounts()) {
+      why_not = "needs root with CAP_SYS_ADMIN and unshare(1) for a private /etc/resolv.conf (CI runs as root)";
+      return;
+    }
     // The PTR query must reach resolv.conf's nameserver: not through
     // systemd-resolved (nss-resolve) or a caching nscd.
     std::ifstream ns("/etc/nsswitch.conf");
     std::string line;
-    bool dns = false;
+    bool via_dns = false;
     bool other = false;
     while (std::getline(ns, line)) {
       if (line.rfind("hosts:", 0) == 0) {
-        dns = line.find(" dns") != std::string::npos;
+        via_dns = line.find(" dns") != std::string::npos;
         other = line.find(" resolve") != std::string::npos;
       }
     }
-    if (!dns || other || std::filesystem::exists("/var/run/nscd/socket")) {
-      WARN("not run: host lookups here do not go to resolv.conf's nameserver (see /etc/nsswitch.conf, nscd)");
+    if (!via_dns || other || std::filesystem::exists("/var/run/nscd/socket")) {
+      why_not = "host lookups here do not go to resolv.conf's nameserver (see /etc/nsswitch.conf, nscd)";
       return;
     }
+    // A bound UDP socket that is never answered from.
+    dns = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(53);
+    inet_pton(AF_INET, kNameserver, &a.sin_addr);
+    if (dns < 0 || ::bind(dns, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      why_not = std::string("cannot bind ") + kNameserver + ":53 (" + std::strerror(errno) + "; a local DNS server on 0.0.0.0?)";
+      return;
+    }
+    char dir_template[] = "/tmp/isoproxy-rdns-XXXXXX";
+    if (::mkdtemp(dir_template) == nullptr) {
+      why_not = "mkdtemp failed";
+      return;
+    }
+    dir = dir_template;
+    const auto resolv = dir / "resolv.conf";
+    std::ofstream(resolv) << "nameserver " << kNameserver << "\noptions " << options << "\n";
+    wrapper = write_ns_wrapper(dir, "mount --bind '" + resolv.string() + "' /etc/resolv.conf\n");
   }
-  // The mute nameserver: a bound UDP socket that is never answered from.
-  const char* kNameserver = "127.0.83.1";
-  const char* kClient = "127.0.83.2";  // not in /etc/hosts: its PTR query goes to the nameserver
-  const int dns = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  REQUIRE(dns >= 0);
-  struct CloseFd {
-    int fd;
-    ~CloseFd() { ::close(fd); }
-  } close_dns{dns};
-  sockaddr_in ns{};
-  ns.sin_family = AF_INET;
-  ns.sin_port = htons(53);
-  inet_pton(AF_INET, kNameserver, &ns.sin_addr);
-  if (::bind(dns, reinterpret_cast<sockaddr*>(&ns), sizeof ns) != 0) {
-    WARN("not run: cannot bind " << kNameserver << ":53 (" << std::strerror(errno) << "; a local DNS server on 0.0.0.0?)");
+  MuteResolver(const MuteResolver&) = delete;
+  MuteResolver& operator=(const MuteResolver&) = delete;
+  ~MuteResolver() {
+    if (dns >= 0) ::close(dns);
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+  }
+  bool ready() const { return why_not.empty(); }
+};
+
+TEST_CASE("rdns: a stop does not wait for a resolver that does not answer", "[rdns][integration]") {
+  MuteResolver mute("timeout:30 attempts:1");
+  if (!mute.ready()) {
+    WARN("not run: " << mute.why_not);
     return;
   }
-
-  char dir_template[] = "/tmp/isoproxy-rdns-XXXXXX";
-  REQUIRE(::mkdtemp(dir_template) != nullptr);
-  const std::filesystem::path dir = dir_template;
-  struct RemoveDir {
-    std::filesystem::path p;
-    ~RemoveDir() {
-      std::error_code ec;
-      std::filesystem::remove_all(p, ec);
-    }
-  } remove_dir{dir};
-  const auto resolv = dir / "resolv.conf";
-  std::ofstream(resolv) << "nameserver " << kNameserver << "\noptions timeout:30 attempts:1\n";
-  const auto wrapper = write_ns_wrapper(dir, "mount --bind '" + resolv.string() + "' /etc/resolv.conf\n");
+  const int dns = mute.dns;
+  const char* kClient = "127.0.83.2";  // not in /etc/hosts: its PTR query goes to the nameserver
+  const auto& wrapper = mute.wrapper;
 
   TestServer up(responder_handler({}));
   REQUIRE(up.ok());
@@ -269,6 +284,28 @@ TEST_CASE("rdns: a stop does not wait for a resolver that does not answer", "[rd
   CHECK(*status == 0);
   CHECK(proxy.count_lines(std::regex(R"(info not waiting for [12] reverse-DNS lookups? the resolver has not answered)")) == 1);
   CHECK(proxy.count_lines(std::regex(R"(info stopped: 1 sessions served)")) == 1);
+}
+
+TEST_CASE("rdns: a fixed source whose PTR cannot be checked for a mute resolver is said so, not called unnamed",
+          "[rdns][integration]") {
+  MuteResolver mute("timeout:1 attempts:1");
+  if (!mute.ready()) {
+    WARN("not run: " << mute.why_not);
+    return;
+  }
+  TestServer up(responder_handler({}));
+  REQUIRE(up.ok());
+  ProxyProcess proxy("[[listener]]\nname = \"fixed\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" +
+                         std::to_string(up.port()) + "\"\nsource = \"fixed\"\nsource_address = \"127.0.83.3\"\n",
+                     {}, mute.wrapper.string());
+  REQUIRE(proxy.listen_port("fixed", 10s));
+  auto line = proxy.wait_for_line(
+      std::regex(R"(warning listener fixed: source_address 127\.0\.83\.3: its reverse-DNS \(PTR\) name could not be checked: )"
+                 R"(the resolver did not answer \(temporary failure\); checked again at the next start or reload)"),
+      15s);
+  INFO(proxy.text());
+  CHECK(line);
+  CHECK(proxy.count_lines(std::regex("publish a PTR record")) == 0);  // nothing is known of the record
 }
 
 TEST_CASE("access log: journald target sends one entry per session with searchable fields", "[access-log][journal][integration]") {
