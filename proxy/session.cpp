@@ -1004,13 +1004,17 @@ void Session::on_eof(Leg& from) {
     const char* refused = from.side == Side::kClient && (held.size() < 6 || (held[5] & 0xF0) == 0xE0)
                               ? client_raw_refused()
                               : nullptr;
+    // Before the TPKT header is whole, no length is declared yet.
+    const std::string part = framer_of(f).expected() == 0
+                                 ? std::to_string(held.size()) + " of the TPKT header's " +
+                                       std::to_string(codec::kTpktHeaderSize) + " octets"
+                                 : std::to_string(held.size()) + " octets of " +
+                                       std::to_string(framer_of(f).expected()) + " declared";
     if (refused) {
-      spdlog::info("[S{}] client closed inside a frame that may be a CR ({} octets of {} declared); not relayed ({})",
-                   id_, held.size(), framer_of(f).expected(), refused);
+      spdlog::info("[S{}] client closed inside a frame that may be a CR ({}); not relayed ({})", id_, part, refused);
     } else {
       // The peer closed mid-frame: relay what it sent (do no harm) and count it.
-      spdlog::info("[S{}] {} closed inside a frame ({} octets of {} declared); relayed as they are", id_,
-                   side_name(from.side), held.size(), framer_of(f).expected());
+      spdlog::info("[S{}] {} closed inside a frame ({}); relayed as they are", id_, side_name(from.side), part);
       f.stats.bytes += held.size();
       f.stats.raw_bytes += held.size();
       send_owned(other(from), std::vector<std::uint8_t>(held.begin(), held.end()));

@@ -462,6 +462,34 @@ TEST_CASE("relay-life: client half-closes first, the upstream still answers in f
   CHECK(count_close_lines(*proxy, client) == 1);
 }
 
+TEST_CASE("relay-life: a client that closes inside a frame is logged with what it sent of it", "[relay-life][half-close]") {
+  // The octets relayed as they are; the line says how much of the frame came,
+  // and before its TPKT header is whole, that no length was declared yet.
+  TestServer upstream(t::responder_handler({}));
+  REQUIRE(upstream.ok());
+  auto proxy = start_proxy(listener_toml("cut", upstream.port(), "passthrough = false"));
+  const std::uint16_t port = port_of(*proxy, "cut");
+  const std::vector<std::pair<ByteVec, std::string>> cases = {
+      {{0x03, 0x00}, "2 of the TPKT header's 4 octets"},
+      {{0x03, 0x00, 0x00, 0x0A, 0x02, 0xF0, 0x80}, "7 octets of 10 declared"},
+  };
+  int id = 0;
+  for (const auto& [tail, says] : cases) {
+    INFO(says);
+    Conn c = t::connect_to(kLocal, port);
+    REQUIRE(c.valid());
+    REQUIRE(c.send_all(codec::Bytes(test_cr())));
+    REQUIRE(c.recv_frame());
+    REQUIRE(c.send_all(codec::Bytes(tail)));
+    c.shutdown_write();
+    ++id;
+    CHECK(proxy->wait_for_line(std::regex("\\[S" + std::to_string(id) + "\\] client closed inside a frame \\(" + says +
+                                          "\\); relayed as they are"),
+                               5000ms));
+  }
+  CHECK(proxy->count_lines(std::regex("of 0 declared")) == 0);
+}
+
 TEST_CASE("relay-life: upstream half-closes first, the client still sends in full, reason upstream-closed",
           "[relay-life][half-close]") {
   const ByteVec cr = test_cr();
