@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <ctime>
@@ -256,6 +257,29 @@ void Session::connect_route(const filters::Route& route) {
                    route.tls ? *route.tls : rt_->cfg.upstream_tls);
 }
 
+namespace {
+
+// A failure of this host, not of the peer (no descriptor for a socket, a
+// fixed source address gone from the interface): every session fails alike
+// until someone acts, so it is said at warn, where `journalctl -p warning`
+// looks, once a second at most across workers; the close lines stay at info.
+void warn_host_failure(std::uint64_t session, const std::string& listener, const std::string& reason) {
+  static std::atomic<std::uint64_t> last_ms{0};
+  static std::atomic<std::uint64_t> unlogged{0};
+  const auto now = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+  std::uint64_t last = last_ms.load(std::memory_order_relaxed);
+  if ((last != 0 && now - last < 1000) || !last_ms.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
+    unlogged.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  const std::uint64_t more = unlogged.exchange(0, std::memory_order_relaxed);
+  spdlog::warn("[S{}] listener {}: no upstream connection can be made from this host: {}{}", session, listener, reason,
+               more ? " (" + std::to_string(more) + " more sessions failed so since the last line)" : "");
+}
+
+}  // namespace
+
 void Session::connect_upstream(const conf::SocketAddress& target, const conf::SourceConfig& source,
                                std::shared_ptr<const conf::TlsClientConfig> tls) {
   upstream_addr_ = target.text;
@@ -264,6 +288,8 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
   io_->connect_start_ms = server_.now_ms();
   uv_tcp_t* h = &io_->upstream.tcp;
   if (int r = uv_tcp_init_ex(server_.loop(), h, static_cast<unsigned>(target.family())); r < 0) {
+    server_.stats().connect_failures["upstream-socket"]++;
+    warn_host_failure(id_, rt_->cfg.name, "upstream-socket: " + uv_error_text(r));
     close("upstream-socket: " + uv_error_text(r));
     return;
   }
@@ -280,6 +306,9 @@ void Session::connect_upstream(const conf::SocketAddress& target, const conf::So
   auto bound = bind_source(source, h, io_->client.tcp, target.family());
   if (!bound) {
     server_.stats().connect_failures[bound.error().kind]++;
+    if (bound.error().kind == "source-bind-failed") {
+      warn_host_failure(id_, rt_->cfg.name, bound.error().kind + ": " + bound.error().message);
+    }
     close(bound.error().kind + ": " + bound.error().message);
     return;
   }

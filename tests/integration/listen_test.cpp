@@ -412,3 +412,42 @@ TEST_CASE("near the descriptor limit each new connection is warned about, before
   REQUIRE(proxy.signal(SIGTERM));
   CHECK(proxy.wait_exit(15s) == 0);
 }
+
+TEST_CASE("a session that gets no descriptor for its upstream socket is said at warn and counted",
+          "[listen][integration][fd-limit]") {
+  // Accepting takes the last descriptor, the upstream socket finds none:
+  // every later session fails alike, which `journalctl -p warning` must
+  // show. Which session lands there depends on the descriptors isoproxy
+  // holds besides its sessions, so two limits of either parity are tried.
+  TestServer up(echo_handler());
+  REQUIRE(up.ok());
+  const std::regex warned(
+      R"(warning \[S\d+\] listener l: no upstream connection can be made from this host: upstream-socket: EMFILE)");
+  int seen = 0;
+  for (const char* limit : {"-n 63", "-n 64"}) {
+    INFO(limit);
+    LimitedLauncher launch(limit);
+    ProxyProcess proxy("[global]\nmax_sessions = 1000\nreverse_dns = false\n\n[[listener]]\nname = \"l\"\n"
+                       "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:" + std::to_string(up.port()) + "\"\n",
+                       {}, launch.script.string());
+    auto port = proxy.listen_port("l", 10s);
+    REQUIRE(port);
+    std::vector<Conn> held;
+    const ByteVec dt = make_dt("hold");
+    for (int i = 0; i < 40; ++i) {
+      Conn c = connect_to("127.0.0.1", *port);
+      if (!c.valid() || !c.send_all(codec::Bytes(dt)) || !c.recv_exact(dt.size(), 2000ms)) break;
+      held.push_back(std::move(c));
+    }
+    const bool here = proxy.wait_for_line(warned, 2s).has_value();
+    held.clear();
+    REQUIRE(proxy.signal(SIGTERM));
+    CHECK(proxy.wait_exit(15s) == 0);
+    if (here) {
+      ++seen;
+      // Counted with the connect failures (the totals at exit).
+      CHECK(proxy.count_lines(std::regex(R"(stopped: .*connect_failures=.*upstream-socket=1)")) == 1);
+    }
+  }
+  CHECK(seen >= 1);
+}
