@@ -449,10 +449,14 @@ Supervisor::ReloadOutcome Supervisor::request_reload() {
 Supervisor::ReloadOutcome Supervisor::reload(std::string_view trigger) {
   using Kind = ReloadOutcome::Kind;
   spdlog::info("{}: reloading {}", trigger, config_->path);
-  // RELOADING=1 now and READY=1 however the reload ends.
-  const notify::Reload reloading("reloading " + config_->path, [this] {
+  // RELOADING=1 now and READY=1 however the reload ends; a failure is in
+  // the status (`systemctl status`), since systemd takes any READY=1 after
+  // RELOADING=1 for a reload done and `systemctl reload` reports success.
+  std::string failure;
+  const notify::Reload reloading("reloading " + config_->path, [this, &failure] {
     const auto n = config_->listeners.size();
-    return "serving " + std::to_string(n) + " listener" + (n == 1 ? "" : "s");
+    return "serving " + std::to_string(n) + " listener" + (n == 1 ? "" : "s") +
+           (failure.empty() ? std::string() : "; the last reload failed (" + failure + "), see the log");
   });
   auto loaded = conf::load_config_file(config_->path);
   if (!loaded) {
@@ -461,6 +465,7 @@ Supervisor::ReloadOutcome Supervisor::reload(std::string_view trigger) {
                   loaded.error().size() == 1 ? "" : "s");
     ReloadOutcome out{Kind::kFailed, {}, {}};
     for (const auto& e : loaded.error()) out.errors.push_back(e.to_string());
+    failure = loaded.error().front().to_string();
     return out;
   }
   auto cfg = std::make_shared<const conf::Config>(std::move(*loaded));
@@ -482,6 +487,7 @@ Supervisor::ReloadOutcome Supervisor::reload(std::string_view trigger) {
   auto sockets = prepare(*cfg, config_.get());
   if (!sockets) {
     spdlog::error("reload failed: {}; the running configuration stays in force", sockets.error().message);
+    failure = sockets.error().message;
     return {Kind::kFailed, {sockets.error().message}, {}};
   }
   if (cfg->global.max_sessions != config_->global.max_sessions) {
