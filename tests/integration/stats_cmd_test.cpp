@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -47,6 +48,18 @@ ProcessResult stats(const std::vector<std::string>& env, const std::vector<std::
   argv.push_back("stats");
   argv.insert(argv.end(), args.begin(), args.end());
   return run_process(argv, {}, 30s);
+}
+
+// A fake endpoint's side of one request: its head, or nothing if the client
+// went away first.
+std::optional<std::string> read_request(Conn& c) {
+  std::string req;
+  while (req.find("\r\n\r\n") == std::string::npos) {
+    auto some = c.recv_some(65536, 5s);
+    if (!some || some->empty()) return std::nullopt;
+    req.append(some->begin(), some->end());
+  }
+  return req;
 }
 
 std::vector<std::string> lines_of(const std::string& text) {
@@ -445,12 +458,7 @@ TEST_CASE("stats: bad options are usage errors (exit 2)", "[stats-cmd][integrati
 TEST_CASE("stats: an HTTP error from the endpoint is shown with its message", "[stats-cmd][integration]") {
   // A server that answers every request with a 503 and a JSON error.
   TestServer fake([](Conn& c) {
-    std::string req;
-    while (req.find("\r\n\r\n") == std::string::npos) {
-      auto some = c.recv_some(65536, 5s);
-      if (!some || some->empty()) return;
-      req.append(some->begin(), some->end());
-    }
+    if (!read_request(c)) return;
     const std::string body = "{\"error\": \"draining: try again \\u001b[2J later\"}";
     c.send_all("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body);
@@ -489,12 +497,7 @@ TEST_CASE("stats: an answer that is not isoproxy's is a clear error, never a cra
   // A server that answers every request with 200 and `body`.
   auto serving = [](std::string body) {
     return [body](Conn& c) {
-      std::string req;
-      while (req.find("\r\n\r\n") == std::string::npos) {
-        auto some = c.recv_some(65536, 5s);
-        if (!some || some->empty()) return;
-        req.append(some->begin(), some->end());
-      }
+      if (!read_request(c)) return;
       c.send_all("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
                  "\r\n\r\n" + body);
       c.close();
@@ -544,14 +547,10 @@ TEST_CASE("stats: a worker that did not answer makes the view incomplete, and ex
   // What the endpoint answers with workers = 2 when worker 1 is stuck: the
   // totals and sessions of worker 0 alone, and which worker is missing.
   TestServer fake([](Conn& c) {
-    std::string req;
-    while (req.find("\r\n\r\n") == std::string::npos) {
-      auto some = c.recv_some(65536, 5s);
-      if (!some || some->empty()) return;
-      req.append(some->begin(), some->end());
-    }
+    const auto req = read_request(c);
+    if (!req) return;
     const std::string body =
-        req.rfind("GET /stats", 0) == 0
+        req->rfind("GET /stats", 0) == 0
             ? R"({"sessions":{"active":3,"accepted":315,"refused":0,"closed":312},"bytes":{"to_upstream":1,"to_client":2},)"
               R"("workers":[{"index":0,"active":3,"accepted":315},{"index":1,"error":"no answer within 2000ms"}]})"
             : R"({"sessions":[],"workers_missing":[1]})";
