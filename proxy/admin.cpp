@@ -389,15 +389,10 @@ AdminResponse Admin::action(const AdminRequest& r) {
   if (token.empty()) return error_response(403, "actions are disabled: set admin.token in the configuration");
   auto it = r.headers.find("authorization");
   if (it == r.headers.end() || !bearer_matches(it->second, token)) {
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_auth_warn_ >= std::chrono::seconds(1)) {
+    if (std::uint64_t held = 0; auth_warns_.due(held)) {
       spdlog::warn("admin: POST {} from {} refused (401): {}{}", r.path.substr(0, 100), r.peer,
                    it == r.headers.end() ? "no Authorization header" : "not the admin.token",
-                   auth_refusals_unlogged_ ? " (" + std::to_string(auth_refusals_unlogged_) + " more refused since the last line)" : "");
-      last_auth_warn_ = now;
-      auth_refusals_unlogged_ = 0;
-    } else {
-      ++auth_refusals_unlogged_;
+                   held ? " (" + std::to_string(held) + " more refused since the last line)" : "");
     }
     AdminResponse resp = error_response(401, "actions need the header 'Authorization: Bearer <admin.token>'");
     resp.headers.emplace_back("WWW-Authenticate", "Bearer");

@@ -3,13 +3,12 @@
 // line and the exit totals use. Read-only unless a token is configured.
 #pragma once
 
-#include <chrono>
-#include <cstdint>
 #include <deque>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "admin_http.h"
+#include "log.h"
 
 namespace isoproxy {
 
@@ -35,8 +34,7 @@ class Admin final : public AdminHandler {
   Supervisor& server_;
   // Refused actions (401) are logged once a second at most, with a count
   // of those in between: a script with a stale token, or someone guessing.
-  std::chrono::steady_clock::time_point last_auth_warn_{};
-  std::uint64_t auth_refusals_unlogged_ = 0;
+  log::SharedThrottle auth_warns_;
 };
 
 // Prometheus text exposition of every worker's counters, summed.

@@ -289,10 +289,8 @@ struct AdminHttpServer::Impl {
   std::list<Connection> connections_;
   std::atomic<std::size_t> active_{0};  // connections not closing: what max_connections counts
   std::size_t queued_bytes_ = 0;          // in writes not completed, all connections (max_queued_bytes)
-  std::uint64_t last_budget_warn_ms_ = 0;
-  std::uint64_t budget_refusals_ = 0;
-  std::uint64_t last_refuse_warn_ms_ = 0;  // connections over max_connections: logged once a second
-  std::uint64_t refusals_unlogged_ = 0;
+  log::Throttle budget_warns_;  // answers refused for the output budget
+  log::Throttle refuse_warns_;  // connections over max_connections
   std::size_t open_handles_ = 0;  // listener + connection + refused handles not yet closed
   std::array<char, 65536> read_buf_{};  // reads are handled synchronously: one buffer serves all
 };
@@ -499,15 +497,9 @@ void AdminHttpServer::Impl::refuse(uv_stream_t* server_stream) {
     uv_buf_t buf = uv_buf_init(const_cast<char*>(answer.data()), static_cast<unsigned>(answer.size()));
     uv_try_write(&r->stream.stream, &buf, 1);
     // Said at warn: an operator locked out of the endpoint must learn why.
-    const std::uint64_t now = uv_now(loop_);
-    if (last_refuse_warn_ms_ == 0 || now - last_refuse_warn_ms_ >= 1000) {
+    if (std::uint64_t held = 0; refuse_warns_.due(uv_now(loop_), held)) {
       spdlog::warn("admin: refused a connection on {}: {} connections open, the limit{}", bound_,
-                   limits_.max_connections,
-                   refusals_unlogged_ ? " (" + std::to_string(refusals_unlogged_) + " more refused since the last line)" : "");
-      last_refuse_warn_ms_ = now;
-      refusals_unlogged_ = 0;
-    } else {
-      ++refusals_unlogged_;
+                   limits_.max_connections, held ? " (" + std::to_string(held) + " more refused since the last line)" : "");
     }
   }
   uv_close(&r->stream.handle, [](uv_handle_t* h) noexcept {
@@ -849,16 +841,11 @@ void AdminHttpServer::Impl::Connection::write_response(const AdminResponse& res,
   if (!head && res.body.size() > kAlwaysSent && owner->queued_bytes_ > 0 &&
       owner->queued_bytes_ + res.body.size() > limits().max_queued_bytes) {
     // One line a second at most: a client could ask again and again.
-    const std::uint64_t now = uv_now(owner->loop_);
-    if (owner->last_budget_warn_ms_ == 0 || now - owner->last_budget_warn_ms_ >= 1000) {
+    if (std::uint64_t held = 0; owner->budget_warns_.due(uv_now(owner->loop_), held)) {
       spdlog::warn("admin: {}-byte answer to {} not sent: {} bytes of answers wait for slow readers (the budget is "
                    "{}); 503, retry later{}",
                    res.body.size(), peer, owner->queued_bytes_, limits().max_queued_bytes,
-                   owner->budget_refusals_ ? " (" + std::to_string(owner->budget_refusals_) + " more not logged)" : "");
-      owner->last_budget_warn_ms_ = now;
-      owner->budget_refusals_ = 0;
-    } else {
-      ++owner->budget_refusals_;
+                   held ? " (" + std::to_string(held) + " more not logged)" : "");
     }
     AdminResponse busy;
     busy.status = 503;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstring>
 
 #include <netinet/in.h>
@@ -161,8 +160,7 @@ void Listener::arm_resume() {
 namespace {
 
 std::atomic<std::uint64_t> g_descriptor_limit{0};
-std::atomic<std::uint64_t> g_last_descriptor_warn_ms{0};
-std::atomic<std::uint64_t> g_descriptor_warns_unlogged{0};
+log::SharedThrottle g_descriptor_warns;
 
 }  // namespace
 
@@ -174,15 +172,8 @@ void note_accepted_descriptor(int fd, const std::string& listener) {
   // Room for the session's upstream socket and a splice pipe, and then some.
   const std::uint64_t margin = std::max<std::uint64_t>(8, limit / 64);
   if (static_cast<std::uint64_t>(fd) + margin < limit) return;
-  const auto now = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-  std::uint64_t last = g_last_descriptor_warn_ms.load(std::memory_order_relaxed);
-  if (last != 0 && now - last < 1000) {
-    g_descriptor_warns_unlogged.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  if (!g_last_descriptor_warn_ms.compare_exchange_strong(last, now, std::memory_order_relaxed)) return;
-  const std::uint64_t unlogged = g_descriptor_warns_unlogged.exchange(0, std::memory_order_relaxed);
+  std::uint64_t unlogged = 0;
+  if (!g_descriptor_warns.due(unlogged)) return;
   spdlog::warn("listener {}: descriptors nearly exhausted: this connection got descriptor {} of the process's limit "
                "of {}; past the limit, new connections are closed as they are accepted, with no session and no "
                "log line: raise LimitNOFILE or ulimit -n, or lower max_sessions{}",
@@ -312,15 +303,9 @@ void Listener::refuse(uv_stream_t* server_stream, const std::string& why) {
   if (uv_accept(server_stream, reinterpret_cast<uv_stream_t*>(t)) == 0) {
     ++counters_->refused;
     server_.stats().refused++;
-    // One line a second at most, with the count of those not logged.
-    const std::uint64_t now = server_.now_ms();
-    if (now - last_refusal_log_ms_ >= 1000 || last_refusal_log_ms_ == 0) {
+    if (std::uint64_t held = 0; refusal_warns_.due(server_.now_ms(), held)) {
       spdlog::warn("refused {} on listener {}: {}{}", peer_name(*t), rt_->cfg.name, why,
-                   refusals_not_logged_ ? " (" + std::to_string(refusals_not_logged_) + " more not logged)" : "");
-      last_refusal_log_ms_ = now;
-      refusals_not_logged_ = 0;
-    } else {
-      ++refusals_not_logged_;
+                   held ? " (" + std::to_string(held) + " more not logged)" : "");
     }
   }
   uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) noexcept { delete reinterpret_cast<uv_tcp_t*>(h); });

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "log.h"
 #include "result.h"
 #include "session.h"
 
@@ -119,8 +120,7 @@ class Listener {
   Counters* counters_;  // this worker's, by name (Server::listener_counters)
   std::uint32_t own_active_ = 0;
   std::atomic<std::uint32_t>* shared_active_;  // every worker's, against max_sessions (Shared)
-  std::uint64_t last_refusal_log_ms_ = 0;
-  std::uint64_t refusals_not_logged_ = 0;
+  log::Throttle refusal_warns_;  // connections refused at a limit or while draining
   uv_timer_t* resume_timer_ = nullptr;  // from the first pause on; counts in open_sockets_
   bool stopping_ = false;
   std::uint32_t pause_ms_ = 0;  // the last pause's length (backs off to 1 s)

@@ -203,6 +203,31 @@ bool init(std::string_view level) {
   return set_level(level);
 }
 
+bool Throttle::due(std::uint64_t now_ms, std::uint64_t& held) {
+  if (logged_ && now_ms - last_ms_ < 1000) {
+    ++held_;
+    return false;
+  }
+  logged_ = true;
+  last_ms_ = now_ms;
+  held = held_;
+  held_ = 0;
+  return true;
+}
+
+bool SharedThrottle::due(std::uint64_t& held) {
+  const auto now = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count()) + 1;
+  std::uint64_t last = last_ms_.load(std::memory_order_relaxed);
+  // One thread wins the second; the others count themselves held.
+  if ((last != 0 && now - last < 1000) || !last_ms_.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
+    held_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  held = held_.exchange(0, std::memory_order_relaxed);
+  return true;
+}
+
 std::string quote(std::string_view v) {
   std::string out;
   quote_to(out, v);

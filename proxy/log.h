@@ -6,6 +6,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -22,6 +24,30 @@ bool set_level(std::string_view level);
 // errors are written at once (with what waited before them).
 void defer(bool on);
 void flush();
+
+// One line a second at most for an event a peer or a storm can repeat at
+// will, with a count of those held back in between. Throttle serves one
+// event loop (times from uv_now); SharedThrottle an event every worker
+// meets (its own clock).
+class Throttle {
+ public:
+  // Whether to log now; if so, `held` is how many were not logged since the last line.
+  bool due(std::uint64_t now_ms, std::uint64_t& held);
+
+ private:
+  bool logged_ = false;
+  std::uint64_t last_ms_ = 0;
+  std::uint64_t held_ = 0;
+};
+
+class SharedThrottle {
+ public:
+  bool due(std::uint64_t& held);
+
+ private:
+  std::atomic<std::uint64_t> last_ms_{0};  // 0: never (the clock starts above 0)
+  std::atomic<std::uint64_t> held_{0};
+};
 
 // Quotes a value for key=value log fields when it has spaces, quotes or is empty,
 // or is "-" (which the fields write for a value that is absent).

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <ctime>
@@ -264,16 +263,9 @@ namespace {
 // until someone acts, so it is said at warn, where `journalctl -p warning`
 // looks, once a second at most across workers; the close lines stay at info.
 void warn_host_failure(std::uint64_t session, const std::string& listener, const std::string& reason) {
-  static std::atomic<std::uint64_t> last_ms{0};
-  static std::atomic<std::uint64_t> unlogged{0};
-  const auto now = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-  std::uint64_t last = last_ms.load(std::memory_order_relaxed);
-  if ((last != 0 && now - last < 1000) || !last_ms.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
-    unlogged.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  const std::uint64_t more = unlogged.exchange(0, std::memory_order_relaxed);
+  static log::SharedThrottle throttle;
+  std::uint64_t more = 0;
+  if (!throttle.due(more)) return;
   spdlog::warn("[S{}] listener {}: no upstream connection can be made from this host: {}{}", session, listener, reason,
                more ? " (" + std::to_string(more) + " more sessions failed so since the last line)" : "");
 }
