@@ -592,24 +592,42 @@ TEST_CASE("tls: an upstream that wants a client certificate we do not have: said
   }
 }
 
-TEST_CASE("tls: a FIN without close_notify is said in the close line, and one inside a record is logged",
-          "[tls][integration]") {
+namespace {
+
+// A TLS listener in front of a plaintext responder, for tests that drive
+// the client side with the OpenSSL API.
+struct TlsFront {
   Certs c;
-  TestServer upstream(responder_handler({}));
-  REQUIRE(upstream.ok());
-  ProxyProcess proxy(listener_config("tls-in", upstream.port(), server_tls(c.proxy)));
-  auto port = proxy.listen_port("tls-in");
-  REQUIRE(port);
-  CtxPtr ctx = client_ctx(c);
-  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
-  for (int id = 1; id <= 3; ++id) {
-    INFO("session " << id);
+  TestServer upstream{responder_handler({})};
+  ProxyProcess proxy{listener_config("tls-in", upstream.port(), server_tls(c.proxy))};
+  std::uint16_t port = 0;
+  TlsFront() {
+    REQUIRE(upstream.ok());
+    auto p = proxy.listen_port("tls-in");
+    REQUIRE(p);
+    port = *p;
+  }
+  // A session through it: handshake, CR, CC.
+  std::unique_ptr<TlsConn> session(SSL_CTX* ctx) {
     std::string err;
-    auto t = TlsConn::connect(*port, ctx.get(), "proxy.test", err);
+    auto t = TlsConn::connect(port, ctx, "proxy.test", err);
     INFO(err);
     REQUIRE(t);
-    REQUIRE(t->write_all(cr));
+    REQUIRE(t->write_all(make_cr("SWISSLIFETSAP", "EXCHANGETSAP1")));
     REQUIRE(t->read_frame());
+    return t;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("tls: a FIN without close_notify is said in the close line, and one inside a record is logged",
+          "[tls][integration]") {
+  TlsFront front;
+  CtxPtr ctx = client_ctx(front.c);
+  for (int id = 1; id <= 3; ++id) {
+    INFO("session " << id);
+    auto t = front.session(ctx.get());
     if (id == 1) {
       t->shutdown();  // close_notify, then the FIN
     } else if (id == 3) {
@@ -619,8 +637,8 @@ TEST_CASE("tls: a FIN without close_notify is said in the close line, and one in
       REQUIRE(::send(t->fd(), part.data(), part.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(part.size()));
     }
     ::shutdown(t->fd(), SHUT_WR);
-    const auto f = close_fields(proxy, id);
-    INFO(proxy.text());
+    const auto f = close_fields(front.proxy, id);
+    INFO(front.proxy.text());
     REQUIRE_FALSE(f.empty());
     if (id == 1) {
       CHECK(f.count("client_close_notify") == 0);
@@ -628,31 +646,20 @@ TEST_CASE("tls: a FIN without close_notify is said in the close line, and one in
       CHECK(f.at("client_close_notify") == "no");
     }
   }
-  CHECK(proxy.count_lines(std::regex(R"(\[S3\] client closed inside a TLS record, without close_notify)")) == 1);
-  CHECK(proxy.count_lines(std::regex(R"(closed inside a TLS record)")) == 1);  // not session 2's bare FIN
+  CHECK(front.proxy.count_lines(std::regex(R"(\[S3\] client closed inside a TLS record, without close_notify)")) == 1);
+  CHECK(front.proxy.count_lines(std::regex(R"(closed inside a TLS record)")) == 1);  // not session 2's bare FIN
 }
 
 TEST_CASE("tls: a client that asks to renegotiate is told no, and the close line says so", "[tls][integration]") {
   // isoproxy refuses TLS 1.2 renegotiation (a no_renegotiation warning);
   // OpenSSL's client then gives up with handshake_failure.
-  Certs c;
-  TestServer upstream(responder_handler({}));
-  REQUIRE(upstream.ok());
-  ProxyProcess proxy(listener_config("tls-in", upstream.port(), server_tls(c.proxy)));
-  auto port = proxy.listen_port("tls-in");
-  REQUIRE(port);
-  CtxPtr ctx = client_ctx(c);
+  TlsFront front;
+  CtxPtr ctx = client_ctx(front.c);
   SSL_CTX_set_max_proto_version(ctx.get(), TLS1_2_VERSION);
-  std::string err;
-  auto t = TlsConn::connect(*port, ctx.get(), "proxy.test", err);
-  INFO(err);
-  REQUIRE(t);
-  const ByteVec cr = make_cr("SWISSLIFETSAP", "EXCHANGETSAP1");
-  REQUIRE(t->write_all(cr));
-  REQUIRE(t->read_frame());
+  auto t = front.session(ctx.get());
   CHECK_FALSE(t->renegotiate());
-  const auto f = close_fields(proxy, 1);
-  INFO(proxy.text());
+  const auto f = close_fields(front.proxy, 1);
+  INFO(front.proxy.text());
   CHECK(f.at("reason") ==
         "tls-alert: client: the peer sent \"handshake failure\" after isoproxy refused its renegotiation (TLS 1.2 "
         "renegotiation is not supported)");
